@@ -1,0 +1,85 @@
+"""Backbones: timm-based factories, found by name.
+
+A backbone file defines factory functions decorated with :func:`register`. The factory's
+keyword parameters with defaults become command-line flags (``--num_filters``,
+``--pretrain_type`` ...); the context parameters ``num_classes``, ``img_size`` and
+``in_chans`` are filled from the dataset.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from utils.registry import Registry
+
+CONTEXT_PARAMS = ("num_classes", "img_size", "in_chans")
+
+
+def register(name: str, *aliases: str) -> Callable:
+    """Mark a factory ``f(num_classes, ..., **flags) -> ContinualBackbone`` as backbone ``name``."""
+    def mark(fn: Callable) -> Callable:
+        fn.BACKBONE_NAMES = (name, *aliases)
+        return fn
+    return mark
+
+
+BACKBONES = Registry("backbone", "backbone", lambda obj: list(getattr(obj, "BACKBONE_NAMES", ())))
+
+
+class ContinualBackbone(nn.Module):
+    """A feature extractor ``body`` followed by one linear ``classifier``.
+
+    Every backbone has the same head interface, so methods never need to know whether
+    the underlying network calls its head ``fc``, ``head`` or ``classifier``.
+    """
+
+    def __init__(self, body: nn.Module, feature_dim: int, num_classes: int):
+        super().__init__()
+        self.body = body
+        self.feature_dim = feature_dim
+        self.classifier = nn.Linear(feature_dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-logit features (B, feature_dim)."""
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor, returnt: str = "out") -> Any:
+        """``returnt``: 'out' (logits), 'features', or 'both' (logits, features)."""
+        feats = self.features(x)
+        if returnt == "features":
+            return feats
+        out = self.classifier(feats)
+        if returnt == "both":
+            return out, feats
+        if returnt != "out":
+            raise ValueError(f"returnt must be 'out', 'features' or 'both', not {returnt!r}")
+        return out
+
+
+def backbone_flags(factory: Callable) -> dict[str, inspect.Parameter]:
+    """The factory parameters that are command-line flags."""
+    return {n: p for n, p in inspect.signature(factory).parameters.items()
+            if n not in CONTEXT_PARAMS and p.default is not inspect.Parameter.empty}
+
+
+def add_backbone_args(parser: argparse.ArgumentParser, factory: Callable) -> None:
+    """Add one flag per factory keyword, typed from its annotation and default."""
+    from utils.args import flag_from_parameter  # local: utils.args imports nothing from here
+    group = parser.add_argument_group(f"backbone '{factory.BACKBONE_NAMES[0]}' arguments")
+    for name, param in backbone_flags(factory).items():
+        if f"--{name}" not in parser._option_string_actions:
+            flag_from_parameter(group, name, param)
+
+
+def get_backbone(args: argparse.Namespace, num_classes: int, img_size: int, in_chans: int = 3) -> ContinualBackbone:
+    """Build the backbone named by ``args.backbone`` with its flags from ``args``."""
+    factory = BACKBONES.get(args.backbone)
+    context = {"num_classes": num_classes, "img_size": img_size, "in_chans": in_chans}
+    params = inspect.signature(factory).parameters
+    kwargs = {k: v for k, v in context.items() if k in params}
+    kwargs.update({k: getattr(args, k) for k in backbone_flags(factory) if hasattr(args, k)})
+    return factory(**kwargs)

@@ -1,0 +1,172 @@
+"""``seq-custom``: continual learning on your own images, from an ``.npz`` file or an ImageFolder root."""
+from __future__ import annotations
+
+import argparse
+import os
+import zipfile
+from typing import Callable
+
+import numpy as np
+from torchvision import transforms
+
+from datasets.utils.continual_dataset import ContinualDataset
+from datasets.utils.sources import ImageSource
+from utils.args import none_or, positive_int
+from utils.errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".tif", ".tiff", ".webp")
+NORMALIZATIONS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+                  "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), "none": None, "dataset": None}
+
+
+def parse_int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 10,10,5, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive class counts like 10,10,5, got '{text}'")
+    return values
+
+
+def read_npz(path: str) -> tuple[ImageSource, ImageSource, list[str] | None]:
+    """Read ``x_train, y_train, x_test, y_test`` (uint8 NCHW, NHWC or NHW) and optional ``class_names``."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in npz.files]
+            if missing:
+                raise UserError(f"{path} lacks the keys {', '.join(missing)}; a seq-custom npz needs x_train, "
+                                f"y_train, x_test, y_test (found: {', '.join(npz.files)})")
+            arrays = {k: npz[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+            names = [str(n) for n in npz["class_names"]] if "class_names" in npz.files else None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise UserError(f"cannot read {path} as an npz file ({type(exc).__name__}: {exc})") from None
+    splits = []
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.dtype != np.uint8:
+            raise UserError(f"{path}: x_{split} must be uint8 images (0-255), got {x.dtype}")
+        if x.ndim == 4 and x.shape[1] in (1, 3) and x.shape[3] not in (1, 3):
+            x = x.transpose(0, 2, 3, 1)  # NCHW -> NHWC
+        if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[3] not in (1, 3)):
+            raise UserError(f"{path}: x_{split} has shape {x.shape}; expected (N, H, W), (N, H, W, C) or (N, C, H, W)"
+                            " with 1 or 3 channels")
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise UserError(f"{path}: y_{split} must be a 1-D integer array, got {y.dtype} {y.shape}")
+        if len(x) != len(y):
+            raise UserError(f"{path}: x_{split} has {len(x)} images but y_{split} has {len(y)} labels")
+        splits.append(ImageSource(np.ascontiguousarray(x), y.astype(np.int64)))
+    return splits[0], splits[1], names
+
+
+def read_image_folder(root: str) -> tuple[ImageSource, ImageSource, list[str]]:
+    """``root/train/<class>/*.jpg`` and ``root/test/<class>/*.jpg``; classes sorted by name."""
+    for split in ("train", "test"):
+        if not os.path.isdir(os.path.join(root, split)):
+            raise UserError(f"{root} must contain train/ and test/ folders with one sub-folder per class")
+    classes = sorted(d.name for d in os.scandir(os.path.join(root, "train")) if d.is_dir())
+    if not classes:
+        raise UserError(f"{root}/train has no class folders")
+    index = {c: i for i, c in enumerate(classes)}
+    splits = []
+    for split in ("train", "test"):
+        paths, labels = [], []
+        for entry in sorted(os.scandir(os.path.join(root, split)), key=lambda e: e.name):
+            if not entry.is_dir():
+                continue
+            if entry.name not in index:
+                raise UserError(f"{root}/{split}/{entry.name} is not a class of {root}/train")
+            for f in sorted(os.listdir(entry.path)):
+                if f.lower().endswith(IMAGE_EXTENSIONS):
+                    paths.append(os.path.join(entry.path, f))
+                    labels.append(index[entry.name])
+        splits.append(ImageSource(paths, np.asarray(labels, dtype=np.int64)))
+    return splits[0], splits[1], classes
+
+
+class SequentialCustom(ContinualDataset):
+    """Your data split into tasks: ``--data_path`` (npz or ImageFolder), ``--n_tasks`` or ``--classes_per_task``."""
+
+    NAME = "seq-custom"
+    SETTING = "class-il"
+    DEFAULTS = {"backbone": "vit_tiny", "n_epochs": 5, "batch_size": 32}
+
+    @staticmethod
+    def get_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        group = parser.add_argument_group("seq-custom")
+        group.add_argument("--data_path", type=none_or(str), default=None,
+                           help="an .npz file (x_train, y_train, x_test, y_test) or a folder with train/ and test/")
+        group.add_argument("--n_tasks", type=none_or(positive_int), default=None,
+                           help="number of tasks with an equal share of classes (default: 5)")
+        group.add_argument("--classes_per_task", type=none_or(parse_int_list), default=None,
+                           help="explicit class counts per task, e.g. 10,10,5 (overrides --n_tasks)")
+        group.add_argument("--img_size", type=none_or(positive_int), default=None,
+                           help="resize images to this size (default: native size for npz, 224 for folders)")
+        group.add_argument("--normalization", type=str, default="dataset", choices=list(NORMALIZATIONS),
+                           help="per-channel mean/std: of the training images, ImageNet's, 0.5/0.5 (half) or none")
+        return parser
+
+    def _configure(self) -> None:
+        path = self.args.data_path
+        if not path:
+            raise UserError("seq-custom needs --data_path: an .npz file or a folder with train/ and test/")
+        if not os.path.exists(path):
+            raise UserError(f"--data_path {path} does not exist")
+        if os.path.isdir(path):
+            train, test, names = read_image_folder(path)
+            native = 224
+        else:
+            train, test, names = read_npz(path)
+            native = int(train.data.shape[1])
+        self._raw = (train, test)
+        n_classes = int(max(train.targets.max(initial=-1), test.targets.max(initial=-1))) + 1
+        if len(train) == 0 or min(train.targets.min(), test.targets.min(initial=0)) < 0:
+            raise UserError(f"{path}: labels must be integers in [0, n_classes) and the train split non-empty")
+        if self.args.classes_per_task:
+            per_task = list(self.args.classes_per_task)
+            if sum(per_task) != n_classes:
+                raise UserError(f"--classes_per_task sums to {sum(per_task)} but {path} has {n_classes} classes")
+        else:
+            n_tasks = self.args.n_tasks or 5
+            if n_tasks > n_classes:
+                raise UserError(f"--n_tasks {n_tasks} exceeds the {n_classes} classes of {path}")
+            base, extra = divmod(n_classes, n_tasks)
+            per_task = [base + (1 if t < extra else 0) for t in range(n_tasks)]
+        self.N_TASKS, self.N_CLASSES_PER_TASK = len(per_task), per_task
+        size = self.args.img_size or native
+        self.SIZE = (size, size)
+        self._native = native
+        self.IN_CHANS = 1 if (isinstance(train.data, np.ndarray) and (train.data.ndim == 3 or train.data.shape[3] == 1)) else 3
+        self.CLASS_NAMES = names
+        if self.args.normalization == "dataset" and isinstance(train.data, np.ndarray):
+            pixels = train.data.reshape(len(train.data), -1, self.IN_CHANS).astype(np.float64) / 255.0
+            self.MEAN = tuple(float(v) for v in pixels.mean(axis=(0, 1)))
+            self.STD = tuple(float(max(v, 1e-3)) for v in pixels.std(axis=(0, 1)))
+        elif NORMALIZATIONS.get(self.args.normalization):
+            mean, std = NORMALIZATIONS[self.args.normalization]
+            self.MEAN, self.STD = mean[:self.IN_CHANS], std[:self.IN_CHANS]
+
+    def load(self) -> tuple[ImageSource, ImageSource]:
+        return self._raw
+
+    def _resize(self) -> list[Callable]:
+        size = self.img_size
+        if isinstance(self._raw[0].data, list):
+            return [transforms.Resize(size), transforms.CenterCrop(size)]
+        return [] if size == self._native else [transforms.Resize((size, size))]
+
+    def get_transform(self) -> Callable:
+        if self.TRANSFORM is not None:
+            return super().get_transform()
+        size = self.img_size
+        return transforms.Compose(self._resize() + [transforms.RandomCrop(size, padding=size // 8),
+                                                    transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+                                                    self.get_normalization_transform()])
+
+    def get_test_transform(self) -> Callable:
+        if self.TEST_TRANSFORM is not None:
+            return super().get_test_transform()
+        return transforms.Compose(self._resize() + [transforms.ToTensor(), self.get_normalization_transform()])
+
+    def get_not_aug_transform(self) -> Callable:
+        return transforms.Compose(self._resize() + [transforms.ToTensor()])

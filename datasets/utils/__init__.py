@@ -1,0 +1,1 @@
+"""Dataset building blocks: the ContinualDataset base, scenarios, image sources and transforms."""

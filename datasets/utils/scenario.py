@@ -1,0 +1,60 @@
+"""Explicit class-incremental scenario: the class order and how many classes each task has."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ClassIncrementalScenario:
+    """Tasks are contiguous ranges of (possibly re-ordered) global labels.
+
+    ``class_order`` follows Mammoth's convention: a sample with original label ``y`` gets
+    the new label ``class_order[y]``; task ``t`` then holds new labels ``offsets(t)``.
+    """
+
+    classes_per_task: tuple[int, ...]
+    class_order: Optional[tuple[int, ...]] = None
+
+    @classmethod
+    def build(cls, classes_per_task: int | Sequence[int], n_tasks: int, permute: bool = False,
+              seed: Optional[int] = None) -> "ClassIncrementalScenario":
+        """Scenario from Mammoth's ``N_CLASSES_PER_TASK`` (int or list) and ``N_TASKS``."""
+        per_task = tuple([int(classes_per_task)] * n_tasks) if isinstance(classes_per_task, (int, np.integer)) \
+            else tuple(int(c) for c in classes_per_task)
+        if len(per_task) != n_tasks:
+            raise ValueError(f"{len(per_task)} class counts given for {n_tasks} tasks")
+        if any(c < 1 for c in per_task):
+            raise ValueError(f"every task needs at least one class, got {list(per_task)}")
+        order = None
+        if permute:
+            order = tuple(int(i) for i in np.random.RandomState(seed).permutation(sum(per_task)))
+        return cls(per_task, order)
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.classes_per_task)
+
+    @property
+    def n_classes(self) -> int:
+        return sum(self.classes_per_task)
+
+    def offsets(self, task: int) -> tuple[int, int]:
+        """``(start, end)`` label range of ``task``."""
+        if not 0 <= task < self.n_tasks:
+            raise IndexError(f"task {task} out of range [0, {self.n_tasks})")
+        start = sum(self.classes_per_task[:task])
+        return start, start + self.classes_per_task[task]
+
+    def task_of_label(self, label: int) -> int:
+        """The task that holds (new) label ``label``."""
+        return int(np.searchsorted(np.cumsum(self.classes_per_task), label, side="right"))
+
+    def relabel(self, labels: np.ndarray) -> np.ndarray:
+        """Original labels -> scenario labels (identity without a class order)."""
+        labels = np.asarray(labels, dtype=np.int64)
+        if self.class_order is None:
+            return labels
+        return np.asarray(self.class_order, dtype=np.int64)[labels]

@@ -1,0 +1,81 @@
+"""In-memory image sources and the torch datasets that serve one task's samples."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from utils.errors import UserError
+
+
+@dataclass
+class ImageSource:
+    """Images and integer labels of one split.
+
+    ``data`` is either a uint8 array (N, H, W, C) or (N, H, W), or a list of image file paths.
+    """
+
+    data: Union[np.ndarray, list[str]]
+    targets: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.targets = np.asarray(self.targets, dtype=np.int64)
+        if len(self.data) != len(self.targets):
+            raise UserError(f"{len(self.data)} images but {len(self.targets)} labels: the two must match")
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def subset(self, indices: np.ndarray) -> "ImageSource":
+        data = self.data[indices] if isinstance(self.data, np.ndarray) else [self.data[i] for i in indices]
+        return ImageSource(data, self.targets[indices])
+
+    def image(self, index: int) -> Image.Image:
+        """The PIL image at ``index`` (RGB, or L for single-channel arrays)."""
+        if isinstance(self.data, np.ndarray):
+            arr = self.data[index]
+            if arr.ndim == 3 and arr.shape[2] == 1:
+                arr = arr[:, :, 0]
+            return Image.fromarray(arr)
+        path = self.data[index]
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB")
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read image {path}: {exc}; remove or replace the file") from None
+
+
+class TaskDataset(Dataset):
+    """Samples of ``source`` at ``indices``: train items are (augmented, label, not_augmented), test (image, label)."""
+
+    def __init__(self, source: ImageSource, indices: Sequence[int], transform: Callable,
+                 not_aug_transform: Optional[Callable] = None):
+        self.source, self.indices = source, np.asarray(indices, dtype=np.int64)
+        self.transform, self.not_aug_transform = transform, not_aug_transform
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self.source.targets[self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        index = int(self.indices[i])
+        img = self.source.image(index)
+        label = int(self.source.targets[index])
+        if self.not_aug_transform is None:
+            return self.transform(img), label
+        return self.transform(img), label, self.not_aug_transform(img)
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and random in a data-loader worker from its torch seed."""
+    import random
+    seed = torch.initial_seed() % 2 ** 32
+    np.random.seed(seed)
+    random.seed(seed)

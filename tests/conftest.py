@@ -1,0 +1,56 @@
+"""Test set-up: offline hub, temporary caches, shared helpers for tiny on-disk datasets."""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+os.environ["HF_HUB_OFFLINE"] = "1"
+_cache = tempfile.mkdtemp(prefix="cl-test-cache-")
+os.environ.setdefault("TORCH_HOME", os.path.join(_cache, "torch"))
+os.environ.setdefault("HF_HOME", os.path.join(_cache, "hf"))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def shared_file(name: str) -> str:
+    """Path of a file in ../shared/data; the calling test is skipped when it is absent."""
+    path = os.path.join(SHARED_DATA, name)
+    if not os.path.isfile(path):
+        pytest.skip(f"{path} is not available")
+    return path
+
+
+def make_npz(path: str, n_classes: int = 4, per_class: int = 6, size: int = 8, channels_first: bool = True,
+             seed: int = 0, **extra) -> str:
+    """A tiny separable image dataset: class c has mean brightness proportional to c."""
+    rng = np.random.RandomState(seed)
+
+    def split(n):
+        y = np.repeat(np.arange(n_classes), n)
+        base = (y[:, None, None, None] * (200 // max(1, n_classes - 1))).astype(np.float64)
+        x = np.clip(base + rng.randint(0, 30, size=(len(y), 3, size, size)), 0, 255).astype(np.uint8)
+        return (x if channels_first else x.transpose(0, 2, 3, 1)), y
+
+    x_train, y_train = split(per_class)
+    x_test, y_test = split(max(2, per_class // 2))
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, **extra)
+    return path
+
+
+@pytest.fixture
+def tiny_npz(tmp_path) -> str:
+    return make_npz(str(tmp_path / "tiny.npz"))
+
+
+def tiny_run_args(data_path: str, tmp_path, *extra: str, n_tasks: int = 2) -> list[str]:
+    """Arguments of a seconds-long seq-custom run on a tiny ViT."""
+    return ["--dataset", "seq-custom", "--data_path", data_path, "--n_tasks", str(n_tasks), "--backbone", "vit_tiny",
+            "--embed_dim", "32", "--depth", "1", "--num_heads", "2", "--lr", "0.05", "--n_epochs", "1",
+            "--batch_size", "4", "--seed", "0", "--non_verbose", "--base_path", str(tmp_path / "data"),
+            "--checkpoint_path", str(tmp_path / "ckpt"), *extra]

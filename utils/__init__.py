@@ -1,0 +1,1 @@
+"""The framework: configuration, registries, the training loop, evaluation, results and checkpoints."""

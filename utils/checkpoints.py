@@ -1,0 +1,118 @@
+"""Checkpoints: atomic, checksummed, loaded with ``weights_only=True``; resume after the last complete task.
+
+Layout: ``<checkpoint_path>/<run name>/task_<k>.pt`` holds the state after tasks 0..k-1 were
+trained and evaluated (k = tasks done). Each file is ``{"payload": bytes, "sha256": str}``;
+the payload is the ``torch.save`` of the state dict, so a truncated or corrupted file is
+detected and the previous good one is used.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import os
+import random
+import re
+import warnings
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from utils.errors import UserError
+from utils.io import atomic_write
+
+FORMAT_VERSION = 1
+# args that do not change what is computed: excluded from the run hash
+NON_SEMANTIC_ARGS = {"resume", "loadcheck", "device", "num_workers", "non_verbose", "results_file", "checkpoint_path",
+                     "stop_after", "traceback", "savecheck", "ckpt_name", "notes", "base_path"}
+
+
+def run_name(args: argparse.Namespace) -> str:
+    """``--ckpt_name`` or ``<model>_<dataset>_s<seed>_<hash of the semantic args>``."""
+    if args.ckpt_name:
+        return args.ckpt_name
+    semantic = {k: v for k, v in sorted(vars(args).items()) if k not in NON_SEMANTIC_ARGS}
+    digest = hashlib.sha256(repr(semantic).encode()).hexdigest()[:10]
+    return f"{args.model}_{args.dataset}_s{args.seed}_{digest}"
+
+
+def run_dir(args: argparse.Namespace) -> str:
+    return os.path.join(args.checkpoint_path, run_name(args))
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": _numpy_state(), "python": _python_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
+    version, internal, gauss_next = state["python"]
+    random.setstate((int(version), tuple(int(v) for v in internal.tolist()), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _numpy_state() -> list:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]
+
+
+def _python_state() -> list:
+    version, internal, gauss_next = random.getstate()
+    return [version, torch.tensor(internal, dtype=torch.int64), gauss_next]
+
+
+def save_checkpoint(path: str, state: dict[str, Any]) -> None:
+    """Atomically write ``state`` (tensors and plain types) with its sha256."""
+    buffer = io.BytesIO()
+    torch.save({**state, "format_version": FORMAT_VERSION}, buffer)
+    payload = buffer.getvalue()
+    wrapper = io.BytesIO()
+    torch.save({"payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
+                "sha256": hashlib.sha256(payload).hexdigest()}, wrapper)
+    atomic_write(path, lambda fh: fh.write(wrapper.getvalue()), binary=True)
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    """Read and verify a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
+    try:
+        wrapper = torch.load(path, map_location="cpu", weights_only=True)
+        payload = wrapper["payload"].numpy().tobytes()
+        if hashlib.sha256(payload).hexdigest() != wrapper["sha256"]:
+            raise ValueError("checksum mismatch")
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {path} does not exist") from None
+    except Exception as exc:  # truncated zip, bad pickle, wrong structure, checksum
+        raise UserError(f"checkpoint {path} is corrupt or not a checkpoint of this framework "
+                        f"({type(exc).__name__}: {str(exc)[:80]})") from None
+    if state.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"checkpoint {path} has format {state.get('format_version')}, expected {FORMAT_VERSION}")
+    return state
+
+
+def checkpoint_path(args: argparse.Namespace, tasks_done: int) -> str:
+    return os.path.join(run_dir(args), f"task_{tasks_done}.pt")
+
+
+def latest_checkpoint(folder: str) -> Optional[tuple[str, dict[str, Any]]]:
+    """The newest checkpoint in ``folder`` that verifies; corrupt ones are reported and skipped."""
+    if not os.path.isdir(folder):
+        return None
+    found = []
+    for f in os.listdir(folder):
+        m = re.fullmatch(r"task_(\d+)\.pt", f)
+        if m:
+            found.append((int(m.group(1)), os.path.join(folder, f)))
+    for _, path in sorted(found, reverse=True):
+        try:
+            return path, load_checkpoint(path)
+        except UserError as exc:
+            warnings.warn(f"skipping {exc}; falling back to the previous checkpoint")
+    return None

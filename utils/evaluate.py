@@ -1,0 +1,62 @@
+"""Evaluation: per-task class-IL and task-IL accuracy."""
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+import torch
+from torch.utils.data import DataLoader
+
+
+@torch.no_grad()
+def accuracy_on_loader(model: Any, loader: DataLoader, task_range: tuple[int, int], n_visible: int,
+                       max_batches: Optional[int] = None) -> tuple[float, float]:
+    """(class-IL, task-IL) accuracy in % on one task's loader.
+
+    Class-IL: argmax over the logits of the ``n_visible`` classes seen so far. Task-IL: argmax
+    over the logits of the task's own range ``task_range = (start, end)``.
+    """
+    start, end = task_range
+    correct_cil = correct_til = total = 0
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        inputs, labels = batch[0].to(model.device, non_blocking=True), batch[1].to(model.device)
+        with model.autocast():
+            logits = model(inputs)
+        logits = logits[:, :n_visible].float()
+        correct_cil += (logits.argmax(dim=1) == labels).sum().item()
+        masked = torch.full_like(logits, float("-inf"))
+        masked[:, start:end] = logits[:, start:end]
+        correct_til += (masked.argmax(dim=1) == labels).sum().item()
+        total += labels.numel()
+    if total == 0:
+        return float("nan"), float("nan")
+    return 100.0 * correct_cil / total, 100.0 * correct_til / total
+
+
+def evaluate(model: Any, dataset: Any, tasks: Optional[Iterable[int]] = None, n_visible: Optional[int] = None,
+             debug: bool = False) -> tuple[list[float], list[float]]:
+    """Accuracy on each task's test set, as two lists in %: (class-IL, task-IL).
+
+    By default: the test loaders built so far, with the classes of all seen tasks visible.
+    ``tasks``/``n_visible`` evaluate other tasks (e.g. future ones for forward transfer).
+    """
+    was_training = model.training
+    model.eval()
+    max_batches = model.get_debug_iters() + 1 if debug else None
+    if tasks is None:
+        loaders = list(enumerate(dataset.test_loaders))
+        n_visible = dataset.get_offsets(len(dataset.test_loaders) - 1)[1] if n_visible is None else n_visible
+    else:
+        loaders = [(t, dataset.make_loader(dataset.test_dataset(t), shuffle=False)) for t in tasks]
+    cil, til = [], []
+    try:
+        for task, loader in loaders:
+            a, b = accuracy_on_loader(model, loader, dataset.get_offsets(task),
+                                      n_visible if n_visible is not None else dataset.get_offsets(task)[1],
+                                      max_batches)
+            cil.append(a)
+            til.append(b)
+    finally:
+        model.train(was_training)
+    return cil, til

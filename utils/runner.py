@@ -1,0 +1,175 @@
+"""One run from the command line: configuration -> dataset -> backbone -> model -> loop -> results."""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import time
+import traceback
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from backbone import get_backbone
+from datasets import get_dataset
+from models import get_model_class
+from utils import checkpoints
+from utils.config import ROOT, parse_args
+from utils.errors import UserError
+from utils.io import check_writable, write_json
+from utils.training import RunRecord, train
+
+
+def set_random_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def get_device(name: Optional[str]) -> torch.device:
+    """``--device`` or the best available: cuda, then mps, then cpu."""
+    if name:
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise UserError(f"bad --device '{name}'; use cpu, cuda, cuda:N or mps") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def versions() -> dict[str, Optional[str]]:
+    import timm
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+            "git_commit": commit}
+
+
+def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    out = {"cpu_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    if device.type == "cuda":
+        out["cuda"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return out
+
+
+def default_results_file(args: argparse.Namespace, setting: str) -> str:
+    return os.path.join(args.base_path, "results", setting, args.dataset, args.model,
+                        f"{checkpoints.run_name(args)}.json")
+
+
+def _find_resume_state(args: argparse.Namespace) -> Optional[tuple[str, dict[str, Any]]]:
+    if args.loadcheck:
+        return args.loadcheck, checkpoints.load_checkpoint(args.loadcheck)
+    if args.resume:
+        found = checkpoints.latest_checkpoint(checkpoints.run_dir(args))
+        if found is None:
+            print(f"no checkpoint in {checkpoints.run_dir(args)}: starting from the first task", file=sys.stderr)
+        return found
+    return None
+
+
+def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    """Parse ``argv``, train, write the results JSON and return it."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ckpt_args = None
+    if "--loadcheck" in argv or any(a.startswith("--loadcheck=") for a in argv):
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--loadcheck")
+        path = pre.parse_known_args(argv)[0].loadcheck
+        if path and path.lower() not in ("none", "null"):
+            ckpt_args = checkpoints.load_checkpoint(path)["args"]
+    args = parse_args(argv, checkpoint_args=ckpt_args)
+    started = time.perf_counter()
+    if args.seed is not None:
+        set_random_seed(args.seed)
+    device = get_device(args.device)
+
+    results_file = args.results_file
+    dataset = get_dataset(args)
+    dataset.splits  # read (or download) the data now: data errors come before any training output
+    model_cls = get_model_class(args.model)
+    if dataset.SETTING not in model_cls.COMPATIBILITY:
+        raise UserError(f"model {args.model} does not support the {dataset.SETTING} setting of {args.dataset} "
+                        f"(it supports: {', '.join(model_cls.COMPATIBILITY)})")
+    results_file = results_file or default_results_file(args, dataset.SETTING)
+    check_writable(os.path.dirname(os.path.abspath(results_file)), "results")
+    if args.savecheck:
+        check_writable(checkpoints.run_dir(args), "checkpoint")
+
+    backbone = get_backbone(args, dataset.N_CLASSES, dataset.img_size, dataset.IN_CHANS)
+    model = model_cls(backbone, dataset.get_loss(), args, dataset.get_transform(), dataset=dataset).to(device)
+
+    record = RunRecord()
+    resumed = _find_resume_state(args)
+    if resumed is not None:
+        path, state = resumed
+        saved = state["args"]
+        if (saved.get("model"), saved.get("dataset")) != (args.model, args.dataset):
+            raise UserError(f"checkpoint {path} is from model {saved.get('model')} on {saved.get('dataset')}, "
+                            f"not {args.model} on {args.dataset}; pick the matching checkpoint")
+        record = RunRecord.from_dict(state["record"])
+        for _ in range(record.tasks_done):  # rebuild the test loaders of the finished tasks
+            dataset.get_data_loaders()
+        model.load_checkpoint_state(state["model_state"], dataset)
+        model.to(device)
+        checkpoints.set_rng_state(state["rng"])
+        print(f"resumed from {path}: {record.tasks_done} of {dataset.N_TASKS} tasks done", file=sys.stderr)
+
+    def save(rec: RunRecord) -> None:
+        final = rec.tasks_done == dataset.N_TASKS
+        if args.savecheck == "task" or (args.savecheck == "last" and final):
+            checkpoints.save_checkpoint(checkpoints.checkpoint_path(args, rec.tasks_done), {
+                "args": {k: v for k, v in vars(args).items()}, "model_state": model.checkpoint_state(),
+                "record": rec.to_dict(), "rng": checkpoints.rng_state(), "tasks_done": rec.tasks_done})
+
+    try:
+        record = train(model, dataset, args, record, on_task_end=save)
+    except KeyboardInterrupt:
+        where = checkpoints.run_dir(args) if args.savecheck else None
+        hint = f"; checkpoints of finished tasks are in {where}: rerun with --resume" if where else ""
+        raise UserError(f"interrupted after {record.tasks_done} finished task(s){hint}") from None
+
+    timings = {"per_task": record.task_timings, "total_seconds": time.perf_counter() - started}
+    results = {"args": vars(args), "setting": dataset.SETTING, "n_tasks": dataset.N_TASKS,
+               "tasks_done": record.tasks_done, "complete": record.tasks_done == dataset.N_TASKS,
+               "class_order": list(dataset.scenario.class_order) if dataset.scenario.class_order else None,
+               "accuracy_matrix_class_il": record.accuracy_matrix_class_il,
+               "accuracy_matrix_task_il": record.accuracy_matrix_task_il, **record.summary(),
+               "timings": timings, "peak_memory_mb": peak_memory_mb(device), "device": str(device),
+               "versions": versions()}
+    write_json(results_file, results)
+    print(f"final class-IL {results['final_class_il']:.2f}  task-IL {results['final_task_il']:.2f}")
+    print(f"results: {results_file}", flush=True)
+    results["results_file"] = results_file
+    return results
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Command-line entry: user errors become one line on stderr and a non-zero exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        run(argv)
+    except UserError as exc:
+        if "--traceback" in argv:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    return 0

@@ -1,0 +1,145 @@
+"""The training loop: task by task, the model's hooks in a fixed order, evaluation after each task."""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional
+
+from tqdm import tqdm
+
+from utils import metrics
+from utils.errors import TrainingDiverged
+from utils.evaluate import evaluate
+
+
+@dataclass
+class RunRecord:
+    """Everything measured so far; rows are appended after each task (resumable)."""
+
+    accuracy_matrix_class_il: list[list[float]] = field(default_factory=list)
+    accuracy_matrix_task_il: list[list[float]] = field(default_factory=list)
+    # forward transfer (only with --enable_other_metrics): accuracy on task j before training it,
+    # and the untrained model's accuracy on task j, both with the classes of tasks 0..j visible
+    before_task_class_il: list[Optional[float]] = field(default_factory=list)
+    before_task_task_il: list[Optional[float]] = field(default_factory=list)
+    untrained_class_il: list[float] = field(default_factory=list)
+    untrained_task_il: list[float] = field(default_factory=list)
+    task_timings: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def tasks_done(self) -> int:
+        return len(self.accuracy_matrix_class_il)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunRecord":
+        return cls(**data)
+
+    def summary(self) -> dict[str, Any]:
+        """Final metrics (see :mod:`utils.metrics` for the definitions)."""
+        R, Rt = self.accuracy_matrix_class_il, self.accuracy_matrix_task_il
+        out: dict[str, Any] = {
+            "final_class_il": metrics.final_average_accuracy(R) if R else None,
+            "final_task_il": metrics.final_average_accuracy(Rt) if Rt else None,
+            "average_class_il_per_task": [metrics.average_accuracy(r) for r in R],
+            "average_task_il_per_task": [metrics.average_accuracy(r) for r in Rt],
+            "forgetting": metrics.forgetting(R) if R else None,
+            "forgetting_task_il": metrics.forgetting(Rt) if Rt else None,
+            "bwt": metrics.backward_transfer(R) if R else None,
+            "bwt_task_il": metrics.backward_transfer(Rt) if Rt else None,
+        }
+        if self.untrained_class_il:
+            out["fwt"] = metrics.forward_transfer(self.before_task_class_il, self.untrained_class_il)
+            out["fwt_task_il"] = metrics.forward_transfer(self.before_task_task_il, self.untrained_task_il)
+        return out
+
+
+def _fmt(values: list[float]) -> str:
+    return " ".join(f"{v:6.2f}" for v in values)
+
+
+def print_task_table(record: RunRecord, out=sys.stdout) -> None:
+    """The accuracy matrix so far, one row per trained task, plus the averages."""
+    R, Rt = record.accuracy_matrix_class_il, record.accuracy_matrix_task_il
+    t = len(R) - 1
+    print(f"\nAccuracy after task {t + 1} (class-IL, % per task):", file=out)
+    for i, row in enumerate(R):
+        print(f"  after task {i + 1:2d}: {_fmt(row)}   | mean {metrics.average_accuracy(row):6.2f}", file=out)
+    print(f"  mean class-IL {metrics.average_accuracy(R[-1]):.2f}   mean task-IL "
+          f"{metrics.average_accuracy(Rt[-1]):.2f}", file=out, flush=True)
+
+
+def _untrained_accuracy(model: Any, dataset: Any, debug: bool) -> tuple[list[float], list[float]]:
+    cil, til = [], []
+    for j in range(dataset.N_TASKS):
+        a, b = evaluate(model, dataset, tasks=[j], n_visible=dataset.get_offsets(j)[1], debug=debug)
+        cil.append(a[0])
+        til.append(b[0])
+    return cil, til
+
+
+def train_task(model: Any, dataset: Any, args: Any, train_loader: Any, task: int) -> None:
+    """Run the epochs of one task (the model's hooks do the learning)."""
+    if not model.OBSERVES_BATCHES:
+        return
+    quiet = bool(args.non_verbose)
+    for epoch in tqdm(range(args.n_epochs), desc=f"task {task + 1} epochs", leave=False, disable=quiet):
+        model.meta_begin_epoch(epoch, dataset)
+        bar = tqdm(train_loader, desc=f"task {task + 1} epoch {epoch + 1}", leave=False, disable=quiet)
+        for step, (inputs, labels, not_aug_inputs) in enumerate(bar):
+            if args.debug_mode and step > model.get_debug_iters():
+                break
+            inputs = inputs.to(model.device, non_blocking=True)
+            labels = labels.to(model.device, non_blocking=True).long()
+            not_aug_inputs = not_aug_inputs.to(model.device, non_blocking=True)
+            loss = model.meta_observe(inputs, labels, not_aug_inputs, epoch=epoch)
+            if not math.isfinite(loss):
+                raise TrainingDiverged(f"loss is {loss} at task {task + 1}, epoch {epoch + 1}, step {step + 1}; "
+                                       f"lower --lr or check the data (checkpoints of finished tasks are kept)")
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        model.meta_end_epoch(epoch, dataset)
+
+
+def train(model: Any, dataset: Any, args: Any, record: Optional[RunRecord] = None,
+          on_task_end: Optional[Callable[[RunRecord], None]] = None) -> RunRecord:
+    """Train tasks ``record.tasks_done .. N_TASKS-1`` (or up to ``--stop_after``) and evaluate after each.
+
+    Order per task: ``get_data_loaders`` -> ``meta_begin_task`` -> epochs of ``meta_observe``
+    -> ``meta_end_task`` -> ``evaluate`` (all seen tasks) -> ``meta_end_eval`` -> ``on_task_end``.
+    """
+    record = record or RunRecord()
+    n_tasks = dataset.N_TASKS
+    last = min(n_tasks, args.stop_after) if args.stop_after else n_tasks
+    if args.enable_other_metrics and not record.untrained_class_il:
+        record.untrained_class_il, record.untrained_task_il = _untrained_accuracy(model, dataset, args.debug_mode)
+    for task in tqdm(range(record.tasks_done, last), desc="tasks", disable=bool(args.non_verbose)):
+        start = time.perf_counter()
+        train_loader, _ = dataset.get_data_loaders()
+        if args.enable_other_metrics:
+            before = (None, None)
+            if task > 0:
+                a, b = evaluate(model, dataset, tasks=[task], n_visible=dataset.get_offsets(task)[1],
+                                debug=args.debug_mode)
+                before = (a[0], b[0])
+            record.before_task_class_il.append(before[0])
+            record.before_task_task_il.append(before[1])
+        model.net.train()
+        model.meta_begin_task(dataset)
+        train_task(model, dataset, args, train_loader, task)
+        model.meta_end_task(dataset)
+        train_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        accs = evaluate(model, dataset, debug=args.debug_mode)
+        eval_seconds = time.perf_counter() - start
+        model.meta_end_eval(dataset, accs)
+        record.accuracy_matrix_class_il.append(accs[0])
+        record.accuracy_matrix_task_il.append(accs[1])
+        record.task_timings.append({"train_seconds": train_seconds, "eval_seconds": eval_seconds})
+        print_task_table(record)
+        if on_task_end is not None:
+            on_task_end(record)
+    return record
