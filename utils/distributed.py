@@ -1,0 +1,158 @@
+"""Multi-process data-parallel training with ``torchrun`` (``--distributed ddp``).
+
+The design keeps methods unaware of distribution:
+
+* every rank holds a full replica; the train loader of each rank sees a disjoint shard;
+* gradients are averaged across ranks by a pre-step hook on the method's own optimizer
+  (:func:`average_gradients_before_step`), so any ``observe`` that calls ``self.opt.step()``
+  is data-parallel without changes;
+* statistics that are sums over data (Fisher, example counts, class features) are reduced
+  with :func:`all_reduce_sum` / :func:`all_gather_cat` by the methods that compute them;
+* evaluation shards the test set without padding and sums correct/total counts, so the
+  metrics equal a single-process evaluation;
+* only rank 0 writes results and checkpoints.
+
+Every collective has a timeout (``--dist_timeout``): a rank that dies makes the others fail
+instead of hanging, and ``torchrun`` then stops the whole job.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Iterator, Optional
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+from utils.errors import UserError
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def init_from_env(timeout_seconds: float, device_name: Optional[str] = None) -> torch.device:
+    """Join the process group that ``torchrun`` describes in the environment; returns this rank's device."""
+    missing = [k for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise UserError(f"--distributed ddp must be launched with torchrun (missing {', '.join(missing)}), e.g. "
+                        f"torchrun --nproc_per_node 2 main.py ... --distributed ddp")
+    local_rank = int(os.environ["LOCAL_RANK"])
+    use_cuda = torch.cuda.is_available() and (device_name is None or device_name.startswith("cuda"))
+    if use_cuda:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not is_distributed():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo",
+                                timeout=datetime.timedelta(seconds=timeout_seconds))
+    return device
+
+
+def shutdown() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """In-place sum over ranks (no-op in a single process); returns ``tensor``."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` (first dimensions may differ) from every rank, in rank order."""
+    if not is_distributed():
+        return tensor
+    n = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.zeros_like(n) for _ in range(world_size())]
+    dist.all_gather(sizes, n)
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded[:tensor.shape[0]] = tensor
+    parts = [torch.empty_like(padded) for _ in range(world_size())]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:int(s.item())] for p, s in zip(parts, sizes)])
+
+
+def broadcast_object(obj: object) -> object:
+    """Rank 0's ``obj`` on every rank."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def average_gradients_before_step(optimizer: torch.optim.Optimizer) -> None:
+    """Make ``optimizer.step()`` first average the gradients of its parameters over ranks.
+
+    Gradients are flattened into one buffer per dtype/device, so each step costs one all-reduce.
+    """
+    if not is_distributed() or getattr(optimizer, "_cl_grad_sync", False):
+        return
+
+    def hook(opt: torch.optim.Optimizer, args, kwargs) -> None:
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        buckets: dict[tuple, list[torch.Tensor]] = {}
+        for grad in grads:
+            buckets.setdefault((grad.dtype, grad.device), []).append(grad)
+        for bucket in buckets.values():
+            flat = torch.cat([g.reshape(-1) for g in bucket])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat /= world_size()
+            offset = 0
+            for g in bucket:
+                g.copy_(flat[offset:offset + g.numel()].view_as(g))
+                offset += g.numel()
+
+    optimizer.register_step_pre_hook(hook)
+    optimizer._cl_grad_sync = True
+
+
+class ShardSampler(Sampler[int]):
+    """Rank ``r`` of ``w`` takes items ``r, r+w, ...`` of a (seeded, per-epoch) permutation, without padding.
+
+    Unlike ``DistributedSampler`` no sample is repeated, so summed evaluation counts equal a
+    single-process evaluation exactly, and the union of the training shards is one epoch.
+    """
+
+    def __init__(self, n: int, shuffle: bool, seed: int = 0):
+        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.n))
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        self.epoch += 1  # a fresh order per pass, identical on every rank
+        return iter(self._order()[rank()::world_size()])
+
+    def __len__(self) -> int:
+        return len(range(rank(), self.n, world_size()))
