@@ -166,3 +166,11 @@ def test_seq_cars196_tensors(tmp_path):
     (root / "train_images.pt").write_bytes((root / "train_images.pt").read_bytes()[:500])
     with pytest.raises(UserError, match="train_images.pt .*corrupted or incomplete"):
         dataset_for(tmp_path, "--dataset", "seq-cars196", "--backbone", "resnet18").splits
+
+
+def test_mnistmlp_backbone_shapes_and_size():
+    from backbone import BACKBONES
+    net = BACKBONES.get("mnistmlp")(num_classes=10, img_size=28, in_chans=1)
+    logits, feats = net(torch.zeros(3, 1, 28, 28), returnt="both")
+    assert logits.shape == (3, 10) and feats.shape == (3, 100)
+    assert sum(p.numel() for p in net.parameters()) == 784 * 100 + 100 + 100 * 100 + 100 + 100 * 10 + 10
