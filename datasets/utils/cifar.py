@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from datasets.utils.download import download_and_extract
 from datasets.utils.sources import ImageSource
 from utils.errors import UserError
 
@@ -32,6 +33,16 @@ CIFAR = {
                            "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
                            "eb9058c3a382ffc7106e4002c42a8d85", ("train",), ("test",), "fine_labels"),
 }
+
+# CIFAR-100 fine labels: the ids are the alphabetical order of these names (the official ``meta`` file).
+CIFAR100_CLASSES = (
+    "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can "
+    "castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin "
+    "elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster "
+    "man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck "
+    "pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk "
+    "skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television tiger "
+    "tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm").split()
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -67,12 +78,11 @@ def load_cifar(name: str, base_path: str, download: bool = True) -> tuple[ImageS
     wanted = [os.path.join(folder, f) for f in spec.train + spec.test]
     if not all(os.path.isfile(p) for p in wanted) and download:
         try:
-            from torchvision.datasets.utils import download_and_extract_archive
-            download_and_extract_archive(spec.url, root, filename=spec.archive, md5=spec.md5)
-        except Exception as exc:  # offline, proxy, bad checksum...
+            download_and_extract(spec.url, os.path.join(root, spec.archive), root, md5=spec.md5)
+        except UserError as exc:  # offline, proxy, bad checksum, corrupt archive
             missing = [os.path.basename(p) for p in wanted if not os.path.isfile(p)]
             raise UserError(f"{name} files missing ({', '.join(missing)}) and the download failed "
-                            f"({type(exc).__name__}); put {spec.archive} from {spec.url} extracted as "
+                            f"({exc}); put {spec.archive} from {spec.url} extracted as "
                             f"{folder}/ (or pass --base_path)") from None
     parts = {}
     for split, files in (("train", spec.train), ("test", spec.test)):

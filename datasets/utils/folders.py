@@ -1,0 +1,104 @@
+"""Image-folder datasets: class trees, deterministic per-class splits, path lists read lazily."""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+from datasets.utils.sources import ImageSource
+from utils.errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".tif", ".tiff", ".webp")
+
+
+def is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def class_tree(root: str) -> dict[str, list[str]]:
+    """``{class folder: sorted image paths relative to root}`` for ``root/<class>/**/<image>``."""
+    tree: dict[str, list[str]] = {}
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        files = []
+        for dirpath, dirnames, filenames in os.walk(entry.path):
+            dirnames.sort()
+            files.extend(os.path.relpath(os.path.join(dirpath, f), root) for f in sorted(filenames) if is_image(f))
+        if files:
+            tree[entry.name] = files
+    return tree
+
+
+def check_class_count(tree: dict[str, list[str]], expected: int, where: str, dataset: str) -> None:
+    """One-line error when ``where`` does not hold ``expected`` class folders."""
+    if len(tree) != expected:
+        raise UserError(f"{dataset}: found {len(tree)} class folders with images in {where}, expected {expected}; "
+                        f"the data is incomplete: delete the folder to download it again")
+
+
+def seeded_split(tree: dict[str, list[str]], test_fraction: float, seed: int = 0,
+                 classes: Optional[Sequence[str]] = None) -> tuple[list[str], list[int], list[str], list[int]]:
+    """Per-class random split: ``round(n * test_fraction)`` test images (at least 1 if n > 1) per class.
+
+    Class ids follow ``classes`` (default: sorted folder names); each class draws from its own
+    ``RandomState(seed + class_id)`` over its sorted file list, so the split is the same on every
+    machine and does not change when other classes are added.
+    """
+    names = list(classes) if classes is not None else sorted(tree)
+    train_p, train_y, test_p, test_y = [], [], [], []
+    for label, name in enumerate(names):
+        files = sorted(tree.get(name, []))
+        n_test = int(round(len(files) * test_fraction))
+        if len(files) > 1:
+            n_test = min(max(1, n_test), len(files) - 1)
+        order = np.random.RandomState(seed + label).permutation(len(files))
+        test_idx = set(order[:n_test].tolist())
+        for i, f in enumerate(files):
+            (test_p if i in test_idx else train_p).append(f)
+            (test_y if i in test_idx else train_y).append(label)
+    return train_p, train_y, test_p, test_y
+
+
+def source(root: str, relative_paths: Sequence[str], labels: Sequence[int]) -> ImageSource:
+    """An :class:`ImageSource` of ``root/<relative path>`` files (read when a sample is requested)."""
+    return ImageSource([os.path.join(root, p) for p in relative_paths], np.asarray(labels, dtype=np.int64))
+
+
+def train_test_folders(root: str, n_classes: int, dataset: str) -> tuple[ImageSource, ImageSource, list[str]]:
+    """``root/train/<class>/`` and ``root/test/<class>/`` with ``n_classes`` classes (ids in sorted name order)."""
+    trees = {split: class_tree(os.path.join(root, split)) for split in ("train", "test")}
+    check_class_count(trees["train"], n_classes, os.path.join(root, "train"), dataset)
+    classes = sorted(trees["train"])
+    extra = sorted(set(trees["test"]) - set(classes))
+    if extra:
+        raise UserError(f"{dataset}: {root}/test/{extra[0]} is not a class of {root}/train; the data is inconsistent")
+    index = {c: i for i, c in enumerate(classes)}
+    splits = []
+    for split in ("train", "test"):
+        paths = [os.path.join(split, p) for c in sorted(trees[split]) for p in trees[split][c]]
+        labels = [index[c] for c in sorted(trees[split]) for _ in trees[split][c]]
+        splits.append(source(root, paths, labels))
+    return splits[0], splits[1], classes
+
+
+def has_train_test_folders(root: str) -> bool:
+    return all(os.path.isdir(os.path.join(root, s)) and any(os.scandir(os.path.join(root, s)))
+               for s in ("train", "test"))
+
+
+def folders_with_split(root: str, n_classes: int, dataset: str,
+                       test_fraction: float = 0.2) -> tuple[ImageSource, ImageSource, list[str]]:
+    """``root/train|test/<class>/`` when present, else ``root/<class>/`` split by :func:`seeded_split` (seed 0)."""
+    if has_train_test_folders(root):
+        return train_test_folders(root, n_classes, dataset)
+    tree = class_tree(root)
+    check_class_count(tree, n_classes, root, dataset)
+    train_p, train_y, test_p, test_y = seeded_split(tree, test_fraction, seed=0)
+    return source(root, train_p, train_y), source(root, test_p, test_y), sorted(tree)
+
+
+def has_class_folders(root: str) -> bool:
+    """True when ``root`` holds ``train/`` + ``test/`` or at least one class folder with images."""
+    return os.path.isdir(root) and (has_train_test_folders(root) or bool(class_tree(root)))
