@@ -11,6 +11,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["CL_NO_DOWNLOAD"] = "1"  # no test may reach the network
 _cache = tempfile.mkdtemp(prefix="cl-test-cache-")
 os.environ.setdefault("TORCH_HOME", os.path.join(_cache, "torch"))
 os.environ.setdefault("HF_HOME", os.path.join(_cache, "hf"))
