@@ -81,6 +81,16 @@ def check_compatibility(model_cls: Any, dataset: Any) -> None:
                         f"(it supports: {', '.join(model_cls.COMPATIBILITY)}); pick another model or dataset")
 
 
+def check_every_task_has_data(dataset: Any) -> None:
+    """Fail before training (not at task k) when a task of the split has no training images."""
+    train, _ = dataset.splits
+    for task in range(dataset.N_TASKS):
+        if len(dataset.task_indices(train, task)) == 0:
+            start, end = dataset.get_offsets(task)
+            raise UserError(f"{dataset.NAME}: task {task + 1} (classes {start}-{end - 1}) has no training images; "
+                            f"check the labels of the data or the class split (--n_tasks/--classes_per_task)")
+
+
 def _find_resume_state(args: argparse.Namespace) -> Optional[tuple[str, dict[str, Any]]]:
     """The checkpoint to continue from (``--loadcheck``, or the newest good one of this run with ``--resume``)."""
     if args.loadcheck:
@@ -164,6 +174,7 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
 
     dataset = get_dataset(args)
     dataset.splits  # read (or download) the data now: data errors come before any training output
+    check_every_task_has_data(dataset)
     model_cls = get_model_class(args.model)
     check_compatibility(model_cls, dataset)
     results_file = args.results_file or default_results_file(args, dataset.SETTING)
@@ -223,16 +234,37 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
     return results
 
 
+def wants_traceback(argv: list[str]) -> bool:
+    """``--traceback`` (bare, ``--traceback 1`` or ``--traceback=true``) is on the command line."""
+    for i, token in enumerate(argv):
+        flag, _, value = token.partition("=")
+        if flag == "--traceback":
+            if not value and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                value = argv[i + 1]
+            return value.strip().lower() not in ("0", "false", "no", "n", "off") if value else True
+    return False
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    """Command-line entry: user errors become one line on stderr and a non-zero exit code."""
+    """Command-line entry: user errors become one line on stderr and a non-zero exit code.
+
+    ``--traceback`` adds the full traceback. Exit codes: 0 success, 1 an operating-system error
+    outside the framework's own checks, 2 bad input, 3 the loss diverged (NaN/inf).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         run(argv)
     except UserError as exc:
-        if "--traceback" in argv:
+        if wants_traceback(argv):
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # e.g. a file vanishing mid-run: still one line unless asked for the traceback
+        if wants_traceback(argv):
+            traceback.print_exc()
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}; rerun with --traceback for details", file=sys.stderr)
+        return 1
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     return 0
