@@ -239,3 +239,22 @@ def test_traceback_only_when_asked(setup, capsys):
     assert "Traceback (most recent call last)" in err and err.strip().splitlines()[-1].startswith("error: unknown")
     assert wants_traceback(["--traceback", "1"]) and wants_traceback(["--traceback=true"])
     assert not wants_traceback(["--traceback", "0"]) and not wants_traceback(["--lr", "1"])
+
+
+def test_every_torch_load_uses_weights_only():
+    """No code path can unpickle arbitrary objects: each ``torch.load`` call passes ``weights_only=True``."""
+    import ast
+    from tests.conftest import ROOT
+    offenders = []
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("tests", "data", "checkpoints")]
+        for name in (f for f in files if f.endswith(".py")):
+            path = os.path.join(folder, name)
+            for node in ast.walk(ast.parse(open(path).read(), path)):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
+                        and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
+                    safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                               for k in node.keywords)
+                    if not safe:
+                        offenders.append(f"{os.path.relpath(path, ROOT)}:{node.lineno}")
+    assert not offenders, f"torch.load without weights_only=True: {offenders}"

@@ -75,6 +75,7 @@ def test_sigkill_then_resume_equals_uninterrupted(point, on_disk, reference, tmp
     assert_same_run(resumed, checkpoints.load_checkpoint(str(run_dir / "task_3.pt")), reference_results,
                     reference_state)
     assert resumed["complete"] and os.path.exists(tmp_path / "res" / "r.json")
+    assert not list((tmp_path / "res").glob("*.png"))  # --plots 0
     assert not [f for f in task_files(run_dir) + task_files(tmp_path / "res") if f.startswith(".tmp-")]
 
 
