@@ -258,3 +258,19 @@ def test_every_torch_load_uses_weights_only():
                     if not safe:
                         offenders.append(f"{os.path.relpath(path, ROOT)}:{node.lineno}")
     assert not offenders, f"torch.load without weights_only=True: {offenders}"
+
+
+def test_partial_or_corrupt_builtin_dataset_files(tmp_path, capsys):
+    import pickle
+    folder = tmp_path / "data" / "CIFAR10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    batch = pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]})
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(batch)
+    (folder / "data_batch_3").write_bytes(batch[: len(batch) // 2])  # cut short
+    setup = types.SimpleNamespace(results=tmp_path / "r.json", tmp=tmp_path)
+    argv = ["--model", "sgd", "--dataset", "seq-cifar10", "--lr", "0.1", "--base_path", str(tmp_path / "data"),
+            "--results_file", str(setup.results)]
+    assert_one_line_error(capsys, setup, argv, "corrupt CIFAR file", "data_batch_3", "delete it to re-download")
+    (folder / "data_batch_3").write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.uint8)}))  # no labels
+    assert_one_line_error(capsys, setup, argv, "corrupt CIFAR file", "data_batch_3")
