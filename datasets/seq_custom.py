@@ -11,7 +11,7 @@ from torchvision import transforms
 
 from datasets.utils.continual_dataset import ContinualDataset
 from datasets.utils.sources import ImageSource
-from utils.args import none_or, positive_int
+from utils.args import none_or, parse_bool, positive_int
 from utils.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".tif", ".tiff", ".webp")
@@ -102,6 +102,8 @@ class SequentialCustom(ContinualDataset):
                            help="explicit class counts per task, e.g. 10,10,5 (overrides --n_tasks)")
         group.add_argument("--img_size", type=none_or(positive_int), default=None,
                            help="resize images to this size (default: native size for npz, 224 for folders)")
+        group.add_argument("--augment", type=parse_bool, default=True,
+                           help="random crop and horizontal flip on training images (0: none, e.g. pre-augmented data)")
         group.add_argument("--normalization", type=str, default="dataset", choices=list(NORMALIZATIONS),
                            help="per-channel mean/std: of the training images, ImageNet's, 0.5/0.5 (half) or none")
         return parser
@@ -159,9 +161,10 @@ class SequentialCustom(ContinualDataset):
         if self.TRANSFORM is not None:
             return super().get_transform()
         size = self.img_size
-        return transforms.Compose(self._resize() + [transforms.RandomCrop(size, padding=size // 8),
-                                                    transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-                                                    self.get_normalization_transform()])
+        augment = [transforms.RandomCrop(size, padding=size // 8), transforms.RandomHorizontalFlip()] \
+            if self.args.augment else []
+        return transforms.Compose(self._resize() + augment + [transforms.ToTensor(),
+                                                              self.get_normalization_transform()])
 
     def get_test_transform(self) -> Callable:
         if self.TEST_TRANSFORM is not None:

@@ -113,6 +113,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     mgmt.add_argument("--stop_after", type=none_or(positive_int), default=None,
                       help="stop after this many tasks (the run can be resumed later)")
     mgmt.add_argument("--device", type=none_or(str), default=None, help="cpu, cuda, cuda:N or mps (default: auto)")
+    mgmt.add_argument("--distributed", type=str, default="no", choices=["no", "ddp"],
+                      help="ddp: data-parallel over the processes started by torchrun (see README)")
+    mgmt.add_argument("--dist_timeout", type=positive_float, default=600.0,
+                      help="seconds a collective may wait for the other ranks before the job fails")
     mgmt.add_argument("--num_workers", type=nonneg_int, default=0, help="data-loader worker processes")
     mgmt.add_argument("--non_verbose", type=parse_bool, default=False, nargs="?", const=True,
                       help="no progress bars")

@@ -104,6 +104,15 @@ def broadcast_object(obj: object) -> object:
     return box[0]
 
 
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every rank (no-op in a single process)."""
+    if not is_distributed():
+        return
+    with torch.no_grad():
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(tensor.data, src=0)
+
+
 def average_gradients_before_step(optimizer: torch.optim.Optimizer) -> None:
     """Make ``optimizer.step()`` first average the gradients of its parameters over ranks.
 
@@ -128,6 +137,44 @@ def average_gradients_before_step(optimizer: torch.optim.Optimizer) -> None:
 
     optimizer.register_step_pre_hook(hook)
     optimizer._cl_grad_sync = True
+
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Global batches of a seeded permutation, each split evenly across the ranks.
+
+    Batch ``i`` of the epoch is ``order[i*B:(i+1)*B]`` for every world size; rank ``r`` gets
+    the ``r``-th of ``w`` near-equal slices. Averaging the ranks' gradients therefore gives
+    the gradient of the same global batch as a single-process run (exactly when ``w`` divides
+    the batch size). A new order is drawn at each pass. A final batch with fewer samples than
+    ranks is dropped (every rank must take part in every step).
+    """
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False):
+        self.n, self.batch_size, self.shuffle, self.seed, self.drop_last = n, batch_size, shuffle, seed, drop_last
+        self.passes = 0
+
+    def _batches(self, order: list[int]) -> Iterator[list[int]]:
+        w, r = world_size(), rank()
+        for start in range(0, self.n, self.batch_size):
+            batch = order[start:start + self.batch_size]
+            if (len(batch) < self.batch_size and self.drop_last) or len(batch) < w:
+                return
+            size, extra = divmod(len(batch), w)
+            lo = r * size + min(r, extra)
+            yield batch[lo:lo + size + (1 if r < extra else 0)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.passes)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        self.passes += 1
+        return self._batches(order)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._batches(list(range(self.n))))
 
 
 class ShardSampler(Sampler[int]):

@@ -6,6 +6,7 @@ from typing import Any, Iterable, Optional
 import torch
 from torch.utils.data import DataLoader
 
+from utils import distributed
 from utils.killpoints import kill_point
 
 
@@ -31,6 +32,10 @@ def accuracy_on_loader(model: Any, loader: DataLoader, task_range: tuple[int, in
         masked[:, start:end] = logits[:, start:end]
         correct_til += (masked.argmax(dim=1) == labels).sum().item()
         total += labels.numel()
+    if distributed.is_distributed():  # each rank saw a disjoint shard: sum the counts
+        counts = distributed.all_reduce_sum(torch.tensor([correct_cil, correct_til, total], dtype=torch.float64,
+                                                         device=model.device))
+        correct_cil, correct_til, total = (float(v) for v in counts.tolist())
     if total == 0:
         return float("nan"), float("nan")
     return 100.0 * correct_cil / total, 100.0 * correct_til / total

@@ -12,12 +12,16 @@ import os
 import signal
 
 ENV_VAR = "CL_TEST_KILL_AT"
+RANK_VAR = "CL_TEST_KILL_RANK"
 
 
 def kill_requested(name: str, *index: object) -> bool:
     """True when ``CL_TEST_KILL_AT`` names this point, e.g. ``kill_requested("eval", 2)`` for ``eval:2``."""
     target = os.environ.get(ENV_VAR)
-    return bool(target) and target == ":".join([name, *map(str, index)])
+    if not target or target != ":".join([name, *map(str, index)]):
+        return False
+    only_rank = os.environ.get(RANK_VAR)  # multi-process tests: kill one rank only
+    return only_rank is None or only_rank == os.environ.get("RANK", "0")
 
 
 def kill_now() -> None:

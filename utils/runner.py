@@ -18,7 +18,7 @@ import torch
 from backbone import get_backbone
 from datasets import get_dataset
 from models import get_model_class
-from utils import checkpoints
+from utils import checkpoints, distributed
 from utils.config import ROOT, parse_args
 from utils.errors import UserError
 from utils.io import check_writable, remove_stale_temporaries, write_json
@@ -99,7 +99,7 @@ def _find_resume_state(args: argparse.Namespace) -> Optional[tuple[str, dict[str
         return args.loadcheck, state
     if args.resume:
         folder = checkpoints.run_dir(args)
-        removed = remove_stale_temporaries(folder)
+        removed = remove_stale_temporaries(folder) if distributed.is_main_process() else []
         if removed:
             print(f"removed {len(removed)} unfinished checkpoint file(s) of an interrupted run in {folder}",
                   file=sys.stderr)
@@ -165,10 +165,20 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
         if path and path.lower() not in ("none", "null"):
             ckpt_args = checkpoints.load_checkpoint(path)["args"]
     args = parse_args(argv, checkpoint_args=ckpt_args)
+    if args.distributed == "ddp":
+        device = distributed.init_from_env(args.dist_timeout, args.device)
+        try:
+            return _run(args, ckpt_args, device)
+        finally:
+            distributed.shutdown()
+    return _run(args, ckpt_args, get_device(args.device))
+
+
+def _run(args: argparse.Namespace, ckpt_args: Optional[dict], device: torch.device) -> dict[str, Any]:
     started = time.perf_counter()
+    main_process = distributed.is_main_process()
     if args.seed is not None:
         set_random_seed(args.seed)
-    device = get_device(args.device)
     if ckpt_args is not None:  # before reading any data: a checkpoint of another model/dataset is refused
         checkpoints.check_checkpoint_matches(args.loadcheck, ckpt_args, args, strict=False)
 
@@ -178,24 +188,29 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
     model_cls = get_model_class(args.model)
     check_compatibility(model_cls, dataset)
     results_file = args.results_file or default_results_file(args, dataset.SETTING)
-    check_writable(os.path.dirname(os.path.abspath(results_file)), "results")
-    if args.savecheck:
-        check_writable(checkpoints.run_dir(args), "checkpoint")
+    if distributed.world_size() > args.batch_size:
+        raise UserError(f"--batch_size {args.batch_size} is split across {distributed.world_size()} processes; "
+                        f"use at least one sample per process")
+    if main_process:
+        check_writable(os.path.dirname(os.path.abspath(results_file)), "results")
+        if args.savecheck:
+            check_writable(checkpoints.run_dir(args), "checkpoint")
 
     backbone = get_backbone(args, dataset.N_CLASSES, dataset.img_size, dataset.IN_CHANS)
     model = model_cls(backbone, dataset.get_loss(), args, dataset.get_transform(), dataset=dataset).to(device)
+    distributed.broadcast_module(model)  # identical replicas even if construction drew different numbers
 
     record = RunRecord()
     resumed = _find_resume_state(args)
     if resumed is not None:
         record = _restore(model, dataset, *resumed, device)
-    if args.resume:
+    if args.resume and main_process:
         remove_stale_temporaries(os.path.dirname(os.path.abspath(results_file)), os.path.basename(results_file))
-    trackers = open_loggers(args, checkpoints.run_name(args))
+    trackers = open_loggers(args, checkpoints.run_name(args)) if main_process else []
 
     def end_of_task(rec: RunRecord) -> None:
         final = rec.tasks_done == dataset.N_TASKS
-        if args.savecheck == "task" or (args.savecheck == "last" and final):
+        if (args.savecheck == "task" or (args.savecheck == "last" and final)) and main_process:
             checkpoints.save_checkpoint(checkpoints.checkpoint_path(args, rec.tasks_done), {
                 "args": {k: v for k, v in vars(args).items()}, "model_state": model.checkpoint_state(),
                 "record": rec.to_dict(), "rng": checkpoints.rng_state(), "tasks_done": rec.tasks_done})
@@ -219,13 +234,16 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
                    "accuracy_matrix_task_il": record.accuracy_matrix_task_il, **record.summary(),
                    "timings": timings, "peak_memory_mb": peak_memory_mb(device), "device": str(device),
                    "versions": versions()}
-        figures = _write_outputs(results, results_file, bool(args.plots))
+        figures = _write_outputs(results, results_file, bool(args.plots)) if main_process else []
         for tracker in trackers:
             tracker.log_summary(summary_scalars(results))
     except BaseException:
         close_loggers(trackers, failed=True)
         raise
     close_loggers(trackers)
+    distributed.barrier()
+    if not main_process:
+        return results
     print(f"final class-IL {results['final_class_il']:.2f}  task-IL {results['final_task_il']:.2f}")
     for figure in figures:
         print(f"plot: {figure}")

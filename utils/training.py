@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional
 
 from tqdm import tqdm
 
-from utils import metrics
+from utils import distributed, metrics
 from utils.errors import TrainingDiverged
 from utils.evaluate import evaluate
 from utils.killpoints import kill_point
@@ -87,7 +87,7 @@ def train_task(model: Any, dataset: Any, args: Any, train_loader: Any, task: int
     """Run the epochs of one task (the model's hooks do the learning)."""
     if not model.OBSERVES_BATCHES:
         return
-    quiet = bool(args.non_verbose)
+    quiet = bool(args.non_verbose) or not distributed.is_main_process()
     for epoch in tqdm(range(args.n_epochs), desc=f"task {task + 1} epochs", leave=False, disable=quiet):
         model.meta_begin_epoch(epoch, dataset)
         bar = tqdm(train_loader, desc=f"task {task + 1} epoch {epoch + 1}", leave=False, disable=quiet)
@@ -118,7 +118,8 @@ def train(model: Any, dataset: Any, args: Any, record: Optional[RunRecord] = Non
     last = min(n_tasks, args.stop_after) if args.stop_after else n_tasks
     if args.enable_other_metrics and not record.untrained_class_il:
         record.untrained_class_il, record.untrained_task_il = _untrained_accuracy(model, dataset, args.debug_mode)
-    for task in tqdm(range(record.tasks_done, last), desc="tasks", disable=bool(args.non_verbose)):
+    quiet = bool(args.non_verbose) or not distributed.is_main_process()
+    for task in tqdm(range(record.tasks_done, last), desc="tasks", disable=quiet):
         start = time.perf_counter()
         train_loader, _ = dataset.get_data_loaders()
         if args.enable_other_metrics:
@@ -131,6 +132,7 @@ def train(model: Any, dataset: Any, args: Any, record: Optional[RunRecord] = Non
             record.before_task_task_il.append(before[1])
         model.net.train()
         model.meta_begin_task(dataset)
+        distributed.average_gradients_before_step(model.opt)  # a no-op in a single process
         kill_point("begin_task", task + 1)
         train_task(model, dataset, args, train_loader, task)
         model.meta_end_task(dataset)
@@ -142,7 +144,8 @@ def train(model: Any, dataset: Any, args: Any, record: Optional[RunRecord] = Non
         record.accuracy_matrix_class_il.append(accs[0])
         record.accuracy_matrix_task_il.append(accs[1])
         record.task_timings.append({"train_seconds": train_seconds, "eval_seconds": eval_seconds})
-        print_task_table(record)
+        if distributed.is_main_process():
+            print_task_table(record)
         if on_task_end is not None:
             on_task_end(record)
     return record

@@ -13,6 +13,7 @@ from torchvision import transforms
 from datasets.utils.scenario import ClassIncrementalScenario
 from datasets.utils.sources import ImageSource, TaskDataset, seed_worker
 from datasets.utils.transforms import build_transform
+from utils import distributed
 from utils.errors import UserError
 
 STRUCTURE_KEYS = ("N_TASKS", "N_CLASSES_PER_TASK", "N_CLASSES", "SIZE", "MEAN", "STD", "TRANSFORM", "TEST_TRANSFORM")
@@ -149,15 +150,19 @@ class ContinualDataset:
     def make_loader(self, dataset: torch.utils.data.Dataset, shuffle: bool,
                     batch_size: Optional[int] = None) -> DataLoader:
         """A seeded loader: the shuffle order derives from the global torch RNG (saved in checkpoints)."""
-        generator = None
-        if shuffle:  # test loaders draw nothing, so extra evaluations never change the training run
-            generator = torch.Generator()
-            generator.manual_seed(int(torch.randint(0, 2 ** 62, (1,)).item()))
+        batch_size = batch_size or self.args.batch_size
         workers = self.args.num_workers
-        return DataLoader(dataset, batch_size=batch_size or self.args.batch_size, shuffle=shuffle,
-                          drop_last=bool(self.args.drop_last) and shuffle, num_workers=workers,
-                          generator=generator, worker_init_fn=seed_worker if workers else None,
-                          pin_memory=torch.cuda.is_available(), persistent_workers=False)
+        common = dict(num_workers=workers, worker_init_fn=seed_worker if workers else None,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=False)
+        if shuffle:  # one RNG draw per train loader; test loaders draw nothing (extra evaluations change nothing)
+            seed = int(torch.randint(0, 2 ** 62, (1,)).item())
+            sampler = distributed.ShardedBatchSampler(len(dataset), batch_size, shuffle=True, seed=seed,
+                                                      drop_last=bool(self.args.drop_last))
+            return DataLoader(dataset, batch_sampler=sampler, **common)
+        if distributed.world_size() > 1:  # each rank evaluates a disjoint shard; counts are summed
+            return DataLoader(dataset, batch_size=batch_size, sampler=distributed.ShardSampler(len(dataset), False),
+                              **common)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, **common)
 
     def get_data_loaders(self) -> tuple[DataLoader, DataLoader]:
         """Advance to the next task: its train loader and its test loader (appended to ``test_loaders``)."""

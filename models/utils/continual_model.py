@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from backbone import ContinualBackbone
+from utils import distributed
 
 
 class ContinualModel(nn.Module):
@@ -92,10 +93,13 @@ class ContinualModel(nn.Module):
         lr = self.args.lr if lr is None else lr
         name = self.args.optimizer
         if name == "sgd":
-            return torch.optim.SGD(params, lr=lr, weight_decay=self.args.optim_wd, momentum=self.args.optim_mom,
-                                   nesterov=bool(self.args.optim_nesterov) and self.args.optim_mom > 0)
-        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-        return cls(params, lr=lr, weight_decay=self.args.optim_wd)
+            opt = torch.optim.SGD(params, lr=lr, weight_decay=self.args.optim_wd, momentum=self.args.optim_mom,
+                                  nesterov=bool(self.args.optim_nesterov) and self.args.optim_mom > 0)
+        else:
+            cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+            opt = cls(params, lr=lr, weight_decay=self.args.optim_wd)
+        distributed.average_gradients_before_step(opt)  # data-parallel under --distributed ddp, else a no-op
+        return opt
 
     def autocast(self) -> ContextManager:
         """bf16 autocast when ``--precision bf16``, else a no-op."""

@@ -1,0 +1,57 @@
+"""Whole runs under torchrun with 2 CPU processes (gloo): same metrics as one process; a crash ends the job."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, make_npz, tiny_run_args
+from utils.runner import run
+
+
+def torchrun(args, env_extra=None, timeout=240):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", **(env_extra or {}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "main.py", *args, "--distributed", "ddp", "--dist_timeout", "60"]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp_run")
+    data = make_npz(str(tmp / "d.npz"), n_classes=4, per_class=8)
+    args = ["--model", "sgd", *tiny_run_args(data, tmp), "--augment", "0", "--plots", "0"]
+    single = run(args + ["--results_file", str(tmp / "single.json")])
+    return tmp, args, single
+
+
+def test_ddp_metrics_equal_single_process(setup):
+    tmp, args, single = setup
+    out = torchrun(args + ["--results_file", str(tmp / "ddp.json")])
+    assert out.returncode == 0, out.stderr[-2000:]
+    ddp = json.load(open(tmp / "ddp.json"))
+    assert out.stdout.count("results: ") == 1  # only rank 0 reports and writes
+    for key in ("accuracy_matrix_class_il", "accuracy_matrix_task_il"):
+        for row_a, row_b in zip(single[key], ddp[key]):
+            assert row_a == pytest.approx(row_b, abs=1e-6), key
+
+
+def test_a_crash_on_one_rank_ends_the_job(setup):
+    tmp, args, _ = setup
+    out = torchrun(args + ["--results_file", str(tmp / "crash.json")],
+                   env_extra={"CL_TEST_KILL_AT": "train:1:1:2", "CL_TEST_KILL_RANK": "1"})
+    assert out.returncode != 0
+    assert not (tmp / "crash.json").exists()
+
+
+def test_ddp_needs_torchrun(setup, capsys):
+    tmp, args, _ = setup
+    from utils.runner import main
+    env = {k: os.environ.pop(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+           if k in os.environ}
+    try:
+        assert main(args + ["--distributed", "ddp"]) == 2
+    finally:
+        os.environ.update(env)
+    assert "must be launched with torchrun" in capsys.readouterr().err
