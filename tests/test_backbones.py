@@ -290,3 +290,49 @@ def test_vit_flags_parse_from_the_command_line(tmp_path):
         parse_args([*base, "--pretrain_type", "in22k"])
     with pytest.raises(UserError, match="boolean"):
         parse_args([*base, "--pretrained", "maybe"])
+
+
+def _export_google_npz(model: torch.nn.Module, path: str) -> None:
+    """Write a timm ViT in the layout of Google's JAX ``.npz`` checkpoints (the inverse of timm's reader)."""
+    def arr(t: torch.Tensor) -> np.ndarray:
+        return t.detach().numpy().astype(np.float32)
+    dim, heads = model.embed_dim, model.blocks[0].attn.num_heads
+    w = {"embedding/kernel": arr(model.patch_embed.proj.weight.permute(2, 3, 1, 0)),
+         "embedding/bias": arr(model.patch_embed.proj.bias), "cls": arr(model.cls_token),
+         "Transformer/posembed_input/pos_embedding": arr(model.pos_embed),
+         "Transformer/encoder_norm/scale": arr(model.norm.weight), "Transformer/encoder_norm/bias": arr(model.norm.bias)}
+    for i, block in enumerate(model.blocks):
+        p = f"Transformer/encoderblock_{i}/"
+        w[p + "LayerNorm_0/scale"], w[p + "LayerNorm_0/bias"] = arr(block.norm1.weight), arr(block.norm1.bias)
+        w[p + "LayerNorm_2/scale"], w[p + "LayerNorm_2/bias"] = arr(block.norm2.weight), arr(block.norm2.bias)
+        for name, weight, bias in zip(("query", "key", "value"), block.attn.qkv.weight.chunk(3),
+                                      block.attn.qkv.bias.chunk(3)):
+            w[f"{p}MultiHeadDotProductAttention_1/{name}/kernel"] = arr(weight.T.reshape(dim, heads, -1))
+            w[f"{p}MultiHeadDotProductAttention_1/{name}/bias"] = arr(bias.reshape(heads, -1))
+        w[p + "MultiHeadDotProductAttention_1/out/kernel"] = arr(
+            block.attn.proj.weight.reshape(dim, heads, -1).permute(1, 2, 0))
+        w[p + "MultiHeadDotProductAttention_1/out/bias"] = arr(block.attn.proj.bias)
+        for r, fc in enumerate((block.mlp.fc1, block.mlp.fc2)):
+            w[f"{p}MlpBlock_3/Dense_{r}/kernel"], w[f"{p}MlpBlock_3/Dense_{r}/bias"] = arr(fc.weight.T), arr(fc.bias)
+    np.savez(path, **w)
+
+
+def test_vit_loads_google_npz_files_locally_and_from_the_download_cache(tmp_path, monkeypatch):
+    import timm
+    from backbone.pretrained import create_headless_timm_model
+    torch.manual_seed(2)
+    source = timm.create_model(TINY, pretrained=False, img_size=32, num_classes=0)
+    saved = {k: v.clone() for k, v in source.state_dict().items()}
+    path = str(tmp_path / "Ti_16.npz")
+    _export_google_npz(source, path)
+    body = create_timm_vit(TINY, img_size=32, pretrained=True, pretrained_path=path)
+    _assert_loaded(body, saved)
+    # the URL branch (used by --pretrain_type in21k_old): a file already in torch's download cache
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    url = timm.models.get_pretrained_cfg(f"{TINY}.augreg_in21k").url
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / url.rsplit("/", 1)[-1]
+    cached.parent.mkdir(parents=True)
+    shutil.copy(path, cached)
+    body = create_headless_timm_model(TINY, "augreg_in21k", True, None, "no fix", overlay={"hf_hub_id": None},
+                                      img_size=32)
+    _assert_loaded(body, saved)
