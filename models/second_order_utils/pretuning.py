@@ -49,29 +49,49 @@ def gmm_log_likelihood(x: torch.Tensor, weights: torch.Tensor, means: torch.Tens
     return torch.logsumexp(comp + torch.log(weights)[None], dim=1)
 
 
+def kmeans_labels(x: torch.Tensor, k: int, n_init: int, seed: int, tol: float = 1e-3,
+                  max_iter: int = 300) -> torch.Tensor:
+    """Best of ``n_init`` Lloyd runs (random data points as seeds), all seedings run in one batch."""
+    gen = torch.Generator().manual_seed(seed)
+    seeds = torch.stack([torch.randperm(len(x), generator=gen)[:k] for _ in range(n_init)])
+    centres = x[seeds]  # (S, K, D)
+    for _ in range(max_iter):
+        labels = torch.cdist(x[None].expand(n_init, -1, -1), centres).argmin(-1)  # (S, N)
+        onehot = F.one_hot(labels, k).to(x.dtype)  # (S, N, K)
+        counts = onehot.sum(1)  # (S, K)
+        new = (onehot.transpose(1, 2) @ x) / counts.clamp(min=1)[..., None]
+        new = torch.where(counts[..., None] > 0, new, centres)  # an empty cluster keeps its centre
+        shift = (new - centres).norm(dim=-1).max()
+        centres = new
+        if shift < tol:
+            break
+    dist = torch.cdist(x[None].expand(n_init, -1, -1), centres)
+    labels = dist.argmin(-1)
+    inertia = dist.min(-1).values.pow(2).sum(-1)
+    return labels[inertia.argmin()]
+
+
 def fit_gmm(features: np.ndarray, n_components: int = 5, seed: int = 0, kmeans_inits: int = 50,
             max_iter: int = 500, tol: float = 1e-3, reg_covar: float = 1e-6) -> DiagonalGMM:
-    """Fit a diagonal GMM with scikit-learn, initialised from the best of ``kmeans_inits`` k-means runs
-    on globally min-max normalised data (as the reference does)."""
-    from sklearn.cluster import KMeans
+    """Fit a diagonal GMM with scikit-learn's EM, initialised from the best of ``kmeans_inits`` k-means
+    seedings on globally min-max normalised data (as the reference does)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
 
     x = np.asarray(features, dtype=np.float64)
     k = max(1, min(n_components, len(x)))
     span = x.max() - x.min()
-    normalised = (x - x.min()) / (span if span > 0 else 1.0)
+    normalised = torch.from_numpy((x - x.min()) / (span if span > 0 else 1.0))
+    labels = kmeans_labels(normalised, k, kmeans_inits, seed).numpy()
+    present = np.unique(labels)
+    means = np.stack([x[labels == c].mean(0) for c in present])
+    variances = np.stack([x[labels == c].var(0) for c in present]) + reg_covar
+    weights = np.array([(labels == c).mean() for c in present])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        labels = KMeans(k, n_init=kmeans_inits, tol=1e-3, random_state=seed).fit_predict(normalised)
-        present = np.unique(labels)
-        k = len(present)
-        resp_means = np.stack([x[labels == c].mean(0) for c in present])
-        resp_vars = np.stack([x[labels == c].var(0) for c in present]) + reg_covar
-        weights = np.array([(labels == c).mean() for c in present])
-        gm = GaussianMixture(k, covariance_type="diag", tol=tol, reg_covar=reg_covar, max_iter=max_iter,
-                             weights_init=weights / weights.sum(), means_init=resp_means,
-                             precisions_init=1.0 / resp_vars, random_state=seed).fit(x)
+        gm = GaussianMixture(len(present), covariance_type="diag", tol=tol, reg_covar=reg_covar,
+                             max_iter=max_iter, weights_init=weights / weights.sum(), means_init=means,
+                             precisions_init=1.0 / variances, random_state=seed).fit(x)
     return DiagonalGMM(torch.tensor(gm.weights_, dtype=torch.float32), torch.tensor(gm.means_, dtype=torch.float32),
                        torch.tensor(gm.covariances_, dtype=torch.float32))
 
