@@ -3,7 +3,8 @@
 Runs ``sgd`` (plain fine-tuning, the lower bound) and ``second_order`` ITA (a LoRA module per task on a
 frozen ImageNet EfficientNet-Lite0, penalised with the Fisher of earlier tasks, composed by averaging)
 on the CIFAR-100 mini subset as 10 tasks x 10 classes, and prints both final class-IL accuracies.
-About 3-4 minutes on 2 CPU cores.
+The cheaper top-1 Fisher (``--fisher_mc_classes 1``) and small alignment sets keep it to a few minutes
+on 2 CPU cores; ``--img_size 96`` is more accurate (frozen-feature NCM 40% against 27% at 64 px) but slower.
 """
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import sys
 from utils.errors import UserError
 from utils.runner import run
 
-ITA_ARGS = ["--lr", "0.001", "--alpha_ita", "1", "--num_epochs_pretuning", "1", "--num_epochs_align_pretuning", "5",
-            "--num_samples_align_pretuning", "32", "--batch_size_align_pretuning", "32", "--fisher_mc_classes", "2",
-            "--stats_batch_size", "128"]
+ITA_ARGS = ["--lr", "0.001", "--alpha_ita", "1", "--req_weight_cls", "1", "--simple_reg_weight_cls", "0.2",
+            "--num_epochs_pretuning", "1", "--num_epochs_align_pretuning", "5", "--num_samples_align_pretuning", "32",
+            "--batch_size_align_pretuning", "32", "--fisher_mc_classes", "1", "--stats_batch_size", "256"]
 SGD_ARGS = ["--lr", "0.01", "--optim_mom", "0.9"]
 
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data/cifar100_mini.npz",
                         help="npz with x_train/y_train/x_test/y_test and at least 10 classes (CIFAR-100 mini)")
-    parser.add_argument("--epochs", type=int, default=2, help="epochs per task")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs per task")
     parser.add_argument("--img_size", type=int, default=64, help="images are resized to this size")
     parser.add_argument("--out", default="data/results/demo", help="folder of the result JSONs")
     opts = parser.parse_args(argv)
