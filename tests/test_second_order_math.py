@@ -223,7 +223,8 @@ def test_gmm_recovers_known_means_and_likelihood_is_standard():
     x = np.concatenate([m + rng.randn(150, 3) * [0.5, 1.0, 0.3] for m in means])
     gmm = fit_gmm(x, n_components=2, seed=0, kmeans_inits=2)
     found = gmm.means.numpy()[np.argsort(gmm.means.numpy()[:, 0])[::-1]]
-    assert np.allclose(found, means, atol=0.15)
+    empirical = np.stack([x[:150].mean(0), x[150:].mean(0)])  # the true means up to sampling noise
+    assert np.allclose(found, empirical, atol=0.02) and np.allclose(found, means, atol=0.3)
     assert np.allclose(sorted(gmm.weights.tolist()), [0.5, 0.5], atol=0.01)
     ref = GaussianMixture(2, covariance_type="diag", random_state=0).fit(x)
     pts = torch.tensor(x[:20], dtype=torch.float32)
