@@ -3,6 +3,8 @@
 Cheaper settings than the published ones (one epoch, small alignment sets) and, in this test only, the top-1
 Fisher approximation ``--fisher_mc_classes 1``; the exact Fisher is covered by tests/test_second_order_math.py.
 """
+import os
+
 import pytest
 
 from tests.conftest import shared_file
@@ -13,6 +15,11 @@ CHEAP = ["--n_epochs", "1", "--batch_size", "16", "--num_epochs_pretuning", "1",
          "--num_samples_align_pretuning", "32", "--batch_size_align_pretuning", "32", "--fisher_mc_classes", "1",
          "--stats_batch_size", "256", "--lr", "0.001"]
 HEAD_REG = ["--req_weight_cls", "1", "--simple_reg_weight_cls", "0.2"]
+# Measured on the shared 2-core machine (load 4-8): one 10-task run at 96 px takes about 10 minutes (evaluation of
+# all seen tasks after each task alone reads ~5,000 test images), so the four runs do not fit a CI budget of a few
+# minutes. The test runs when SECOND_ORDER_REAL_DATA=1 is set.
+needs_opt_in = pytest.mark.skipif(os.environ.get("SECOND_ORDER_REAL_DATA") != "1",
+                                  reason="about 40 CPU-minutes on 2 cores; set SECOND_ORDER_REAL_DATA=1 to run it")
 
 
 def final_accuracy(tmp_path, model, *extra):
@@ -25,6 +32,7 @@ def final_accuracy(tmp_path, model, *extra):
     return res["final_class_il"]
 
 
+@needs_opt_in
 def test_ita_and_iel_beat_fine_tuning_on_cifar100_mini(tmp_path):
     sgd = final_accuracy(tmp_path, "sgd", "--n_epochs", "1", "--batch_size", "16", "--lr", "0.01", "--optim_mom", "0.9")
     ita = final_accuracy(tmp_path, "ita", *CHEAP, "--alpha_ita", "1", *HEAD_REG)
