@@ -1,0 +1,1 @@
+"""Building blocks of the ``second_order`` model (ITA / IEL): adapters, penalties, Fisher, pre-tuning, heads."""

@@ -1,0 +1,109 @@
+"""The exact diagonal (true) Fisher at theta0, with per-sample gradients from hooks.
+
+F[W] = sum_x sum_c p_c(x) (d log p_c(x) / dW)^2, element-wise, for the dense weight W of every
+adapted layer. One forward per batch, one backward per class (of the seen classes, or the top-k
+of ``fisher_mc_classes``); per-sample gradients are formed inside tensor hooks on the layers'
+outputs (sum over tokens / pixels of g_out (x) x_in), squared and accumulated. The result is
+independent of the batch size, so large batches cut the cost without changing the values.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from models.second_order_utils.modules import AdaptedLayer
+
+CHUNK_ELEMENTS = 1 << 24  # per-sample gradient chunk (B_chunk * d_out * d_in floats)
+
+
+def per_sample_sq_grads(inputs: torch.Tensor, grad_out: torch.Tensor, is_conv: bool,
+                        stride: tuple[int, int] = (1, 1)) -> torch.Tensor:
+    """sum_b (dL_b/dW)^2 for a linear map W applied to ``inputs`` (per sample b)."""
+    if is_conv:
+        x = inputs[:, :, ::stride[0], ::stride[1]].flatten(2)  # (B, I, P)
+        g = grad_out.flatten(2)  # (B, O, P)
+        eq = "bop,bip->boi"
+    else:
+        x = inputs.reshape(inputs.shape[0], -1, inputs.shape[-1])  # (B, T, I)
+        g = grad_out.reshape(grad_out.shape[0], -1, grad_out.shape[-1])  # (B, T, O)
+        eq = "bto,bti->boi"
+    n_out, n_in = (g.shape[1], x.shape[1]) if is_conv else (g.shape[-1], x.shape[-1])
+    step = max(1, CHUNK_ELEMENTS // max(1, n_out * n_in))
+    total = torch.zeros(n_out, n_in, dtype=torch.float32, device=x.device)
+    for i in range(0, x.shape[0], step):
+        total += torch.einsum(eq, g[i:i + step].float(), x[i:i + step].float()).pow(2).sum(0)
+    return total
+
+
+class FisherHooks:
+    """Context manager: while active, every backward through an adapted layer adds its per-sample
+    squared weight gradients to ``self.sums[name]``."""
+
+    def __init__(self, layers: dict[str, AdaptedLayer]):
+        self.layers = layers
+        self.sums = {n: torch.zeros(l.d_out, l.d_in, device=l.base.weight.device) for n, l in layers.items()}
+        self._handles: list = []
+
+    def __enter__(self) -> "FisherHooks":
+        for name, layer in self.layers.items():
+            self._handles.append(layer.register_forward_hook(self._make_hook(name, layer)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _make_hook(self, name: str, layer: AdaptedLayer) -> Callable:
+        def forward_hook(module, args, output):
+            if not output.requires_grad:
+                return
+            x = args[0].detach()
+
+            def grad_hook(grad: torch.Tensor) -> None:
+                stride = layer.base.stride if layer.is_conv else (1, 1)
+                self.sums[name] += per_sample_sq_grads(x, grad.detach(), layer.is_conv, stride)
+            output.register_hook(grad_hook)
+        return forward_hook
+
+
+def select_classes(probs: torch.Tensor, mc_classes: Optional[int]) -> list[int]:
+    """All classes, or the k classes most often among the samples' top-k (the cheaper approximation)."""
+    n = probs.shape[1]
+    if mc_classes is None or mc_classes >= n:
+        return list(range(n))
+    top = probs.topk(mc_classes, dim=1).indices.flatten()
+    counts = torch.bincount(top, minlength=n)
+    return counts.topk(mc_classes).indices.sort().values.tolist()
+
+
+def network_fisher(forward: Callable[[torch.Tensor], torch.Tensor], layers: dict[str, AdaptedLayer],
+                   batches: Iterable[torch.Tensor], mc_classes: Optional[int] = None) -> tuple[dict[str, torch.Tensor], int]:
+    """Fisher sums of every adapted layer's weight over ``batches`` and the number of samples.
+
+    ``forward(x)`` returns the logits over the classes the Fisher is taken on (already sliced).
+    """
+    n = 0
+    with FisherHooks(layers) as hooks:
+        for x in batches:
+            x = x.detach().requires_grad_(True)  # lets the hooks fire although all weights are frozen
+            logp = F.log_softmax(forward(x).float(), dim=1)
+            probs = logp.detach().exp()
+            classes = select_classes(probs, mc_classes)
+            for i, c in enumerate(classes):
+                score = (probs[:, c].sqrt() * logp[:, c]).sum()
+                torch.autograd.grad(score, x, retain_graph=i < len(classes) - 1)
+            n += x.shape[0]
+    return hooks.sums, n
+
+
+def head_fisher(features: torch.Tensor, logits: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact Fisher of a linear head's ``rows`` (weight, bias), in closed form.
+
+    With d log p_c / dz_k = [c = k] - p_k, sum_c p_c (d log p_c / dW_k)^2 = p_k (1 - p_k) x^2.
+    """
+    p = torch.softmax(logits.float(), dim=1)[:, rows]
+    coef = p * (1 - p)  # (N, C_rows)
+    return coef.t() @ features.float().pow(2), coef.sum(0)

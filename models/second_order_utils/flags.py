@@ -1,0 +1,55 @@
+"""Command-line flags of the ``second_order`` model (docs/second_order.md has the table)."""
+from __future__ import annotations
+
+import argparse
+from typing import Optional
+
+from models.second_order_utils.modules import TUNING_STYLES
+from utils.args import nonneg_float, nonneg_int, none_or, parse_bool, positive_float, positive_int
+
+
+def all_or_int(value: str) -> Optional[int]:
+    """``all`` -> None (every seen class), else a positive int."""
+    if str(value).strip().lower() == "all":
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'all' or an integer >= 1, got '{value}'") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected 'all' or an integer >= 1, got '{value}'")
+    return number
+
+
+def add_second_order_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ITA/IEL flags with the reference's defaults (algorithm.md §6.4) plus this framework's own."""
+    add = parser.add_argument
+    add("--tuning_style", type=str, default="lora", choices=list(TUNING_STYLES), help="per-task module type")
+    add("--lora_r", type=positive_int, default=16, help="LoRA rank (3x on a ViT's qkv)")
+    add("--use_iel", type=parse_bool, default=False, help="0: ITA (individual training), 1: IEL (ensemble)")
+    add("--alpha_ita", type=nonneg_float, default=0.0, help="alpha of ITA (Eq. 11)")
+    add("--beta_iel", type=nonneg_float, default=0.0, help="beta of IEL (Eq. 18/19)")
+    add("--req_weight_cls", type=none_or(nonneg_float), default=None,
+        help="lambda_F of the head regulariser (default: alpha for ITA, beta for IEL)")
+    add("--simple_reg_weight_cls", type=nonneg_float, default=0.0, help="lambda_2 of the head regulariser")
+    add("--virtual_bs_n", type=positive_int, default=1, help="micro-batches per optimizer step")
+    add("--vbs_tail", type=str, default="drop", choices=["drop", "flush"],
+        help="micro-batches left at the end of an epoch: skipped (drop) or one smaller step (flush)")
+    add("--clip_grad", type=none_or(positive_float), default=100.0,
+        help="per-tensor norm clip of the penalty gradient (none: no clip)")
+    add("--penalty_step", type=str, default="auto", choices=["auto", "decoupled", "coupled"],
+        help="decoupled plain step before AdamW, or penalty added to the CE gradient; "
+             "auto: decoupled for lora/ia3, coupled for full (the paper's choice)")
+    add("--num_epochs_pretuning", type=nonneg_int, default=3, help="linear-probe epochs")
+    add("--learning_rate_pretuning", type=positive_float, default=0.01, help="linear-probe learning rate")
+    add("--num_samples_align_pretuning", type=positive_int, default=256, help="GMM samples per class (CA)")
+    add("--batch_size_align_pretuning", type=positive_int, default=128, help="batch of the probe and CA")
+    add("--num_epochs_align_pretuning", type=nonneg_int, default=10, help="classifier-alignment epochs (+5t)")
+    add("--lr_align_pretuning", type=positive_float, default=0.01, help="classifier-alignment learning rate")
+    add("--fisher_mc_classes", type=all_or_int, default=None,
+        help="'all' (exact Fisher) or k: backpropagate only the k most likely classes (cheaper approximation)")
+    add("--stats_batch_size", type=positive_int, default=64,
+        help="batch of the theta0 passes (features, Fisher); the results do not depend on it")
+    add("--init_head_from_pretuned", type=parse_bool, default=False,
+        help="start each task's head from the pre-tuned head instead of its random init")
+    return parser

@@ -1,0 +1,159 @@
+"""Task pre-consolidation on frozen theta0 features: per-class diagonal GMMs (scikit-learn), a linear
+probe of the new head, and classifier alignment of all heads on GMM samples (docs/algorithm.md §4.2)."""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.second_order_utils.heads import IncrementalHead
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass
+class DiagonalGMM:
+    """A Gaussian mixture with diagonal covariances: ``weights`` (K,), ``means`` and ``variances`` (K, D)."""
+
+    weights: torch.Tensor
+    means: torch.Tensor
+    variances: torch.Tensor
+
+    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
+        return gmm_log_likelihood(x, self.weights, self.means, self.variances)
+
+    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Per-component counts from a multinomial over the weights, then Gaussian samples."""
+        comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        noise = torch.randn(n, self.means.shape[1], generator=generator, dtype=self.means.dtype)
+        return self.means[comp] + noise * self.variances[comp].sqrt()
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"weights": self.weights, "means": self.means, "variances": self.variances}
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor]) -> "DiagonalGMM":
+        return cls(state["weights"].float(), state["means"].float(), state["variances"].float())
+
+
+def gmm_log_likelihood(x: torch.Tensor, weights: torch.Tensor, means: torch.Tensor,
+                       variances: torch.Tensor) -> torch.Tensor:
+    """log sum_k pi_k N(x; mu_k, diag sigma_k^2), with -1/2 sum_d [log(2 pi sigma^2) + (x-mu)^2/sigma^2]."""
+    diff2 = (x[:, None, :] - means[None]).pow(2) / variances[None]  # (N, K, D)
+    comp = -0.5 * (diff2.sum(-1) + torch.log(variances).sum(-1)[None] + means.shape[1] * LOG_2PI)
+    return torch.logsumexp(comp + torch.log(weights)[None], dim=1)
+
+
+def kmeans_labels(x: torch.Tensor, k: int, n_init: int, seed: int, tol: float = 1e-3,
+                  max_iter: int = 300) -> torch.Tensor:
+    """Best of ``n_init`` Lloyd runs (random data points as seeds), all seedings run in one batch."""
+    gen = torch.Generator().manual_seed(seed)
+    seeds = torch.stack([torch.randperm(len(x), generator=gen)[:k] for _ in range(n_init)])
+    centres = x[seeds]  # (S, K, D)
+    for _ in range(max_iter):
+        labels = torch.cdist(x[None].expand(n_init, -1, -1), centres).argmin(-1)  # (S, N)
+        onehot = F.one_hot(labels, k).to(x.dtype)  # (S, N, K)
+        counts = onehot.sum(1)  # (S, K)
+        new = (onehot.transpose(1, 2) @ x) / counts.clamp(min=1)[..., None]
+        new = torch.where(counts[..., None] > 0, new, centres)  # an empty cluster keeps its centre
+        shift = (new - centres).norm(dim=-1).max()
+        centres = new
+        if shift < tol:
+            break
+    dist = torch.cdist(x[None].expand(n_init, -1, -1), centres)
+    labels = dist.argmin(-1)
+    inertia = dist.min(-1).values.pow(2).sum(-1)
+    return labels[inertia.argmin()]
+
+
+def fit_gmm(features: np.ndarray, n_components: int = 5, seed: int = 0, kmeans_inits: int = 50,
+            max_iter: int = 500, tol: float = 1e-3, reg_covar: float = 1e-6) -> DiagonalGMM:
+    """Fit a diagonal GMM with scikit-learn's EM, initialised from the best of ``kmeans_inits`` k-means
+    seedings on globally min-max normalised data (as the reference does)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import GaussianMixture
+
+    x = np.asarray(features, dtype=np.float64)
+    k = max(1, min(n_components, len(x)))
+    span = x.max() - x.min()
+    normalised = torch.from_numpy((x - x.min()) / (span if span > 0 else 1.0))
+    labels = kmeans_labels(normalised, k, kmeans_inits, seed).numpy()
+    present = np.unique(labels)
+    means = np.stack([x[labels == c].mean(0) for c in present])
+    variances = np.stack([x[labels == c].var(0) for c in present]) + reg_covar
+    weights = np.array([(labels == c).mean() for c in present])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gm = GaussianMixture(len(present), covariance_type="diag", tol=tol, reg_covar=reg_covar,
+                             max_iter=max_iter, weights_init=weights / weights.sum(), means_init=means,
+                             precisions_init=1.0 / variances, random_state=seed).fit(x)
+    return DiagonalGMM(torch.tensor(gm.weights_, dtype=torch.float32), torch.tensor(gm.means_, dtype=torch.float32),
+                       torch.tensor(gm.covariances_, dtype=torch.float32))
+
+
+def _batches(n: int, batch_size: int, generator: Optional[torch.Generator] = None) -> list[torch.Tensor]:
+    """Shuffled index batches with drop_last; a set smaller than one batch is used whole."""
+    order = torch.randperm(n, generator=generator)
+    if n < batch_size:
+        return [order] if n else []
+    return [order[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+
+
+def linear_probe(head: IncrementalHead, epoch_features: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+                 n_past: int, epochs: int, lr: float, batch_size: int) -> None:
+    """SGD on the heads with past-class logits set to -inf (only the new head moves).
+
+    ``epoch_features()`` re-extracts (features, labels) of the current task for every epoch.
+    """
+    params = [p for p in head.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.SGD(params, lr=lr)
+    for _ in range(epochs):
+        feats, labels = epoch_features()
+        for idx in _batches(len(feats), batch_size):
+            logits = head.seen_logits(feats[idx])
+            logits[:, :n_past] = float("-inf")
+            loss = F.cross_entropy(logits, labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+
+def align_classifier(head: IncrementalHead, gmms: dict[int, DiagonalGMM], epochs: int, lr: float,
+                     samples_per_class: int, batch_size: int, temperature: float = 0.1) -> None:
+    """Align all heads on fresh GMM samples of every seen class: CE(z / (T (||z|| + 1e-7))), SGD with
+    cosine annealing over ``epochs`` (stepped per epoch)."""
+    params = [p for p in head.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.SGD(params, lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    device = params[0].device
+    for _ in range(epochs):
+        feats, labels = sample_features(gmms, samples_per_class)
+        feats, labels = feats.to(device), labels.to(device)
+        for idx in _batches(len(feats), batch_size):
+            z = head.seen_logits(feats[idx])
+            z = z / (temperature * (z.norm(dim=1, keepdim=True) + 1e-7))
+            loss = F.cross_entropy(z, labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+
+
+def sample_features(gmms: dict[int, DiagonalGMM], per_class: int,
+                    classes: Optional[list[int]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``per_class`` synthetic features of each class (all of ``gmms`` by default) and their labels."""
+    classes = sorted(gmms) if classes is None else classes
+    if not classes:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+    feats = torch.cat([gmms[c].sample(per_class) for c in classes])
+    labels = torch.tensor(classes, dtype=torch.long).repeat_interleave(per_class)
+    return feats, labels

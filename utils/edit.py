@@ -1,0 +1,141 @@
+"""Edit a trained ``second_order`` (ITA/IEL) model by composing a subset of its task modules.
+
+    python -m utils.edit --checkpoint PATH --keep 0,3      # specialization: compose tasks 0 and 3 only
+    python -m utils.edit --checkpoint PATH --drop 2        # unlearning: leave task 2's module out
+
+The dataset, backbone and model are rebuilt from the checkpoint's arguments. Every task's test set is
+evaluated with the full composition (all modules, uniform weights) and with the edited one. Targets
+are the kept tasks (``--keep``) or the dropped ones (``--drop``); the other tasks are the controls.
+Weights are 1/|kept| over the kept modules; ``--raw_weights`` keeps the reference's 1/T (docs §9 Q3).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Optional
+
+import torch
+
+from utils.errors import UserError
+
+
+def parse_task_list(text: str) -> list[int]:
+    try:
+        values = sorted({int(v) for v in str(text).split(",") if v.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected task indices like 0,3, got '{text}'") from None
+    if not values or values[0] < 0:
+        raise argparse.ArgumentTypeError(f"expected task indices >= 0 like 0,3, got '{text}'")
+    return values
+
+
+def load_model(checkpoint: str, device: Optional[str] = None) -> tuple[Any, Any, Any, dict]:
+    """(args, dataset with the finished tasks' test loaders, model, checkpoint) from a checkpoint file."""
+    from backbone import get_backbone
+    from datasets import get_dataset
+    from models import get_model_class
+    from utils import checkpoints
+    from utils.config import parse_args
+    from utils.runner import get_device
+
+    state = checkpoints.load_checkpoint(checkpoint)
+    saved = state["args"]
+    args = parse_args(["--model", saved["model"], "--dataset", saved["dataset"], "--non_verbose"],
+                      checkpoint_args=saved)
+    dataset = get_dataset(args)
+    model_cls = get_model_class(args.model)
+    if not hasattr(model_cls, "compose_eval"):
+        raise UserError(f"{checkpoint} holds a '{args.model}' model; editing needs second_order, ita or iel")
+    for _ in range(int(state["tasks_done"])):
+        dataset.get_data_loaders()
+    backbone = get_backbone(args, dataset.N_CLASSES, dataset.img_size, dataset.IN_CHANS)
+    model = model_cls(backbone, dataset.get_loss(), args, dataset.get_transform(), dataset=dataset)
+    model.load_checkpoint_state(state["model_state"], dataset)
+    model.to(get_device(device))
+    return args, dataset, model, state
+
+
+def edit_weights(n_tasks: int, kept: list[int], raw: bool) -> list[float]:
+    """Per-task weights: 1/|kept| on the kept modules (or 1/T with ``raw``), 0 elsewhere."""
+    base = 1.0 / n_tasks if raw else 1.0 / len(kept)
+    return [base if t in kept else 0.0 for t in range(n_tasks)]
+
+
+def evaluate_edit(model: Any, dataset: Any, keep: Optional[list[int]] = None, drop: Optional[list[int]] = None,
+                  raw_weights: bool = False) -> dict[str, Any]:
+    """Accuracy of the full and the edited composition on every task, and target/control means."""
+    from utils.evaluate import evaluate
+
+    n_tasks = model.pool.n_tasks
+    chosen = keep if keep is not None else drop
+    if not chosen or max(chosen) >= n_tasks:
+        raise UserError(f"task indices must lie in 0..{n_tasks - 1} (the checkpoint has {n_tasks} task modules)")
+    kept = list(keep) if keep is not None else [t for t in range(n_tasks) if t not in drop]
+    if not kept:
+        raise UserError("--drop removes every module; keep at least one")
+    targets = list(chosen)
+    model.eval_task_weights = None
+    full = evaluate(model, dataset)
+    weights = edit_weights(n_tasks, kept, raw_weights)
+    model.eval_task_weights = weights
+    try:
+        edited = evaluate(model, dataset)
+    finally:
+        model.eval_task_weights = None
+        model.compose_eval()
+
+    def mean(values: list[float], tasks: list[int]) -> Optional[float]:
+        return sum(values[t] for t in tasks) / len(tasks) if tasks else None
+
+    controls = [t for t in range(n_tasks) if t not in targets]
+    return {"mode": "keep" if keep is not None else "drop", "kept": kept, "targets": targets,
+            "controls": controls, "weights": weights, "raw_weights": raw_weights,
+            "full_class_il": full[0], "full_task_il": full[1], "edited_class_il": edited[0],
+            "edited_task_il": edited[1],
+            "target_class_il": {"full": mean(full[0], targets), "edited": mean(edited[0], targets)},
+            "control_class_il": {"full": mean(full[0], controls), "edited": mean(edited[0], controls)}}
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [f"{'task':>4s} {'role':>8s} {'weight':>7s} {'full CIL':>9s} {'edited CIL':>11s} "
+             f"{'full TIL':>9s} {'edited TIL':>11s}"]
+    for t in range(len(report["weights"])):
+        role = "target" if t in report["targets"] else "control"
+        lines.append(f"{t:4d} {role:>8s} {report['weights'][t]:7.3f} {report['full_class_il'][t]:9.2f} "
+                     f"{report['edited_class_il'][t]:11.2f} {report['full_task_il'][t]:9.2f} "
+                     f"{report['edited_task_il'][t]:11.2f}")
+    for name in ("target", "control"):
+        acc = report[f"{name}_class_il"]
+        if acc["full"] is not None:
+            lines.append(f"{name} class-IL mean: full {acc['full']:.2f} -> edited {acc['edited']:.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m utils.edit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint of a second_order/ita/iel run")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--keep", type=parse_task_list, help="compose only these task modules (specialization)")
+    group.add_argument("--drop", type=parse_task_list, help="leave these task modules out (unlearning)")
+    parser.add_argument("--raw_weights", action="store_true",
+                        help="weight kept modules 1/T as the reference does, not 1/|kept|")
+    parser.add_argument("--out", default=None, help="also write the report to this JSON file")
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: auto)")
+    opts = parser.parse_args(argv)
+    try:
+        _, dataset, model, _ = load_model(opts.checkpoint, opts.device)
+        with torch.no_grad():
+            report = evaluate_edit(model, dataset, keep=opts.keep, drop=opts.drop, raw_weights=opts.raw_weights)
+        print(format_report(report), flush=True)
+        if opts.out:
+            from utils.io import write_json
+            write_json(opts.out, report)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
