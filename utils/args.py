@@ -123,3 +123,13 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     mgmt.add_argument("--traceback", type=parse_bool, default=False, nargs="?", const=True,
                       help="show the full traceback of user errors")
     mgmt.add_argument("--notes", type=none_or(str), default=None, help="free text stored with the results")
+
+    out = parser.add_argument_group("outputs and tracking")
+    out.add_argument("--plots", type=parse_bool, default=True,
+                     help="save PNGs of the accuracy matrix and the average accuracy next to the results JSON (0/1)")
+    out.add_argument("--wandb_project", type=none_or(str), default=None,
+                     help="log the result scalars to this Weights & Biases project (needs `pip install wandb`)")
+    out.add_argument("--wandb_entity", type=none_or(str), default=None, help="W&B entity (user or team)")
+    out.add_argument("--wandb_name", type=none_or(str), default=None, help="W&B run name (default: the run name)")
+    out.add_argument("--tensorboard", type=none_or(str), default=None,
+                     help="write TensorBoard event files of the result scalars into this folder")

@@ -25,7 +25,8 @@ from utils.io import atomic_write
 FORMAT_VERSION = 1
 # args that do not change what is computed: excluded from the run hash
 NON_SEMANTIC_ARGS = {"resume", "loadcheck", "device", "num_workers", "non_verbose", "results_file", "checkpoint_path",
-                     "stop_after", "traceback", "savecheck", "ckpt_name", "notes", "base_path"}
+                     "stop_after", "traceback", "savecheck", "ckpt_name", "notes", "base_path", "plots",
+                     "wandb_project", "wandb_entity", "wandb_name", "tensorboard"}
 
 
 def run_name(args: argparse.Namespace) -> str:
@@ -35,6 +36,28 @@ def run_name(args: argparse.Namespace) -> str:
     semantic = {k: v for k, v in sorted(vars(args).items()) if k not in NON_SEMANTIC_ARGS}
     digest = hashlib.sha256(repr(semantic).encode()).hexdigest()[:10]
     return f"{args.model}_{args.dataset}_s{args.seed}_{digest}"
+
+
+def semantic_differences(saved: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """``key: saved -> now`` for each semantic argument that differs between a checkpoint and ``args``."""
+    now = vars(args)
+    keys = sorted((set(saved) | set(now)) - NON_SEMANTIC_ARGS)
+    return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
+
+
+def check_checkpoint_matches(path: str, saved: dict[str, Any], args: argparse.Namespace, strict: bool) -> None:
+    """A checkpoint must come from the same model and dataset; with ``strict`` (``--resume``) from the same
+    semantic arguments too. Without ``--ckpt_name`` the run folder is keyed by a hash of the semantic
+    arguments, so ``--resume`` can only find a checkpoint of identical arguments; ``--ckpt_name`` makes the
+    folder name explicit, and this check then refuses a checkpoint of different arguments."""
+    if (saved.get("model"), saved.get("dataset")) != (args.model, args.dataset):
+        raise UserError(f"checkpoint {path} is from model {saved.get('model')} on {saved.get('dataset')}, "
+                        f"not {args.model} on {args.dataset}; pick the matching checkpoint")
+    if strict:
+        diff = semantic_differences(saved, args)
+        if diff:
+            raise UserError(f"checkpoint {path} was made with other arguments ({'; '.join(diff[:3])}); resume with "
+                            f"the same arguments, or start a new run under another --ckpt_name")
 
 
 def run_dir(args: argparse.Namespace) -> str:

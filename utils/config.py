@@ -248,4 +248,4 @@ def parse_args(argv: Optional[list[str]] = None, checkpoint_args: Optional[dict]
 # Flags that describe where/how this process runs, never restored from a checkpoint.
 _RUN_LOCAL_KEYS = {"resume", "loadcheck", "device", "num_workers", "non_verbose", "results_file",
                    "checkpoint_path", "stop_after", "traceback", "base_path", "dataset_structure", "savecheck",
-                   "ckpt_name"}
+                   "ckpt_name", "plots", "wandb_project", "wandb_entity", "wandb_name", "tensorboard"}

@@ -6,6 +6,8 @@ from typing import Any, Iterable, Optional
 import torch
 from torch.utils.data import DataLoader
 
+from utils.killpoints import kill_point
+
 
 @torch.no_grad()
 def accuracy_on_loader(model: Any, loader: DataLoader, task_range: tuple[int, int], n_visible: int,
@@ -57,6 +59,8 @@ def evaluate(model: Any, dataset: Any, tasks: Optional[Iterable[int]] = None, n_
                                       max_batches)
             cil.append(a)
             til.append(b)
+            if tasks is None and len(cil) == 1:
+                kill_point("eval", len(loaders))  # test hook: mid-evaluation after task len(loaders)
     finally:
         model.train(was_training)
     return cil, til

@@ -21,7 +21,8 @@ from models import get_model_class
 from utils import checkpoints
 from utils.config import ROOT, parse_args
 from utils.errors import UserError
-from utils.io import check_writable, write_json
+from utils.io import check_writable, remove_stale_temporaries, write_json
+from utils.loggers import close_loggers, open_loggers, summary_scalars, task_scalars
 from utils.training import RunRecord, train
 
 
@@ -73,19 +74,88 @@ def default_results_file(args: argparse.Namespace, setting: str) -> str:
                         f"{checkpoints.run_name(args)}.json")
 
 
+def check_compatibility(model_cls: Any, dataset: Any) -> None:
+    """The model must support the dataset's setting (class-il, task-il, domain-il, ...)."""
+    if dataset.SETTING not in model_cls.COMPATIBILITY:
+        raise UserError(f"model {model_cls.NAME} does not support the {dataset.SETTING} setting of {dataset.NAME} "
+                        f"(it supports: {', '.join(model_cls.COMPATIBILITY)}); pick another model or dataset")
+
+
+def check_every_task_has_data(dataset: Any) -> None:
+    """Fail before training (not at task k) when a task of the split has no training images."""
+    train, _ = dataset.splits
+    for task in range(dataset.N_TASKS):
+        if len(dataset.task_indices(train, task)) == 0:
+            start, end = dataset.get_offsets(task)
+            raise UserError(f"{dataset.NAME}: task {task + 1} (classes {start}-{end - 1}) has no training images; "
+                            f"check the labels of the data or the class split (--n_tasks/--classes_per_task)")
+
+
 def _find_resume_state(args: argparse.Namespace) -> Optional[tuple[str, dict[str, Any]]]:
+    """The checkpoint to continue from (``--loadcheck``, or the newest good one of this run with ``--resume``)."""
     if args.loadcheck:
-        return args.loadcheck, checkpoints.load_checkpoint(args.loadcheck)
+        state = checkpoints.load_checkpoint(args.loadcheck)
+        checkpoints.check_checkpoint_matches(args.loadcheck, state["args"], args, strict=False)
+        return args.loadcheck, state
     if args.resume:
-        found = checkpoints.latest_checkpoint(checkpoints.run_dir(args))
+        folder = checkpoints.run_dir(args)
+        removed = remove_stale_temporaries(folder)
+        if removed:
+            print(f"removed {len(removed)} unfinished checkpoint file(s) of an interrupted run in {folder}",
+                  file=sys.stderr)
+        found = checkpoints.latest_checkpoint(folder)
         if found is None:
-            print(f"no checkpoint in {checkpoints.run_dir(args)}: starting from the first task", file=sys.stderr)
+            print(f"no checkpoint in {folder}: starting from the first task", file=sys.stderr)
+            return None
+        checkpoints.check_checkpoint_matches(found[0], found[1]["args"], args, strict=True)
         return found
     return None
 
 
+def _restore(model: Any, dataset: Any, path: str, state: dict[str, Any], device: torch.device) -> RunRecord:
+    """Load a checkpoint into ``model``/``dataset``/the RNGs; return the record of the finished tasks."""
+    try:
+        record = RunRecord.from_dict(state["record"])
+        if record.tasks_done > dataset.N_TASKS:
+            raise ValueError(f"it has {record.tasks_done} finished tasks, the dataset only {dataset.N_TASKS}")
+        for _ in range(record.tasks_done):  # rebuild the test loaders of the finished tasks
+            dataset.get_data_loaders()
+        model.load_checkpoint_state(state["model_state"], dataset)
+        checkpoints.set_rng_state(state["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # e.g. tensor shapes of another backbone
+        raise UserError(f"checkpoint {path} does not fit this model/backbone/dataset "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+                        f"use the arguments it was made with") from None
+    model.to(device)
+    print(f"resumed from {path}: {record.tasks_done} of {dataset.N_TASKS} tasks done", file=sys.stderr)
+    return record
+
+
+def _write_outputs(results: dict[str, Any], results_file: str, make_plots: bool) -> list[str]:
+    """Plots first, then the JSON (if the JSON fails, the plots are removed: no partial results)."""
+    written: list[str] = []
+    try:
+        if make_plots and results["accuracy_matrix_class_il"]:
+            from utils import plots
+            stem = os.path.splitext(results_file)[0]
+            written.append(plots.plot_accuracy_matrix(results["accuracy_matrix_class_il"],
+                                                      f"{stem}_accuracy_matrix.png"))
+            written.append(plots.plot_average_accuracy({"class-IL": results["average_class_il_per_task"],
+                                                        "task-IL": results["average_task_il_per_task"]},
+                                                       f"{stem}_average_accuracy.png"))
+        write_json(results_file, results)
+    except BaseException:
+        for path in written:
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+        raise
+    return written
+
+
 def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
-    """Parse ``argv``, train, write the results JSON and return it."""
+    """Parse ``argv``, train, write the results JSON (and plots) and return the results."""
     argv = list(sys.argv[1:] if argv is None else argv)
     ckpt_args = None
     if "--loadcheck" in argv or any(a.startswith("--loadcheck=") for a in argv):
@@ -99,15 +169,15 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
     if args.seed is not None:
         set_random_seed(args.seed)
     device = get_device(args.device)
+    if ckpt_args is not None:  # before reading any data: a checkpoint of another model/dataset is refused
+        checkpoints.check_checkpoint_matches(args.loadcheck, ckpt_args, args, strict=False)
 
-    results_file = args.results_file
     dataset = get_dataset(args)
     dataset.splits  # read (or download) the data now: data errors come before any training output
+    check_every_task_has_data(dataset)
     model_cls = get_model_class(args.model)
-    if dataset.SETTING not in model_cls.COMPATIBILITY:
-        raise UserError(f"model {args.model} does not support the {dataset.SETTING} setting of {args.dataset} "
-                        f"(it supports: {', '.join(model_cls.COMPATIBILITY)})")
-    results_file = results_file or default_results_file(args, dataset.SETTING)
+    check_compatibility(model_cls, dataset)
+    results_file = args.results_file or default_results_file(args, dataset.SETTING)
     check_writable(os.path.dirname(os.path.abspath(results_file)), "results")
     if args.savecheck:
         check_writable(checkpoints.run_dir(args), "checkpoint")
@@ -118,58 +188,83 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
     record = RunRecord()
     resumed = _find_resume_state(args)
     if resumed is not None:
-        path, state = resumed
-        saved = state["args"]
-        if (saved.get("model"), saved.get("dataset")) != (args.model, args.dataset):
-            raise UserError(f"checkpoint {path} is from model {saved.get('model')} on {saved.get('dataset')}, "
-                            f"not {args.model} on {args.dataset}; pick the matching checkpoint")
-        record = RunRecord.from_dict(state["record"])
-        for _ in range(record.tasks_done):  # rebuild the test loaders of the finished tasks
-            dataset.get_data_loaders()
-        model.load_checkpoint_state(state["model_state"], dataset)
-        model.to(device)
-        checkpoints.set_rng_state(state["rng"])
-        print(f"resumed from {path}: {record.tasks_done} of {dataset.N_TASKS} tasks done", file=sys.stderr)
+        record = _restore(model, dataset, *resumed, device)
+    if args.resume:
+        remove_stale_temporaries(os.path.dirname(os.path.abspath(results_file)), os.path.basename(results_file))
+    trackers = open_loggers(args, checkpoints.run_name(args))
 
-    def save(rec: RunRecord) -> None:
+    def end_of_task(rec: RunRecord) -> None:
         final = rec.tasks_done == dataset.N_TASKS
         if args.savecheck == "task" or (args.savecheck == "last" and final):
             checkpoints.save_checkpoint(checkpoints.checkpoint_path(args, rec.tasks_done), {
                 "args": {k: v for k, v in vars(args).items()}, "model_state": model.checkpoint_state(),
                 "record": rec.to_dict(), "rng": checkpoints.rng_state(), "tasks_done": rec.tasks_done})
+        for tracker in trackers:
+            tracker.log_task(rec.tasks_done - 1, task_scalars(rec.accuracy_matrix_class_il,
+                                                              rec.accuracy_matrix_task_il, rec.tasks_done - 1))
 
     try:
-        record = train(model, dataset, args, record, on_task_end=save)
-    except KeyboardInterrupt:
-        where = checkpoints.run_dir(args) if args.savecheck else None
-        hint = f"; checkpoints of finished tasks are in {where}: rerun with --resume" if where else ""
-        raise UserError(f"interrupted after {record.tasks_done} finished task(s){hint}") from None
+        try:
+            record = train(model, dataset, args, record, on_task_end=end_of_task)
+        except KeyboardInterrupt:
+            where = checkpoints.run_dir(args) if args.savecheck else None
+            hint = f"; checkpoints of finished tasks are in {where}: rerun with --resume" if where else ""
+            raise UserError(f"interrupted after {record.tasks_done} finished task(s){hint}") from None
 
-    timings = {"per_task": record.task_timings, "total_seconds": time.perf_counter() - started}
-    results = {"args": vars(args), "setting": dataset.SETTING, "n_tasks": dataset.N_TASKS,
-               "tasks_done": record.tasks_done, "complete": record.tasks_done == dataset.N_TASKS,
-               "class_order": list(dataset.scenario.class_order) if dataset.scenario.class_order else None,
-               "accuracy_matrix_class_il": record.accuracy_matrix_class_il,
-               "accuracy_matrix_task_il": record.accuracy_matrix_task_il, **record.summary(),
-               "timings": timings, "peak_memory_mb": peak_memory_mb(device), "device": str(device),
-               "versions": versions()}
-    write_json(results_file, results)
+        timings = {"per_task": record.task_timings, "total_seconds": time.perf_counter() - started}
+        results = {"args": vars(args), "setting": dataset.SETTING, "n_tasks": dataset.N_TASKS,
+                   "tasks_done": record.tasks_done, "complete": record.tasks_done == dataset.N_TASKS,
+                   "class_order": list(dataset.scenario.class_order) if dataset.scenario.class_order else None,
+                   "accuracy_matrix_class_il": record.accuracy_matrix_class_il,
+                   "accuracy_matrix_task_il": record.accuracy_matrix_task_il, **record.summary(),
+                   "timings": timings, "peak_memory_mb": peak_memory_mb(device), "device": str(device),
+                   "versions": versions()}
+        figures = _write_outputs(results, results_file, bool(args.plots))
+        for tracker in trackers:
+            tracker.log_summary(summary_scalars(results))
+    except BaseException:
+        close_loggers(trackers, failed=True)
+        raise
+    close_loggers(trackers)
     print(f"final class-IL {results['final_class_il']:.2f}  task-IL {results['final_task_il']:.2f}")
+    for figure in figures:
+        print(f"plot: {figure}")
     print(f"results: {results_file}", flush=True)
     results["results_file"] = results_file
     return results
 
 
+def wants_traceback(argv: list[str]) -> bool:
+    """``--traceback`` (bare, ``--traceback 1`` or ``--traceback=true``) is on the command line."""
+    for i, token in enumerate(argv):
+        flag, _, value = token.partition("=")
+        if flag == "--traceback":
+            if not value and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                value = argv[i + 1]
+            return value.strip().lower() not in ("0", "false", "no", "n", "off") if value else True
+    return False
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    """Command-line entry: user errors become one line on stderr and a non-zero exit code."""
+    """Command-line entry: user errors become one line on stderr and a non-zero exit code.
+
+    ``--traceback`` adds the full traceback. Exit codes: 0 success, 1 an operating-system error
+    outside the framework's own checks, 2 bad input, 3 the loss diverged (NaN/inf).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         run(argv)
     except UserError as exc:
-        if "--traceback" in argv:
+        if wants_traceback(argv):
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # e.g. a file vanishing mid-run: still one line unless asked for the traceback
+        if wants_traceback(argv):
+            traceback.print_exc()
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}; rerun with --traceback for details", file=sys.stderr)
+        return 1
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     return 0

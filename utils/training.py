@@ -12,6 +12,7 @@ from tqdm import tqdm
 from utils import metrics
 from utils.errors import TrainingDiverged
 from utils.evaluate import evaluate
+from utils.killpoints import kill_point
 
 
 @dataclass
@@ -97,6 +98,7 @@ def train_task(model: Any, dataset: Any, args: Any, train_loader: Any, task: int
             labels = labels.to(model.device, non_blocking=True).long()
             not_aug_inputs = not_aug_inputs.to(model.device, non_blocking=True)
             loss = model.meta_observe(inputs, labels, not_aug_inputs, epoch=epoch)
+            kill_point("train", task + 1, epoch + 1, step + 1)
             if not math.isfinite(loss):
                 raise TrainingDiverged(f"loss is {loss} at task {task + 1}, epoch {epoch + 1}, step {step + 1}; "
                                        f"lower --lr or check the data (checkpoints of finished tasks are kept)")
@@ -129,6 +131,7 @@ def train(model: Any, dataset: Any, args: Any, record: Optional[RunRecord] = Non
             record.before_task_task_il.append(before[1])
         model.net.train()
         model.meta_begin_task(dataset)
+        kill_point("begin_task", task + 1)
         train_task(model, dataset, args, train_loader, task)
         model.meta_end_task(dataset)
         train_seconds = time.perf_counter() - start
