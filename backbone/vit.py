@@ -1,11 +1,17 @@
-"""Vision Transformers built with timm's own ``VisionTransformer`` (no forked model code)."""
+"""Vision Transformers built with timm's own ``VisionTransformer`` (no forked model code).
+
+``vit_tiny``: a small random-init ViT for CPU work. ``vit``: Mammoth's ViT-B/16 with pretrained weights.
+"""
 from __future__ import annotations
 
-from typing import Optional
+import re
+from typing import Any, Literal, Optional
 
 from timm.models.vision_transformer import VisionTransformer
 
 from backbone import ContinualBackbone, register
+from backbone.pretrained import create_headless_timm_model
+from utils.errors import UserError
 
 
 @register("vit_tiny", "vit-tiny")
@@ -18,8 +24,62 @@ def vit_tiny(num_classes: int, img_size: int = 32, in_chans: int = 3, patch_size
     """
     patch = patch_size or max(1, img_size // 8)
     if img_size % patch:
-        from utils.errors import UserError
         raise UserError(f"--patch_size {patch} does not divide the image size {img_size}; pick a divisor")
     body = VisionTransformer(img_size=img_size, patch_size=patch, in_chans=in_chans, embed_dim=embed_dim,
                              depth=depth, num_heads=num_heads, num_classes=0, global_pool="token")
     return ContinualBackbone(body, embed_dim, num_classes)
+
+
+VIT_B16 = "vit_base_patch16_224"
+PRETRAIN_TAGS = {  # --pretrain_type -> timm weight tag of vit_base_patch16_224 (Hugging Face hub, timm/...)
+    "in21k": "augreg_in21k",
+    "in21k-ft-in1k": "augreg2_in21k_ft_in1k",
+    "in21k_old": "orig_in21k",
+}
+# Mammoth's in21k_old: Google's original ImageNet-21k ViT-B/16, read by timm's JAX .npz loader.
+GOOGLE_IN21K_NPZ = "https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz"
+
+
+def vit_weight_source(arch: str, pretrain_type: str) -> tuple[str, Optional[dict[str, Any]]]:
+    """The timm tag and pretrained-config overlay of ``--pretrain_type`` for ``arch``."""
+    if pretrain_type not in PRETRAIN_TAGS:
+        raise UserError(f"unknown --pretrain_type {pretrain_type!r}; choose from {', '.join(PRETRAIN_TAGS)}")
+    if pretrain_type == "in21k_old" and arch == VIT_B16:
+        return "orig_in21k", {"url": GOOGLE_IN21K_NPZ, "hf_hub_id": None, "custom_load": True, "num_classes": 21843}
+    return PRETRAIN_TAGS[pretrain_type], None
+
+
+def create_timm_vit(arch: str = VIT_B16, img_size: int = 224, in_chans: int = 3, pretrained: bool = True,
+                    pretrain_type: str = "in21k-ft-in1k", pretrained_path: Optional[str] = None,
+                    **kwargs: Any) -> VisionTransformer:
+    """A headless timm ViT (CLS-token features after the final norm) with optional pretrained weights.
+
+    Weights come from ``pretrained_path`` (a local .pth/.bin/.safetensors or Google .npz file) or else from
+    timm's registry for ``pretrain_type`` (Hugging Face cache/hub). Position embeddings are resampled to
+    ``img_size``. Missing weights on an offline machine raise a one-line UserError.
+    """
+    match = re.search(r"patch(\d+)", arch)
+    patch = int(match.group(1)) if match else None
+    if patch and img_size % patch:
+        raise UserError(f"the image size {img_size} is not a multiple of {arch}'s patch size {patch}; "
+                        f"resize the images (e.g. --img_size {max(patch, round(img_size / patch) * patch)})")
+    tag, overlay = vit_weight_source(arch, pretrain_type)
+    where = overlay["url"] if overlay else f"https://huggingface.co/timm/{arch}.{tag}"
+    fix = f"download the weights ({where}) elsewhere and pass --pretrained_path FILE, or use --pretrained 0"
+    return create_headless_timm_model(arch, tag, pretrained, pretrained_path, how_to_fix=fix, overlay=overlay,
+                                      img_size=img_size, in_chans=in_chans, global_pool="token", **kwargs)
+
+
+@register("vit")
+def vit(num_classes: int, img_size: int = 224, in_chans: int = 3, pretrained: bool = True,
+        pretrain_type: Literal["in21k", "in21k-ft-in1k", "in21k_old"] = "in21k-ft-in1k",
+        pretrained_path: Optional[str] = None) -> ContinualBackbone:
+    """ViT-B/16 (timm ``vit_base_patch16_224``, 768-d CLS features) + a fresh linear classifier.
+
+    ``--pretrain_type``: in21k = ``augreg_in21k``, in21k-ft-in1k = ``augreg2_in21k_ft_in1k`` (default),
+    in21k_old = Google's original ImageNet-21k ``ViT-B_16.npz``. ``--pretrained_path FILE`` loads local
+    weights instead (works offline). The weights expect inputs normalised with mean = std = 0.5.
+    """
+    body = create_timm_vit(VIT_B16, img_size=img_size, in_chans=in_chans, pretrained=pretrained,
+                           pretrain_type=pretrain_type, pretrained_path=pretrained_path)
+    return ContinualBackbone(body, body.num_features, num_classes)
