@@ -59,6 +59,7 @@ class Slca(ContinualModel):
     def __init__(self, backbone, loss, args, transform, dataset=None):
         super().__init__(backbone, loss, args, transform, dataset)
         self.class_stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.cholesky_cache: dict[int, torch.Tensor] = {}  # derived from class_stats, not checkpointed
         self.scheduler = None
 
     def get_optimizer(self, params=None, lr=None):
@@ -103,7 +104,7 @@ class Slca(ContinualModel):
         bounds = [dataset.get_offsets(t) for t in range(self.current_task + 1)]
         batch = self.args.ca_samples_per_class
         for _ in range(self.args.ca_epochs):
-            feats, labels = sample_gaussians(self.class_stats, batch)
+            feats, labels = sample_gaussians(self.class_stats, batch, self.cholesky_cache)
             order = torch.randperm(len(labels))
             for start in range(0, len(labels), batch):
                 idx = order[start:start + batch]

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from benchmarks.compare import compare, merge_flags
-from tests.conftest import make_npz, tiny_run_args
+from tests.conftest import make_npz, shared_file, tiny_run_args
 from utils.errors import UserError
 from utils.runner import main, run
 
@@ -41,7 +41,7 @@ def test_method_runs_end_to_end(method, data, tmp_path):
         assert res["final_class_il"] >= 80
 
 
-@pytest.mark.parametrize("method", ["er", "ewc_on", "slca", "task_arithmetic"])  # those with non-parameter state
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_stop_and_resume_equals_uninterrupted_run(method, data, tmp_path):
     base = method_args(method, data, tmp_path)
     full = run([*base, "--results_file", str(tmp_path / "full.json")])
@@ -79,7 +79,7 @@ def test_compare_writes_table_and_plot(data, tmp_path):
     for flag in ("--backbone", "--embed_dim", "--depth", "--num_heads", "--seed"):
         i = shared.index(flag)
         del shared[i:i + 2]
-    paths, failures = compare(["--dataset", "seq-custom", "--models", "sgd,er,l2p", "--seeds", "2",
+    paths, failures = compare(["--dataset", "seq-custom", "--models", "er,l2p", "--seeds", "2",
                                "--backbone", "resnet18", "--backbone_args", "--num_filters 4",
                                "--vit_args", "--embed_dim 16 --depth 1 --num_heads 2",
                                "--extra", "er:--buffer_size 6", "--extra", "l2p:--lr 0.01 --pool_size 4 --top_k 1",
@@ -87,7 +87,7 @@ def test_compare_writes_table_and_plot(data, tmp_path):
                                                           and a != "seq-custom"]])
     assert failures == []
     table = open(paths["markdown"]).read()
-    for method in ("sgd", "er", "l2p"):
+    for method in ("er", "l2p"):
         assert f"| {method} | 2 | 0, 1 |" in table
     assert os.path.getsize(paths["png"]) > 1000
     er = json.load(open(out / "results" / "er" / "seed1.json"))
@@ -96,3 +96,17 @@ def test_compare_writes_table_and_plot(data, tmp_path):
     assert l2p["args"]["backbone"] == "vit_tiny" and l2p["args"]["lr"] == 0.01
     with pytest.raises(UserError, match="not in --models"):
         compare(["--dataset", "seq-custom", "--models", "sgd", "--extra", "er:--buffer_size 5"])
+
+
+def test_er_and_derpp_beat_sgd_on_cifar10_mini(tmp_path):
+    """Seeds 0-2 measured: sgd 12.0/10.0/10.0, er 20.5/19.4/19.9, derpp 18.0/20.8/20.0 (class-IL %)."""
+    data = shared_file("cifar10_mini.npz")
+    common = ["--dataset", "seq-custom", "--data_path", data, "--n_tasks", "5", "--backbone", "vit_tiny",
+              "--embed_dim", "64", "--depth", "2", "--patch_size", "8", "--lr", "0.03", "--optim_mom", "0.9",
+              "--n_epochs", "1", "--batch_size", "16", "--seed", "0", "--non_verbose", "--plots", "0",
+              "--base_path", str(tmp_path)]
+    replay = ["--buffer_size", "500", "--minibatch_size", "32"]
+    sgd = run(["--model", "sgd", *common])["final_class_il"]
+    er = run(["--model", "er", *common, *replay])["final_class_il"]
+    derpp = run(["--model", "derpp", *common, *replay, "--alpha", "0.1", "--beta", "1.0"])["final_class_il"]
+    assert er > sgd + 3.0 and derpp > sgd + 3.0, (sgd, er, derpp)

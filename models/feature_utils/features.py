@@ -1,7 +1,7 @@
 """Non-augmented features of one task's training images, and per-class Gaussian statistics."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -42,16 +42,20 @@ def class_gaussians(feats: torch.Tensor, labels: torch.Tensor, eps: float,
     return out
 
 
-def sample_gaussians(stats: dict[int, tuple[torch.Tensor, torch.Tensor]], per_class: int
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``per_class`` draws from each class Gaussian (full or diagonal covariance), with labels."""
+def sample_gaussians(stats: dict[int, tuple[torch.Tensor, torch.Tensor]], per_class: int,
+                     cholesky_cache: Optional[dict[int, torch.Tensor]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``per_class`` draws ``mean + L z`` (``L L^T = cov``, z standard normal) from each class Gaussian
+    (full or diagonal covariance), with labels. ``cholesky_cache`` keeps each class's ``L``."""
     feats, labels = [], []
+    cache = {} if cholesky_cache is None else cholesky_cache
     for c, (mean, cov) in sorted(stats.items()):
+        z = torch.randn(per_class, mean.shape[0], device=mean.device)
         if cov.dim() == 1:
-            draws = mean + torch.randn(per_class, mean.shape[0], device=mean.device) * cov.sqrt()
+            draws = mean + z * cov.sqrt()
         else:
-            dist = torch.distributions.MultivariateNormal(mean.double(), covariance_matrix=cov.double())
-            draws = dist.sample((per_class,)).float()
+            if c not in cache:
+                cache[c] = torch.linalg.cholesky(cov.double()).float()
+            draws = mean + z @ cache[c].t()
         feats.append(draws)
         labels.append(torch.full((per_class,), c, dtype=torch.long, device=mean.device))
     return torch.cat(feats), torch.cat(labels)
