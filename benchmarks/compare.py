@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=positive_int, default=3, help="number of seeds")
     parser.add_argument("--first_seed", type=nonneg_int, default=0, help="seeds are first_seed .. first_seed+seeds-1")
     parser.add_argument("--extra", action="append", default=[], help="'METHOD:--flag value ...' (repeatable)")
-    parser.add_argument("--out", default="runs/compare", help="output folder")
+    parser.add_argument("--out", default="benchmarks/out/compare", help="output folder (git-ignored by default)")
     parser.add_argument("--reuse", type=parse_bool, default=True, help="reuse complete results already in --out")
     return parser
 

@@ -1,7 +1,6 @@
 """``task_arithmetic``: each task fine-tuned alone from theta0, task vectors averaged (no regulariser)."""
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch

@@ -110,3 +110,35 @@ def test_er_and_derpp_beat_sgd_on_cifar10_mini(tmp_path):
     er = run(["--model", "er", *common, *replay])["final_class_il"]
     derpp = run(["--model", "derpp", *common, *replay, "--alpha", "0.1", "--beta", "1.0"])["final_class_il"]
     assert er > sgd + 3.0 and derpp > sgd + 3.0, (sgd, er, derpp)
+
+
+def test_ranpac_freezes_after_the_first_task_and_fits_the_ridge_head_on_all_tasks(data, tmp_path):
+    import torch
+    import torch.nn.functional as F
+
+    from backbone import get_backbone
+    from datasets import get_dataset
+    from models.feature_utils.features import task_features
+    from models.ranpac import RanPAC, random_features, ridge_solution
+    from utils.config import parse_args
+    from utils.training import train
+
+    args = parse_args(method_args("ranpac", data, tmp_path, "--ridge", "0.5"))
+    torch.manual_seed(0)
+    dataset = get_dataset(args)
+    net = get_backbone(args, dataset.N_CLASSES, dataset.img_size, dataset.IN_CHANS)
+    model = RanPAC(net, dataset.get_loss(), args, dataset.get_transform(), dataset=dataset)
+    snapshots = []
+    train(model, dataset, args, on_task_end=lambda rec: snapshots.append(
+        {k: v.clone() for k, v in model.net.state_dict().items()}))
+    assert [model.OBSERVES_BATCHES, len(snapshots)] == [False, 3]
+    for key, value in snapshots[0].items():  # no SGD after the first task
+        assert torch.equal(value, snapshots[2][key]), key
+    H, Y = [], []
+    model.net.eval()
+    for task in range(3):
+        feats, labels = task_features(model.net.features, dataset, task, model.device)
+        H.append(random_features(feats, model.projection).double())
+        Y.append(F.one_hot(labels, dataset.N_CLASSES).double())
+    H, Y = torch.cat(H), torch.cat(Y)
+    torch.testing.assert_close(model.head, ridge_solution(H.t() @ H, H.t() @ Y, 0.5).float(), rtol=1e-4, atol=1e-5)
