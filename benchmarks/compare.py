@@ -1,0 +1,153 @@
+"""Compare continual-learning methods over seeds: one run per (method, seed), then a table and a plot.
+
+    python -m benchmarks.compare --dataset seq-custom --backbone resnet18 --models sgd,ewc_on,derpp \
+        --seeds 3 --out runs/compare -- --data_path ../shared/data/cifar10_mini.npz --lr 0.03 --n_epochs 1
+
+Flags after ``--`` (and any flag compare does not know) are passed to every run. Per-method flags
+go in ``--extra "derpp:--buffer_size 200 --alpha 0.1"`` (repeatable); they override shared ones.
+Prompt methods (``l2p``, ``coda_prompt``) need a ViT: they run on ``--vit_backbone`` with
+``--vit_args`` instead of ``--backbone``/``--backbone_args``. Results JSONs go to
+``<out>/results/<model>/seed<k>.json`` (a complete one is reused with ``--reuse 1``); the table and
+plot are written by :func:`utils.report.build_report` (``report.md``, ``report.csv``, ``report.png``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import traceback
+from typing import Optional
+
+from utils.args import nonneg_int, parse_bool, positive_int
+from utils.errors import UserError
+
+# Flags a method needs that a shared command line would not give (the user's --extra wins).
+METHOD_DEFAULTS = {"er": "--buffer_size 200", "derpp": "--buffer_size 200"}
+VIT_METHODS = ("l2p", "coda_prompt")
+
+
+def split_flags(tokens: list[str]) -> list[tuple[str, list[str]]]:
+    """``['--a', '1', '--b', '--c=2']`` -> ``[('--a', ['1']), ('--b', []), ('--c', ['2'])]``."""
+    groups: list[tuple[str, list[str]]] = []
+    for token in tokens:
+        if token.startswith("--"):
+            flag, eq, value = token.partition("=")
+            groups.append((flag, [value] if eq else []))
+        elif not groups:
+            raise UserError(f"'{token}' is not preceded by a flag; pass flags like --lr 0.03")
+        else:
+            groups[-1][1].append(token)
+    return groups
+
+
+def merge_flags(*layers: list[str]) -> list[str]:
+    """Concatenate flag lists; a flag given again in a later layer replaces the earlier value."""
+    merged: dict[str, list[str]] = {}
+    for layer in layers:
+        for flag, values in split_flags(layer):
+            merged.pop(flag, None)
+            merged[flag] = values
+    return [token for flag, values in merged.items() for token in (flag, *values)]
+
+
+def parse_extras(items: list[str]) -> dict[str, list[str]]:
+    """``["derpp:--buffer_size 200", "derpp:--alpha 0.1"]`` -> ``{"derpp": [...all flags...]}``."""
+    extras: dict[str, list[str]] = {}
+    for item in items:
+        method, sep, flags = item.partition(":")
+        if not sep or not method.strip():
+            raise UserError(f"--extra '{item}' must look like 'METHOD:--flag value ...'")
+        extras.setdefault(method.strip(), []).extend(shlex.split(flags))
+    return extras
+
+
+def run_argv(model: str, seed: int, args: argparse.Namespace, shared: list[str], extras: dict[str, list[str]],
+             results_file: str) -> list[str]:
+    """The ``main.py`` arguments of one run."""
+    vit = model in VIT_METHODS
+    backbone = ["--backbone", args.vit_backbone] if vit else (["--backbone", args.backbone] if args.backbone else [])
+    backbone_args = shlex.split(args.vit_args if vit else args.backbone_args)
+    return merge_flags(["--model", model, "--dataset", args.dataset], backbone, backbone_args, shared,
+                       shlex.split(METHOD_DEFAULTS.get(model, "")), extras.get(model, []),
+                       ["--seed", str(seed), "--results_file", results_file, "--non_verbose", "1"])
+
+
+def is_complete(path: str) -> bool:
+    try:
+        with open(path) as fh:
+            return bool(json.load(fh).get("complete"))
+    except (OSError, ValueError):
+        return False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--models", required=True, help="comma-separated method names")
+    parser.add_argument("--backbone", default=None, help="backbone of the methods (default: the dataset's)")
+    parser.add_argument("--backbone_args", default="", help="flags for --backbone, e.g. '--num_filters 32'")
+    parser.add_argument("--vit_backbone", default="vit_tiny", help=f"backbone of {', '.join(VIT_METHODS)}")
+    parser.add_argument("--vit_args", default="", help="flags for --vit_backbone, e.g. '--embed_dim 64 --depth 2'")
+    parser.add_argument("--seeds", type=positive_int, default=3, help="number of seeds")
+    parser.add_argument("--first_seed", type=nonneg_int, default=0, help="seeds are first_seed .. first_seed+seeds-1")
+    parser.add_argument("--extra", action="append", default=[], help="'METHOD:--flag value ...' (repeatable)")
+    parser.add_argument("--out", default="benchmarks/out/compare", help="output folder (git-ignored by default)")
+    parser.add_argument("--reuse", type=parse_bool, default=True, help="reuse complete results already in --out")
+    return parser
+
+
+def compare(argv: Optional[list[str]] = None) -> tuple[dict[str, str], list[str]]:
+    """Run every (method, seed) and build the report; returns the report paths and the failed runs."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, shared = argv[:cut], argv[cut + 1:]
+    else:
+        shared = []
+    args, unknown = build_parser().parse_known_args(argv)
+    shared = unknown + shared
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    extras = parse_extras(args.extra)
+    stray = sorted(set(extras) - set(models))
+    if stray:
+        raise UserError(f"--extra names {', '.join(stray)}, which is not in --models {args.models}")
+    from utils.report import build_report  # heavy imports only when running
+    from utils.runner import run
+
+    result_files, failures = [], []
+    for model in models:
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            path = os.path.join(args.out, "results", model, f"seed{seed}.json")
+            if not (args.reuse and is_complete(path)):
+                command = run_argv(model, seed, args, shared, extras, path)
+                print(f"[compare] {model} seed {seed}: python main.py {shlex.join(command)}", flush=True)
+                try:
+                    run(command)
+                except Exception as exc:  # one failing method must not lose the others' results
+                    traceback.print_exc()
+                    failures.append(f"{model} seed {seed}: {type(exc).__name__}: {exc}")
+                    continue
+            result_files.append(path)
+    if not result_files:
+        raise UserError("every run failed: " + "; ".join(failures))
+    paths = build_report(result_files, args.out)
+    for failure in failures:
+        print(f"[compare] FAILED {failure}", file=sys.stderr)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return paths, failures
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    try:
+        _, failures = compare(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

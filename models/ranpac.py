@@ -1,0 +1,108 @@
+"""``ranpac``: Random Projections and Pre-trained models for Continual learning (McDonnell et al., NeurIPS 2023)."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+from models.feature_utils.features import task_features
+from models.utils.continual_model import ContinualModel
+from utils.args import none_or, parse_bool, positive_float, positive_int
+
+RIDGE_CANDIDATES = tuple(10.0 ** e for e in range(-8, 14))
+
+
+def random_features(feats: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
+    """``ReLU(feats @ W_rand)``: the fixed random expansion."""
+    return F.relu(feats @ projection)
+
+
+def ridge_solution(gram: torch.Tensor, cross: torch.Tensor, ridge: float) -> torch.Tensor:
+    """``(G + ridge I)^-1 Q``: ridge-regression weights from ``G = H^T H`` and ``Q = H^T Y``."""
+    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    return torch.linalg.solve(gram + ridge * eye, cross)
+
+
+def select_ridge(H: torch.Tensor, Y: torch.Tensor, candidates=RIDGE_CANDIDATES, train_fraction: float = 0.8,
+                 perm: Optional[torch.Tensor] = None) -> float:
+    """The candidate with the lowest validation MSE, fitting on ``train_fraction`` of the rows (in
+    ``perm`` order, default a random permutation) and validating on the rest."""
+    perm = torch.randperm(len(H), device=H.device) if perm is None else perm
+    n_train = int(round(train_fraction * len(H)))
+    tr, va = perm[:n_train], perm[n_train:]
+    gram, cross = H[tr].t() @ H[tr], H[tr].t() @ Y[tr]
+    losses = [F.mse_loss(H[va] @ ridge_solution(gram, cross, r), Y[va]).item() for r in candidates]
+    return float(candidates[min(range(len(losses)), key=losses.__getitem__)])
+
+
+class RanPAC(ContinualModel):
+    """First task (``--first_task_adapt 1``): the whole network is trained with CE on that task
+    (SGD). Then the backbone is frozen; each task's non-augmented features go through a fixed
+    Gaussian random projection to ``--rp_size`` dimensions and a ReLU; the Gram matrix ``G`` and
+    ``Q = H^T Y`` are accumulated over tasks and the classifier is the ridge solution
+    ``(G + lambda I)^-1 Q``, lambda chosen each task on an 80/20 split of that task's data (or
+    ``--ridge``). Later tasks do no SGD: the loop skips their batches (``OBSERVES_BATCHES``)."""
+
+    NAME = "ranpac"
+    COMPATIBILITY = ["class-il", "task-il"]
+
+    @staticmethod
+    def get_parser(parser):
+        parser.add_argument("--rp_size", type=positive_int, default=10000, help="random projection dimension M")
+        parser.add_argument("--first_task_adapt", type=parse_bool, default=True,
+                            help="fine-tune the backbone on the first task before freezing it")
+        parser.add_argument("--ridge", type=none_or(positive_float), default=None,
+                            help="fixed ridge lambda (default: chosen per task on an 80/20 split)")
+        return parser
+
+    def __init__(self, backbone, loss, args, transform, dataset=None):
+        super().__init__(backbone, loss, args, transform, dataset)
+        n_classes = backbone.classifier.out_features
+        self.register_buffer("projection", torch.randn(backbone.feature_dim, args.rp_size))
+        self.register_buffer("gram", torch.zeros(args.rp_size, args.rp_size, dtype=torch.float64))
+        self.register_buffer("cross", torch.zeros(args.rp_size, n_classes, dtype=torch.float64))
+        self.register_buffer("head", torch.zeros(args.rp_size, n_classes))
+        self.register_buffer("tasks_fitted", torch.zeros((), dtype=torch.long))
+        self.ridge: Optional[float] = args.ridge
+
+    def begin_task(self, dataset) -> None:
+        self.OBSERVES_BATCHES = bool(self.args.first_task_adapt) and self.current_task == 0
+
+    def observe(self, inputs, labels, not_aug_inputs, epoch=None) -> float:
+        self.opt.zero_grad(set_to_none=True)
+        logits = self.net(inputs)[:, self.n_past_classes:self.n_seen_classes]
+        loss = self.loss(logits, labels - self.n_past_classes)
+        loss.backward()
+        self.opt.step()
+        return loss.item()
+
+    def end_task(self, dataset) -> None:
+        self.net.requires_grad_(False)
+        was_training = self.net.training
+        self.net.eval()
+        max_batches = self.get_debug_iters() + 1 if self.args.debug_mode else None
+        feats, labels = task_features(self.net.features, dataset, self.current_task, self.device, max_batches)
+        self.net.train(was_training)
+        H = random_features(feats, self.projection).double()
+        Y = F.one_hot(labels, self.cross.shape[1]).double()
+        ridge = self.args.ridge if self.args.ridge is not None else select_ridge(H, Y)
+        self.ridge = ridge
+        self.gram += H.t() @ H
+        self.cross += H.t() @ Y
+        self.head.copy_(ridge_solution(self.gram, self.cross, ridge).float())
+        self.tasks_fitted += 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if int(self.tasks_fitted) == 0:
+            return self.net(x)
+        return random_features(self.net.features(x).float(), self.projection) @ self.head
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {**super().checkpoint_state(), "ridge": self.ridge}
+
+    def load_checkpoint_state(self, state: dict[str, Any], dataset: Any) -> None:
+        super().load_checkpoint_state(state, dataset)
+        self.ridge = state.get("ridge")
+        if int(self.tasks_fitted) > 0:
+            self.net.requires_grad_(False)

@@ -1,0 +1,130 @@
+"""``slca``: Slow Learner with Classifier Alignment (Zhang et al., ICCV 2023)."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from models.feature_utils.features import class_gaussians, sample_gaussians, task_features
+from models.utils.continual_model import ContinualModel
+from utils.args import nonneg_float, nonneg_int, positive_float, positive_int
+
+
+def parse_milestones(text: str) -> list[int]:
+    try:
+        values = sorted(int(v) for v in str(text).split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated epochs like 20,40, got '{text}'") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"milestones must be epochs >= 1, got '{text}'")
+    return values
+
+
+def task_logit_norm(logits: torch.Tensor, bounds: list[tuple[int, int]], temperature: float) -> torch.Tensor:
+    """SLCA's logit normalisation: divide by the mean over tasks of each task's logit L2 norm, then by
+    ``temperature``."""
+    norms = torch.cat([logits[:, s:e].norm(p=2, dim=1, keepdim=True) + 1e-7 for s, e in bounds], dim=1)
+    return logits / norms.mean(dim=1, keepdim=True) / temperature
+
+
+class Slca(ContinualModel):
+    """Slow learner: SGD with the backbone learning rate ``--slow_lr_ratio`` (1/100) times the
+    head's, CE on the current task's logits, MultiStep schedule (``--milestones``, ``--lr_decay``)
+    stepped by the model at each epoch end. After each task, per-class Gaussian statistics (mean,
+    covariance) of the non-augmented features are stored; from the second task on, the classifier
+    is re-aligned for ``--ca_epochs`` on features sampled from all seen classes' Gaussians."""
+
+    NAME = "slca"
+    COMPATIBILITY = ["class-il", "task-il"]
+    DEFAULTS = {"optim_mom": 0.9}
+
+    @staticmethod
+    def get_parser(parser):
+        parser.add_argument("--slow_lr_ratio", type=positive_float, default=0.01, help="backbone lr / head lr")
+        parser.add_argument("--milestones", type=parse_milestones, default=[], help="epochs where lr *= lr_decay")
+        parser.add_argument("--lr_decay", type=positive_float, default=0.1, help="MultiStep decay factor")
+        parser.add_argument("--ca_epochs", type=nonneg_int, default=5, help="classifier-alignment epochs (0: off)")
+        parser.add_argument("--ca_lr", type=positive_float, default=0.01, help="classifier-alignment SGD lr")
+        parser.add_argument("--ca_samples_per_class", type=positive_int, default=256,
+                            help="features sampled per class and alignment epoch (also the batch size)")
+        parser.add_argument("--ca_logit_norm", type=nonneg_float, default=0.1,
+                            help="temperature of the per-task logit normalisation in alignment (0: off)")
+        parser.add_argument("--ca_covariance", type=str, default="full", choices=["full", "diag"],
+                            help="per-class covariance: full (SLCA) or diagonal (less memory)")
+        parser.add_argument("--ca_cov_eps", type=positive_float, default=1e-4, help="added to the covariance diagonal")
+        return parser
+
+    def __init__(self, backbone, loss, args, transform, dataset=None):
+        super().__init__(backbone, loss, args, transform, dataset)
+        self.class_stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.cholesky_cache: dict[int, torch.Tensor] = {}  # derived from class_stats, not checkpointed
+        self.scheduler = None
+
+    def get_optimizer(self, params=None, lr=None):
+        if params is not None:
+            return super().get_optimizer(params, lr)
+        base = super().get_optimizer()
+        body = [p for p in self.net.body.parameters() if p.requires_grad]
+        head = [p for p in self.net.classifier.parameters() if p.requires_grad]
+        groups = [{"params": body, "lr": self.args.lr * self.args.slow_lr_ratio}, {"params": head, "lr": self.args.lr}]
+        return type(base)([g for g in groups if g["params"]], **base.defaults)
+
+    def begin_task(self, dataset) -> None:
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.opt, self.args.milestones, self.args.lr_decay)
+
+    def observe(self, inputs, labels, not_aug_inputs, epoch=None) -> float:
+        self.opt.zero_grad(set_to_none=True)
+        logits = self.net(inputs)[:, self.n_past_classes:self.n_seen_classes]
+        loss = self.loss(logits, labels - self.n_past_classes)
+        loss.backward()
+        self.opt.step()
+        return loss.item()
+
+    def end_epoch(self, epoch, dataset) -> None:
+        self.scheduler.step()
+
+    def end_task(self, dataset) -> None:
+        was_training = self.net.training
+        self.net.eval()
+        max_batches = self.get_debug_iters() + 1 if self.args.debug_mode else None
+        feats, labels = task_features(self.net.features, dataset, self.current_task, self.device, max_batches)
+        self.class_stats.update(class_gaussians(feats, labels, self.args.ca_cov_eps,
+                                                diagonal=self.args.ca_covariance == "diag"))
+        if self.current_task > 0 and self.args.ca_epochs > 0:
+            self.align_classifier(dataset)
+        self.net.train(was_training)
+
+    def align_classifier(self, dataset) -> None:
+        """Train the classifier on features sampled from the class Gaussians of all seen classes."""
+        head = self.net.classifier
+        opt = torch.optim.SGD(head.parameters(), lr=self.args.ca_lr, momentum=0.9, weight_decay=5e-4)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.args.ca_epochs)
+        bounds = [dataset.get_offsets(t) for t in range(self.current_task + 1)]
+        batch = self.args.ca_samples_per_class
+        for _ in range(self.args.ca_epochs):
+            feats, labels = sample_gaussians(self.class_stats, batch, self.cholesky_cache)
+            order = torch.randperm(len(labels))
+            for start in range(0, len(labels), batch):
+                idx = order[start:start + batch]
+                logits = head(feats[idx].to(self.device))[:, :self.n_seen_classes]
+                if self.args.ca_logit_norm > 0:
+                    logits = task_logit_norm(logits, bounds, self.args.ca_logit_norm)
+                loss = F.cross_entropy(logits, labels[idx].to(self.device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            sched.step()
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        stats = {c: torch.stack((m, v)) if v.dim() == 1 else {"mean": m, "cov": v} for c, (m, v) in
+                 self.class_stats.items()}
+        return {**super().checkpoint_state(), "class_stats": stats}
+
+    def load_checkpoint_state(self, state: dict[str, Any], dataset: Any) -> None:
+        super().load_checkpoint_state(state, dataset)
+        self.class_stats = {}
+        for c, value in state["class_stats"].items():
+            mean, cov = (value[0], value[1]) if isinstance(value, torch.Tensor) else (value["mean"], value["cov"])
+            self.class_stats[int(c)] = (mean.to(self.device), cov.to(self.device))

@@ -1,0 +1,122 @@
+"""Reservoir replay buffer (tensors only, so it is saved with checkpoints and restored exactly)."""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Callable, Optional
+
+import torch
+from torchvision import transforms
+
+from utils.args import none_or, positive_int
+
+FIELDS = ("examples", "labels", "logits", "task_labels")
+
+
+def add_rehearsal_args(parser: argparse.ArgumentParser) -> None:
+    """``--buffer_size`` (required) and ``--minibatch_size`` (default: the batch size)."""
+    parser.add_argument("--buffer_size", type=none_or(positive_int), default=None,
+                        help="number of stored examples (required for rehearsal methods)")
+    parser.add_argument("--minibatch_size", type=none_or(positive_int), default=None,
+                        help="replayed examples per step (default: --batch_size)")
+
+
+def reservoir_index(num_seen: int, buffer_size: int, generator: Optional[torch.Generator] = None) -> int:
+    """Slot for the ``num_seen``-th example (0-based) of a stream, or -1 to drop it (Vitter's algorithm R)."""
+    if num_seen < buffer_size:
+        return num_seen
+    rand = int(torch.randint(0, num_seen + 1, (1,), generator=generator).item())
+    return rand if rand < buffer_size else -1
+
+
+def replay_transform(dataset: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The dataset's train augmentation for one stored (C, H, W) float image in [0, 1]."""
+    return transforms.Compose([transforms.ToPILImage(), dataset.get_transform()])
+
+
+class Buffer:
+    """Fixed-size reservoir of examples (non-augmented images), labels, optional logits and task ids.
+
+    Every example of the stream has the same probability ``buffer_size / num_seen`` of being
+    stored. Randomness comes from the global torch RNG (saved in checkpoints), so a resumed
+    run draws the same samples as an uninterrupted one.
+    """
+
+    def __init__(self, buffer_size: int):
+        if buffer_size < 1:
+            raise ValueError("buffer_size must be >= 1")
+        self.buffer_size = buffer_size
+        self.num_seen_examples = 0
+        self.examples: Optional[torch.Tensor] = None
+        self.labels: Optional[torch.Tensor] = None
+        self.logits: Optional[torch.Tensor] = None
+        self.task_labels: Optional[torch.Tensor] = None
+
+    def __len__(self) -> int:
+        return min(self.num_seen_examples, self.buffer_size)
+
+    def is_empty(self) -> bool:
+        return len(self) == 0
+
+    def _allocate(self, name: str, like: torch.Tensor) -> None:
+        dtype = torch.long if name in ("labels", "task_labels") else like.dtype
+        setattr(self, name, torch.zeros((self.buffer_size, *like.shape[1:]), dtype=dtype, device=like.device))
+
+    @torch.no_grad()
+    def add_data(self, examples: torch.Tensor, labels: torch.Tensor, logits: Optional[torch.Tensor] = None,
+                 task_labels: Optional[torch.Tensor] = None) -> None:
+        """Offer each example of a batch to the reservoir."""
+        given = {"examples": examples, "labels": labels, "logits": logits, "task_labels": task_labels}
+        for name, value in given.items():
+            if value is not None and getattr(self, name) is None:
+                self._allocate(name, value)
+        for i in range(examples.shape[0]):
+            slot = reservoir_index(self.num_seen_examples, self.buffer_size)
+            self.num_seen_examples += 1
+            if slot < 0:
+                continue
+            for name, value in given.items():
+                if value is not None:
+                    getattr(self, name)[slot] = value[i].detach().to(getattr(self, name).dtype)
+
+    def get_data(self, size: int, transform: Optional[Callable] = None,
+                 device: Optional[torch.device] = None) -> tuple[torch.Tensor, ...]:
+        """``size`` distinct stored samples (all if fewer): (examples, labels[, logits][, task_labels]).
+
+        ``transform`` is applied to each example separately (e.g. :func:`replay_transform`).
+        """
+        n = len(self)
+        if n == 0:
+            raise RuntimeError("the buffer is empty")
+        choice = torch.randperm(n)[:min(size, n)]
+        examples = self.examples[choice]
+        if transform is not None:
+            examples = torch.stack([transform(e.cpu()) for e in examples])
+        out = [examples]
+        out += [getattr(self, name)[choice] for name in FIELDS[1:] if getattr(self, name) is not None]
+        if device is not None:
+            out = [t.to(device) for t in out]
+        return tuple(out)
+
+    def get_all_data(self) -> tuple[torch.Tensor, ...]:
+        """Every stored sample, in slot order, without transform."""
+        return tuple(getattr(self, name)[:len(self)] for name in FIELDS if getattr(self, name) is not None)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and ints only (checkpoint-safe with ``weights_only=True``)."""
+        state: dict[str, Any] = {"buffer_size": self.buffer_size, "num_seen_examples": self.num_seen_examples}
+        state.update({name: getattr(self, name).cpu() for name in FIELDS if getattr(self, name) is not None})
+        return state
+
+    def load_state_dict(self, state: dict[str, Any], device: Optional[torch.device] = None) -> None:
+        if int(state["buffer_size"]) != self.buffer_size:
+            raise ValueError(f"checkpoint buffer holds {state['buffer_size']} examples, not {self.buffer_size}")
+        self.num_seen_examples = int(state["num_seen_examples"])
+        for name in FIELDS:
+            value = state.get(name)
+            setattr(self, name, None if value is None else value.to(device or value.device))
+
+    def to(self, device: torch.device) -> "Buffer":
+        for name in FIELDS:
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name).to(device))
+        return self
