@@ -10,6 +10,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from models.utils.continual_model import ContinualModel
+from utils import distributed
 from utils.args import _ranged, nonneg_float, positive_int
 
 closed_unit_interval = _ranged(float, "a number in [0, 1]", lambda v: 0.0 <= v <= 1.0)
@@ -95,6 +96,10 @@ class EwcOn(ContinualModel):
                 for n in sums:
                     sums[n] += terms[n]
             count += len(labels)
+        for s in sums.values():  # under --distributed ddp each rank saw a shard: sum the shards
+            distributed.all_reduce_sum(s)
+        device = next(iter(sums.values())).device
+        count = int(distributed.all_reduce_sum(torch.tensor([float(count)], device=device)).item())
         return {n: s / max(count, 1) for n, s in sums.items()}
 
     def end_task(self, dataset) -> None:

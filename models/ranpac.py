@@ -46,6 +46,7 @@ class RanPAC(ContinualModel):
 
     NAME = "ranpac"
     COMPATIBILITY = ["class-il", "task-il"]
+    DDP_UNSUPPORTED = "its ridge statistics are not reduced across ranks yet"
 
     @staticmethod
     def get_parser(parser):

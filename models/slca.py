@@ -38,6 +38,7 @@ class Slca(ContinualModel):
 
     NAME = "slca"
     COMPATIBILITY = ["class-il", "task-il"]
+    DDP_UNSUPPORTED = "its class statistics are not gathered across ranks yet"
     DEFAULTS = {"optim_mom": 0.9}
 
     @staticmethod

@@ -39,6 +39,13 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         sampler = D.ShardSampler(7, shuffle=True, seed=3)
         results["shard"] = torch.tensor(list(iter(sampler)))
         results["eval_shard"] = torch.tensor(list(iter(D.ShardSampler(7, shuffle=False))))
+        from models.utils.buffer import Buffer
+        torch.manual_seed(100 + rank)  # ranks' global RNGs differ, as after different augmentations
+        buffer = Buffer(5)
+        for step in range(3):
+            buffer.add_data(examples=torch.full((3, 2), float(10 * step + rank)), labels=torch.full((3,), rank))
+        results["buffer"] = buffer.examples.clone()
+        results["buffer_seen"] = torch.tensor(buffer.num_seen_examples)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         D.shutdown()
@@ -78,3 +85,10 @@ def test_single_process_fallbacks():
     assert D.all_reduce_sum(t) is t and D.all_gather_cat(t) is t
     assert D.world_size() == 1 and D.rank() == 0 and D.is_main_process()
     assert list(iter(D.ShardSampler(3, shuffle=False))) == [0, 1, 2]
+
+
+def test_replay_buffer_is_identical_on_every_rank(two_rank_results):
+    a, b = (r["buffer"] for r in two_rank_results)
+    assert torch.equal(a, b)
+    assert int(two_rank_results[0]["buffer_seen"]) == 18  # both ranks' examples were offered
+    assert {0.0, 1.0} & set(a[:, 0].tolist())  # holds data of more than one rank's shard over time

@@ -187,6 +187,9 @@ def _run(args: argparse.Namespace, ckpt_args: Optional[dict], device: torch.devi
     check_every_task_has_data(dataset)
     model_cls = get_model_class(args.model)
     check_compatibility(model_cls, dataset)
+    if args.distributed == "ddp" and model_cls.DDP_UNSUPPORTED:
+        raise UserError(f"model {model_cls.NAME} does not support --distributed ddp: {model_cls.DDP_UNSUPPORTED}; "
+                        f"run it in a single process")
     results_file = args.results_file or default_results_file(args, dataset.SETTING)
     if distributed.world_size() > args.batch_size:
         raise UserError(f"--batch_size {args.batch_size} is split across {distributed.world_size()} processes; "

@@ -7,6 +7,7 @@ from typing import Any, Callable, Optional
 import torch
 from torchvision import transforms
 
+from utils import distributed
 from utils.args import none_or, positive_int
 
 FIELDS = ("examples", "labels", "logits", "task_labels")
@@ -39,6 +40,10 @@ class Buffer:
     Every example of the stream has the same probability ``buffer_size / num_seen`` of being
     stored. Randomness comes from the global torch RNG (saved in checkpoints), so a resumed
     run draws the same samples as an uninterrupted one.
+
+    Under ``--distributed ddp`` every rank offers the whole global batch (gathered from all
+    ranks, in rank order) to its reservoir with a generator seeded identically on all ranks,
+    so the buffers stay identical across ranks (and rank 0's checkpoint holds the buffer).
     """
 
     def __init__(self, buffer_size: int):
@@ -50,6 +55,13 @@ class Buffer:
         self.labels: Optional[torch.Tensor] = None
         self.logits: Optional[torch.Tensor] = None
         self.task_labels: Optional[torch.Tensor] = None
+        self.generator: Optional[torch.Generator] = None  # shared-seed reservoir RNG, only under DDP
+
+    def _distributed_generator(self) -> torch.Generator:
+        if self.generator is None:
+            seed = distributed.broadcast_object(int(torch.randint(0, 2 ** 62, (1,)).item()))
+            self.generator = torch.Generator().manual_seed(int(seed))
+        return self.generator
 
     def __len__(self) -> int:
         return min(self.num_seen_examples, self.buffer_size)
@@ -66,11 +78,15 @@ class Buffer:
                  task_labels: Optional[torch.Tensor] = None) -> None:
         """Offer each example of a batch to the reservoir."""
         given = {"examples": examples, "labels": labels, "logits": logits, "task_labels": task_labels}
+        generator = None
+        if distributed.is_distributed():
+            given = {k: None if v is None else distributed.all_gather_cat(v.contiguous()) for k, v in given.items()}
+            generator = self._distributed_generator()
         for name, value in given.items():
             if value is not None and getattr(self, name) is None:
                 self._allocate(name, value)
-        for i in range(examples.shape[0]):
-            slot = reservoir_index(self.num_seen_examples, self.buffer_size)
+        for i in range(given["examples"].shape[0]):
+            slot = reservoir_index(self.num_seen_examples, self.buffer_size, generator)
             self.num_seen_examples += 1
             if slot < 0:
                 continue
@@ -105,12 +121,17 @@ class Buffer:
         """Tensors and ints only (checkpoint-safe with ``weights_only=True``)."""
         state: dict[str, Any] = {"buffer_size": self.buffer_size, "num_seen_examples": self.num_seen_examples}
         state.update({name: getattr(self, name).cpu() for name in FIELDS if getattr(self, name) is not None})
+        if self.generator is not None:
+            state["generator"] = self.generator.get_state()
         return state
 
     def load_state_dict(self, state: dict[str, Any], device: Optional[torch.device] = None) -> None:
         if int(state["buffer_size"]) != self.buffer_size:
             raise ValueError(f"checkpoint buffer holds {state['buffer_size']} examples, not {self.buffer_size}")
         self.num_seen_examples = int(state["num_seen_examples"])
+        if "generator" in state:
+            self.generator = torch.Generator()
+            self.generator.set_state(state["generator"])
         for name in FIELDS:
             value = state.get(name)
             setattr(self, name, None if value is None else value.to(device or value.device))

@@ -29,6 +29,8 @@ class ContinualModel(nn.Module):
     COMPATIBILITY: list[str] = []
     DEFAULTS: dict[str, Any] = {}   # parser defaults of this model (override dataset defaults)
     AVAIL_OPTIMS = ("sgd", "adam", "adamw")
+    # None: the method supports --distributed ddp; otherwise the reason it does not (a one-line error)
+    DDP_UNSUPPORTED: Optional[str] = None
     OBSERVES_BATCHES = True  # False: the loop skips the epochs (the method trains elsewhere, e.g. end_task)
 
     def __init__(self, backbone: ContinualBackbone, loss: Callable, args: argparse.Namespace,
