@@ -71,12 +71,7 @@ class RanPAC(ContinualModel):
         self.OBSERVES_BATCHES = bool(self.args.first_task_adapt) and self.current_task == 0
 
     def observe(self, inputs, labels, not_aug_inputs, epoch=None) -> float:
-        self.opt.zero_grad(set_to_none=True)
-        logits = self.net(inputs)[:, self.n_past_classes:self.n_seen_classes]
-        loss = self.loss(logits, labels - self.n_past_classes)
-        loss.backward()
-        self.opt.step()
-        return loss.item()
+        return self.current_task_step(inputs, labels)
 
     def end_task(self, dataset) -> None:
         self.net.requires_grad_(False)

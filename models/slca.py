@@ -76,12 +76,7 @@ class Slca(ContinualModel):
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.opt, self.args.milestones, self.args.lr_decay)
 
     def observe(self, inputs, labels, not_aug_inputs, epoch=None) -> float:
-        self.opt.zero_grad(set_to_none=True)
-        logits = self.net(inputs)[:, self.n_past_classes:self.n_seen_classes]
-        loss = self.loss(logits, labels - self.n_past_classes)
-        loss.backward()
-        self.opt.step()
-        return loss.item()
+        return self.current_task_step(inputs, labels)
 
     def end_epoch(self, epoch, dataset) -> None:
         self.scheduler.step()

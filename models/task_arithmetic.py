@@ -34,12 +34,7 @@ class TaskArithmetic(ContinualModel):
         self.net.load_state_dict(self.theta0)
 
     def observe(self, inputs, labels, not_aug_inputs, epoch=None) -> float:
-        self.opt.zero_grad(set_to_none=True)
-        logits = self.net(inputs)[:, self.n_past_classes:self.n_seen_classes]
-        loss = self.loss(logits, labels - self.n_past_classes)
-        loss.backward()
-        self.opt.step()
-        return loss.item()
+        return self.current_task_step(inputs, labels)
 
     def merged_body_state(self) -> dict[str, torch.Tensor]:
         """``theta0 + mean of the task vectors`` for the body (theta0 before any task)."""
