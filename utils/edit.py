@@ -96,6 +96,17 @@ def evaluate_edit(model: Any, dataset: Any, keep: Optional[list[int]] = None, dr
             "control_class_il": {"full": mean(full[0], controls), "edited": mean(edited[0], controls)}}
 
 
+def edit_title(report: dict[str, Any]) -> str:
+    what = "keep" if report["mode"] == "keep" else "drop"
+    return f"Module editing: {what} task(s) {', '.join(map(str, report['targets']))}"
+
+
+def edit_plot_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows for :func:`utils.plots.plot_edit_table`: target and control class-IL accuracy, full vs edited."""
+    return [{"name": name, "full": report[f"{name}_class_il"]["full"], "edited": report[f"{name}_class_il"]["edited"]}
+            for name in ("target", "control") if report[f"{name}_class_il"]["full"] is not None]
+
+
 def format_report(report: dict[str, Any]) -> str:
     lines = [f"{'task':>4s} {'role':>8s} {'weight':>7s} {'full CIL':>9s} {'edited CIL':>11s} "
              f"{'full TIL':>9s} {'edited TIL':>11s}"]
@@ -121,6 +132,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--raw_weights", action="store_true",
                         help="weight kept modules 1/T as the reference does, not 1/|kept|")
     parser.add_argument("--out", default=None, help="also write the report to this JSON file")
+    parser.add_argument("--plot", default=None, help="also write a PNG of target/control accuracy, full vs edited")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: auto)")
     opts = parser.parse_args(argv)
     try:
@@ -131,6 +143,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         if opts.out:
             from utils.io import write_json
             write_json(opts.out, report)
+        if opts.plot:
+            from utils.plots import plot_edit_table
+            print(f"plot: {plot_edit_table(edit_plot_rows(report), opts.plot, title=edit_title(report))}")
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
