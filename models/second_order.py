@@ -24,6 +24,7 @@ from models.second_order_utils.modules import (ModulePool, frozen_batchnorms, in
 from models.second_order_utils.pretuning import (DiagonalGMM, align_classifier, fit_gmm, linear_probe,
                                                  sample_features)
 from models.utils.continual_model import ContinualModel
+from utils import distributed
 from utils.errors import UserError
 
 DEBUG_FEATURE_BATCHES, DEBUG_FISHER_BATCHES, DEBUG_PROBE_BATCHES = 102, 6, 11
@@ -162,7 +163,10 @@ class SecondOrder(ContinualModel):
             with self.autocast():
                 feats.append(self.net.features(x.to(self.device)).float())
             labels.append(y.to(self.device).long())
-        return torch.cat(feats), torch.cat(labels)
+        feats, labels = torch.cat(feats), torch.cat(labels)
+        if distributed.is_distributed():  # every rank fits the same GMMs / probe on all ranks' features
+            feats, labels = distributed.all_gather_cat(feats), distributed.all_gather_cat(labels)
+        return feats, labels
 
     def _fit_gmms(self, feats: torch.Tensor, labels: torch.Tensor, start: int, end: int) -> None:
         seed = 0 if self.args.seed is None else int(self.args.seed)
@@ -209,8 +213,13 @@ class SecondOrder(ContinualModel):
         def logits(x):
             return self.pretuned_head.seen_logits(self.net.features(x))[:, :n_seen]
 
-        self.fisher_current, self.n_current = network_fisher(logits, self.pool.layers, batches(),
-                                                             self.args.fisher_mc_classes)
+        gen = torch.Generator().manual_seed(1000003 * self.current_task + (self.args.seed or 0) + distributed.rank())
+        fisher, n = network_fisher(logits, self.pool.layers, batches(), self.args.fisher_mc_classes,
+                                   self.args.fisher_sampled_labels, gen)
+        if distributed.is_distributed():  # each rank saw a shard of the images: sum the sums and counts
+            fisher = {k: distributed.all_reduce_sum(v) for k, v in fisher.items()}
+            n = int(distributed.all_reduce_sum(torch.tensor([float(n)], device=self.device)).item())
+        self.fisher_current, self.n_current = fisher, n
         classes = list(range(end)) if not self.use_iel else list(range(start))
         feats, _ = sample_features(self.gmms, self.args.num_samples_align_pretuning,
                                    [c for c in classes if c in self.gmms])

@@ -24,7 +24,7 @@ from utils.io import atomic_write
 
 FORMAT_VERSION = 1
 # args that do not change what is computed: excluded from the run hash
-NON_SEMANTIC_ARGS = {"distributed", "dist_timeout", "resume", "loadcheck", "device", "num_workers", "non_verbose", "results_file", "checkpoint_path",
+NON_SEMANTIC_ARGS = {"eval_batch_size", "distributed", "dist_timeout", "resume", "loadcheck", "device", "num_workers", "non_verbose", "results_file", "checkpoint_path",
                      "stop_after", "traceback", "savecheck", "ckpt_name", "notes", "base_path", "plots",
                      "wandb_project", "wandb_entity", "wandb_name", "tensorboard"}
 

@@ -150,6 +150,8 @@ class ContinualDataset:
     def make_loader(self, dataset: torch.utils.data.Dataset, shuffle: bool,
                     batch_size: Optional[int] = None) -> DataLoader:
         """A seeded loader: the shuffle order derives from the global torch RNG (saved in checkpoints)."""
+        if batch_size is None and not shuffle:  # evaluation: larger batches, same results
+            batch_size = getattr(self.args, "eval_batch_size", None) or max(self.args.batch_size, 128)
         batch_size = batch_size or self.args.batch_size
         workers = self.args.num_workers
         common = dict(num_workers=workers, worker_init_fn=seed_worker if workers else None,

@@ -39,15 +39,21 @@ def per_sample_sq_grads(inputs: torch.Tensor, grad_out: torch.Tensor, is_conv: b
 
 class FisherHooks:
     """Context manager: while active, every backward through an adapted layer adds its per-sample
-    squared weight gradients to ``self.sums[name]``."""
+    squared weight gradients to ``self.sums[name]``.
+
+    The input of the first adapted layer reached by the forward (whose input does not require grad)
+    is made a leaf (``self.leaves``): backward passes stop there, nothing upstream is differentiated.
+    """
 
     def __init__(self, layers: dict[str, AdaptedLayer]):
         self.layers = layers
         self.sums = {n: torch.zeros(l.d_out, l.d_in, device=l.base.weight.device) for n, l in layers.items()}
+        self.leaves: list[torch.Tensor] = []
         self._handles: list = []
 
     def __enter__(self) -> "FisherHooks":
         for name, layer in self.layers.items():
+            self._handles.append(layer.register_forward_pre_hook(self._make_leaf))
             self._handles.append(layer.register_forward_hook(self._make_hook(name, layer)))
         return self
 
@@ -55,6 +61,14 @@ class FisherHooks:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+    def _make_leaf(self, module, args):
+        x = args[0]
+        if x.requires_grad or not torch.is_grad_enabled():
+            return None
+        leaf = x.detach().requires_grad_(True)
+        self.leaves.append(leaf)
+        return (leaf, *args[1:])
 
     def _make_hook(self, name: str, layer: AdaptedLayer) -> Callable:
         def forward_hook(module, args, output):
@@ -80,21 +94,32 @@ def select_classes(probs: torch.Tensor, mc_classes: Optional[int]) -> list[int]:
 
 
 def network_fisher(forward: Callable[[torch.Tensor], torch.Tensor], layers: dict[str, AdaptedLayer],
-                   batches: Iterable[torch.Tensor], mc_classes: Optional[int] = None) -> tuple[dict[str, torch.Tensor], int]:
+                   batches: Iterable[torch.Tensor], mc_classes: Optional[int] = None,
+                   sampled_labels: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                   ) -> tuple[dict[str, torch.Tensor], int]:
     """Fisher sums of every adapted layer's weight over ``batches`` and the number of samples.
 
     ``forward(x)`` returns the logits over the classes the Fisher is taken on (already sliced).
+    Exact (default): one backward per class c of sum_b sqrt(p_c(x_b)) log p_c(x_b).
+    ``mc_classes=k``: only the k most likely classes (truncated sum, biased).
+    ``sampled_labels=k`` (the *sampled-label* estimator, unbiased): k backwards per batch, each of
+    sum_b log p_{y_b}(x_b) / sqrt(k) with y_b drawn from the model's prediction p(x_b).
     """
     n = 0
     with FisherHooks(layers) as hooks:
         for x in batches:
-            x = x.detach().requires_grad_(True)  # lets the hooks fire although all weights are frozen
+            hooks.leaves.clear()
             logp = F.log_softmax(forward(x).float(), dim=1)
             probs = logp.detach().exp()
-            classes = select_classes(probs, mc_classes)
-            for i, c in enumerate(classes):
-                score = (probs[:, c].sqrt() * logp[:, c]).sum()
-                torch.autograd.grad(score, x, retain_graph=i < len(classes) - 1)
+            if sampled_labels:
+                draws = torch.multinomial(probs.cpu(), sampled_labels, replacement=True, generator=generator)
+                draws = draws.to(logp.device)
+                scores = [logp.gather(1, draws[:, j:j + 1]).sum() / sampled_labels ** 0.5
+                          for j in range(sampled_labels)]
+            else:
+                scores = [(probs[:, c].sqrt() * logp[:, c]).sum() for c in select_classes(probs, mc_classes)]
+            for i, score in enumerate(scores):
+                torch.autograd.grad(score, hooks.leaves, retain_graph=i < len(scores) - 1)
             n += x.shape[0]
     return hooks.sums, n
 

@@ -48,6 +48,9 @@ def add_second_order_args(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     add("--lr_align_pretuning", type=positive_float, default=0.01, help="classifier-alignment learning rate")
     add("--fisher_mc_classes", type=all_or_int, default=None,
         help="'all' (exact Fisher) or k: backpropagate only the k most likely classes (cheaper approximation)")
+    add("--fisher_sampled_labels", type=none_or(positive_int), default=None,
+        help="approximate Fisher (never the default): k labels per image sampled from the model's prediction, "
+             "k backward passes instead of one per seen class (unbiased; docs/speed.md has its error)")
     add("--stats_batch_size", type=positive_int, default=64,
         help="batch of the theta0 passes (features, Fisher); the results do not depend on it")
     add("--init_head_from_pretuned", type=parse_bool, default=False,

@@ -1,0 +1,257 @@
+"""Speed of the ``second_order`` model (ITA / IEL), measured side by side in one run (docs/speed.md).
+
+* Fisher pass at theta0 with the pre-tuned head: ours (large batches, backward stopped at the first
+  adapted layer) against a per-class loop at batch 8 (backward to the input), and the approximate
+  sampled-label estimator (``--fisher_sampled_labels``) with its error against the exact Fisher;
+* a training step (``observe``) at task 1 and task 10, for ITA and IEL;
+* evaluation of the merged composed model against the plain backbone;
+* images/s and peak memory of each (CPU: the process's peak RSS so far), on a GPU the step's MFU.
+
+``python benchmarks/speed.py --quick`` (EfficientNet-Lite0, 32 px) fits in a few minutes on 2 cores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Callable, Optional
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from backbone import get_backbone  # noqa: E402
+from datasets import get_dataset  # noqa: E402
+from models import get_model_class  # noqa: E402
+from models.second_order_utils.fisher import FisherHooks, network_fisher  # noqa: E402
+from utils.config import parse_args  # noqa: E402
+from utils.runner import set_random_seed  # noqa: E402
+
+BF16_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 tensor-core peaks
+STEP_ARGS = ["--num_epochs_pretuning", "1", "--num_epochs_align_pretuning", "1", "--num_samples_align_pretuning", "8",
+             "--batch_size_align_pretuning", "64", "--fisher_mc_classes", "1", "--stats_batch_size", "256",
+             "--lr", "0.001", "--n_epochs", "1", "--seed", "0", "--non_verbose"]
+
+
+def with_overrides(argv: list[str], overrides: list[str]) -> list[str]:
+    """``argv`` with the flags (and values) that ``overrides`` sets removed, then ``overrides`` appended."""
+    flags, out, skip = {t for t in overrides if t.startswith("--")}, [], False
+    for token in argv:
+        if token.startswith("--"):
+            skip = token in flags
+        if not skip:
+            out.append(token)
+    return out + overrides
+
+
+def build(argv: list[str]):
+    """(args, dataset, model) exactly as the runner builds them."""
+    args = parse_args(argv)
+    set_random_seed(args.seed)
+    dataset = get_dataset(args)
+    net = get_backbone(args, dataset.N_CLASSES, dataset.img_size, dataset.IN_CHANS)
+    model = get_model_class(args.model)(net, dataset.get_loss(), args, dataset.get_transform(), dataset=dataset)
+    return args, dataset, model
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def timed(fn: Callable[[], Any], device: torch.device, repeats: int = 1) -> tuple[float, Any]:
+    """Median wall time of ``repeats`` calls (synchronised on a GPU) and the last result."""
+    times, out = [], None
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def loop_fisher(forward: Callable, layers: dict, images: torch.Tensor, batch_size: int = 8) -> dict[str, torch.Tensor]:
+    """The per-class loop: batches of ``batch_size``, one backward per class down to the input."""
+    with FisherHooks(layers) as hooks:
+        for i in range(0, len(images), batch_size):
+            x = images[i:i + batch_size].detach().requires_grad_(True)
+            logp = torch.log_softmax(forward(x).float(), dim=1)
+            probs = logp.detach().exp()
+            for c in range(logp.shape[1]):
+                torch.autograd.grad((probs[:, c].sqrt() * logp[:, c]).sum(), x, retain_graph=c < logp.shape[1] - 1)
+    return hooks.sums
+
+
+def fisher_errors(ours: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """(max over layers of max|a-b| / max|b|, ||a-b|| / ||b|| over all layers together)."""
+    worst = max(float((ours[k] - ref[k]).abs().max() / ref[k].abs().max().clamp_min(1e-30)) for k in ref)
+    diff = sum(float((ours[k] - ref[k]).pow(2).sum()) for k in ref) ** 0.5
+    norm = sum(float(ref[k].pow(2).sum()) for k in ref) ** 0.5
+    return worst, diff / max(norm, 1e-30)
+
+
+def fisher_figures(model, images: torch.Tensor, batch_size: int, sampled: int, device: torch.device) -> dict:
+    """Exact Fisher (ours vs the loop) and the sampled-label estimator at theta0 with the pre-tuned head."""
+    model.net.eval()
+    model.pool.use_base()
+    n_seen = model.n_seen_classes
+
+    def logits(x):
+        return model.pretuned_head.seen_logits(model.net.features(x))[:, :n_seen]
+
+    def ours_fn():
+        return network_fisher(logits, model.pool.layers, images.split(batch_size))[0]
+
+    t_loop, ref = timed(lambda: loop_fisher(logits, model.pool.layers, images), device)
+    mem_loop = peak_memory_mb(device)
+    t_ours, ours = timed(ours_fn, device)
+    mem_ours = peak_memory_mb(device)
+    gen = torch.Generator().manual_seed(0)
+    t_approx, approx = timed(lambda: network_fisher(logits, model.pool.layers, images.split(batch_size),
+                                                     sampled_labels=sampled, generator=gen)[0], device)
+    max_rel, _ = fisher_errors(ours, ref)
+    _, approx_err = fisher_errors(approx, ours)
+    model.train()
+    n = len(images)
+    return {"fisher_classes": n_seen, "fisher_scale": max(float(v.abs().max()) for v in ref.values()), "fisher_images": n, "fisher_loop_s": t_loop, "fisher_ours_s": t_ours,
+            "fisher_approx_s": t_approx, "fisher_speedup": t_loop / t_ours, "fisher_max_rel_err": max_rel,
+            "approx_fisher_samples": sampled, "approx_fisher_speedup": t_ours / t_approx,
+            "approx_fisher_rel_err": approx_err, "fisher_loop_img_s": n / t_loop, "fisher_ours_img_s": n / t_ours,
+            "fisher_approx_img_s": n / t_approx, "fisher_loop_peak_mb": mem_loop, "fisher_ours_peak_mb": mem_ours}
+
+
+def step_time(model, batch, repeats: int, device: torch.device) -> float:
+    x, y, nx = (t.to(device) for t in batch)
+    model.train()
+
+    def one():
+        model.epoch_iteration = 0
+        model.observe(x, y, nx)
+    one()  # warm-up
+    return timed(one, device, repeats)[0]
+
+
+def step_flops(model, batch, device: torch.device) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+    x, y, nx = (t.to(device) for t in batch)
+    with FlopCounterMode(display=False) as counter:
+        model.epoch_iteration = 0
+        model.observe(x, y, nx)
+    return float(counter.get_total_flops())
+
+
+def run_tasks(argv: list[str], repeats: int, on_task: Optional[Callable] = None) -> tuple[dict, Any, Any]:
+    """Begin/end every task of ``argv``'s run; time ``observe`` at the first and the last task."""
+    args, dataset, model = build(argv)
+    device = model.device
+    times = {}
+    for t in range(dataset.N_TASKS):
+        loader, _ = dataset.get_data_loaders()
+        model.meta_begin_task(dataset)
+        if on_task is not None:
+            on_task(t, model, dataset)
+        if t in (0, dataset.N_TASKS - 1):
+            batch = next(iter(loader))
+            times[t] = step_time(model, batch, repeats, device)
+            times[f"images_{t}"] = len(batch[0])
+            if device.type == "cuda" and t == 0:
+                times["flops"] = step_flops(model, batch, device)
+        model.meta_end_task(dataset)
+    return times, model, dataset
+
+
+def benchmark(common: list[str], fisher_images: int, fisher_batch: int, sampled: int, repeats: int) -> dict:
+    """All figures for one configuration (``common``: dataset/backbone flags of a second_order run)."""
+    out: dict[str, Any] = {}
+    fisher_batches: dict = {}
+
+    def at_task(t, model, dataset):
+        if t == 0:
+            images = torch.stack([dataset.train_dataset(0)[i][0] for i in range(
+                min(fisher_images, len(dataset.train_dataset(0))))]).to(model.device)
+            fisher_batches.update(fisher_figures(model, images, fisher_batch, sampled, model.device))
+
+    ita, model, dataset = run_tasks(with_overrides(common, ["--model", "ita", "--alpha_ita", "1", *STEP_ARGS]), repeats, at_task)
+    out.update(fisher_batches)
+    device = model.device
+    out["device"] = str(device) if device.type != "cuda" else torch.cuda.get_device_name(device)
+    last = dataset.N_TASKS - 1
+    out.update(ita_step_task1_s=ita[0], ita_step_task10_s=ita[last], ita_step_ratio=ita[last] / ita[0],
+               train_img_s=ita["images_0"] / ita[0], train_peak_mb=peak_memory_mb(device))
+    if "flops" in ita:
+        name = torch.cuda.get_device_name(device)
+        peak = next((v for k, v in BF16_PEAK_FLOPS.items() if k in name), None)
+        out["train_mfu"] = ita["flops"] / ita[0] / peak if peak else None
+    # evaluation: the merged composition of 10 task modules against the plain backbone
+    args = model.args
+    x = torch.stack([dataset.test_dataset(0)[i][0] for i in range(min(64, len(dataset.test_dataset(0))))]).to(device)
+    model.eval()
+    plain = get_backbone(args, dataset.N_CLASSES, dataset.img_size, dataset.IN_CHANS).to(device).eval()
+    with torch.no_grad():
+        model(x), plain(x)  # warm-up (and the merge)
+        t_merged, _ = timed(lambda: model(x), device, repeats)
+        t_plain, _ = timed(lambda: plain(x), device, repeats)
+    out.update(eval_merged_s=t_merged, eval_plain_s=t_plain, merged_eval_ratio=t_plain / t_merged,
+               eval_img_s=len(x) / t_merged, eval_peak_mb=peak_memory_mb(device))
+    iel, _, _ = run_tasks(with_overrides(common, ["--model", "iel", "--beta_iel", "1", *STEP_ARGS]), repeats)
+    out.update(iel_step_task1_s=iel[0], iel_step_task10_s=iel[last], iel_step_ratio=iel[last] / iel[0])
+    return out
+
+
+def print_table(res: dict) -> None:
+    rows = [("Fisher, per-class loop (batch 8)", res["fisher_loop_s"], res["fisher_loop_img_s"], ""),
+            ("Fisher, ours (exact)", res["fisher_ours_s"], res["fisher_ours_img_s"],
+             f"x{res['fisher_speedup']:.2f} vs loop, max rel. err {res['fisher_max_rel_err']:.1e}"),
+            (f"Fisher, sampled labels (k={res['approx_fisher_samples']})", res["fisher_approx_s"],
+             res["fisher_approx_img_s"], f"x{res['approx_fisher_speedup']:.2f} vs exact, "
+                                         f"rel. err {res['approx_fisher_rel_err']:.3f}"),
+            ("ITA step, task 1", res["ita_step_task1_s"], res["train_img_s"], ""),
+            ("ITA step, task 10", res["ita_step_task10_s"], None, f"ratio {res['ita_step_ratio']:.2f}"),
+            ("IEL step, task 1", res["iel_step_task1_s"], None, ""),
+            ("IEL step, task 10", res["iel_step_task10_s"], None, f"ratio {res['iel_step_ratio']:.2f}"),
+            ("eval, plain backbone", res["eval_plain_s"], None, ""),
+            ("eval, merged 10-task model", res["eval_merged_s"], res["eval_img_s"],
+             f"plain/merged {res['merged_eval_ratio']:.2f}")]
+    print(f"device: {res['device']}   Fisher on {res['fisher_images']} images x {res['fisher_classes']} classes")
+    print(f"{'measurement':40s} {'seconds':>9s} {'images/s':>9s}  notes")
+    for name, secs, ips, note in rows:
+        print(f"{name:40s} {secs:9.4f} {'' if ips is None else f'{ips:9.1f}':>9s}  {note}")
+    print(f"peak memory (MB): Fisher loop {res['fisher_loop_peak_mb']:.0f}, ours {res['fisher_ours_peak_mb']:.0f}, "
+          f"training {res['train_peak_mb']:.0f}, eval {res['eval_peak_mb']:.0f}"
+          + (f"; train MFU {res['train_mfu']:.3f}" if res.get("train_mfu") is not None else ""))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="../shared/data/cifar100_mini.npz", help="CIFAR-100 mini npz")
+    parser.add_argument("--quick", action="store_true", help="32 px, 64 Fisher images (a few minutes on 2 cores)")
+    parser.add_argument("--img_size", type=int, default=None, help="image size (default 64; 32 with --quick)")
+    parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    parser.add_argument("--out", default=None, help="also write the figures as JSON to this file")
+    opts = parser.parse_args(argv)
+    size = opts.img_size or (32 if opts.quick else 64)
+    common = ["--dataset", "seq-custom", "--data_path", opts.data, "--n_tasks", "10", "--img_size", str(size),
+              "--normalization", "half", "--backbone", "efficientnet_lite0", "--batch_size", "16",
+              "--base_path", "data/benchmark"]
+    if opts.device:
+        common += ["--device", opts.device]
+    res = benchmark(common, fisher_images=64 if opts.quick else 128, fisher_batch=64 if opts.quick else 128,
+                    sampled=1, repeats=3 if opts.quick else 5)
+    res["command"] = "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    print_table(res)
+    if opts.out:
+        with open(opts.out, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

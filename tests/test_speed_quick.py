@@ -1,0 +1,37 @@
+"""benchmarks/speed.py's core on a tiny ViT: every JSON key is there and the exact Fisher matches the loop."""
+import json
+
+import pytest
+
+from benchmarks import speed
+from tests.conftest import make_npz, tiny_run_args
+
+KEYS = ("device", "fisher_speedup", "fisher_max_rel_err", "approx_fisher_speedup", "approx_fisher_rel_err",
+        "iel_step_ratio", "ita_step_ratio", "merged_eval_ratio")
+
+
+@pytest.fixture(scope="module")
+def figures(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("speed")
+    data = make_npz(str(tmp / "d.npz"), n_classes=20, per_class=6)
+    # tiny pre-tuning steps keep the head near its init: probabilities away from 0/1, a Fisher well above round-off
+    common = tiny_run_args(data, tmp, "--learning_rate_pretuning", "1e-6", "--lr_align_pretuning", "1e-6", n_tasks=10)
+    return speed.benchmark(common, fisher_images=12, fisher_batch=12, sampled=2, repeats=1)
+
+
+def test_benchmark_reports_every_figure(figures, capsys, tmp_path):
+    for key in KEYS:
+        assert key in figures
+    assert figures["device"] == "cpu"
+    for key in KEYS[1:]:
+        assert figures[key] >= 0 if key == "fisher_max_rel_err" else figures[key] > 0
+    assert figures["fisher_classes"] == 2 and figures["fisher_images"] == 12
+    speed.print_table(figures)
+    assert "Fisher, ours (exact)" in capsys.readouterr().out
+    json.dumps(figures)
+
+
+def test_exact_fisher_matches_the_per_class_loop(figures):
+    assert figures["fisher_scale"] > 1e-6  # a real Fisher, not round-off
+    assert figures["fisher_max_rel_err"] <= 1e-4
+    assert 0 < figures["approx_fisher_rel_err"] < 2
