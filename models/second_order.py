@@ -26,6 +26,7 @@ from models.second_order_utils.pretuning import (DiagonalGMM, align_classifier, 
 from models.utils.continual_model import ContinualModel
 from utils import distributed
 from utils.errors import UserError
+from utils.killpoints import kill_point
 
 DEBUG_FEATURE_BATCHES, DEBUG_FISHER_BATCHES, DEBUG_PROBE_BATCHES = 102, 6, 11
 
@@ -208,6 +209,8 @@ class SecondOrder(ContinualModel):
             for i, (x, _, _) in enumerate(self._stats_loader(dataset)):
                 if self.args.debug_mode and i >= DEBUG_FISHER_BATCHES:
                     break
+                if i == 1:
+                    kill_point("fisher", self.current_task + 1)  # test hook: mid-Fisher pass (after one batch)
                 yield x.to(self.device)
 
         def logits(x):
