@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from models.second_order_utils import penalties as pen
-from models.second_order_utils.fisher import head_fisher, network_fisher
+from models.second_order_utils.fisher import head_fisher, network_fisher, reduce_fisher
 from models.second_order_utils.flags import add_second_order_args
 from models.second_order_utils.heads import IncrementalHead
 from models.second_order_utils.modules import (ModulePool, frozen_batchnorms, inject_adapters,
@@ -219,10 +219,8 @@ class SecondOrder(ContinualModel):
         gen = torch.Generator().manual_seed(1000003 * self.current_task + (self.args.seed or 0) + distributed.rank())
         fisher, n = network_fisher(logits, self.pool.layers, batches(), self.args.fisher_mc_classes,
                                    self.args.fisher_sampled_labels, gen)
-        if distributed.is_distributed():  # each rank saw a shard of the images: sum the sums and counts
-            fisher = {k: distributed.all_reduce_sum(v) for k, v in fisher.items()}
-            n = int(distributed.all_reduce_sum(torch.tensor([float(n)], device=self.device)).item())
-        self.fisher_current, self.n_current = fisher, n
+        # under DDP each rank saw a shard of the images: sum the sums and counts
+        self.fisher_current, self.n_current = reduce_fisher(fisher, n)
         classes = list(range(end)) if not self.use_iel else list(range(start))
         feats, _ = sample_features(self.gmms, self.args.num_samples_align_pretuning,
                                    [c for c in classes if c in self.gmms])

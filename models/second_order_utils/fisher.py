@@ -124,6 +124,16 @@ def network_fisher(forward: Callable[[torch.Tensor], torch.Tensor], layers: dict
     return hooks.sums, n
 
 
+def reduce_fisher(sums: dict[str, torch.Tensor], n: int) -> tuple[dict[str, torch.Tensor], int]:
+    """Sum the Fisher sums and example counts over DDP ranks (unchanged in a single process)."""
+    from utils import distributed
+    if not distributed.is_distributed():
+        return sums, n
+    device = next(iter(sums.values())).device
+    total = distributed.all_reduce_sum(torch.tensor([float(n)], dtype=torch.float64, device=device))
+    return {k: distributed.all_reduce_sum(v) for k, v in sums.items()}, int(total.item())
+
+
 def head_fisher(features: torch.Tensor, logits: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact Fisher of a linear head's ``rows`` (weight, bias), in closed form.
 
