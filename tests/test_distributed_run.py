@@ -78,3 +78,20 @@ def test_unsupported_method_is_a_clear_error(setup, capsys):
     args = [a if a != "sgd" else "ranpac" for a in args]
     out = torchrun(args + ["--results_file", str(tmp / "ranpac.json")])
     assert out.returncode != 0 and "does not support --distributed ddp" in out.stderr
+
+
+def test_ddp_stop_and_resume_equals_single_process(setup):
+    """Rank 0 writes the checkpoint after task 1; a second torchrun job resumes from it on every rank."""
+    tmp, args, single = setup
+    ck = ["--checkpoint_path", str(tmp / "ck_resume"), "--savecheck", "task"]
+    args = [a for a in args]
+    i = args.index("--checkpoint_path")
+    del args[i:i + 2]
+    first = torchrun(args + ck + ["--stop_after", "1", "--results_file", str(tmp / "part.json")])
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = torchrun(args + ck + ["--resume", "--results_file", str(tmp / "resumed.json")])
+    assert second.returncode == 0, second.stderr[-2000:]
+    resumed = json.load(open(tmp / "resumed.json"))
+    assert resumed["complete"]
+    for row_a, row_b in zip(single["accuracy_matrix_class_il"], resumed["accuracy_matrix_class_il"]):
+        assert row_a == pytest.approx(row_b, abs=1e-6)
