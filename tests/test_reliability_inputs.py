@@ -73,10 +73,7 @@ def test_misspelled_and_out_of_range_flags(setup, capsys):
 
 
 def test_lora_rank_zero(setup, capsys):
-    """``--lora_r`` belongs to the second-order model: this case runs once that model is merged."""
-    from models import MODELS
-    if "second-order" not in MODELS.names():
-        pytest.skip("the second_order model is not in this branch yet")
+    """``--lora_r`` belongs to the second-order model."""
     assert_one_line_error(capsys, setup, setup.argv("--lora_r", "0", model="second_order"), "--lora_r",
                           "expected an integer >= 1, got '0'")
 
