@@ -155,7 +155,10 @@ def run_tasks(argv: list[str], repeats: int, on_task: Optional[Callable] = None)
     times = {}
     for t in range(dataset.N_TASKS):
         loader, _ = dataset.get_data_loaders()
+        start = time.perf_counter()
         model.meta_begin_task(dataset)
+        print(f"[{args.model}] task {t + 1}: begin_task {time.perf_counter() - start:.1f} s", file=sys.stderr,
+              flush=True)
         if on_task is not None:
             on_task(t, model, dataset)
         if t in (0, dataset.N_TASKS - 1):

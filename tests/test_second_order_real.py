@@ -16,7 +16,7 @@ CHEAP = ["--n_epochs", "1", "--batch_size", "16", "--num_epochs_pretuning", "1",
          "--stats_batch_size", "256", "--lr", "0.001"]
 HEAD_REG = ["--req_weight_cls", "1", "--simple_reg_weight_cls", "0.2"]
 # Measured on the shared 2-core machine after the speed work (docs/speed.md): one ITA run with these settings at
-# 64 px takes 66 s on an idle machine (was 226 s; alignment 42 -> 19 s, evaluation 60 -> 11 s, Fisher 26 -> 15 s)
+# 64 px takes 57 s on an idle machine (was 226 s; alignment 42 -> 19 s, evaluation 60 -> 11 s, Fisher 26 -> 15 s)
 # and reaches 19.9 % final class-IL; sgd reaches 3.9 % (64 px) / 4.9 % (96 px, 51 s). At 64 px the ITA margin
 # (~16 points) is below the required 20, and at 96 px four runs exceed a ~4-minute budget; with
 # --batch_size_align_pretuning 128 (fewer alignment steps) ITA at 96 px fell to 4.5 %. So the test stays opt-in

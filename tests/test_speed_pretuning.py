@@ -99,3 +99,14 @@ def test_stacked_sampling_follows_each_class_mixture():
         second = (g.weights[:, None] * (g.variances + g.means ** 2)).sum(0)
         assert torch.allclose(x.mean(0), mean, atol=0.15)
         assert torch.allclose(x.var(0), second - mean ** 2, rtol=0.1, atol=0.1)
+
+
+def test_pairwise_fisher_product_equals_per_sample_gradients():
+    from models.second_order_utils.fisher import pairwise_sq_grads
+    gen = torch.Generator().manual_seed(0)
+    for is_conv, shape_g, shape_x in [(True, (5, 7, 1), (5, 3, 1)), (True, (5, 7, 4), (5, 3, 4)),
+                                      (False, (5, 3, 7), (5, 3, 3)), (False, (5, 1, 7), (5, 1, 3))]:
+        g, x = torch.randn(*shape_g, generator=gen), torch.randn(*shape_x, generator=gen)
+        eq = "bop,bip->boi" if is_conv else "bto,bti->boi"
+        expected = torch.einsum(eq, g, x).pow(2).sum(0)
+        assert torch.allclose(pairwise_sq_grads(g, x, is_conv), expected, rtol=1e-5, atol=1e-5)

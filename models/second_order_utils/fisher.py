@@ -30,11 +30,27 @@ def per_sample_sq_grads(inputs: torch.Tensor, grad_out: torch.Tensor, is_conv: b
         g = grad_out.reshape(grad_out.shape[0], -1, grad_out.shape[-1])  # (B, T, O)
         eq = "bto,bti->boi"
     n_out, n_in = (g.shape[1], x.shape[1]) if is_conv else (g.shape[-1], x.shape[-1])
+    positions = x.shape[2] if is_conv else x.shape[1]
+    if positions <= PAIRWISE_MAX_POSITIONS:
+        return pairwise_sq_grads(g.float(), x.float(), is_conv)
     step = max(1, CHUNK_ELEMENTS // max(1, n_out * n_in))
     total = torch.zeros(n_out, n_in, dtype=torch.float32, device=x.device)
     for i in range(0, x.shape[0], step):
         total += torch.einsum(eq, g[i:i + step].float(), x[i:i + step].float()).pow(2).sum(0)
     return total
+
+
+PAIRWISE_MAX_POSITIONS = 4  # up to this many pixels/tokens, one matrix product beats per-sample gradients
+
+
+def pairwise_sq_grads(g: torch.Tensor, x: torch.Tensor, is_conv: bool) -> torch.Tensor:
+    """sum_b (sum_p g_bp x_bp^T)^2 = sum_{b,p,q} (g_bp * g_bq)(x_bp * x_bq)^T as ONE matrix product
+    (with P = 1: (g^2)^T x^2), never materialising the (B, O, I) per-sample gradients."""
+    if is_conv:  # (B, O, P), (B, I, P) -> (B, P, O), (B, P, I)
+        g, x = g.transpose(1, 2), x.transpose(1, 2)
+    gg = (g[:, :, None, :] * g[:, None, :, :]).reshape(-1, g.shape[-1])  # (B P P, O)
+    xx = (x[:, :, None, :] * x[:, None, :, :]).reshape(-1, x.shape[-1])  # (B P P, I)
+    return gg.t() @ xx
 
 
 class FisherHooks:
