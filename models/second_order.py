@@ -68,6 +68,8 @@ class SecondOrder(ContinualModel):
         self._in_task = False
         self._composition: Optional[str] = None
         self._accumulated, self._lr_scale = 0, 1.0
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # micro-batches of the open group
+        self._last_loss = 0.0
 
     # ----- configuration --------------------------------------------------------------------------
     @property
@@ -148,7 +150,7 @@ class SecondOrder(ContinualModel):
         self._trainable = self.pool.task_parameters(t) + list(head.parameters())
         self.opt = self.get_optimizer(self._trainable)
         self._in_task = True
-        self._accumulated = 0
+        self._accumulated, self._pending = 0, []
         self._compose_training()
 
     def _stats_loader(self, dataset):
@@ -247,7 +249,7 @@ class SecondOrder(ContinualModel):
             for group in self.opt.param_groups:
                 group["lr"] = self.args.lr * self._lr_scale
             self.opt.zero_grad(set_to_none=True)
-        self._accumulated = 0
+        self._accumulated, self._pending = 0, []
         set_eval(self._bn)
 
     def batches_per_epoch(self) -> int:
@@ -264,22 +266,61 @@ class SecondOrder(ContinualModel):
         return 0 if self.args.vbs_tail == "drop" else n_batches - full
 
     def observe(self, inputs, labels, not_aug_inputs, epoch=None) -> float:
+        """One micro-batch; every ``group_size`` micro-batches make one optimizer step.
+
+        ``--vbs_mode batched`` keeps the group's micro-batches and runs them as one large batch at the
+        group's last one (the same gradient as accumulating, one forward/backward); until then it returns
+        the previous step's loss. ``accumulate`` runs a forward/backward per micro-batch.
+        """
         group = self.group_size(self.epoch_iteration, self.batches_per_epoch())
         if group == 0 or self.opt is None:
             return 0.0  # tail micro-batch under --vbs_tail drop: no compute, no step
         if self._bn and self._bn[0].training:
             set_eval(self._bn)
+        if self.args.vbs_mode == "accumulate" or group == 1:
+            loss = self.micro_batch_backward(inputs, labels, 1.0 / group)
+            self._accumulated += 1
+            if self._accumulated == group:
+                self.optimizer_step()
+                self._accumulated = 0
+            return loss
+        self._pending.append((inputs, labels))
+        if len(self._pending) < group:
+            return self._last_loss
+        self._accumulated = group
+        try:
+            self._last_loss = self.group_backward(self._pending)
+        except torch.cuda.OutOfMemoryError:  # too large for one pass: accumulate this group instead
+            self.opt.zero_grad(set_to_none=True)
+            self._last_loss = sum(self.micro_batch_backward(x, y, 1.0 / group) for x, y in self._pending) / group
+        self._pending = []
+        self.optimizer_step()
+        self._accumulated = 0
+        return self._last_loss
+
+    def masked_logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits of the seen classes with the past tasks' classes masked out (the current task's CE)."""
         logits = self.net(inputs)[:, :self.n_seen_classes]
         if self.n_past_classes:
             mask = torch.zeros_like(logits, dtype=torch.bool)
             mask[:, :self.n_past_classes] = True
             logits = logits.masked_fill(mask, float("-inf"))
-        loss = F.cross_entropy(logits.float(), labels)
-        (loss / group).backward()
-        self._accumulated += 1
-        if self._accumulated == group:
-            self.optimizer_step()
-            self._accumulated = 0
+        return logits
+
+    def micro_batch_backward(self, inputs: torch.Tensor, labels: torch.Tensor, scale: float) -> float:
+        loss = F.cross_entropy(self.masked_logits(inputs).float(), labels)
+        (loss * scale).backward()
+        return loss.item()
+
+    def group_backward(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        """Backward of (1/G) sum_g mean CE(micro-batch g) as one pass over the concatenated micro-batches."""
+        sizes = [len(y) for _, y in micro_batches]
+        inputs = torch.cat([x for x, _ in micro_batches])
+        labels = torch.cat([y for _, y in micro_batches])
+        weights = torch.cat([torch.full((n,), 1.0 / (len(sizes) * n), device=labels.device) for n in sizes])
+        losses = F.cross_entropy(self.masked_logits(inputs).float(), labels, reduction="none")
+        loss = (losses * weights).sum()
+        loss.backward()
         return loss.item()
 
     def adapter_penalty_grads(self) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
@@ -332,7 +373,7 @@ class SecondOrder(ContinualModel):
     def end_epoch(self, epoch: int, dataset) -> None:
         if self._accumulated and self.opt is not None:  # never happens with a known epoch length
             self.opt.zero_grad(set_to_none=True)
-        self._accumulated = 0
+        self._accumulated, self._pending = 0, []
 
     # ----- task end, checkpoints ------------------------------------------------------------------
     def end_task(self, dataset) -> None:

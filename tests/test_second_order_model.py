@@ -55,9 +55,10 @@ def test_example_counts_are_exact_for_unequal_tasks(tmp_path):
     assert all(torch.all(v == pen.EPS) for v in seen[0][2].values())  # Q2: only eps at task 0
 
 
+@pytest.mark.parametrize("mode", ["accumulate", "batched"])
 @pytest.mark.parametrize("tail, groups", [("drop", [3, 3]), ("flush", [3, 3, 1])])
-def test_every_step_uses_exactly_virtual_bs_n_micro_batches(tmp_path, tail, groups):
-    argv = argv_for(tmp_path, "--virtual_bs_n", "3", "--vbs_tail", tail, per_class=7, n_tasks=2)
+def test_every_step_uses_exactly_virtual_bs_n_micro_batches(tmp_path, tail, groups, mode):
+    argv = argv_for(tmp_path, "--virtual_bs_n", "3", "--vbs_tail", tail, "--vbs_mode", mode, per_class=7, n_tasks=2)
     argv[argv.index("--batch_size") + 1] = "2"  # 14 images per task -> 7 micro-batches per epoch
     args, dataset, model = build(argv)
     steps, forwards = [], []
@@ -67,17 +68,46 @@ def test_every_step_uses_exactly_virtual_bs_n_micro_batches(tmp_path, tail, grou
         steps.append(model._accumulated)
         original()
     model.optimizer_step = spy
-    model.net.classifier.register_forward_hook(lambda *a: forwards.append(1) if model._in_task else None)
+    model.net.classifier.register_forward_hook(
+        lambda mod, inp, out: forwards.append(len(inp[0])) if model._in_task else None)
     train(model, dataset, args)
     assert steps == groups * 2  # two tasks, one epoch each
-    assert len(forwards) == sum(groups) * 2  # dropped tail micro-batches are not even computed
+    # dropped tail micro-batches are not even computed; batched: one forward per step over its micro-batches
+    assert forwards == ([2] * sum(groups) * 2 if mode == "accumulate" else [2 * g for g in groups] * 2)
+
+
+@pytest.mark.parametrize("style", ["lora", "full"])
+def test_batched_virtual_batch_gives_the_accumulated_gradient(tmp_path, style):
+    """--vbs_mode batched: each step's gradient equals accumulating its (unequal) micro-batches."""
+    grads, finals = {}, {}
+    for mode in ("accumulate", "batched"):
+        argv = argv_for(tmp_path, "--tuning_style", style, "--alpha_ita", "2", "--virtual_bs_n", "2",
+                        "--vbs_tail", "flush", "--vbs_mode", mode, per_class=7, n_tasks=2)
+        argv[argv.index("--batch_size") + 1] = "4"  # 14 images -> micro-batches 4,4 | 4,2 (unequal in a group)
+        args, dataset, model = build(argv)
+        seen = []
+        step = model.optimizer_step
+
+        def spy():
+            seen.append([p.grad.detach().clone() for p in model._trainable])
+            step()
+        model.optimizer_step = spy
+        train(model, dataset, args)
+        grads[mode], finals[mode] = seen, {k: v.detach().clone() for k, v in model.state_dict().items()}
+    assert len(grads["batched"]) == len(grads["accumulate"]) == 4  # two steps per task
+    for g_batched, g_accumulated in zip(grads["batched"], grads["accumulate"]):
+        for a, b in zip(g_batched, g_accumulated):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    for key, value in finals["accumulate"].items():  # Adam amplifies fp32 rounding a little over the steps
+        torch.testing.assert_close(finals["batched"][key], value, rtol=1e-3, atol=1e-4, msg=key)
 
 
 @pytest.mark.parametrize("style, step", [("full", "coupled"), ("full", "decoupled"), ("lora", "decoupled"),
                                          ("ia3", "coupled")])
 def test_penalty_step_changes_parameters_only_as_specified(tmp_path, style, step):
     args, dataset, model = build(argv_for(tmp_path, "--tuning_style", style, "--penalty_step", step,
-                                          "--alpha_ita", "50", "--virtual_bs_n", "2", "--clip_grad", "0.05"))
+                                          "--alpha_ita", "50", "--virtual_bs_n", "2", "--clip_grad", "0.05",
+                                          "--vbs_mode", "accumulate"))
     dataset.get_data_loaders()
     model.net.train()
     model.meta_begin_task(dataset)

@@ -35,6 +35,9 @@ def add_second_order_args(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     add("--virtual_bs_n", type=positive_int, default=1, help="micro-batches per optimizer step")
     add("--vbs_tail", type=str, default="drop", choices=["drop", "flush"],
         help="micro-batches left at the end of an epoch: skipped (drop) or one smaller step (flush)")
+    add("--vbs_mode", type=str, default="batched", choices=["batched", "accumulate"],
+        help="a step's micro-batches as one large batch (batched; falls back to accumulate on GPU OOM) or one "
+             "forward/backward each (accumulate); the gradient is the same")
     add("--clip_grad", type=none_or(positive_float), default=100.0,
         help="per-tensor norm clip of the penalty gradient (none: no clip)")
     add("--penalty_step", type=str, default="auto", choices=["auto", "decoupled", "coupled"],
