@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -29,12 +28,14 @@ from datasets import get_dataset  # noqa: E402
 from models import get_model_class  # noqa: E402
 from models.second_order_utils.fisher import FisherHooks, network_fisher  # noqa: E402
 from utils.config import parse_args  # noqa: E402
+from utils.io import write_json  # noqa: E402
 from utils.runner import set_random_seed  # noqa: E402
 
 BF16_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 tensor-core peaks
 STEP_ARGS = ["--num_epochs_pretuning", "1", "--num_epochs_align_pretuning", "1", "--num_samples_align_pretuning", "8",
              "--batch_size_align_pretuning", "64", "--fisher_mc_classes", "1", "--stats_batch_size", "256",
              "--lr", "0.001", "--n_epochs", "1", "--seed", "0", "--non_verbose"]
+VBS_MICRO_BATCHES = 4  # the virtual-batch comparison: one step over this many micro-batches
 
 
 def with_overrides(argv: list[str], overrides: list[str]) -> list[str]:
@@ -134,9 +135,28 @@ def step_time(model, batch, repeats: int, device: torch.device) -> float:
 
     def one():
         model.epoch_iteration = 0
-        model.observe(x, y, nx)
+        model.meta_observe(x, y, nx)  # under --precision bf16: autocast, as in training
     one()  # warm-up
     return timed(one, device, repeats)[0]
+
+
+def virtual_batch_times(model, batches: list, repeats: int, device: torch.device) -> dict[str, float]:
+    """One optimizer step over ``len(batches)`` micro-batches: ``--vbs_mode batched`` vs ``accumulate``."""
+    batches = [[t.to(device) for t in b] for b in batches]
+    saved = (model.args.virtual_bs_n, model.args.vbs_mode)
+    model.args.virtual_bs_n = len(batches)
+    out = {}
+    for mode in ("accumulate", "batched"):
+        model.args.vbs_mode = mode
+
+        def one():
+            model.epoch_iteration = 0
+            for x, y, nx in batches:
+                model.meta_observe(x, y, nx)
+        one()
+        out[mode] = timed(one, device, repeats)[0]
+    model.args.virtual_bs_n, model.args.vbs_mode = saved
+    return out
 
 
 def step_flops(model, batch, device: torch.device) -> float:
@@ -144,7 +164,7 @@ def step_flops(model, batch, device: torch.device) -> float:
     x, y, nx = (t.to(device) for t in batch)
     with FlopCounterMode(display=False) as counter:
         model.epoch_iteration = 0
-        model.observe(x, y, nx)
+        model.meta_observe(x, y, nx)
     return float(counter.get_total_flops())
 
 
@@ -165,6 +185,11 @@ def run_tasks(argv: list[str], repeats: int, on_task: Optional[Callable] = None)
             batch = next(iter(loader))
             times[t] = step_time(model, batch, repeats, device)
             times[f"images_{t}"] = len(batch[0])
+            if t == 0:
+                micro = [b for _, b in zip(range(VBS_MICRO_BATCHES), loader)]
+                if len(micro) >= 2:
+                    times["vbs"] = virtual_batch_times(model, micro, repeats, device)
+                    times["vbs_n"] = len(micro)
             if device.type == "cuda" and t == 0:
                 times["flops"] = step_flops(model, batch, device)
         model.meta_end_task(dataset)
@@ -177,18 +202,24 @@ def benchmark(common: list[str], fisher_images: int, fisher_batch: int, sampled:
     fisher_batches: dict = {}
 
     def at_task(t, model, dataset):
-        if t == 0:
-            images = torch.stack([dataset.train_dataset(0)[i][0] for i in range(
-                min(fisher_images, len(dataset.train_dataset(0))))]).to(model.device)
-            fisher_batches.update(fisher_figures(model, images, fisher_batch, sampled, model.device))
+        if t in (0, dataset.N_TASKS - 1):  # 10 seen classes, then all of them (where the Fisher costs most)
+            n = min(fisher_images, len(dataset.train_dataset(t)))
+            images = torch.stack([dataset.train_dataset(t)[i][0] for i in range(n)]).to(model.device)
+            figures = fisher_figures(model, images, fisher_batch, sampled, model.device)
+            suffix = "_task1" if t == 0 else ""
+            fisher_batches.update({k + suffix: v for k, v in figures.items()})
 
-    ita, model, dataset = run_tasks(with_overrides(common, ["--model", "ita", "--alpha_ita", "1", *STEP_ARGS]), repeats, at_task)
+    ita, model, dataset = run_tasks(with_overrides(common, ["--model", "ita", "--alpha_ita", "1", *STEP_ARGS]), repeats,
+                                    at_task)
     out.update(fisher_batches)
     device = model.device
     out["device"] = str(device) if device.type != "cuda" else torch.cuda.get_device_name(device)
     last = dataset.N_TASKS - 1
     out.update(ita_step_task1_s=ita[0], ita_step_task10_s=ita[last], ita_step_ratio=ita[last] / ita[0],
                train_img_s=ita["images_0"] / ita[0], train_peak_mb=peak_memory_mb(device))
+    if "vbs" in ita:
+        out.update(vbs_micro_batches=ita["vbs_n"], vbs_accumulate_s=ita["vbs"]["accumulate"],
+                   vbs_batched_s=ita["vbs"]["batched"], vbs_speedup=ita["vbs"]["accumulate"] / ita["vbs"]["batched"])
     if "flops" in ita:
         name = torch.cuda.get_device_name(device)
         peak = next((v for k, v in BF16_PEAK_FLOPS.items() if k in name), None)
@@ -210,23 +241,33 @@ def benchmark(common: list[str], fisher_images: int, fisher_batch: int, sampled:
 
 
 def print_table(res: dict) -> None:
-    rows = [("Fisher, per-class loop (batch 8)", res["fisher_loop_s"], res["fisher_loop_img_s"], ""),
-            ("Fisher, ours (exact)", res["fisher_ours_s"], res["fisher_ours_img_s"],
-             f"x{res['fisher_speedup']:.2f} vs loop, max rel. err {res['fisher_max_rel_err']:.1e}"),
-            (f"Fisher, sampled labels (k={res['approx_fisher_samples']})", res["fisher_approx_s"],
-             res["fisher_approx_img_s"], f"x{res['approx_fisher_speedup']:.2f} vs exact, "
-                                         f"rel. err {res['approx_fisher_rel_err']:.3f}"),
+    rows = []
+    for suffix in ("_task1", ""):
+        at = f", {res['fisher_classes' + suffix]} classes"
+        rows += [(f"Fisher{at}, per-class loop (batch 8)", res["fisher_loop_s" + suffix],
+                  res["fisher_loop_img_s" + suffix], ""),
+                 (f"Fisher{at}, ours (exact)", res["fisher_ours_s" + suffix], res["fisher_ours_img_s" + suffix],
+                  f"x{res['fisher_speedup' + suffix]:.2f} vs loop, max rel. err "
+                  f"{res['fisher_max_rel_err' + suffix]:.1e}"),
+                 (f"Fisher{at}, sampled labels (k={res['approx_fisher_samples']})", res["fisher_approx_s" + suffix],
+                  res["fisher_approx_img_s" + suffix], f"x{res['approx_fisher_speedup' + suffix]:.2f} vs exact, "
+                                                       f"rel. err {res['approx_fisher_rel_err' + suffix]:.3f}")]
+    rows += [
             ("ITA step, task 1", res["ita_step_task1_s"], res["train_img_s"], ""),
             ("ITA step, task 10", res["ita_step_task10_s"], None, f"ratio {res['ita_step_ratio']:.2f}"),
+            *([(f"ITA step, {res['vbs_micro_batches']} micro-batches accumulated", res["vbs_accumulate_s"], None, ""),
+               (f"ITA step, {res['vbs_micro_batches']} micro-batches as one batch", res["vbs_batched_s"], None,
+                f"x{res['vbs_speedup']:.2f} vs accumulated")] if "vbs_speedup" in res else []),
             ("IEL step, task 1", res["iel_step_task1_s"], None, ""),
             ("IEL step, task 10", res["iel_step_task10_s"], None, f"ratio {res['iel_step_ratio']:.2f}"),
             ("eval, plain backbone", res["eval_plain_s"], None, ""),
             ("eval, merged 10-task model", res["eval_merged_s"], res["eval_img_s"],
              f"plain/merged {res['merged_eval_ratio']:.2f}")]
-    print(f"device: {res['device']}   Fisher on {res['fisher_images']} images x {res['fisher_classes']} classes")
-    print(f"{'measurement':40s} {'seconds':>9s} {'images/s':>9s}  notes")
+    print(f"device: {res['device']}   Fisher on {res['fisher_images']} images; the headline keys (no suffix) are "
+          f"at the last task")
+    print(f"{'measurement':50s} {'seconds':>9s} {'images/s':>9s}  notes")
     for name, secs, ips, note in rows:
-        print(f"{name:40s} {secs:9.4f} {'' if ips is None else f'{ips:9.1f}':>9s}  {note}")
+        print(f"{name:50s} {secs:9.4f} {'' if ips is None else f'{ips:9.1f}':>9s}  {note}")
     print(f"peak memory (MB): Fisher loop {res['fisher_loop_peak_mb']:.0f}, ours {res['fisher_ours_peak_mb']:.0f}, "
           f"training {res['train_peak_mb']:.0f}, eval {res['eval_peak_mb']:.0f}"
           + (f"; train MFU {res['train_mfu']:.3f}" if res.get("train_mfu") is not None else ""))
@@ -239,11 +280,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--img_size", type=int, default=None, help="image size (default 64; 32 with --quick)")
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     parser.add_argument("--out", default=None, help="also write the figures as JSON to this file")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast (GPU)")
+    parser.add_argument("--backbone", default="efficientnet_lite0",
+                        help="backbone (vit for ViT-B/16: pass --pretrained_path or run offline on random weights)")
     opts = parser.parse_args(argv)
     size = opts.img_size or (32 if opts.quick else 64)
     common = ["--dataset", "seq-custom", "--data_path", opts.data, "--n_tasks", "10", "--img_size", str(size),
-              "--normalization", "half", "--backbone", "efficientnet_lite0", "--batch_size", "16",
-              "--base_path", "data/benchmark"]
+              "--normalization", "half", "--backbone", opts.backbone, "--batch_size", "16",
+              "--base_path", "data/benchmark", "--precision", opts.precision]
     if opts.device:
         common += ["--device", opts.device]
     res = benchmark(common, fisher_images=64 if opts.quick else 128, fisher_batch=64 if opts.quick else 128,
@@ -251,8 +295,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     res["command"] = "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print_table(res)
     if opts.out:
-        with open(opts.out, "w") as f:
-            json.dump(res, f, indent=1)
+        write_json(opts.out, res)
     return 0
 
 

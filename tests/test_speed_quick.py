@@ -25,13 +25,17 @@ def test_benchmark_reports_every_figure(figures, capsys, tmp_path):
     assert figures["device"] == "cpu"
     for key in KEYS[1:]:
         assert figures[key] >= 0 if key == "fisher_max_rel_err" else figures[key] > 0
-    assert figures["fisher_classes"] == 2 and figures["fisher_images"] == 12
+    assert figures["fisher_classes_task1"] == 2 and figures["fisher_classes"] == 20  # first and last task
+    assert figures["fisher_images"] == 12
+    assert figures["vbs_batched_s"] > 0 and figures["vbs_accumulate_s"] > 0
     speed.print_table(figures)
-    assert "Fisher, ours (exact)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Fisher, 2 classes, ours (exact)" in out and "Fisher, 20 classes, ours (exact)" in out
     json.dumps(figures)
 
 
 def test_exact_fisher_matches_the_per_class_loop(figures):
-    assert figures["fisher_scale"] > 1e-6  # a real Fisher, not round-off
-    assert figures["fisher_max_rel_err"] <= 1e-4
-    assert 0 < figures["approx_fisher_rel_err"] < 2
+    assert figures["fisher_scale"] > 1e-6 and figures["fisher_scale_task1"] > 1e-6  # a real Fisher, not round-off
+    for suffix in ("_task1", ""):
+        assert figures["fisher_max_rel_err" + suffix] <= 1e-4
+        assert 0 < figures["approx_fisher_rel_err" + suffix] < 2
