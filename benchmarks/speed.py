@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import resource
 import statistics
@@ -35,6 +36,7 @@ BF16_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16
 STEP_ARGS = ["--num_epochs_pretuning", "1", "--num_epochs_align_pretuning", "1", "--num_samples_align_pretuning", "8",
              "--batch_size_align_pretuning", "64", "--fisher_mc_classes", "1", "--stats_batch_size", "256",
              "--lr", "0.001", "--n_epochs", "1", "--seed", "0", "--non_verbose"]
+STEP_REPEATS = 15  # a step is short: the median of many calls
 VBS_MICRO_BATCHES = 4  # the virtual-batch comparison: one step over this many micro-batches
 
 
@@ -129,34 +131,31 @@ def fisher_figures(model, images: torch.Tensor, batch_size: int, sampled: int, d
             "fisher_approx_img_s": n / t_approx, "fisher_loop_peak_mb": mem_loop, "fisher_ours_peak_mb": mem_ours}
 
 
-def step_time(model, batch, repeats: int, device: torch.device) -> float:
-    x, y, nx = (t.to(device) for t in batch)
+def step_fn(model, batches: list, device: torch.device, **arg_overrides) -> Callable[[], None]:
+    """One optimizer step of ``model`` over ``batches`` (micro-batches), as the training loop makes it."""
+    batches = [[t.to(device) for t in b] for b in batches]
     model.train()
 
     def one():
+        saved = {k: getattr(model.args, k) for k in arg_overrides}
+        for k, v in arg_overrides.items():
+            setattr(model.args, k, v)
         model.epoch_iteration = 0
-        model.meta_observe(x, y, nx)  # under --precision bf16: autocast, as in training
+        for x, y, nx in batches:
+            model.meta_observe(x, y, nx)  # under --precision bf16: autocast, as in training
+        for k, v in saved.items():
+            setattr(model.args, k, v)
     one()  # warm-up
-    return timed(one, device, repeats)[0]
+    return one
 
 
-def virtual_batch_times(model, batches: list, repeats: int, device: torch.device) -> dict[str, float]:
-    """One optimizer step over ``len(batches)`` micro-batches: ``--vbs_mode batched`` vs ``accumulate``."""
-    batches = [[t.to(device) for t in b] for b in batches]
-    saved = (model.args.virtual_bs_n, model.args.vbs_mode)
-    model.args.virtual_bs_n = len(batches)
-    out = {}
-    for mode in ("accumulate", "batched"):
-        model.args.vbs_mode = mode
-
-        def one():
-            model.epoch_iteration = 0
-            for x, y, nx in batches:
-                model.meta_observe(x, y, nx)
-        one()
-        out[mode] = timed(one, device, repeats)[0]
-    model.args.virtual_bs_n, model.args.vbs_mode = saved
-    return out
+def interleaved(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int) -> dict[str, float]:
+    """Median time of each function, called in turn ``repeats`` times (drifts of the machine hit all alike)."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            times[key].append(timed(fn, device)[0])
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def step_flops(model, batch, device: torch.device) -> float:
@@ -181,17 +180,24 @@ def run_tasks(argv: list[str], repeats: int, on_task: Optional[Callable] = None)
               flush=True)
         if on_task is not None:
             on_task(t, model, dataset)
-        if t in (0, dataset.N_TASKS - 1):
+        if t == 0:  # the step at task 1 is timed later, interleaved with the step at the last task
             batch = next(iter(loader))
-            times[t] = step_time(model, batch, repeats, device)
-            times[f"images_{t}"] = len(batch[0])
-            if t == 0:
-                micro = [b for _, b in zip(range(VBS_MICRO_BATCHES), loader)]
-                if len(micro) >= 2:
-                    times["vbs"] = virtual_batch_times(model, micro, repeats, device)
-                    times["vbs_n"] = len(micro)
-            if device.type == "cuda" and t == 0:
+            first = copy.deepcopy(model)
+            first_step = step_fn(first, [batch], device)
+            times["images_0"] = len(batch[0])
+            micro = [b for _, b in zip(range(VBS_MICRO_BATCHES), loader)]
+            if len(micro) >= 2:
+                n = len(micro)
+                times["vbs"] = interleaved(
+                    {mode: step_fn(model, micro, device, virtual_bs_n=n, vbs_mode=mode)
+                     for mode in ("accumulate", "batched")}, device, max(repeats, STEP_REPEATS))
+                times["vbs_n"] = n
+            if device.type == "cuda":
                 times["flops"] = step_flops(model, batch, device)
+        if t == dataset.N_TASKS - 1:
+            last_step = step_fn(model, [next(iter(loader))], device)
+            both = interleaved({"first": first_step, "last": last_step}, device, max(repeats, STEP_REPEATS))
+            times[0], times[t] = both["first"], both["last"]
         model.meta_end_task(dataset)
     return times, model, dataset
 
@@ -231,8 +237,11 @@ def benchmark(common: list[str], fisher_images: int, fisher_batch: int, sampled:
     plain = get_backbone(args, dataset.N_CLASSES, dataset.img_size, dataset.IN_CHANS).to(device).eval()
     with torch.no_grad():
         model(x), plain(x)  # warm-up (and the merge)
-        t_merged, _ = timed(lambda: model(x), device, repeats)
-        t_plain, _ = timed(lambda: plain(x), device, repeats)
+        merged_times, plain_times = [], []
+        for _ in range(max(repeats, STEP_REPEATS)):  # interleaved, so drifts of the machine hit both alike
+            merged_times.append(timed(lambda: model(x), device)[0])
+            plain_times.append(timed(lambda: plain(x), device)[0])
+        t_merged, t_plain = statistics.median(merged_times), statistics.median(plain_times)
     out.update(eval_merged_s=t_merged, eval_plain_s=t_plain, merged_eval_ratio=t_plain / t_merged,
                eval_img_s=len(x) / t_merged, eval_peak_mb=peak_memory_mb(device))
     iel, _, _ = run_tasks(with_overrides(common, ["--model", "iel", "--beta_iel", "1", *STEP_ARGS]), repeats)
