@@ -3,6 +3,8 @@
 
     python benchmarks/fisher_accuracy.py --seeds 0 1 2 --out fisher_accuracy.json
 
+Flags it does not know are passed to every run (e.g. ``--backbone vit_tiny --embed_dim 32``).
+
 Every run is a full ``second_order`` run (CIFAR-100 mini, 10 tasks x 10 classes, EfficientNet-Lite0);
 the table gives each seed's final class-IL accuracy for both estimators, their difference, the time of
 each run, and the mean difference with its standard error.
@@ -23,17 +25,18 @@ from utils.io import write_json  # noqa: E402
 from utils.runner import run  # noqa: E402
 
 # Settings under which the modules do move (5 epochs at lr 0.003), so the Fisher's weights matter.
-ITA_ARGS = ["--model", "ita", "--alpha_ita", "1", "--req_weight_cls", "1", "--simple_reg_weight_cls", "0.5",
+ITA_ARGS = ["--model", "ita", "--alpha_ita", "1", "--req_weight_cls", "0.01", "--simple_reg_weight_cls", "0.3",
             "--n_epochs", "5", "--batch_size", "16", "--lr", "0.003", "--num_epochs_pretuning", "1",
             "--num_epochs_align_pretuning", "5", "--num_samples_align_pretuning", "32",
             "--batch_size_align_pretuning", "32", "--stats_batch_size", "256"]
 
 
-def final_accuracy(common: list[str], seed: int, estimator: list[str], workdir: str) -> tuple[float, float]:
+def final_accuracy(common: list[str], seed: int, estimator: list[str], workdir: str,
+                   extra: list[str]) -> tuple[float, float]:
     """(final class-IL accuracy, seconds) of one run."""
     tag = "_".join(estimator).replace("--", "") or "exact"
     start = time.perf_counter()
-    res = run([*common, *ITA_ARGS, *estimator, "--seed", str(seed), "--non_verbose",
+    res = run([*common, *ITA_ARGS, *estimator, *extra, "--seed", str(seed), "--non_verbose",
                "--results_file", os.path.join(workdir, f"{tag}_s{seed}.json")])
     return float(res["final_class_il"]), time.perf_counter() - start
 
@@ -43,18 +46,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--data", default="../shared/data/cifar100_mini.npz", help="CIFAR-100 mini npz")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--img_size", type=int, default=32)
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--n_tasks", type=int, default=10)
     parser.add_argument("--sampled_labels", type=int, default=1, help="k of --fisher_sampled_labels")
     parser.add_argument("--out", default=None, help="also write the figures as JSON to this file")
-    opts = parser.parse_args(argv)
+    opts, extra = parser.parse_known_args(argv)
     workdir = tempfile.mkdtemp(prefix="fisher_accuracy_")
-    common = ["--dataset", "seq-custom", "--data_path", opts.data, "--n_tasks", "10", "--img_size",
-              str(opts.img_size), "--normalization", "half", "--backbone", "efficientnet_lite0",
+    common = ["--dataset", "seq-custom", "--data_path", opts.data, "--n_tasks", str(opts.n_tasks), "--img_size",
+              str(opts.img_size), "--normalization", "half", "--backbone", opts.backbone,
               "--base_path", os.path.join(workdir, "data")]
     approx = ["--fisher_sampled_labels", str(opts.sampled_labels)]
     rows = []
     for seed in opts.seeds:
-        exact_acc, exact_s = final_accuracy(common, seed, [], workdir)
-        approx_acc, approx_s = final_accuracy(common, seed, approx, workdir)
+        exact_acc, exact_s = final_accuracy(common, seed, [], workdir, extra)
+        approx_acc, approx_s = final_accuracy(common, seed, approx, workdir, extra)
         rows.append({"seed": seed, "exact": exact_acc, "approx": approx_acc, "diff": approx_acc - exact_acc,
                      "exact_s": exact_s, "approx_s": approx_s})
         print(f"seed {seed}: exact {exact_acc:.2f} % ({exact_s:.0f} s)  sampled k={opts.sampled_labels} "
