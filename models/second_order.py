@@ -278,7 +278,7 @@ class SecondOrder(ContinualModel):
         if self._bn and self._bn[0].training:
             set_eval(self._bn)
         if self.args.vbs_mode == "accumulate" or group == 1:
-            loss = self.micro_batch_backward(inputs, labels, 1.0 / group)
+            loss = self.group_backward([(inputs, labels)], group)
             self._accumulated += 1
             if self._accumulated == group:
                 self.optimizer_step()
@@ -289,10 +289,10 @@ class SecondOrder(ContinualModel):
             return self._last_loss
         self._accumulated = group
         try:
-            self._last_loss = self.group_backward(self._pending)
+            self._last_loss = self.group_backward(self._pending, group)
         except torch.cuda.OutOfMemoryError:  # too large for one pass: accumulate this group instead
             self.opt.zero_grad(set_to_none=True)
-            self._last_loss = sum(self.micro_batch_backward(x, y, 1.0 / group) for x, y in self._pending) / group
+            self._last_loss = sum(self.group_backward([mb], group) for mb in self._pending) / group
         self._pending = []
         self.optimizer_step()
         self._accumulated = 0
@@ -307,21 +307,22 @@ class SecondOrder(ContinualModel):
             logits = logits.masked_fill(mask, float("-inf"))
         return logits
 
-    def micro_batch_backward(self, inputs: torch.Tensor, labels: torch.Tensor, scale: float) -> float:
-        loss = F.cross_entropy(self.masked_logits(inputs).float(), labels)
-        (loss * scale).backward()
-        return loss.item()
-
-    def group_backward(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-        """Backward of (1/G) sum_g mean CE(micro-batch g) as one pass over the concatenated micro-batches."""
+    def group_backward(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]], group: int) -> float:
+        """Backward of (1/group) sum_g mean CE(micro-batch g) over ``micro_batches`` (some or all of a step's
+        ``group``) in one pass over their concatenation; returns the mean of their mean CEs."""
+        if len(micro_batches) == 1:
+            inputs, labels = micro_batches[0]
+            loss = F.cross_entropy(self.masked_logits(inputs).float(), labels)
+            (loss / group).backward()
+            return loss.item()
         sizes = [len(y) for _, y in micro_batches]
         inputs = torch.cat([x for x, _ in micro_batches])
         labels = torch.cat([y for _, y in micro_batches])
-        weights = torch.cat([torch.full((n,), 1.0 / (len(sizes) * n), device=labels.device) for n in sizes])
+        weights = torch.cat([torch.full((n,), 1.0 / (group * n), device=labels.device) for n in sizes])
         losses = F.cross_entropy(self.masked_logits(inputs).float(), labels, reduction="none")
         loss = (losses * weights).sum()
         loss.backward()
-        return loss.item()
+        return loss.item() * group / len(sizes)
 
     def adapter_penalty_grads(self) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
         """Closed-form penalty gradient of the current module's parameters (fresh tensors)."""
