@@ -37,8 +37,6 @@ class Joint(ContinualModel):
             batches = tqdm(loader, desc=f"joint epoch {epoch + 1}/{self.args.n_epochs}", leave=False,
                            disable=bool(self.args.non_verbose))
             for i, (inputs, labels, _) in enumerate(batches):
-                if self.args.debug_mode and i > self.get_debug_iters():
-                    break
                 inputs, labels = inputs.to(self.device), labels.to(self.device)
                 self.opt.zero_grad(set_to_none=True)
                 with self.autocast():

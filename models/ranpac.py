@@ -77,8 +77,7 @@ class RanPAC(ContinualModel):
         self.net.requires_grad_(False)
         was_training = self.net.training
         self.net.eval()
-        max_batches = self.get_debug_iters() + 1 if self.args.debug_mode else None
-        feats, labels = task_features(self.net.features, dataset, self.current_task, self.device, max_batches)
+        feats, labels = task_features(self.net.features, dataset, self.current_task, self.device)
         self.net.train(was_training)
         H = random_features(feats, self.projection).double()
         Y = F.one_hot(labels, self.cross.shape[1]).double()

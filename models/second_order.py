@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from datasets.utils.debug import DEBUG_IMAGES
 from models.second_order_utils import penalties as pen
 from models.second_order_utils.fisher import head_fisher, network_fisher, reduce_fisher
 from models.second_order_utils.flags import add_second_order_args
@@ -28,7 +29,7 @@ from utils import distributed
 from utils.errors import UserError
 from utils.killpoints import kill_point
 
-DEBUG_FEATURE_BATCHES, DEBUG_FISHER_BATCHES, DEBUG_PROBE_BATCHES = 102, 6, 11
+DEBUG_FISHER_CLASSES = 2  # --debug_mode: backward passes per Fisher batch (the images are capped by the loaders)
 
 
 class SecondOrder(ContinualModel):
@@ -89,6 +90,12 @@ class SecondOrder(ContinualModel):
     def decoupled(self) -> bool:
         mode = self.args.penalty_step
         return mode == "decoupled" or (mode == "auto" and self.args.tuning_style != "full")
+
+    @property
+    def align_samples(self) -> int:
+        """GMM samples per class for the alignment and the head Fisher (``--debug_mode``: as many as a pass's images)."""
+        n = self.args.num_samples_align_pretuning
+        return min(n, DEBUG_IMAGES) if self.args.debug_mode else n
 
     def get_parameters(self):
         return list(self._trainable)
@@ -160,9 +167,7 @@ class SecondOrder(ContinualModel):
 
     def _extract_features(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
         feats, labels = [], []
-        for i, (x, y, _) in enumerate(self._stats_loader(dataset)):
-            if self.args.debug_mode and i >= DEBUG_FEATURE_BATCHES:
-                break
+        for x, y, _ in self._stats_loader(dataset):
             with self.autocast():
                 feats.append(self.net.features(x.to(self.device)).float())
             labels.append(y.to(self.device).long())
@@ -190,16 +195,13 @@ class SecondOrder(ContinualModel):
             else:
                 with torch.no_grad():
                     f, y = self._extract_features(dataset)
-            if self.args.debug_mode:
-                keep = DEBUG_PROBE_BATCHES * self.args.batch_size_align_pretuning
-                f, y = f[:keep], y[:keep]
             return f, y
 
         linear_probe(probe, epoch_features, self.n_past_classes, self.args.num_epochs_pretuning,
                      self.args.learning_rate_pretuning, self.args.batch_size_align_pretuning)
         align_classifier(probe, {c: g for c, g in self.gmms.items() if c < end},
                          self.args.num_epochs_align_pretuning + 5 * t, self.args.lr_align_pretuning,
-                         self.args.num_samples_align_pretuning, self.args.batch_size_align_pretuning)
+                         self.align_samples, self.args.batch_size_align_pretuning)
         self.pretuned_head.load_state_dict(probe.state_dict())
         self.pretuned_head.requires_grad_(False)
 
@@ -209,8 +211,6 @@ class SecondOrder(ContinualModel):
 
         def batches():
             for i, (x, _, _) in enumerate(self._stats_loader(dataset)):
-                if self.args.debug_mode and i >= DEBUG_FISHER_BATCHES:
-                    break
                 if i == 1:
                     kill_point("fisher", self.current_task + 1)  # test hook: mid-Fisher pass (after one batch)
                 yield x.to(self.device)
@@ -219,12 +219,15 @@ class SecondOrder(ContinualModel):
             return self.pretuned_head.seen_logits(self.net.features(x))[:, :n_seen]
 
         gen = torch.Generator().manual_seed(1000003 * self.current_task + (self.args.seed or 0) + distributed.rank())
-        fisher, n = network_fisher(logits, self.pool.layers, batches(), self.args.fisher_mc_classes,
+        mc_classes = self.args.fisher_mc_classes
+        if self.args.debug_mode and not self.args.fisher_sampled_labels:  # a smoke test: k classes, not all
+            mc_classes = min(mc_classes or DEBUG_FISHER_CLASSES, DEBUG_FISHER_CLASSES)
+        fisher, n = network_fisher(logits, self.pool.layers, batches(), mc_classes,
                                    self.args.fisher_sampled_labels, gen)
         # under DDP each rank saw a shard of the images: sum the sums and counts
         self.fisher_current, self.n_current = reduce_fisher(fisher, n)
         classes = list(range(end)) if not self.use_iel else list(range(start))
-        feats, _ = sample_features(self.gmms, self.args.num_samples_align_pretuning,
+        feats, _ = sample_features(self.gmms, self.align_samples,
                                    [c for c in classes if c in self.gmms])
         head = self.pretuned_head.heads[self.current_task]
         if len(feats):
@@ -254,12 +257,13 @@ class SecondOrder(ContinualModel):
 
     def batches_per_epoch(self) -> int:
         """Micro-batches the training loop hands over in one epoch of the current task."""
-        n = len(self.dataset.train_loader)
-        return min(n, self.get_debug_iters() + 1) if self.args.debug_mode else n
+        return len(self.dataset.train_loader)
 
     def group_size(self, index: int, n_batches: int) -> int:
         """Micro-batches in the optimizer step that micro-batch ``index`` belongs to (0: skipped)."""
         vbs = self.args.virtual_bs_n
+        if self.args.debug_mode:  # the capped epoch may be shorter than one virtual batch: still take a step
+            vbs = min(vbs, n_batches)
         full = (n_batches // vbs) * vbs
         if index < full:
             return vbs

@@ -84,8 +84,7 @@ class Slca(ContinualModel):
     def end_task(self, dataset) -> None:
         was_training = self.net.training
         self.net.eval()
-        max_batches = self.get_debug_iters() + 1 if self.args.debug_mode else None
-        feats, labels = task_features(self.net.features, dataset, self.current_task, self.device, max_batches)
+        feats, labels = task_features(self.net.features, dataset, self.current_task, self.device)
         self.class_stats.update(class_gaussians(feats, labels, self.args.ca_cov_eps,
                                                 diagonal=self.args.ca_covariance == "diag"))
         if self.current_task > 0 and self.args.ca_epochs > 0:

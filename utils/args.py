@@ -93,6 +93,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                      help="fraction of each class's training images held out as the test set (e.g. 0.1)")
     exp.add_argument("--validation_mode", type=str, default="current", choices=["current", "complete"],
                      help="validation loaders hold the current task's classes, or all classes seen so far")
+    exp.add_argument("--joint", type=parse_bool, default=False, nargs="?", const=True,
+                     help="train jointly on all the data: the run becomes one task with every class (every domain)")
     exp.add_argument("--precision", type=str, default="fp32", choices=["fp32", "bf16"],
                      help="bf16 runs forward passes under autocast (training and evaluation)")
 

@@ -140,8 +140,9 @@ def _write_outputs(results: dict[str, Any], results_file: str, make_plots: bool)
             stem = os.path.splitext(results_file)[0]
             written.append(plots.plot_accuracy_matrix(results["accuracy_matrix_class_il"],
                                                       f"{stem}_accuracy_matrix.png"))
-            written.append(plots.plot_average_accuracy({"class-IL": results["average_class_il_per_task"],
-                                                        "task-IL": results["average_task_il_per_task"]},
+            curves = {"class-IL": results["average_class_il_per_task"],
+                      "task-IL": results["average_task_il_per_task"]}
+            written.append(plots.plot_average_accuracy({k: v for k, v in curves.items() if v},
                                                        f"{stem}_average_accuracy.png"))
         write_json(results_file, results)
     except BaseException:
@@ -247,7 +248,9 @@ def _run(args: argparse.Namespace, ckpt_args: Optional[dict], device: torch.devi
     distributed.barrier()
     if not main_process:
         return results
-    print(f"final class-IL {results['final_class_il']:.2f}  task-IL {results['final_task_il']:.2f}")
+    task_il = results["final_task_il"]
+    print(f"final class-IL {results['final_class_il']:.2f}  task-IL "
+          f"{'not reported (' + dataset.SETTING + ')' if task_il is None else format(task_il, '.2f')}")
     for figure in figures:
         print(f"plot: {figure}")
     print(f"results: {results_file}", flush=True)

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from utils import distributed, metrics
 from utils.errors import TrainingDiverged
-from utils.evaluate import evaluate
+from utils.evaluate import evaluate, reports_task_il
 from utils.killpoints import kill_point
 
 
@@ -55,7 +55,8 @@ class RunRecord:
         }
         if self.untrained_class_il:
             out["fwt"] = metrics.forward_transfer(self.before_task_class_il, self.untrained_class_il)
-            out["fwt_task_il"] = metrics.forward_transfer(self.before_task_task_il, self.untrained_task_il)
+            out["fwt_task_il"] = metrics.forward_transfer(self.before_task_task_il, self.untrained_task_il) \
+                if self.untrained_task_il else None
         return out
 
 
@@ -70,16 +71,16 @@ def print_task_table(record: RunRecord, out=sys.stdout) -> None:
     print(f"\nAccuracy after task {t + 1} (class-IL, % per task):", file=out)
     for i, row in enumerate(R):
         print(f"  after task {i + 1:2d}: {_fmt(row)}   | mean {metrics.average_accuracy(row):6.2f}", file=out)
-    print(f"  mean class-IL {metrics.average_accuracy(R[-1]):.2f}   mean task-IL "
-          f"{metrics.average_accuracy(Rt[-1]):.2f}", file=out, flush=True)
+    task_il = f"{metrics.average_accuracy(Rt[-1]):.2f}" if Rt else "not reported (every task has all classes)"
+    print(f"  mean class-IL {metrics.average_accuracy(R[-1]):.2f}   mean task-IL {task_il}", file=out, flush=True)
 
 
-def _untrained_accuracy(model: Any, dataset: Any, debug: bool) -> tuple[list[float], list[float]]:
+def _untrained_accuracy(model: Any, dataset: Any) -> tuple[list[float], list[float]]:
     cil, til = [], []
     for j in range(dataset.N_TASKS):
-        a, b = evaluate(model, dataset, tasks=[j], n_visible=dataset.get_offsets(j)[1], debug=debug)
+        a, b = evaluate(model, dataset, tasks=[j], n_visible=dataset.get_offsets(j)[1])
         cil.append(a[0])
-        til.append(b[0])
+        til.extend(b[:1])  # empty where task-IL is not reported (domain-il, general-continual)
     return cil, til
 
 
@@ -92,8 +93,6 @@ def train_task(model: Any, dataset: Any, args: Any, train_loader: Any, task: int
         model.meta_begin_epoch(epoch, dataset)
         bar = tqdm(train_loader, desc=f"task {task + 1} epoch {epoch + 1}", leave=False, disable=quiet)
         for step, (inputs, labels, not_aug_inputs) in enumerate(bar):
-            if args.debug_mode and step > model.get_debug_iters():
-                break
             inputs = inputs.to(model.device, non_blocking=True)
             labels = labels.to(model.device, non_blocking=True).long()
             not_aug_inputs = not_aug_inputs.to(model.device, non_blocking=True)
@@ -117,7 +116,7 @@ def train(model: Any, dataset: Any, args: Any, record: Optional[RunRecord] = Non
     n_tasks = dataset.N_TASKS
     last = min(n_tasks, args.stop_after) if args.stop_after else n_tasks
     if args.enable_other_metrics and not record.untrained_class_il:
-        record.untrained_class_il, record.untrained_task_il = _untrained_accuracy(model, dataset, args.debug_mode)
+        record.untrained_class_il, record.untrained_task_il = _untrained_accuracy(model, dataset)
     quiet = bool(args.non_verbose) or not distributed.is_main_process()
     for task in tqdm(range(record.tasks_done, last), desc="tasks", disable=quiet):
         start = time.perf_counter()
@@ -125,11 +124,11 @@ def train(model: Any, dataset: Any, args: Any, record: Optional[RunRecord] = Non
         if args.enable_other_metrics:
             before = (None, None)
             if task > 0:
-                a, b = evaluate(model, dataset, tasks=[task], n_visible=dataset.get_offsets(task)[1],
-                                debug=args.debug_mode)
-                before = (a[0], b[0])
+                a, b = evaluate(model, dataset, tasks=[task], n_visible=dataset.get_offsets(task)[1])
+                before = (a[0], b[0] if b else None)
             record.before_task_class_il.append(before[0])
-            record.before_task_task_il.append(before[1])
+            if reports_task_il(dataset):
+                record.before_task_task_il.append(before[1])
         model.net.train()
         model.meta_begin_task(dataset)
         distributed.average_gradients_before_step(model.opt)  # a no-op in a single process
@@ -138,11 +137,12 @@ def train(model: Any, dataset: Any, args: Any, record: Optional[RunRecord] = Non
         model.meta_end_task(dataset)
         train_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        accs = evaluate(model, dataset, debug=args.debug_mode)
+        accs = evaluate(model, dataset)
         eval_seconds = time.perf_counter() - start
         model.meta_end_eval(dataset, accs)
         record.accuracy_matrix_class_il.append(accs[0])
-        record.accuracy_matrix_task_il.append(accs[1])
+        if reports_task_il(dataset):
+            record.accuracy_matrix_task_il.append(accs[1])
         record.task_timings.append({"train_seconds": train_seconds, "eval_seconds": eval_seconds})
         if distributed.is_main_process():
             print_task_table(record)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
+from datasets.utils.debug import debug_cap
 from datasets.utils.scenario import ClassIncrementalScenario
 from datasets.utils.sources import ImageSource, TaskDataset, seed_worker
 from datasets.utils.transforms import build_transform
@@ -40,14 +41,17 @@ class ContinualDataset:
     TEST_TRANSFORM: Optional[list] = None
     DEFAULTS: dict[str, Any] = {}
     IN_CHANS: int = 3
+    SHUFFLE_TRAIN: bool = True  # False: a stream whose order is the benchmark (general-continual)
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
         for key, value in (getattr(args, "dataset_structure", None) or {}).items():
             setattr(self, key, tuple(value) if key in ("SIZE", "MEAN", "STD") else value)
         self._configure()
-        self.scenario = ClassIncrementalScenario.build(self.N_CLASSES_PER_TASK, self.N_TASKS,
-                                                       permute=bool(args.permute_classes), seed=args.seed)
+        self.n_domains = self.N_TASKS  # tasks before --joint collapses them
+        if getattr(args, "joint", False):
+            self._collapse_to_one_task()
+        self.scenario = self.build_scenario()
         declared = getattr(self, "N_CLASSES", None)
         if declared is not None and declared != self.scenario.n_classes:
             raise UserError(f"{self.NAME}: N_CLASSES={declared} but the tasks hold {self.scenario.n_classes} classes")
@@ -93,6 +97,17 @@ class ContinualDataset:
 
     def get_loss(self) -> Callable:
         return F.cross_entropy
+
+    def build_scenario(self) -> Any:
+        """The label layout of the tasks: disjoint class ranges (class-IL/task-IL) unless overridden."""
+        return ClassIncrementalScenario.build(self.N_CLASSES_PER_TASK, self.N_TASKS,
+                                              permute=bool(self.args.permute_classes), seed=self.args.seed)
+
+    def _collapse_to_one_task(self) -> None:
+        """``--joint 1`` (Mammoth's meaning): one task holding every class, trained on all the data at once."""
+        per_task = self.N_CLASSES_PER_TASK
+        total = per_task * self.N_TASKS if isinstance(per_task, (int, np.integer)) else sum(per_task)
+        self.N_CLASSES_PER_TASK, self.N_TASKS = int(total), 1
 
     # ----- provided -------------------------------------------------------------------------------
     @property
@@ -154,10 +169,12 @@ class ContinualDataset:
             batch_size = getattr(self.args, "eval_batch_size", None) or max(self.args.batch_size, 128)
         batch_size = batch_size or self.args.batch_size
         workers = self.args.num_workers
+        seed = int(torch.randint(0, 2 ** 62, (1,)).item()) if shuffle else None
+        if getattr(self.args, "debug_mode", False):  # the single place where --debug_mode caps a pass
+            dataset = debug_cap(dataset, shuffle, seed)
         common = dict(num_workers=workers, worker_init_fn=seed_worker if workers else None,
                       pin_memory=torch.cuda.is_available(), persistent_workers=False)
         if shuffle:  # one RNG draw per train loader; test loaders draw nothing (extra evaluations change nothing)
-            seed = int(torch.randint(0, 2 ** 62, (1,)).item())
             sampler = distributed.ShardedBatchSampler(len(dataset), batch_size, shuffle=True, seed=seed,
                                                       drop_last=bool(self.args.drop_last))
             return DataLoader(dataset, batch_sampler=sampler, **common)
@@ -175,7 +192,8 @@ class ContinualDataset:
         if len(train_ds) == 0:
             raise UserError(f"{self.NAME}: task {self.c_task} has no training images (classes "
                             f"{self.get_offsets()}); check the class split")
-        self.train_loader = self.make_loader(train_ds, shuffle=True)
+        shuffle = self.SHUFFLE_TRAIN or bool(getattr(self.args, "joint", False))
+        self.train_loader = self.make_loader(train_ds, shuffle=shuffle, batch_size=self.args.batch_size)
         test_loader = self.make_loader(self.test_dataset(self.c_task), shuffle=False)
         self.test_loaders.append(test_loader)
         return self.train_loader, test_loader

@@ -79,6 +79,9 @@ def fit_gmm(features: np.ndarray, n_components: int = 5, seed: int = 0, kmeans_i
     from sklearn.mixture import GaussianMixture
 
     x = np.asarray(features, dtype=np.float64)
+    if len(x) < 2:  # one image of the class (tiny data, --debug_mode): a point mass, EM needs two samples
+        return DiagonalGMM(torch.ones(1), torch.tensor(x[:1], dtype=torch.float32),
+                           torch.full((1, x.shape[1]), reg_covar, dtype=torch.float32))
     k = max(1, min(n_components, len(x)))
     span = x.max() - x.min()
     normalised = torch.from_numpy((x - x.min()) / (span if span > 0 else 1.0))

@@ -74,9 +74,10 @@ class Buffer:
         setattr(self, name, torch.zeros((self.buffer_size, *like.shape[1:]), dtype=dtype, device=like.device))
 
     @torch.no_grad()
-    def add_data(self, examples: torch.Tensor, labels: torch.Tensor, logits: Optional[torch.Tensor] = None,
+    def add_data(self, examples: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                 logits: Optional[torch.Tensor] = None,
                  task_labels: Optional[torch.Tensor] = None) -> None:
-        """Offer each example of a batch to the reservoir."""
+        """Offer each example of a batch to the reservoir (``labels``/``logits``/``task_labels`` when given)."""
         given = {"examples": examples, "labels": labels, "logits": logits, "task_labels": task_labels}
         generator = None
         if distributed.is_distributed():
