@@ -21,6 +21,7 @@ class RotatedMNIST(DomainILDataset):
     DEFAULTS = {"backbone": "mnistmlp", "n_epochs": 1, "batch_size": 128}
     CLASS_NAMES = [str(d) for d in range(10)]
     MAX_DEGREES = 180.0
+    DOMAIN_ON_PIL = True  # PIL's rotation: ~100x cheaper than the tensor's affine grid on a CPU
 
     def load(self) -> tuple[ImageSource, ImageSource]:
         data = load_mnist_like("mnist", self.args.base_path)

@@ -1,7 +1,7 @@
 """Domain-incremental benchmarks: the same classes in every task, a fixed seeded input transform per task.
 
-Task ``t`` is the whole dataset seen through the domain transform ``t`` (a rotation, a pixel
-permutation, ...) applied between ``ToTensor`` and the normalisation. The not-augmented view (what
+Task ``t`` is the whole dataset seen through the domain transform ``t`` (a rotation of the PIL image, a
+pixel permutation of the tensor, ...), applied before the normalisation. The not-augmented view (what
 rehearsal buffers store) is the transformed image too, so a replayed example keeps its domain.
 Transforms are drawn from ``--seed`` (0 when unset) in the parent process, identical in every
 data-loader worker and every DDP rank (Mammoth's issue #38 regenerated them per worker).
@@ -56,6 +56,7 @@ class DomainILDataset(ContinualDataset):
     """
 
     SETTING = "domain-il"
+    DOMAIN_ON_PIL = False  # True: the domain transform takes the PIL image (before ToTensor), else the tensor
 
     def build_scenario(self) -> SharedLabelScenario:
         return SharedLabelScenario.build(int(self.N_CLASSES_PER_TASK), self.N_TASKS,
@@ -65,7 +66,7 @@ class DomainILDataset(ContinualDataset):
         self.N_TASKS = 1  # same classes; the single task gathers every domain
 
     def domain_transform(self, domain: int) -> Callable:
-        """The fixed transform of domain ``domain``, on the (C, H, W) tensor in [0, 1]."""
+        """The fixed transform of domain ``domain``: on the PIL image (``DOMAIN_ON_PIL``) or the (C, H, W) tensor."""
         raise NotImplementedError
 
     def _domains(self, task: int, cumulative: bool = False) -> list[int]:
@@ -75,6 +76,8 @@ class DomainILDataset(ContinualDataset):
 
     def _view(self, domain: int, normalise: bool) -> Callable:
         ops = [transforms.ToTensor(), self.domain_transform(domain)]
+        if self.DOMAIN_ON_PIL:
+            ops.reverse()
         return transforms.Compose(ops + [self.get_normalization_transform()] if normalise else ops)
 
     def _domain_dataset(self, source, domains: list[int], train: bool) -> Dataset:
