@@ -7,9 +7,9 @@ import pytest
 
 from utils import checkpoints
 from utils.args import RUN_FLAGS, changes_results
-from utils.config import parse_args
+from app.config import parse_args
 from utils.errors import UserError
-from utils.report import build_report
+from app.report import build_report
 
 BASE = ["--model", "sgd", "--dataset", "seq-cifar10"]
 

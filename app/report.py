@@ -1,6 +1,6 @@
 """Aggregate result JSONs into a Markdown table, a CSV table and a task-by-task comparison PNG.
 
-``python -m utils.report DIR_OR_FILE... [--out OUT_DIR]`` reads every results JSON (as written by
+``python -m app.report DIR_OR_FILE... [--out OUT_DIR]`` reads every results JSON (as written by
 ``main.py``) under the given folders, groups the complete runs by dataset and model, and reports
 mean ± std over the runs (seeds) of the final class-IL and task-IL accuracy, the class-IL
 forgetting and the wall-clock time. The std is the sample standard deviation (n - 1 in the
@@ -81,7 +81,7 @@ def _variant_labels(runs: list[dict[str, Any]]) -> list[str]:
 
 def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (dataset, method variant): counts, seeds, mean/std of each metric, per-task curves."""
-    from utils.config import declare_flags
+    from app.config import declare_flags
     by_pair: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for result in results:
         args = result["args"]
@@ -172,7 +172,7 @@ def build_report(result_paths: list[str], out_dir: str) -> dict[str, str]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m utils.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m app.report", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="result folders (searched recursively) or result JSON files")
     parser.add_argument("--out", default=None, help="output folder (default: the first folder given)")
     args = parser.parse_args(argv)
