@@ -126,10 +126,12 @@ def test_ranpac_freezes_after_the_first_task_and_fits_the_ridge_head_on_all_task
                                   torch.device("cpu"))
     args, dataset, model = experiment.args, experiment.dataset, experiment.model
     assert isinstance(model, RanPAC)
-    snapshots = []
+    snapshots, observed = [], []
+    observe = model.observe
+    model.observe = lambda *a, **k: observed.append(model.current_task) or observe(*a, **k)
     train(model, dataset, args, on_task_end=lambda rec: snapshots.append(
         {k: v.clone() for k, v in model.net.state_dict().items()}))
-    assert [model.OBSERVES_BATCHES, len(snapshots)] == [False, 3]
+    assert len(snapshots) == 3 and observed and set(observed) == {0}  # train_task: SGD on the first task only
     for key, value in snapshots[0].items():  # no SGD after the first task
         assert torch.equal(value, snapshots[2][key]), key
     H, Y = [], []
