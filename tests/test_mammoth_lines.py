@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import SHARED_DATA
 from tests.mammoth_setup import write_all_datasets, write_vit_b16_cache
-from utils.runner import run
+from app.runner import run
 
 MAMMOTH_LINES = """
 --model second_order --dataset seq-cifar100-224 --model_config best --n_epochs 2 --batch_size 4 --non_verbose 1 --num_workers 0 --seed 0 --debug_mode 1
@@ -102,7 +102,7 @@ def mammoth_world(tmp_path_factory):
 def test_mammoth_line_runs(index, mammoth_world, tmp_path):
     argv = MAMMOTH_LINES[index].split()
     if "--code_optimization" in argv:
-        from utils.config import build_parser
+        from app.config import build_parser
         from models import get_model_class
         if "--code_optimization" not in build_parser(get_model_class("sgd"), None, None)._option_string_actions:
             pytest.skip("--code_optimization is added by the GPU-speed branch (issue 14)")

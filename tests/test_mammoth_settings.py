@@ -12,7 +12,7 @@ from datasets.utils.debug import DEBUG_IMAGES
 from tests.conftest import make_npz, tiny_run_args
 from tests.dataset_builders import dataset_for, write_idx_set
 from utils.errors import UserError
-from utils.runner import run
+from app.runner import run
 
 
 @pytest.fixture(scope="module")

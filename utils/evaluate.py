@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader
 
 from utils import distributed
 from utils.killpoints import kill_point
+from utils.modes import eval_mode
 
 TASK_IL_SETTINGS = ("class-il", "task-il")
 
@@ -57,15 +58,13 @@ def evaluate(model: Any, dataset: Any, tasks: Optional[Iterable[int]] = None,
     By default: the test loaders built so far, with the classes of all seen tasks visible.
     ``tasks``/``n_visible`` evaluate other tasks (e.g. future ones for forward transfer).
     """
-    was_training = model.training
-    model.eval()
     if tasks is None:
         loaders = list(enumerate(dataset.test_loaders))
         n_visible = dataset.get_offsets(len(dataset.test_loaders) - 1)[1] if n_visible is None else n_visible
     else:
         loaders = [(t, dataset.make_loader(dataset.test_dataset(t), shuffle=False)) for t in tasks]
     cil, til = [], []
-    try:
+    with eval_mode(model):
         for task, loader in loaders:
             a, b = accuracy_on_loader(model, loader, dataset.get_offsets(task),
                                       n_visible if n_visible is not None else dataset.get_offsets(task)[1])
@@ -74,6 +73,4 @@ def evaluate(model: Any, dataset: Any, tasks: Optional[Iterable[int]] = None,
                 til.append(b)
             if tasks is None and len(cil) == 1:
                 kill_point("eval", len(loaders))  # test hook: mid-evaluation after task len(loaders)
-    finally:
-        model.train(was_training)
     return cil, til
