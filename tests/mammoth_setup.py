@@ -18,8 +18,8 @@ def write_all_datasets(base: str) -> None:
     write_cifar10(base, per_class=1)
     write_cifar100(base, per_class_train=1, per_class_test=1)
     crops = [f"crop_{i:02d}" for i in range(35)]
-    write_class_tree(os.path.join(base, "cropdisease", "train"), crops, per_class=1)
-    write_class_tree(os.path.join(base, "cropdisease", "test"), crops, per_class=1)
+    for split in ("train", "test"):  # square, as the real 256x256 leaves (its ITA test transform has no crop)
+        write_class_tree(os.path.join(base, "cropdisease", split), crops, per_class=1, size=(8, 8))
     write_class_tree(os.path.join(base, "imagenet-r"), [f"n{i:08d}" for i in range(200)], per_class=2)
 
 

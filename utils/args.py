@@ -153,7 +153,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     add_run_flag(mgmt, "--non_verbose", type=parse_bool, default=False, nargs="?", const=True,
                       help="no progress bars")
     mgmt.add_argument("--debug_mode", type=parse_bool, default=False, nargs="?", const=True,
-                      help="run only a few batches per epoch and per evaluation (smoke tests)")
+                      help="smoke test: every pass over data (epoch, test loader, statistics pass) sees at most 4 images")
     mgmt.add_argument("--enable_other_metrics", type=parse_bool, default=False, nargs="?", const=True,
                       help="also compute forward transfer (needs an evaluation of the untrained model)")
     add_run_flag(mgmt, "--traceback", type=parse_bool, default=False, nargs="?", const=True,
