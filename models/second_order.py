@@ -300,7 +300,7 @@ class SecondOrder(ContinualModel):
 
     def masked_logits(self, inputs: torch.Tensor) -> torch.Tensor:
         """Logits of the seen classes with the past tasks' classes masked out (the current task's CE)."""
-        logits = self.net(inputs)[:, :self.n_seen_classes]
+        logits = self.train_net(inputs)[:, :self.n_seen_classes]
         if self.n_past_classes:
             mask = torch.zeros_like(logits, dtype=torch.bool)
             mask[:, :self.n_past_classes] = True

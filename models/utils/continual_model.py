@@ -10,6 +10,7 @@ from torch import nn
 
 from backbone import ContinualBackbone
 from utils import distributed
+from utils.optimization import COMPILE_LEVEL, apply_matmul_precision, compiled
 
 
 class ContinualModel(nn.Module):
@@ -49,6 +50,7 @@ class ContinualModel(nn.Module):
         self.task_iteration = 0
         self.epoch_iteration = 0
         self.opt: Optional[torch.optim.Optimizer] = None
+        apply_matmul_precision(self.code_optimization)
 
     # ----- hooks to override ----------------------------------------------------------------------
     @staticmethod
@@ -83,7 +85,7 @@ class ContinualModel(nn.Module):
     def current_task_step(self, inputs: torch.Tensor, labels: torch.Tensor) -> float:
         """One optimizer step of cross-entropy over the current task's classes only (labels made task-local)."""
         self.opt.zero_grad(set_to_none=True)
-        logits = self.net(inputs)[:, self.n_past_classes:self.n_seen_classes]
+        logits = self.train_net(inputs)[:, self.n_past_classes:self.n_seen_classes]
         loss = self.loss(logits, labels - self.n_past_classes)
         loss.backward()
         self.opt.step()
@@ -112,11 +114,27 @@ class ContinualModel(nn.Module):
         distributed.average_gradients_before_step(opt)  # data-parallel under --distributed ddp, else a no-op
         return opt
 
+    @property
+    def code_optimization(self) -> int:
+        """The resolved ``-O`` level (utils/optimization.py); 2 if only ``--precision bf16`` is set."""
+        level = getattr(self.args, "code_optimization", None)
+        return (2 if getattr(self.args, "precision", None) == "bf16" else 0) if level is None else int(level)
+
     def autocast(self) -> ContextManager:
-        """bf16 autocast when ``--precision bf16``, else a no-op."""
-        if getattr(self.args, "precision", "fp32") != "bf16":
+        """bf16 autocast from ``-O 2`` (``--precision bf16``), else a no-op."""
+        if self.code_optimization < 2:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    @property
+    def train_net(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The backbone's training forward: ``torch.compile``-d under ``-O 3`` (built once, kept outside the
+        module tree so state dicts are unchanged), else ``self.net``."""
+        if self.code_optimization < COMPILE_LEVEL:
+            return self.net
+        if self.__dict__.get("_compiled_net") is None:
+            self.__dict__["_compiled_net"] = compiled(self.net)
+        return self.__dict__["_compiled_net"]
 
     def to(self, *args, **kwargs):  # keep ``self.device`` in sync
         out = super().to(*args, **kwargs)
