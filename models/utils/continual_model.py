@@ -33,6 +33,7 @@ class ContinualModel(nn.Module):
     # None: the method supports --distributed ddp; otherwise the reason it does not (a one-line error)
     DDP_UNSUPPORTED: Optional[str] = None
     OBSERVES_BATCHES = True  # False: the loop skips the epochs (the method trains elsewhere, e.g. end_task)
+    LOG_EVERY = 25  # the loop reads (host-syncs) the loss of every LOG_EVERY-th step of an epoch, and the last
 
     def __init__(self, backbone: ContinualBackbone, loss: Callable, args: argparse.Namespace,
                  transform: Callable, dataset: Any = None):
@@ -110,7 +111,8 @@ class ContinualModel(nn.Module):
                                   nesterov=bool(self.args.optim_nesterov) and self.args.optim_mom > 0)
         else:
             cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-            opt = cls(params, lr=lr, weight_decay=self.args.optim_wd)
+            fused = all(p.is_cuda for p in params)  # one kernel per step, no host sync (CUDA only)
+            opt = cls(params, lr=lr, weight_decay=self.args.optim_wd, **({"fused": True} if fused else {}))
         distributed.average_gradients_before_step(opt)  # data-parallel under --distributed ddp, else a no-op
         return opt
 
@@ -170,7 +172,12 @@ class ContinualModel(nn.Module):
         self.task_iteration += 1
         self.epoch_iteration += 1
         loss = out["loss"] if isinstance(out, dict) else out
-        return float(loss)
+        # a tensor stays on the device (the loop reads it on logging steps only: no host sync per step)
+        return loss.detach() if isinstance(loss, torch.Tensor) else float(loss)
+
+    def is_logging_step(self) -> bool:
+        """Whether the training loop reads this step's loss (inside ``observe``: the step being run)."""
+        return self.epoch_iteration % self.LOG_EVERY == 0
 
     def meta_end_epoch(self, epoch: int, dataset: Any) -> None:
         self.end_epoch(epoch, dataset)
