@@ -17,8 +17,9 @@ import torch.nn.functional as F
 
 from models.second_order_utils import penalties as pen
 from models.second_order_utils import stepping
-from models.second_order_utils.fisher import head_fisher, network_fisher, reduce_fisher
-from models.second_order_utils.flags import add_second_order_args
+from models.second_order_utils.fisher import (auto_batch_size, head_fisher, network_fisher, probe_bytes_per_image,
+                                              reduce_fisher)
+from models.second_order_utils.flags import CPU_STATS_BATCH, add_second_order_args
 from models.second_order_utils.heads import IncrementalHead
 from models.second_order_utils.modules import (ModulePool, frozen_batchnorms, inject_adapters,
                                                set_eval, uniform_weights)
@@ -154,10 +155,26 @@ class SecondOrder(ContinualModel):
         self._accumulated, self._pending = 0, []
         self._compose_training()
 
+    def stats_batch_size(self, dataset) -> int:
+        """``--stats_batch_size``, or auto: 64 on a CPU, on CUDA sized from the free memory and the measured
+        memory per image of the Fisher pass (the results do not depend on it)."""
+        if self.args.stats_batch_size is not None:
+            return self.args.stats_batch_size
+        if self.device.type != "cuda":
+            return CPU_STATS_BATCH
+        if getattr(self, "_auto_stats_batch", None) is None:
+            x = next(iter(dataset.make_loader(dataset.train_dataset(self.current_task), shuffle=False,
+                                              batch_size=8)))[0].to(self.device)
+            per_image = probe_bytes_per_image(lambda v: self.pretuned_head.seen_logits(self.net.features(v)),
+                                              self.pool.layers, x, self.args.fisher_precision)
+            free, _ = torch.cuda.mem_get_info(self.device)
+            self._auto_stats_batch = auto_batch_size(per_image, free)
+        return self._auto_stats_batch
+
     def _stats_loader(self, dataset):
         """The current task's training images (augmented, as in the reference) in large batches."""
         return dataset.make_loader(dataset.train_dataset(self.current_task), shuffle=True,
-                                   batch_size=self.args.stats_batch_size)
+                                   batch_size=self.stats_batch_size(dataset))
 
     def _extract_features(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
         feats, labels = [], []
@@ -221,7 +238,7 @@ class SecondOrder(ContinualModel):
 
         gen = torch.Generator().manual_seed(1000003 * self.current_task + (self.args.seed or 0) + distributed.rank())
         fisher, n = network_fisher(logits, self.pool.layers, batches(), self.args.fisher_mc_classes,
-                                   self.args.fisher_sampled_labels, gen)
+                                   self.args.fisher_sampled_labels, gen, self.args.fisher_precision)
         # under DDP each rank saw a shard of the images: sum the sums and counts
         self.fisher_current, self.n_current = reduce_fisher(fisher, n)
         classes = list(range(end)) if not self.use_iel else list(range(start))
