@@ -23,7 +23,8 @@ from models.second_order_utils.flags import CPU_STATS_BATCH, add_second_order_ar
 from models.second_order_utils.heads import IncrementalHead
 from models.second_order_utils.modules import (ModulePool, frozen_batchnorms, inject_adapters,
                                                set_eval, uniform_weights)
-from models.second_order_utils.pretuning import (DiagonalGMM, align_classifier, fit_gmm, linear_probe,
+from models.second_order_utils.gmm import fit_gmms_distributed
+from models.second_order_utils.pretuning import (DiagonalGMM, align_classifier, linear_probe,
                                                  sample_features)
 from models.utils.continual_model import ContinualModel
 from utils import distributed
@@ -191,10 +192,8 @@ class SecondOrder(ContinualModel):
 
     def _fit_gmms(self, feats: torch.Tensor, labels: torch.Tensor, start: int, end: int) -> None:
         seed = 0 if self.args.seed is None else int(self.args.seed)
-        for c in range(start, end):
-            rows = feats[labels == c]
-            if len(rows):
-                self.gmms[c] = fit_gmm(rows.cpu().numpy(), seed=seed * 1000 + c)
+        # on the model's device, classes split over DDP ranks and the fits shared (models/second_order_utils/gmm.py)
+        self.gmms.update(fit_gmms_distributed(feats, labels, list(range(start, end)), seed))
 
     def _pretune(self, dataset, feats: torch.Tensor, labels: torch.Tensor) -> None:
         """Linear probe of the new head, then alignment of all heads on GMM samples (frozen theta0)."""
@@ -415,7 +414,8 @@ class SecondOrder(ContinualModel):
         self.current_task = int(state["current_task"])
         self.fisher_past = {k: v.to(self.device) for k, v in state["fisher_past"].items()}
         self.task_counts = [int(n) for n in state["task_counts"]]
-        self.gmms = {int(c): DiagonalGMM.from_state(g) for c, g in state["gmms"].items()}
+        self.gmms = {int(c): DiagonalGMM.from_state({k: v.to(self.device) for k, v in g.items()})
+                     for c, g in state["gmms"].items()}
         self.pool.set_trainable(None)
         self.net.classifier.requires_grad_(False)
         self.pretuned_head.requires_grad_(False)
