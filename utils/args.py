@@ -123,7 +123,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                       help="ddp: data-parallel over the processes started by torchrun (see README)")
     mgmt.add_argument("--dist_timeout", type=positive_float, default=600.0,
                       help="seconds a collective may wait for the other ranks before the job fails")
-    mgmt.add_argument("--num_workers", type=nonneg_int, default=0, help="data-loader worker processes")
+    mgmt.add_argument("--num_workers", type=none_or(nonneg_int), default=None,
+                      help="data-loader worker processes (default: min(8, CPUs per process))")
     mgmt.add_argument("--non_verbose", type=parse_bool, default=False, nargs="?", const=True,
                       help="no progress bars")
     mgmt.add_argument("--debug_mode", type=parse_bool, default=False, nargs="?", const=True,

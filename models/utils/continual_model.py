@@ -33,6 +33,7 @@ class ContinualModel(nn.Module):
     # None: the method supports --distributed ddp; otherwise the reason it does not (a one-line error)
     DDP_UNSUPPORTED: Optional[str] = None
     OBSERVES_BATCHES = True  # False: the loop skips the epochs (the method trains elsewhere, e.g. end_task)
+    USES_NOT_AUG = False  # True: observe reads the not-augmented view (otherwise the loaders never build it)
     LOG_EVERY = 25  # the loop reads (host-syncs) the loss of every LOG_EVERY-th step of an epoch, and the last
 
     def __init__(self, backbone: ContinualBackbone, loss: Callable, args: argparse.Namespace,
@@ -52,6 +53,8 @@ class ContinualModel(nn.Module):
         self.epoch_iteration = 0
         self.opt: Optional[torch.optim.Optimizer] = None
         apply_matmul_precision(self.code_optimization)
+        if dataset is not None:
+            dataset.build_not_aug = self.USES_NOT_AUG
 
     # ----- hooks to override ----------------------------------------------------------------------
     @staticmethod
