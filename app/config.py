@@ -21,6 +21,7 @@ from datasets.utils.continual_dataset import STRUCTURE_KEYS
 from models import MODELS
 from utils.args import add_common_args, changes_results
 from utils.errors import UserError, closest
+from utils.optimization import resolve_code_optimization
 from utils.registry import normalize_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -244,7 +245,7 @@ def parse_args(argv: Optional[list[str]] = None, checkpoint_args: Optional[dict]
     if args.n_epochs is None or args.batch_size is None:
         missing = "--n_epochs" if args.n_epochs is None else "--batch_size"
         raise UserError(f"{missing} is required ({args.dataset} has no default)")
-    return args
+    return resolve_code_optimization(args)
 
 
 @functools.lru_cache(maxsize=None)

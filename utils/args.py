@@ -121,8 +121,12 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                      help="fraction of each class's training images held out as the test set (e.g. 0.1)")
     exp.add_argument("--validation_mode", type=str, default="current", choices=["current", "complete"],
                      help="validation loaders hold the current task's classes, or all classes seen so far")
-    exp.add_argument("--precision", type=str, default="fp32", choices=["fp32", "bf16"],
-                     help="bf16 runs forward passes under autocast (training and evaluation)")
+    exp.add_argument("--precision", type=str, default=None, choices=["fp32", "bf16"],
+                     help="bf16 runs forward passes under autocast (training and evaluation); "
+                          "default: what --code_optimization implies (fp32 below 2)")
+    exp.add_argument("-O", "--code_optimization", type=int, default=None, choices=[0, 1, 2, 3],
+                     help="0 plain fp32, 1 TF32 on CUDA, 2 bf16 autocast, 3 bf16 + torch.compile of the training "
+                          "forward (default: 2 with --precision bf16, else 0; docs/speed.md)")
 
     mgmt = parser.add_argument_group("management")
     mgmt.add_argument("--seed", type=none_or(int), default=None, help="random seed (default: none, not reproducible)")
@@ -147,7 +151,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                       help="ddp: data-parallel over the processes started by torchrun (see README)")
     add_run_flag(mgmt, "--dist_timeout", type=positive_float, default=600.0,
                       help="seconds a collective may wait for the other ranks before the job fails")
-    add_run_flag(mgmt, "--num_workers", type=nonneg_int, default=0, help="data-loader worker processes")
+    add_run_flag(mgmt, "--num_workers", type=none_or(nonneg_int), default=None,
+                      help="data-loader worker processes (default: min(8, CPUs per process))")
     add_run_flag(mgmt, "--non_verbose", type=parse_bool, default=False, nargs="?", const=True,
                       help="no progress bars")
     mgmt.add_argument("--debug_mode", type=parse_bool, default=False, nargs="?", const=True,

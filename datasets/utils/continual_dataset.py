@@ -16,6 +16,25 @@ from datasets.utils.transforms import build_transform
 from utils import distributed
 from utils.errors import UserError
 
+PREFETCH_BATCHES = 4  # batches each loader worker prepares ahead
+NUM_WORKERS_ENV = "CL_DEFAULT_NUM_WORKERS"  # overrides the default of --num_workers (the test suite sets 0)
+
+
+def default_num_workers() -> int:
+    """min(8, CPUs available to this process / processes per node) (``--num_workers`` when not given)."""
+    import os
+    if os.environ.get(NUM_WORKERS_ENV):
+        return int(os.environ[NUM_WORKERS_ENV])
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(0, min(8, cpus // max(1, per_node)))
+
+
+def no_view(img: Any) -> torch.Tensor:
+    """The placeholder ``not_aug`` view of models that never read it (nothing decoded twice)."""
+    return torch.zeros(0)
+
+
 STRUCTURE_KEYS = ("N_TASKS", "N_CLASSES_PER_TASK", "N_CLASSES", "SIZE", "MEAN", "STD", "TRANSFORM", "TEST_TRANSFORM")
 
 
@@ -38,6 +57,7 @@ class ContinualDataset:
     STD: Optional[tuple[float, ...]] = None
     TRANSFORM: Optional[list] = None
     TEST_TRANSFORM: Optional[list] = None
+    build_not_aug = True  # the model sets False when it never reads the not-augmented view (no double decode)
     DEFAULTS: dict[str, Any] = {}
     IN_CHANS: int = 3
 
@@ -139,7 +159,8 @@ class ContinualDataset:
     def train_dataset(self, task: int) -> TaskDataset:
         """Train samples of ``task``: (augmented, label, not_augmented)."""
         train, _ = self.splits
-        return TaskDataset(train, self.task_indices(train, task), self.get_transform(), self.get_not_aug_transform())
+        not_aug = self.get_not_aug_transform() if self.build_not_aug else no_view
+        return TaskDataset(train, self.task_indices(train, task), self.get_transform(), not_aug)
 
     def test_dataset(self, task: int) -> TaskDataset:
         """Test samples of ``task`` (of tasks 0..task with ``--validation_mode complete``)."""
@@ -153,9 +174,14 @@ class ContinualDataset:
         if batch_size is None and not shuffle:  # evaluation: larger batches, same results
             batch_size = getattr(self.args, "eval_batch_size", None) or max(self.args.batch_size, 128)
         batch_size = batch_size or self.args.batch_size
-        workers = self.args.num_workers
+        workers = default_num_workers() if self.args.num_workers is None else self.args.num_workers
+        device = str(getattr(self.args, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu"))
         common = dict(num_workers=workers, worker_init_fn=seed_worker if workers else None,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=False)
+                      pin_memory=device.startswith("cuda") and torch.cuda.is_available(),
+                      # train loaders are iterated once per epoch: keep their workers; test loaders are kept for
+                      # the whole run (one per task), persistent workers there would pile up idle processes
+                      persistent_workers=bool(workers) and shuffle,
+                      prefetch_factor=PREFETCH_BATCHES if workers else None)
         if shuffle:  # one RNG draw per train loader; test loaders draw nothing (extra evaluations change nothing)
             seed = int(torch.randint(0, 2 ** 62, (1,)).item())
             sampler = distributed.ShardedBatchSampler(len(dataset), batch_size, shuffle=True, seed=seed,
