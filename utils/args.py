@@ -38,6 +38,7 @@ positive_int = _ranged(int, "an integer >= 1", lambda v: v >= 1)
 nonneg_int = _ranged(int, "an integer >= 0", lambda v: v >= 0)
 fraction = _ranged(float, "a fraction in (0, 1), e.g. 0.1 for 10%", lambda v: 0 < v < 1)
 unit_interval = _ranged(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
+seed_int = _ranged(int, "a seed in [0, 2**32 - 1]", lambda v: 0 <= v < 2 ** 32)  # numpy's seed range
 
 
 def none_or(convert: Callable) -> Callable:
@@ -97,7 +98,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                      help="bf16 runs forward passes under autocast (training and evaluation)")
 
     mgmt = parser.add_argument_group("management")
-    mgmt.add_argument("--seed", type=none_or(int), default=None, help="random seed (default: none, not reproducible)")
+    mgmt.add_argument("--seed", type=none_or(seed_int), default=None, help="random seed (default: none, not reproducible)")
     mgmt.add_argument("--permute_classes", type=parse_bool, default=False,
                       help="seeded random class order; new_label = order[old_label] (Mammoth's convention)")
     mgmt.add_argument("--base_path", type=str, default="./data/", help="root of datasets and default results")

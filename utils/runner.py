@@ -6,6 +6,7 @@ import os
 import platform
 import random
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -20,9 +21,11 @@ from datasets import get_dataset
 from models import get_model_class
 from utils import checkpoints, distributed
 from utils.config import ROOT, parse_args
-from utils.errors import UserError
+from utils.errors import UserError, one_line
 from utils.io import check_writable, remove_stale_temporaries, write_json
 from utils.loggers import close_loggers, open_loggers, summary_scalars, task_scalars
+from utils.resources import check_run_memory
+from utils.stopping import EXIT_CODES, sigterm_stops_at_safe_points
 from utils.training import RunRecord, train
 
 
@@ -185,6 +188,7 @@ def _run(args: argparse.Namespace, ckpt_args: Optional[dict], device: torch.devi
     dataset = get_dataset(args)
     dataset.splits  # read (or download) the data now: data errors come before any training output
     check_every_task_has_data(dataset)
+    check_run_memory(args, dataset)  # memory-shaped flags, before the backbone, buffer or any batch exists
     model_cls = get_model_class(args.model)
     check_compatibility(model_cls, dataset)
     if args.distributed == "ddp" and model_cls.DDP_UNSUPPORTED:
@@ -224,10 +228,14 @@ def _run(args: argparse.Namespace, ckpt_args: Optional[dict], device: torch.devi
     try:
         try:
             record = train(model, dataset, args, record, on_task_end=end_of_task)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM at a safe point (utils/stopping.py)
             where = checkpoints.run_dir(args) if args.savecheck else None
             hint = f"; checkpoints of finished tasks are in {where}: rerun with --resume" if where else ""
-            raise UserError(f"interrupted after {record.tasks_done} finished task(s){hint}") from None
+            signum = getattr(exc, "signum", signal.SIGINT)
+            error = UserError(f"stopped by {signal.Signals(signum).name} after {record.tasks_done} finished "
+                              f"task(s){hint}")
+            error.exit_code = EXIT_CODES.get(signum, 130)
+            raise error from None
 
         timings = {"per_task": record.task_timings, "total_seconds": time.perf_counter() - started}
         results = {"args": vars(args), "setting": dataset.SETTING, "n_tasks": dataset.N_TASKS,
@@ -270,21 +278,28 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Command-line entry: user errors become one line on stderr and a non-zero exit code.
 
     ``--traceback`` adds the full traceback. Exit codes: 0 success, 1 an operating-system error
-    outside the framework's own checks, 2 bad input, 3 the loss diverged (NaN/inf).
+    outside the framework's own checks, 2 bad input, 3 the loss diverged (NaN/inf), 130 Ctrl-C
+    (SIGINT) and 143 SIGTERM (the run stopped at a safe point; continue it with ``--resume``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        run(argv)
+        with sigterm_stops_at_safe_points():
+            run(argv)
     except UserError as exc:
         if wants_traceback(argv):
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt as exc:  # before training started: nothing to resume
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"error: stopped by {signal.Signals(signum).name} before training started", file=sys.stderr)
+        return EXIT_CODES.get(signum, 130)
     except OSError as exc:  # e.g. a file vanishing mid-run: still one line unless asked for the traceback
         if wants_traceback(argv):
             traceback.print_exc()
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where}; rerun with --traceback for details", file=sys.stderr)
+        print(f"error: {one_line(exc) if exc.strerror is None else exc.strerror}{where}; rerun with --traceback "
+              f"for details", file=sys.stderr)
         return 1
     except SystemExit as exc:  # --help
         return int(exc.code or 0)

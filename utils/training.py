@@ -13,6 +13,7 @@ from utils import distributed, metrics
 from utils.errors import TrainingDiverged
 from utils.evaluate import evaluate
 from utils.killpoints import kill_point
+from utils.stopping import check_stop
 
 
 @dataclass
@@ -102,6 +103,7 @@ def train_task(model: Any, dataset: Any, args: Any, train_loader: Any, task: int
             if not math.isfinite(loss):
                 raise TrainingDiverged(f"loss is {loss} at task {task + 1}, epoch {epoch + 1}, step {step + 1}; "
                                        f"lower --lr or check the data (checkpoints of finished tasks are kept)")
+            check_stop()  # SIGTERM: stop here (safe point)
             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
         model.meta_end_epoch(epoch, dataset)
 
@@ -148,4 +150,6 @@ def train(model: Any, dataset: Any, args: Any, record: Optional[RunRecord] = Non
             print_task_table(record)
         if on_task_end is not None:
             on_task_end(record)
+        if task + 1 < last:
+            check_stop()  # SIGTERM: stop after a finished task (its checkpoint is complete)
     return record
