@@ -174,7 +174,8 @@ class ShardedBatchSampler(Sampler[list[int]]):
             if self.drop_last:
                 batches.pop()
             elif len(batches[-1]) < 2 * w and len(batches) > 1:
-                batches[-2] = batches[-2] + batches.pop()
+                last = batches.pop()
+                batches[-1] = batches[-1] + last
             elif len(batches[-1]) < w:
                 batches.pop()
         for batch in batches:
