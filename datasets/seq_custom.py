@@ -123,8 +123,8 @@ def read_image_folder(root: str) -> tuple[ImageSource, ImageSource, list[str]]:
     for split in ("train", "test"):
         if not os.path.isdir(os.path.join(root, split)):
             raise UserError(f"{root} must contain train/ and test/ folders with one sub-folder per class")
-    folders = sorted(d for d in os.scandir(os.path.join(root, "train")) if d.is_dir())
-    classes = [d.name for d in sorted(folders, key=lambda d: d.name)
+    folders = sorted((d for d in os.scandir(os.path.join(root, "train")) if d.is_dir()), key=lambda d: d.name)
+    classes = [d.name for d in folders
                if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in os.listdir(d.path))]
     if not classes:
         raise UserError(f"{root}/train has no class folders with images ({', '.join(IMAGE_EXTENSIONS)}); "
