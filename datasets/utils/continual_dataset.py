@@ -88,7 +88,8 @@ class ContinualDataset:
                                                        permute=bool(args.permute_classes), seed=args.seed)
         declared = getattr(self, "N_CLASSES", None)
         if declared is not None and declared != self.scenario.n_classes:
-            raise UserError(f"{self.NAME}: N_CLASSES={declared} but the tasks hold {self.scenario.n_classes} classes")
+            raise UserError(f"{self.NAME}: N_CLASSES={declared} but the tasks hold {self.scenario.n_classes} classes; "
+                            f"make N_CLASSES equal to the sum of N_CLASSES_PER_TASK in the dataset config")
         self.N_CLASSES = self.scenario.n_classes
         self.c_task = -1
         self.train_loader: Optional[DataLoader] = None
