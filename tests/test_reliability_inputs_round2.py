@@ -12,7 +12,7 @@ from tests.bad_inputs import (folder_run_args, npy_bytes, npy_with_header, png_h
 from tests.conftest import make_npz, tiny_run_args
 from utils.config import parse_args
 from utils.errors import UserError, one_line
-from utils.resources import check_run_memory
+from utils.resources import check_run_memory, is_out_of_memory, out_of_memory_message
 
 
 @pytest.fixture
@@ -195,3 +195,14 @@ def test_empty_class_folders_are_ignored_with_a_note(tmp_path, capsys):
     dataset = SequentialCustom(parse_args(folder_run_args(root, tmp_path)))
     assert "class folders without images are ignored: zz_empty" in capsys.readouterr().err
     assert dataset.N_CLASSES == 4
+
+
+def test_an_allocation_no_check_foresaw_names_the_largest_values(base, tmp_path, capsys):
+    """L2P's prompt pool is pool_size x length x dim floats: --pool_size 10**10 asks for 5.8 TB at construction."""
+    line = run_expecting_error(capsys, argv_for(base, tmp_path, "--pool_size", str(10 ** 10), model="l2p"), tmp_path)
+    assert line.startswith("error: out of memory trying to allocate 5.8 TB; the largest integer values given: "
+                           f"--pool_size {10 ** 10}, "), line
+    cuda = RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.15 GiB total capacity)")
+    assert out_of_memory_message(cuda, ["--lora_r=4096", "--lr", "0.1"]).startswith(
+        "out of memory trying to allocate 20.00 GiB; the largest integer values given: --lora_r 4096;")
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))

@@ -4,6 +4,7 @@ traceback minutes later."""
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Optional
 
 from utils.errors import UserError
@@ -80,3 +81,32 @@ def check_run_memory(args: Any, dataset: Any) -> None:
     if workers:
         check_fits(workers * WORKER_BYTES, f"--num_workers {workers}: that many data-loader processes",
                    f"use at most {os.cpu_count() or 1} (the number of CPU cores)")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An allocator failure (CPU or GPU), as raised by numpy or torch."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "can't allocate memory" in text or "out of memory" in text
+
+
+def out_of_memory_message(exc: BaseException, argv: list[str]) -> str:
+    """One line for an allocation that the checks above could not foresee: what was asked for and the largest
+    integer values on the command line (the usual culprit is one of them)."""
+    text = str(exc)
+    asked = re.search(r"allocate (\d+) bytes", text)
+    size = f" trying to allocate {human(int(asked.group(1)))}" if asked else ""
+    if not asked:
+        gpu = re.search(r"[Tt]ried to allocate ([\d.]+ [KMGT]iB)", text)
+        size = f" trying to allocate {gpu.group(1)}" if gpu else ""
+    given = []
+    for i, token in enumerate(argv):
+        flag, _, value = token.partition("=")
+        if not flag.startswith("--"):
+            continue
+        value = value or (argv[i + 1] if i + 1 < len(argv) else "")
+        if re.fullmatch(r"\d+", value):
+            given.append((int(value), flag))
+    largest = ", ".join(f"{flag} {value}" for value, flag in sorted(given, reverse=True)[:3])
+    hint = f"; the largest integer values given: {largest}" if largest else ""
+    return (f"out of memory{size}{hint}; lower the value that sizes this allocation (rerun with --traceback to "
+            f"see where it happened)")

@@ -24,7 +24,7 @@ from utils.config import ROOT, parse_args
 from utils.errors import UserError, one_line
 from utils.io import check_writable, remove_stale_temporaries, write_json
 from utils.loggers import close_loggers, open_loggers, summary_scalars, task_scalars
-from utils.resources import check_run_memory
+from utils.resources import check_run_memory, is_out_of_memory, out_of_memory_message
 from utils.stopping import EXIT_CODES, sigterm_stops_at_safe_points
 from utils.training import RunRecord, train
 
@@ -294,6 +294,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         signum = getattr(exc, "signum", signal.SIGINT)
         print(f"error: stopped by {signal.Signals(signum).name} before training started", file=sys.stderr)
         return EXIT_CODES.get(signum, 130)
+    except (MemoryError, RuntimeError) as exc:  # an allocation no check foresaw (e.g. a model's own size flag)
+        if not is_out_of_memory(exc):
+            raise
+        if wants_traceback(argv):
+            traceback.print_exc()
+        print(f"error: {out_of_memory_message(exc, argv)}", file=sys.stderr)
+        return 2
     except OSError as exc:  # e.g. a file vanishing mid-run: still one line unless asked for the traceback
         if wants_traceback(argv):
             traceback.print_exc()
