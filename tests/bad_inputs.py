@@ -11,7 +11,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from utils.runner import main
+from app.runner import main
 
 
 def files_under(folder) -> set[str]:

@@ -2,7 +2,7 @@
 
 Every variant is certainly invalid (the mutation kind guarantees it; the generator picks where and how), and
 must end with exit code 2, one ``error:`` line, no traceback and no new file. Runs in-process through the CLI
-entry ``utils.runner.main``. ``CL_FUZZ_SEED`` picks another seed (the default is fixed: reproducible runs),
+entry ``app.runner.main``. ``CL_FUZZ_SEED`` picks another seed (the default is fixed: reproducible runs),
 ``CL_FUZZ_PER_FAMILY`` more variants;
 a failing variant names its seed, family and mutation in the test id and message.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-import utils.config
+import app.config
 from tests.bad_inputs import (folder_run_args, npy_bytes, npy_with_header, png_header_only, run_expecting_error,
                               write_image_folder, write_npz_members)
 
@@ -271,8 +271,8 @@ def test_malformed_input_is_one_line_exit_2(variant, tmp_path, capsys, monkeypat
         ds_dir, model_dir = tmp_path / "dsconf", tmp_path / "modelconf"
         (ds_dir / "seq-custom").mkdir(parents=True)
         model_dir.mkdir()
-        monkeypatch.setattr(utils.config, "DATASET_CONFIG_DIR", str(ds_dir))
-        monkeypatch.setattr(utils.config, "MODEL_CONFIG_DIR", str(model_dir))
+        monkeypatch.setattr(app.config, "DATASET_CONFIG_DIR", str(ds_dir))
+        monkeypatch.setattr(app.config, "MODEL_CONFIG_DIR", str(model_dir))
         target = ds_dir / "seq-custom" / "fuzz.yaml" if which == "dataset" else model_dir / "sgd.yaml"
         target.write_text(text)
         data = write_npz_variant(random.Random(0), lambda r, a: None, tmp_path)

@@ -7,7 +7,7 @@ from models.sgd import Sgd
 from tests.conftest import tiny_run_args
 from utils import distributed
 from utils.distributed import ShardedBatchSampler
-from utils.runner import run
+from app.runner import run
 
 
 def batch_sizes(n, batch_size, drop_last=False, world=1, rank=0, monkeypatch=None):

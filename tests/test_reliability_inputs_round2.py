@@ -5,12 +5,12 @@ import os
 import numpy as np
 import pytest
 
-import utils.config
+import app.config
 from datasets.seq_custom import SequentialCustom
 from tests.bad_inputs import (folder_run_args, npy_bytes, npy_with_header, png_header_only, run_expecting_error,
                               write_image_folder, write_npz_members)
 from tests.conftest import make_npz, tiny_run_args
-from utils.config import parse_args
+from app.config import parse_args
 from utils.errors import UserError, one_line
 from utils.resources import check_run_memory, is_out_of_memory, out_of_memory_message
 
@@ -133,8 +133,8 @@ def configs(tmp_path, monkeypatch):
     ds_dir, model_dir = tmp_path / "dsconf", tmp_path / "modelconf"
     (ds_dir / "seq-custom").mkdir(parents=True)
     model_dir.mkdir()
-    monkeypatch.setattr(utils.config, "DATASET_CONFIG_DIR", str(ds_dir))
-    monkeypatch.setattr(utils.config, "MODEL_CONFIG_DIR", str(model_dir))
+    monkeypatch.setattr(app.config, "DATASET_CONFIG_DIR", str(ds_dir))
+    monkeypatch.setattr(app.config, "MODEL_CONFIG_DIR", str(model_dir))
     return ds_dir / "seq-custom", model_dir
 
 

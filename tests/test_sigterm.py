@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-import utils.runner
+import app.runner
 from tests.conftest import ROOT, make_npz
 from tests.test_reliability_kill import assert_same_run, run_args, task_files
 from utils import checkpoints
-from utils.runner import main, run
+from app.runner import main, run
 from utils.stopping import Stopped, sigterm_stops_at_safe_points, stop_requested
 
 
@@ -61,7 +61,7 @@ def test_ctrl_c_and_handler_scope(tmp_path, capsys, monkeypatch):
     def interrupted(*a, **k):
         assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
         raise KeyboardInterrupt
-    monkeypatch.setattr(utils.runner, "train", interrupted)
+    monkeypatch.setattr(app.runner, "train", interrupted)
     before = signal.getsignal(signal.SIGTERM)
     assert main(run_args(data, tmp_path)) == 130
     assert capsys.readouterr().err.strip().startswith("error: stopped by SIGINT after 0 finished task(s)")
