@@ -117,8 +117,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     exp.add_argument("--batch_size", type=positive_int, default=None, help="batch size (default: dataset's)")
     add_run_flag(exp, "--eval_batch_size", type=none_or(positive_int), default=None,
                      help="batch size of the test loaders (default: max(batch_size, 128); results do not depend on it)")
-    exp.add_argument("--drop_last", type=parse_bool, default=False, help="drop the last incomplete train batch (default 0: kept; a last batch of one "
-                     "sample is merged into the previous batch, safe for BatchNorm)")
+    exp.add_argument("--drop_last", type=parse_bool, default=False,
+                     help="drop the last incomplete train batch (default 0: kept; a last batch of one sample is "
+                          "merged into the previous batch, safe for BatchNorm)")
     exp.add_argument("--validation", type=none_or(fraction), default=None,
                      help="fraction of each class's training images held out as the test set (e.g. 0.1)")
     exp.add_argument("--validation_mode", type=str, default="current", choices=["current", "complete"],
