@@ -25,13 +25,14 @@ def batch_sizes(n, batch_size, drop_last=False, world=1, rank=0, monkeypatch=Non
     (10, False, [4, 4, 2]),    # a last batch of two is kept
     (8, False, [4, 4]),
     (9, True, [4, 4]),         # --drop_last 1 (Mammoth): the incomplete batch is dropped
-    (1, False, [1]),           # the only batch of the pass is kept
+    (1, False, [2]),           # a one-sample task: the sample twice (a batch of one would fail BatchNorm)
+    (2, False, [2]),           # the only batch of the pass is kept
     (3, True, []),
 ])
 def test_single_process_batches(n, drop_last, expected):
     sizes, seen = batch_sizes(n, 4, drop_last)
     assert sizes == expected
-    if not drop_last:
+    if not drop_last and n > 1:
         assert seen == list(range(n))  # every sample once per pass
 
 

@@ -160,7 +160,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
     two samples (a single sample in one process) is merged into the previous batch, so that
     BatchNorm in training mode never sees a batch of one. If it is the only batch of the pass
     it is kept when every rank gets a sample and dropped otherwise (every rank must take part
-    in every step).
+    in every step); a pass of a single sample in one process serves it twice in one batch.
     """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False):
@@ -178,6 +178,8 @@ class ShardedBatchSampler(Sampler[list[int]]):
                 batches[-1] = batches[-1] + last
             elif len(batches[-1]) < w:
                 batches.pop()
+            elif self.n == 1 and w == 1:  # a one-sample task: served twice (same mean loss and gradient)
+                batches[-1] = batches[-1] * 2
         for batch in batches:
             size, extra = divmod(len(batch), w)
             lo = r * size + min(r, extra)
