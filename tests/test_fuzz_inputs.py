@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import zipfile
 
 import numpy as np
 import pytest
@@ -146,7 +148,6 @@ def write_npz_variant(rng: random.Random, mutation, folder) -> str:
     if mutation is npz_truncated:
         raw = raw[:rng.randint(0, len(raw) - 1)]
     elif mutation is npz_flipped_bytes:
-        import zipfile
         with zipfile.ZipFile(path) as archive:
             info = archive.getinfo(f"{rng.choice(('x_train', 'x_test'))}.npy")
         start = info.header_offset + 30 + len(info.filename) + len(info.extra) + 128  # past the npy header
@@ -166,8 +167,7 @@ def folder_variant(rng: random.Random, folder) -> tuple[str, list[str], str]:
                        "no_images", "no_class_folders", "too_many_tasks"))
     extra: list[str] = []
     split, cls = rng.choice(("train", "test")), rng.choice("abcd")
-    victim = os.path.join(root, split, cls, f"{rng.randint(0, 1 if split == 'test' else 1)}.{ext}")
-    victim = victim if os.path.exists(victim) else os.path.join(root, split, cls, f"0.{ext}")
+    victim = os.path.join(root, split, cls, f"{rng.randint(0, 1) if split == 'train' else 0}.{ext}")
     if kind == "garbage":
         open(victim, "wb").write(rng.randbytes(rng.randint(1, 300)))
     elif kind == "truncated":
@@ -178,7 +178,6 @@ def folder_variant(rng: random.Random, folder) -> tuple[str, list[str], str]:
     elif kind == "bomb":
         open(victim, "wb").write(png_header_only(rng.randint(20000, 60000), rng.randint(20000, 60000)))
     elif kind in ("no_test", "no_train"):
-        import shutil
         shutil.rmtree(os.path.join(root, kind[3:]))
     elif kind == "unknown_test_class":
         os.makedirs(os.path.join(root, "test", "zz"))
@@ -188,7 +187,6 @@ def folder_variant(rng: random.Random, folder) -> tuple[str, list[str], str]:
             for f in files:
                 os.rename(os.path.join(dirpath, f), os.path.join(dirpath, f + rng.choice((".txt", ".bak", "~"))))
     elif kind == "no_class_folders":
-        import shutil
         shutil.rmtree(os.path.join(root, "train"))
         os.makedirs(os.path.join(root, "train"))
         open(os.path.join(root, "train", f"0.{ext}"), "wb").write(open(os.path.join(root, "test", "a", f"0.{ext}"),
