@@ -12,6 +12,7 @@ from utils import distributed, metrics
 from utils.evaluate import evaluate
 from utils.killpoints import kill_point
 from utils.loss_monitor import LossMonitor
+from utils.stopping import check_stop
 
 
 @dataclass
@@ -90,6 +91,7 @@ def run_epochs(model: Any, dataset: Any, args: Any, train_loader: Any, task: int
         model.meta_begin_epoch(epoch, dataset)
         bar = tqdm(train_loader, desc=f"task {task + 1} epoch {epoch + 1}", leave=False, disable=quiet)
         monitor = LossMonitor(task, epoch)
+        distributed_run = distributed.world_size() > 1
         for step, (inputs, labels, not_aug_inputs) in enumerate(bar):
             if args.debug_mode and step > model.get_debug_iters():
                 break
@@ -99,8 +101,11 @@ def run_epochs(model: Any, dataset: Any, args: Any, train_loader: Any, task: int
             loss = model.meta_observe(inputs, labels, not_aug_inputs, epoch=epoch)
             kill_point("train", task + 1, epoch + 1, step + 1)
             monitor.update(loss, step)  # device-side NaN check; read on logging steps only (one host sync)
-            if step % model.LOG_EVERY == 0:
+            logging_step = step % model.LOG_EVERY == 0
+            if logging_step:
                 bar.set_postfix(loss=f"{monitor.read():.3f}", refresh=False)
+            if logging_step or not distributed_run:
+                check_stop()  # SIGTERM: a safe point (under DDP the ranks agree by a collective: logging steps only)
         monitor.read()
         model.meta_end_epoch(epoch, dataset)
 
@@ -147,4 +152,6 @@ def train(model: Any, dataset: Any, args: Any, record: Optional[RunRecord] = Non
             print_task_table(record)
         if on_task_end is not None:
             on_task_end(record)
+        if task + 1 < last:
+            check_stop()  # SIGTERM: stop after a finished task (its checkpoint is complete)
     return record

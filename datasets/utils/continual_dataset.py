@@ -38,6 +38,43 @@ def no_view(img: Any) -> torch.Tensor:
 STRUCTURE_KEYS = ("N_TASKS", "N_CLASSES_PER_TASK", "N_CLASSES", "SIZE", "MEAN", "STD", "TRANSFORM", "TEST_TRANSFORM")
 
 
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _numbers(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value)
+
+
+def check_structure(structure: dict[str, Any], where: str) -> None:
+    """Types and ranges of dataset-config structure keys (channel counts are checked by the dataset)."""
+    def bad(key: str, expected: str) -> UserError:
+        return UserError(f"{key} in {where} must be {expected}, got {structure[key]!r:.80}")
+    for key in ("N_TASKS", "N_CLASSES"):
+        if key in structure and not _positive_int(structure[key]):
+            raise bad(key, "an integer >= 1")
+    per_task = structure.get("N_CLASSES_PER_TASK")
+    if "N_CLASSES_PER_TASK" in structure and not (_positive_int(per_task) or (
+            isinstance(per_task, list) and per_task and all(_positive_int(v) for v in per_task))):
+        raise bad("N_CLASSES_PER_TASK", "an integer >= 1 or a list of them (one per task)")
+    size = structure.get("SIZE")
+    if "SIZE" in structure and not (_positive_int(size) or (isinstance(size, list) and len(size) == 2 and all(
+            _positive_int(v) for v in size))):
+        raise bad("SIZE", "an image size: an integer >= 1 or a list [height, width]")
+    for key in ("MEAN", "STD"):
+        if key in structure and not _numbers(structure[key]):
+            raise bad(key, "a list of numbers, one per image channel, e.g. [0.5, 0.5, 0.5]")
+    if "STD" in structure and min(structure["STD"]) <= 0:
+        raise bad("STD", "a list of numbers > 0 (images are divided by it)")
+    if ("MEAN" in structure) != ("STD" in structure) or len(structure.get("MEAN", [])) != len(structure.get("STD", [])):
+        raise UserError(f"MEAN and STD in {where} must be given together with one value per channel each, got "
+                        f"MEAN {structure.get('MEAN')!r:.40} and STD {structure.get('STD')!r:.40}")
+    for key in ("TRANSFORM", "TEST_TRANSFORM"):
+        if key in structure and not isinstance(structure[key], list):
+            raise bad(key, "a list of torchvision transforms, e.g. [ToTensor, {Normalize: {mean: [...], std: [...]}}]")
+
+
 class ContinualDataset:
     """A benchmark split into tasks of disjoint classes.
 
@@ -66,16 +103,31 @@ class ContinualDataset:
         for key, value in (getattr(args, "dataset_structure", None) or {}).items():
             setattr(self, key, tuple(value) if key in ("SIZE", "MEAN", "STD") else value)
         self._configure()
+        self._check_channels()
         self.scenario = ClassIncrementalScenario.build(self.N_CLASSES_PER_TASK, self.N_TASKS,
                                                        permute=bool(args.permute_classes), seed=args.seed)
         declared = getattr(self, "N_CLASSES", None)
         if declared is not None and declared != self.scenario.n_classes:
-            raise UserError(f"{self.NAME}: N_CLASSES={declared} but the tasks hold {self.scenario.n_classes} classes")
+            raise UserError(f"{self.NAME}: N_CLASSES={declared} but the tasks hold {self.scenario.n_classes} classes; "
+                            f"make N_CLASSES equal to the sum of N_CLASSES_PER_TASK in the dataset config")
         self.N_CLASSES = self.scenario.n_classes
         self.c_task = -1
         self.train_loader: Optional[DataLoader] = None
         self.test_loaders: list[DataLoader] = []
         self._splits: Optional[tuple[ImageSource, ImageSource]] = None
+
+    def _check_channels(self) -> None:
+        """MEAN/STD (and Normalize in the transforms) hold one value per image channel."""
+        where = f"the {self.NAME} dataset config" + (f" '{self.args.dataset_config}'"
+                                                     if getattr(self.args, "dataset_config", None) else "")
+        for key in ("MEAN", "STD"):
+            value = getattr(self, key, None)
+            if value is not None and len(value) != self.IN_CHANS:
+                raise UserError(f"{key} of {where} has {len(value)} values but the images have {self.IN_CHANS} "
+                                f"channel(s); give one value per channel")
+        for key in ("TRANSFORM", "TEST_TRANSFORM"):
+            if getattr(self, key, None) is not None:
+                build_transform(list(getattr(self, key)), f"{key} of {where}", channels=self.IN_CHANS)
 
     # ----- to implement ---------------------------------------------------------------------------
     @staticmethod
