@@ -19,6 +19,12 @@ METHODS = {
     "slca": ["--ca_samples_per_class", "8", "--ca_epochs", "2"],
     "ranpac": ["--rp_size", "64"],
     "task_arithmetic": [],
+    "simplecil": [],
+    "dualprompt": ["--g_prompt_layers", "0", "--e_prompt_layers", "0", "--g_prompt_length", "2",
+                   "--e_prompt_length", "2", "--lr", "0.01"],
+    "tmc": ["--lr", "0.01"],
+    "inflora": ["--inflora_rank", "2", "--lr", "0.01"],
+    "seed": ["--num_experts", "2", "--seed_cov_eps", "0.01"],
 }
 
 
