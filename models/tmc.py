@@ -96,6 +96,7 @@ class TMC(ContinualModel):
         self.net.classifier.load_state_dict(self.merged_head)
 
     def features_with(self, x: torch.Tensor, tangent: Tangent) -> torch.Tensor:
+        self.net.body.eval()  # also after the loop's net.train(): BatchNorm of theta0, never updated
         base, direction = linearized(self.net.body, x, tangent)
         return base + direction
 
