@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
+from timm.models.vision_transformer import VisionTransformer
 
 from models.feature_utils.features import task_features
 from models.inflora_utils.subspace import SubspaceMemory, designed_down_projection, input_gram
@@ -11,7 +12,9 @@ from models.prompt_utils.vit_prompting import require_vit
 from models.second_order_utils.modules import AdaptedLayer, ModulePool
 from models.utils.continual_model import ContinualModel
 from utils import distributed
+from utils.errors import UserError
 from utils.args import positive_int, unit_interval
+from utils.modes import eval_mode
 
 
 class InfLoRA(ContinualModel):
@@ -39,6 +42,9 @@ class InfLoRA(ContinualModel):
 
     def __init__(self, backbone, loss, args, transform, dataset=None):
         super().__init__(backbone, loss, args, transform, dataset)
+        if not isinstance(getattr(backbone, "body", None), VisionTransformer):
+            raise UserError(f"inflora adds LoRA branches to a timm VisionTransformer's attention; backbone body is "
+                            f"{type(getattr(backbone, 'body', None)).__name__}: use --backbone vit_tiny (or vit)")
         self.vit = require_vit(backbone, self.NAME)
         self.vit.requires_grad_(False)
         self.layers: dict[str, AdaptedLayer] = {}
@@ -67,15 +73,13 @@ class InfLoRA(ContinualModel):
         hooks = [layer.register_forward_pre_hook(
             lambda mod, inp, name=name: grams.__setitem__(name, input_gram(inp[0], grams[name])))
             for name, layer in self.layers.items()]
-        was_training = self.net.training
-        self.net.eval()
         try:
             max_batches = self.get_debug_iters() + 1 if self.args.debug_mode else None
-            task_features(self.net.features, dataset, self.current_task, self.device, max_batches)
+            with eval_mode(self.net):
+                task_features(self.net.features, dataset, self.current_task, self.device, max_batches)
         finally:
             for hook in hooks:
                 hook.remove()
-            self.net.train(was_training)
         return {name: distributed.all_reduce_sum(g) for name, g in grams.items()}
 
     def begin_task(self, dataset) -> None:

@@ -12,6 +12,7 @@ from models.feature_utils.features import class_gaussians, gathered_task_feature
 from models.feature_utils.gaussians import ensemble_log_probs, gaussian_log_prob, mean_pairwise_kl
 from models.utils.continual_model import ContinualModel
 from utils.args import positive_float, positive_int, unit_interval
+from utils.modes import eval_mode
 
 
 class Seed(ContinualModel):
@@ -66,12 +67,10 @@ class Seed(ContinualModel):
     @torch.no_grad()
     def task_stats(self, e: int, dataset) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """Gaussians (mean, covariance) of the current task's classes in expert e's feature space."""
-        was_training = self.training
-        self.eval()
         max_batches = self.get_debug_iters() + 1 if self.args.debug_mode else None
-        feats, labels = gathered_task_features(lambda x: self.expert_features(e, x), dataset, self.current_task,
-                                               self.device, max_batches)
-        self.train(was_training)
+        with eval_mode(self):
+            feats, labels = gathered_task_features(lambda x: self.expert_features(e, x), dataset, self.current_task,
+                                                   self.device, max_batches)
         return class_gaussians(feats, labels, self.args.seed_cov_eps)
 
     def select_expert(self, dataset) -> int:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from models.feature_utils.features import gathered_task_features
 from models.utils.continual_model import ContinualModel
 from utils.args import parse_bool
+from utils.modes import eval_mode
 
 
 def class_prototypes(feats: torch.Tensor, labels: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,8 +55,9 @@ class SimpleCIL(ContinualModel):
     def get_parameters(self):
         return self.adapted.parameters() if self.adapted is not None else []
 
-    def begin_task(self, dataset) -> None:
-        self.OBSERVES_BATCHES = self.adapted is not None and self.current_task == 0
+    def train_task(self, dataset, train_loader, task) -> None:
+        if self.adapted is not None and self.current_task == 0:  # APER: adapt on the first task only
+            super().train_task(dataset, train_loader, task)
 
     def observe(self, inputs, labels, not_aug_inputs, epoch=None) -> float:
         self.opt.zero_grad(set_to_none=True)
@@ -75,11 +77,10 @@ class SimpleCIL(ContinualModel):
     def end_task(self, dataset) -> None:
         if self.adapted is not None:
             self.adapted.requires_grad_(False)
-        was_training = self.training
-        self.eval()
         max_batches = self.get_debug_iters() + 1 if self.args.debug_mode else None
-        feats, labels = gathered_task_features(self.features, dataset, self.current_task, self.device, max_batches)
-        self.train(was_training)
+        with eval_mode(self):
+            feats, labels = gathered_task_features(self.features, dataset, self.current_task, self.device,
+                                                   max_batches)
         sums, counts = class_prototypes(feats, labels, self.proto_sums.shape[0])
         self.proto_sums += sums
         self.proto_counts += counts

@@ -64,6 +64,10 @@ def test_stop_and_resume_equals_uninterrupted_run(method, data, tmp_path):
     (["--model", "coda_prompt", "--pool_size", "2"], "pool_size 2 must be at least the number of tasks 3"),
     (["--model", "l2p", "--top_k", "11"], "--top_k 11 exceeds --pool_size 10"),
     (["--model", "ewc_on", "--gamma", "1.5"], "expected a number in [0, 1]"),
+    (["--model", "dualprompt", "--backbone", "resnet18", "--num_filters", "4"], "use --backbone vit_tiny"),
+    (["--model", "inflora", "--backbone", "resnet18", "--num_filters", "4"], "inflora adds LoRA branches to a timm"),
+    (["--model", "dualprompt", "--e_prompt_layers", "5"], "--e_prompt_layers [5]: the ViT has only 1 blocks"),
+    (["--model", "dualprompt", "--e_prompt_layers", "0", "--e_pool_size", "2"], "--e_pool_size 2 must be at least the number of tasks 3"),
 ])
 def test_bad_method_settings_are_one_line_errors(argv, message, data, tmp_path, capsys):
     args = tiny_run_args(data, tmp_path, n_tasks=3)

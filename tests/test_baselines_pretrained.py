@@ -16,7 +16,7 @@ from models.prompt_utils.vit_prompting import embed_tokens, prefix_attention
 from models.simplecil import cosine_logits
 from models.tmc import linearized
 from tests.conftest import make_npz, tiny_run_args
-from utils.config import parse_args
+from app.config import parse_args
 from utils.training import train
 
 CNN = ["--backbone", "resnet18", "--num_filters", "4"]
@@ -170,8 +170,8 @@ def test_tmc_composition_is_the_average_of_the_components_and_edits_reweight_it(
 
 
 def test_tmc_checkpoint_is_edited_by_the_edit_command(data, tmp_path, capsys):
-    from utils.edit import main as edit_main
-    from utils.runner import run
+    from app.edit import main as edit_main
+    from app.runner import run
     args = ["--model", "tmc", *merge_flags(tiny_run_args(data, tmp_path, n_tasks=3),
                                            ["--plots", "0", "--lr", "0.01", "--savecheck", "task"])]
     run(args)
