@@ -306,3 +306,29 @@ def test_seed_run_trains_one_expert_per_task_and_fits_gaussians(data, tmp_path):
     feats, labels = task_features(lambda x: model.experts[1](x), dataset, 2, model.device)
     c = int(labels[0])
     torch.testing.assert_close(model.means[1, c], feats[labels == c].mean(0), rtol=1e-4, atol=1e-5)
+
+
+# ----- published configurations ------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["simplecil", "dualprompt", "tmc", "inflora", "seed"])
+def test_best_configs_parse_and_name_their_sources(method):
+    import os
+
+    import yaml
+
+    from tests.conftest import ROOT
+    path = os.path.join(ROOT, "models", "config", f"{method}.yaml")
+    sections = yaml.safe_load(open(path))
+    assert "seq-cifar100-224" in sections
+    for dataset, values in sections.items():
+        args = parse_args(["--model", method, "--dataset", dataset, "--model_config", "best"])
+        for key, value in values.items():
+            got = getattr(args, key)
+            got = ",".join(map(str, got)) if isinstance(got, list) else int(got) if isinstance(got, bool) else got
+            assert str(got) == str(value), (dataset, key, got, value)
+    text = open(path).read().split("seq-cifar100-224:\n")[1]
+    keyed = []
+    for line in text.splitlines():
+        if not line.startswith("  "):
+            break
+        keyed.append(line)
+    assert keyed and all("#" in line for line in keyed), "every value of the first section names its source"
