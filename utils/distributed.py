@@ -126,7 +126,7 @@ def average_gradients_before_step(optimizer: torch.optim.Optimizer) -> None:
 
     Gradients are flattened into one buffer per dtype/device, so each step costs one all-reduce.
     """
-    if not is_distributed() or getattr(optimizer, "_cl_grad_sync", False):
+    if optimizer is None or not is_distributed() or getattr(optimizer, "_cl_grad_sync", False):
         return
 
     def hook(opt: torch.optim.Optimizer, args, kwargs) -> None:
