@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import typing
+from argparse import ArgumentParser  # noqa: F401 - Mammoth's model files import it from here
 from typing import Any, Callable
 
 
@@ -17,6 +18,9 @@ def parse_bool(value: str | bool | int) -> bool:
     if text in ("0", "false", "no", "n", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected a boolean (0/1/true/false), got '{value}'")
+
+
+binary_to_boolean_type = parse_bool  # Mammoth's name for the 0/1 flag type
 
 
 def _ranged(base: Callable, what: str, ok: Callable[[Any], bool]) -> Callable:
@@ -139,3 +143,15 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--wandb_name", type=none_or(str), default=None, help="W&B run name (default: the run name)")
     out.add_argument("--tensorboard", type=none_or(str), default=None,
                      help="write TensorBoard event files of the result scalars into this folder")
+
+
+def add_rehearsal_args(parser: argparse.ArgumentParser) -> None:
+    """``--buffer_size`` (required by rehearsal methods) and ``--minibatch_size`` (default: the batch size)."""
+    parser.add_argument("--buffer_size", type=none_or(positive_int), default=None,
+                        help="number of stored examples (required for rehearsal methods)")
+    parser.add_argument("--minibatch_size", type=none_or(positive_int), default=None,
+                        help="replayed examples per step (default: --batch_size)")
+
+
+# Mammoth's parser helpers, for model files written for Mammoth (see mammoth_compat.args)
+from mammoth_compat.args import add_experiment_args, add_initial_args, add_management_args  # noqa: E402,F401

@@ -17,6 +17,7 @@ import yaml
 from backbone import BACKBONES, add_backbone_args
 from datasets import DATASETS
 from datasets.utils.continual_dataset import STRUCTURE_KEYS
+from mammoth_compat.args import call_get_parser
 from models import MODELS
 from utils.args import add_common_args
 from utils.errors import UserError, closest
@@ -170,7 +171,7 @@ def build_parser(model_cls: Any, dataset_cls: Any, backbone_name: Optional[str])
     if dataset_cls is not None:
         dataset_cls.get_parser(parser)
     if model_cls is not None:
-        model_cls.get_parser(parser.add_argument_group(f"model '{model_cls.NAME}' arguments"))
+        call_get_parser(model_cls, parser.add_argument_group(f"model '{model_cls.NAME}' arguments"))
     if backbone_name:
         add_backbone_args(parser, BACKBONES.get(backbone_name))
     return parser

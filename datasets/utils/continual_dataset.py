@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
+from mammoth_compat.dataset import MammothDatasetAPI
 from datasets.utils.scenario import ClassIncrementalScenario
 from datasets.utils.sources import ImageSource, TaskDataset, seed_worker
 from datasets.utils.transforms import build_transform
@@ -19,7 +20,7 @@ from utils.errors import UserError
 STRUCTURE_KEYS = ("N_TASKS", "N_CLASSES_PER_TASK", "N_CLASSES", "SIZE", "MEAN", "STD", "TRANSFORM", "TEST_TRANSFORM")
 
 
-class ContinualDataset:
+class ContinualDataset(MammothDatasetAPI):
     """A benchmark split into tasks of disjoint classes.
 
     Subclasses set ``NAME``, ``SETTING``, ``N_TASKS``, ``N_CLASSES_PER_TASK`` (int or list),

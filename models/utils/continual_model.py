@@ -9,10 +9,12 @@ import torch
 from torch import nn
 
 from backbone import ContinualBackbone
+from mammoth_compat.model import MammothModelAPI, filter_keywords
+from models.utils.buffer import Buffer
 from utils import distributed
 
 
-class ContinualModel(nn.Module):
+class ContinualModel(MammothModelAPI, nn.Module):
     """A continual learner wrapping a backbone ``net``.
 
     Template, called by the training loop in this order for each task::
@@ -23,6 +25,10 @@ class ContinualModel(nn.Module):
     loss as a float) and optionally the other hooks. ``self.opt`` is rebuilt at every task
     start from ``--optimizer``/``--lr``/``--optim_wd``/``--optim_mom``. A model that owns
     its learning-rate schedule steps it itself (the loop never touches ``self.opt``).
+
+    Mammoth's attributes (``N_CLASSES``, ``N_TASKS``, ``cpt``, the device-side ``transform``, ...)
+    come from :class:`mammoth_compat.model.MammothModelAPI`; ``original_transform`` is the
+    dataset's torchvision train pipeline.
     """
 
     NAME: str = ""
@@ -41,7 +47,7 @@ class ContinualModel(nn.Module):
         self.net = backbone
         self.loss = loss
         self.args = args
-        self.transform = transform
+        self.original_transform = transform
         self.dataset = dataset
         self.device = torch.device("cpu")
         self.current_task = 0
@@ -146,9 +152,21 @@ class ContinualModel(nn.Module):
         self.begin_epoch(epoch, dataset)
 
     def meta_observe(self, inputs: torch.Tensor, labels: torch.Tensor, not_aug_inputs: torch.Tensor,
-                     epoch: Optional[int] = None) -> float:
+                     epoch: Optional[int] = None, **extra: torch.Tensor) -> float:
+        """``observe`` on a batch; it gets ``epoch`` and the ``extra`` fields only if its signature takes them.
+
+        Samples labelled -1 (unlabelled, ``--label_perc_by_*``) are dropped unless the model
+        supports the ``cssl`` setting; a batch with none left is skipped (loss 0).
+        """
+        if "cssl" not in self.COMPATIBILITY and bool((labels < 0).any()):
+            keep = labels >= 0
+            if not bool(keep.any()):
+                return 0.0
+            inputs, labels, not_aug_inputs = inputs[keep], labels[keep], not_aug_inputs[keep]
+            extra = {k: v[keep] if torch.is_tensor(v) and v.shape[:1] == keep.shape else v for k, v in extra.items()}
+        kwargs = filter_keywords(self.observe, {"epoch": epoch, **extra})
         with self.autocast():
-            out = self.observe(inputs, labels, not_aug_inputs, epoch=epoch)
+            out = self.observe(inputs, labels, not_aug_inputs, **kwargs)
         self.task_iteration += 1
         self.epoch_iteration += 1
         loss = out["loss"] if isinstance(out, dict) else out
@@ -166,10 +184,20 @@ class ContinualModel(nn.Module):
 
     # ----- checkpoints ----------------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
-        """Everything needed to resume after ``current_task`` tasks (tensors and plain types only)."""
-        return {"model": self.state_dict(), "current_task": self.current_task}
+        """Everything needed to resume after ``current_task`` tasks (tensors and plain types only).
+
+        A replay buffer in ``self.buffer`` (Mammoth's convention) is saved too.
+        """
+        state = {"model": self.state_dict(), "current_task": self.current_task}
+        buffer = getattr(self, "buffer", None)
+        if isinstance(buffer, Buffer):
+            state["buffer"] = buffer.state_dict()
+        return state
 
     def load_checkpoint_state(self, state: dict[str, Any], dataset: Any) -> None:
         """Restore :meth:`checkpoint_state`. Models whose structure grows per task rebuild it first."""
         self.load_state_dict(state["model"])
         self.current_task = int(state["current_task"])
+        buffer = getattr(self, "buffer", None)
+        if isinstance(buffer, Buffer) and "buffer" in state:
+            buffer.load_state_dict(state["buffer"], getattr(buffer, "device", None) or self.device)
