@@ -1,6 +1,7 @@
 """Sequential CIFAR-100 at 224x224 for pretrained ViTs (Mammoth's ``seq-cifar100-224``)."""
 from __future__ import annotations
 
+import argparse
 from typing import Callable
 
 from torchvision import transforms
@@ -16,6 +17,8 @@ class SequentialCIFAR100224(OpListDataset):
     ``datasets/configs/seq-cifar100-224/default.yaml`` is applied automatically;
     ``--dataset_config second_order_ta`` gives the ITA/IEL setting (0.5/0.5 normalisation,
     Resize 256 + CenterCrop 224 at test time, AdamW). The ``not_aug`` images stay 32x32.
+    ``--transform_type strong`` (Mammoth's dataset flag) adds ColorJitter(0.4, 0.4, 0.4, 0.1) and
+    RandomRotation(15) before ``ToTensor`` in the training pipeline.
     """
 
     NAME = "seq-cifar100-224"
@@ -27,6 +30,21 @@ class SequentialCIFAR100224(OpListDataset):
     STD = IMAGENET_STD
     DEFAULTS = {"backbone": "vit", "n_epochs": 20, "batch_size": 128}
     CLASS_NAMES = list(CIFAR100_CLASSES)
+
+    @staticmethod
+    def get_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser.add_argument("--transform_type", type=str, default="weak", choices=["weak", "strong"],
+                            help="training augmentation: weak (crop + flip) or strong (+ colour jitter, rotation)")
+        return parser
+
+    def get_transform(self) -> Callable:
+        base = super().get_transform()
+        if getattr(self.args, "transform_type", "weak") != "strong":
+            return base
+        ops = list(base.transforms) if isinstance(base, transforms.Compose) else [base]
+        at = next((i for i, op in enumerate(ops) if isinstance(op, transforms.ToTensor)), len(ops))
+        strong = [transforms.ColorJitter(0.4, 0.4, 0.4, 0.1), transforms.RandomRotation(15)]
+        return transforms.Compose(ops[:at] + strong + ops[at:])
 
     def load(self) -> tuple[ImageSource, ImageSource]:
         return load_cifar("cifar100", self.args.base_path)

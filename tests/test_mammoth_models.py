@@ -1,30 +1,16 @@
 """Model files written for Mammoth (tests/mammoth_style/) run unchanged; the compatibility layer's pieces."""
 import json
-import os
 
 import pytest
 import torch
 from torchvision import transforms as T
 
-import models
 from mammoth_compat.buffer import Buffer
 from mammoth_compat.model import filter_keywords
 from mammoth_compat.transforms import DeNormalize, to_device_transform
 from tests.conftest import make_npz, tiny_run_args
-from utils.registry import _cached_scan
+from tests.mammoth_style import mammoth_models  # noqa: F401 - fixture
 from utils.runner import run
-
-HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mammoth_style")
-
-
-@pytest.fixture
-def mammoth_models():
-    """Put the Mammoth-style files on ``models.__path__``, as if they were dropped into models/."""
-    models.__path__.append(HERE)
-    _cached_scan.cache_clear()
-    yield
-    models.__path__.remove(HERE)
-    _cached_scan.cache_clear()
 
 
 @pytest.fixture(scope="module")

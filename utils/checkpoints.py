@@ -26,7 +26,9 @@ FORMAT_VERSION = 1
 # args that do not change what is computed: excluded from the run hash
 NON_SEMANTIC_ARGS = {"eval_batch_size", "distributed", "dist_timeout", "resume", "loadcheck", "device", "num_workers", "non_verbose", "results_file", "checkpoint_path",
                      "stop_after", "traceback", "savecheck", "ckpt_name", "notes", "base_path", "plots",
-                     "wandb_project", "wandb_entity", "wandb_name", "tensorboard"}
+                     "wandb_project", "wandb_entity", "wandb_name", "tensorboard", "results_path", "disable_log",
+                     "nowand", "eval_epochs", "save_checkpoint_mode", "save_after_interrupt", "load_best_args",
+                     "disable_noisy_labels_cache", "cache_path_noisy_labels"}
 
 
 def run_name(args: argparse.Namespace) -> str:

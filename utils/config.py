@@ -21,6 +21,7 @@ from mammoth_compat.args import call_get_parser
 from models import MODELS
 from utils.args import add_common_args
 from utils.errors import UserError, closest
+from utils.fitting import check_flags
 from utils.registry import normalize_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -243,10 +244,14 @@ def parse_args(argv: Optional[list[str]] = None, checkpoint_args: Optional[dict]
     if args.n_epochs is None or args.batch_size is None:
         missing = "--n_epochs" if args.n_epochs is None else "--batch_size"
         raise UserError(f"{missing} is required ({args.dataset} has no default)")
+    check_flags(args)
     return args
 
 
 # Flags that describe where/how this process runs, never restored from a checkpoint.
 _RUN_LOCAL_KEYS = {"distributed", "dist_timeout", "resume", "loadcheck", "device", "num_workers", "non_verbose", "results_file",
                    "checkpoint_path", "stop_after", "traceback", "base_path", "dataset_structure", "savecheck",
-                   "ckpt_name", "plots", "wandb_project", "wandb_entity", "wandb_name", "tensorboard"}
+                   "ckpt_name", "plots", "wandb_project", "wandb_entity", "wandb_name", "tensorboard",
+                   "results_path", "disable_log", "nowand", "save_checkpoint_mode", "start_from",
+                   "save_after_interrupt", "load_best_args", "inference_only", "disable_noisy_labels_cache",
+                   "cache_path_noisy_labels"}

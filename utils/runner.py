@@ -70,7 +70,7 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
 
 
 def default_results_file(args: argparse.Namespace, setting: str) -> str:
-    return os.path.join(args.base_path, "results", setting, args.dataset, args.model,
+    return os.path.join(args.base_path, args.results_path, setting, args.dataset, args.model,
                         f"{checkpoints.run_name(args)}.json")
 
 
@@ -129,6 +129,17 @@ def _restore(model: Any, dataset: Any, path: str, state: dict[str, Any], device:
     model.to(device)
     print(f"resumed from {path}: {record.tasks_done} of {dataset.N_TASKS} tasks done", file=sys.stderr)
     return record
+
+
+def save_paused(args: argparse.Namespace, model: Any, record: RunRecord) -> str:
+    """``--save_after_interrupt``: the model as it is now, with the finished tasks' record (Mammoth's
+    ``checkpoints/paused/``); ``--loadcheck`` on it retrains the interrupted task from these weights."""
+    state = model.checkpoint_state()
+    state["current_task"] = record.tasks_done
+    path = os.path.join(args.checkpoint_path, "paused", f"{checkpoints.run_name(args)}.pt")
+    checkpoints.save_checkpoint(path, {"args": dict(vars(args)), "model_state": state, "record": record.to_dict(),
+                                       "rng": checkpoints.rng_state(), "tasks_done": record.tasks_done})
+    return path
 
 
 def _write_outputs(results: dict[str, Any], results_file: str, make_plots: bool) -> list[str]:
@@ -194,7 +205,7 @@ def _run(args: argparse.Namespace, ckpt_args: Optional[dict], device: torch.devi
     if distributed.world_size() > args.batch_size:
         raise UserError(f"--batch_size {args.batch_size} is split across {distributed.world_size()} processes; "
                         f"use at least one sample per process")
-    if main_process:
+    if main_process and not args.disable_log:
         check_writable(os.path.dirname(os.path.abspath(results_file)), "results")
         if args.savecheck:
             check_writable(checkpoints.run_dir(args), "checkpoint")
@@ -227,6 +238,9 @@ def _run(args: argparse.Namespace, ckpt_args: Optional[dict], device: torch.devi
         except KeyboardInterrupt:
             where = checkpoints.run_dir(args) if args.savecheck else None
             hint = f"; checkpoints of finished tasks are in {where}: rerun with --resume" if where else ""
+            if args.save_after_interrupt and main_process:
+                paused = save_paused(args, model, record)
+                hint += f"; the interrupted state is in {paused}: continue with --loadcheck {paused}"
             raise UserError(f"interrupted after {record.tasks_done} finished task(s){hint}") from None
 
         timings = {"per_task": record.task_timings, "total_seconds": time.perf_counter() - started}
@@ -235,9 +249,12 @@ def _run(args: argparse.Namespace, ckpt_args: Optional[dict], device: torch.devi
                    "class_order": list(dataset.scenario.class_order) if dataset.scenario.class_order else None,
                    "accuracy_matrix_class_il": record.accuracy_matrix_class_il,
                    "accuracy_matrix_task_il": record.accuracy_matrix_task_il, **record.summary(),
+                   "epoch_evaluations": record.epoch_evaluations, "start_from": record.start_from,
+                   "future_accuracy_class_il": record.future_accuracy_class_il,
                    "timings": timings, "peak_memory_mb": peak_memory_mb(device), "device": str(device),
                    "versions": versions()}
-        figures = _write_outputs(results, results_file, bool(args.plots)) if main_process else []
+        write = main_process and not args.disable_log
+        figures = _write_outputs(results, results_file, bool(args.plots)) if write else []
         for tracker in trackers:
             tracker.log_summary(summary_scalars(results))
     except BaseException:
@@ -250,8 +267,9 @@ def _run(args: argparse.Namespace, ckpt_args: Optional[dict], device: torch.devi
     print(f"final class-IL {results['final_class_il']:.2f}  task-IL {results['final_task_il']:.2f}")
     for figure in figures:
         print(f"plot: {figure}")
-    print(f"results: {results_file}", flush=True)
-    results["results_file"] = results_file
+    if not args.disable_log:
+        print(f"results: {results_file}", flush=True)
+    results["results_file"] = None if args.disable_log else results_file
     return results
 
 

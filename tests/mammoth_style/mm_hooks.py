@@ -18,12 +18,13 @@ class MmHooks(ContinualModel):
         add_experiment_args(parser)
         parser.add_argument('--hooks_log', type=str, required=True)
         parser.add_argument('--freeze_head', type=binary_to_boolean_type, default=0)
+        parser.add_argument('--interrupt_at_task', type=int, default=-1)
         return parser
 
     def __init__(self, backbone, loss, args, transform, dataset=None):
         super().__init__(backbone, loss, args, transform, dataset=dataset)
         self.events = []
-        self.steps = 0
+        self.steps = self.seen = self.labelled = self.noisy = 0
 
     def log(self, **event):
         self.events.append(event)
@@ -31,7 +32,7 @@ class MmHooks(ContinualModel):
             json.dump(self.events, f)
 
     def begin_task(self, dataset):
-        self.steps = 0
+        self.steps = self.seen = self.labelled = self.noisy = 0
         self.log(hook='begin_task', current_task=self.current_task, n_past=self.n_past_classes,
                  n_seen=self.n_seen_classes, n_cur=self.n_classes_current_task, cpt=self.cpt,
                  n_classes=self.N_CLASSES, num_classes=self.num_classes, n_tasks=self.n_tasks,
@@ -40,13 +41,23 @@ class MmHooks(ContinualModel):
 
     def end_task(self, dataset):
         self.log(hook='end_task', current_task=self.current_task, steps=self.steps,
-                 task_iteration=self.task_iteration)
+                 task_iteration=self.task_iteration, lr=self.opt.param_groups[0]['lr'],
+                 seen=self.seen, labelled=self.labelled, noisy=self.noisy)
 
     def end_eval(self, dataset, accs):
         self.log(hook='end_eval', current_task=self.current_task, n_accs=len(accs[0]))
 
+    def future_forward(self, x):  # makes this a FutureModel for --eval_future
+        return self.net(x)
+
     def observe(self, inputs, labels, not_aug_inputs, **kwargs):
+        if self.current_task == self.args.interrupt_at_task and self.steps == 1:
+            raise KeyboardInterrupt
         self.steps += 1
+        self.seen += inputs.shape[0]
+        self.labelled += int((labels >= 0).sum())
+        if 'true_labels' in kwargs:
+            self.noisy += int((kwargs['true_labels'] != labels).sum())
         self.opt.zero_grad()
         logits = self.net(inputs)
         loss = self.loss(logits[:, :self.n_seen_classes], labels)
