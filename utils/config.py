@@ -254,4 +254,4 @@ _RUN_LOCAL_KEYS = {"distributed", "dist_timeout", "resume", "loadcheck", "device
                    "ckpt_name", "plots", "wandb_project", "wandb_entity", "wandb_name", "tensorboard",
                    "results_path", "disable_log", "nowand", "save_checkpoint_mode", "start_from",
                    "save_after_interrupt", "load_best_args", "inference_only", "disable_noisy_labels_cache",
-                   "cache_path_noisy_labels"}
+                   "cache_path_noisy_labels", "onedrive_url"}

@@ -23,6 +23,7 @@ from utils.config import ROOT, parse_args
 from utils.errors import UserError
 from utils.io import check_writable, remove_stale_temporaries, write_json
 from utils.loggers import close_loggers, open_loggers, summary_scalars, task_scalars
+from utils.remote import resolve_checkpoint
 from utils.training import RunRecord, train
 
 
@@ -172,9 +173,14 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
     if "--loadcheck" in argv or any(a.startswith("--loadcheck=") for a in argv):
         pre = argparse.ArgumentParser(add_help=False)
         pre.add_argument("--loadcheck")
-        path = pre.parse_known_args(argv)[0].loadcheck
+        pre.add_argument("--checkpoint_path", default="./checkpoints/")
+        known = pre.parse_known_args(argv)[0]
+        path = known.loadcheck
         if path and path.lower() not in ("none", "null"):
-            ckpt_args = checkpoints.load_checkpoint(path)["args"]
+            local = resolve_checkpoint(path, known.checkpoint_path)  # a URL is downloaded (and cached) first
+            argv = replace_flag_value(argv, "--loadcheck", local)
+            if checkpoints.is_framework_checkpoint(local):
+                ckpt_args = checkpoints.load_checkpoint(local)["args"]
     args = parse_args(argv, checkpoint_args=ckpt_args)
     if args.distributed == "ddp":
         device = distributed.init_from_env(args.dist_timeout, args.device)
@@ -215,7 +221,13 @@ def _run(args: argparse.Namespace, ckpt_args: Optional[dict], device: torch.devi
     distributed.broadcast_module(model)  # identical replicas even if construction drew different numbers
 
     record = RunRecord()
-    resumed = _find_resume_state(args)
+    if args.loadcheck and ckpt_args is None:  # Mammoth's checkpoint or a bare state dict: weights only
+        loaded, left = checkpoints.load_foreign_weights(model.net, args.loadcheck)
+        print(f"loaded {loaded} tensors of {args.loadcheck} into the backbone ({left} keep their initial value)",
+              file=sys.stderr)
+        resumed = None
+    else:
+        resumed = _find_resume_state(args)
     if resumed is not None:
         record = _restore(model, dataset, *resumed, device)
     if args.resume and main_process:
@@ -271,6 +283,17 @@ def _run(args: argparse.Namespace, ckpt_args: Optional[dict], device: torch.devi
         print(f"results: {results_file}", flush=True)
     results["results_file"] = None if args.disable_log else results_file
     return results
+
+
+def replace_flag_value(argv: list[str], flag: str, value: str) -> list[str]:
+    """``argv`` with the value of ``flag`` (``--flag v`` or ``--flag=v``) replaced."""
+    out = list(argv)
+    for i, token in enumerate(out):
+        if token == flag and i + 1 < len(out):
+            out[i + 1] = value
+        elif token.startswith(flag + "="):
+            out[i] = f"{flag}={value}"
+    return out
 
 
 def wants_traceback(argv: list[str]) -> bool:
