@@ -160,9 +160,9 @@ def read_foreign_weights(path: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserError(f"checkpoint {path} cannot be read with weights_only=True ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:100] if str(exc) else ''}); only tensor checkpoints are "
-                        f"accepted (Mammoth's --save_checkpoint_mode safe)") from None
+        raise UserError(f"checkpoint {path} is corrupt or not a checkpoint (neither this framework's nor a tensor "
+                        f"state dict, as Mammoth's --save_checkpoint_mode safe writes; {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:80] if str(exc) else ''})") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     elif isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
