@@ -22,4 +22,7 @@ Mammoth's import paths are thin re-exports of this package: ``utils.buffer``, ``
 do not use this package (apart from the base-class mixins, which only add attributes).
 
 The submodules are imported lazily by their users; importing this package imports nothing.
+``utils/buffer.py`` and ``utils/conf.py`` exist only for Mammoth model files: nothing in the framework
+imports them (``mammoth_compat.buffer`` builds on ``models.utils.buffer``, so those two shims sit
+above the ``utils`` layer in spite of their path).
 """

@@ -15,7 +15,7 @@ from tests.mammoth_style import mammoth_models  # noqa: F401 - fixture
 from utils.errors import UserError
 from utils.fitting import TaskFitting
 from utils.loggers import open_loggers
-from utils.runner import main, run
+from app.runner import main, run
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from mammoth_compat.model import filter_keywords
 from mammoth_compat.transforms import DeNormalize, to_device_transform
 from tests.conftest import make_npz, tiny_run_args
 from tests.mammoth_style import mammoth_models  # noqa: F401 - fixture
-from utils.runner import run
+from app.runner import run
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ from backbone import get_backbone
 from tests.conftest import make_npz, tiny_run_args
 from tests.dataset_builders import dataset_for
 from utils import checkpoints
-from utils.config import parse_args
+from app.config import parse_args
 from utils.errors import UserError
-from utils.remote import resolve_checkpoint
-from utils.runner import main, run
+from app.remote import resolve_checkpoint
+from app.runner import main, run
 
 
 class FakeResponse(io.BytesIO):

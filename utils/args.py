@@ -5,7 +5,35 @@ import argparse
 import inspect
 import typing
 from argparse import ArgumentParser  # noqa: F401 - Mammoth's model files import it from here
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
+
+# Flags that do not change what a run computes (where/how it executes, is logged, resumed or named).
+# Filled by :func:`add_run_flag` where each such flag is added; every other flag changes results.
+# The run hash and name, the resume check, the checkpoint layer of the config and the report's
+# grouping all derive from this one declaration.
+RUN_FLAGS: set[str] = set()
+
+
+def add_run_flag(group: Any, *names: str, **kwargs: Any) -> argparse.Action:
+    """``group.add_argument(*names, **kwargs)`` for a flag that does NOT change results.
+
+    Such a flag is left out of the run hash, never restored from a checkpoint, may differ when
+    resuming, and runs differing only in it are averaged together by the report. Use plain
+    ``add_argument`` for everything else (the default: a flag changes results)."""
+    action = group.add_argument(*names, **kwargs)
+    RUN_FLAGS.add(action.dest)
+    return action
+
+
+def changes_results(key: str) -> bool:
+    """Whether the argument ``key`` can change what a run computes (True unless declared a run flag)."""
+    return key not in RUN_FLAGS
+
+
+def result_args(args: Any) -> dict[str, Any]:
+    """The result-changing entries of ``args`` (a namespace or a mapping), sorted by key."""
+    items = args.items() if isinstance(args, Mapping) else vars(args).items()
+    return {k: v for k, v in sorted(items) if changes_results(k)}
 
 
 def parse_bool(value: str | bool | int) -> bool:
@@ -112,7 +140,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     exp.add_argument("--optim_nesterov", type=parse_bool, default=False, help="SGD Nesterov momentum (0/1)")
     exp.add_argument("--n_epochs", type=positive_int, default=None, help="epochs per task (default: dataset's)")
     exp.add_argument("--batch_size", type=positive_int, default=None, help="batch size (default: dataset's)")
-    exp.add_argument("--eval_batch_size", type=none_or(positive_int), default=None,
+    add_run_flag(exp, "--eval_batch_size", type=none_or(positive_int), default=None,
                      help="batch size of the test loaders (default: max(batch_size, 128); results do not depend on it)")
     exp.add_argument("--drop_last", type=parse_bool, default=False, help="drop the last incomplete train batch")
     exp.add_argument("--validation", type=none_or(percentage), default=None,
@@ -129,45 +157,45 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     mgmt.add_argument("--seed", type=none_or(int), default=None, help="random seed (default: none, not reproducible)")
     mgmt.add_argument("--permute_classes", type=parse_bool, default=False,
                       help="seeded random class order; new_label = order[old_label] (Mammoth's convention)")
-    mgmt.add_argument("--base_path", type=str, default="./data/", help="root of datasets and default results")
-    mgmt.add_argument("--results_file", type=str, default=None,
+    add_run_flag(mgmt, "--base_path", type=str, default="./data/", help="root of datasets and default results")
+    add_run_flag(mgmt, "--results_file", type=str, default=None,
                       help="results JSON (default: <base_path>/results/<setting>/<dataset>/<model>/<run>.json)")
-    mgmt.add_argument("--checkpoint_path", type=str, default="./checkpoints/", help="checkpoint folder")
-    mgmt.add_argument("--savecheck", type=none_or(str), default=None, choices=[None, "last", "task"],
+    add_run_flag(mgmt, "--checkpoint_path", type=str, default="./checkpoints/", help="checkpoint folder")
+    add_run_flag(mgmt, "--savecheck", type=none_or(str), default=None, choices=[None, "last", "task"],
                       help="save a checkpoint after every task ('task') or after the last one ('last')")
-    mgmt.add_argument("--ckpt_name", type=none_or(str), default=None,
+    add_run_flag(mgmt, "--ckpt_name", type=none_or(str), default=None,
                       help="checkpoint run name (default: derived from model, dataset, seed and a hash of the args)")
-    mgmt.add_argument("--loadcheck", type=none_or(str), default=None,
+    add_run_flag(mgmt, "--loadcheck", type=none_or(str), default=None,
                       help="resume from this checkpoint file (continues after its last completed task)")
-    mgmt.add_argument("--resume", type=parse_bool, default=False, nargs="?", const=True,
+    add_run_flag(mgmt, "--resume", type=parse_bool, default=False, nargs="?", const=True,
                       help="continue this run from its last complete checkpoint in --checkpoint_path")
-    mgmt.add_argument("--stop_after", type=none_or(positive_int), default=None,
+    add_run_flag(mgmt, "--stop_after", type=none_or(positive_int), default=None,
                       help="stop after this many tasks (the run can be resumed later)")
-    mgmt.add_argument("--device", type=none_or(str), default=None, help="cpu, cuda, cuda:N or mps (default: auto)")
-    mgmt.add_argument("--distributed", type=str, default="no", choices=["no", "ddp"],
+    add_run_flag(mgmt, "--device", type=none_or(str), default=None, help="cpu, cuda, cuda:N or mps (default: auto)")
+    add_run_flag(mgmt, "--distributed", type=str, default="no", choices=["no", "ddp"],
                       help="ddp: data-parallel over the processes started by torchrun (see README)")
-    mgmt.add_argument("--dist_timeout", type=positive_float, default=600.0,
+    add_run_flag(mgmt, "--dist_timeout", type=positive_float, default=600.0,
                       help="seconds a collective may wait for the other ranks before the job fails")
-    mgmt.add_argument("--num_workers", type=nonneg_int, default=0, help="data-loader worker processes")
-    mgmt.add_argument("--non_verbose", type=parse_bool, default=False, nargs="?", const=True,
+    add_run_flag(mgmt, "--num_workers", type=nonneg_int, default=0, help="data-loader worker processes")
+    add_run_flag(mgmt, "--non_verbose", type=parse_bool, default=False, nargs="?", const=True,
                       help="no progress bars")
     mgmt.add_argument("--debug_mode", type=parse_bool, default=False, nargs="?", const=True,
                       help="run only a few batches per epoch and per evaluation (smoke tests)")
     mgmt.add_argument("--enable_other_metrics", type=parse_bool, default=False, nargs="?", const=True,
                       help="also compute forward transfer (needs an evaluation of the untrained model)")
-    mgmt.add_argument("--traceback", type=parse_bool, default=False, nargs="?", const=True,
+    add_run_flag(mgmt, "--traceback", type=parse_bool, default=False, nargs="?", const=True,
                       help="show the full traceback of user errors")
-    mgmt.add_argument("--notes", type=none_or(str), default=None, help="free text stored with the results")
+    add_run_flag(mgmt, "--notes", type=none_or(str), default=None, help="free text stored with the results")
     add_run_management_args(mgmt)
 
     out = parser.add_argument_group("outputs and tracking")
-    out.add_argument("--plots", type=parse_bool, default=True,
+    add_run_flag(out, "--plots", type=parse_bool, default=True,
                      help="save PNGs of the accuracy matrix and the average accuracy next to the results JSON (0/1)")
-    out.add_argument("--wandb_project", type=none_or(str), default=None,
+    add_run_flag(out, "--wandb_project", type=none_or(str), default=None,
                      help="log the result scalars to this Weights & Biases project (needs `pip install wandb`)")
-    out.add_argument("--wandb_entity", type=none_or(str), default=None, help="W&B entity (user or team)")
-    out.add_argument("--wandb_name", type=none_or(str), default=None, help="W&B run name (default: the run name)")
-    out.add_argument("--tensorboard", type=none_or(str), default=None,
+    add_run_flag(out, "--wandb_entity", type=none_or(str), default=None, help="W&B entity (user or team)")
+    add_run_flag(out, "--wandb_name", type=none_or(str), default=None, help="W&B run name (default: the run name)")
+    add_run_flag(out, "--tensorboard", type=none_or(str), default=None,
                      help="write TensorBoard event files of the result scalars into this folder")
 
 
@@ -216,31 +244,31 @@ def add_label_args(exp: Any) -> None:
                           "true_labels)")
     exp.add_argument("--noise_type", type=str, default="symmetric", choices=["symmetric", "asymmetric"],
                      help="symmetric: any other class; asymmetric: CIFAR-10's similar-class flips")
-    exp.add_argument("--disable_noisy_labels_cache", type=parse_bool, default=False,
+    add_run_flag(exp, "--disable_noisy_labels_cache", type=parse_bool, default=False,
                      help="do not cache the noisy labels on disk")
-    exp.add_argument("--cache_path_noisy_labels", type=str, default="noisy_labels",
+    add_run_flag(exp, "--cache_path_noisy_labels", type=str, default="noisy_labels",
                      help="folder of the noisy-label cache, relative to --base_path")
 
 
 def add_run_management_args(mgmt: Any) -> None:
     """Mammoth's management flags for outputs, interruption and partial runs."""
-    mgmt.add_argument("--results_path", type=str, default="results/",
+    add_run_flag(mgmt, "--results_path", type=str, default="results/",
                       help="results folder relative to --base_path (default results file: "
                            "<base_path>/<results_path>/<setting>/<dataset>/<model>/<run>.json)")
-    mgmt.add_argument("--disable_log", type=parse_bool, default=False,
+    add_run_flag(mgmt, "--disable_log", type=parse_bool, default=False,
                       help="write no results file or plots (the run still prints its accuracies)")
-    mgmt.add_argument("--nowand", type=parse_bool, default=False, help="never log to Weights & Biases")
-    mgmt.add_argument("--eval_epochs", type=none_or(positive_int), default=None,
+    add_run_flag(mgmt, "--nowand", type=parse_bool, default=False, help="never log to Weights & Biases")
+    add_run_flag(mgmt, "--eval_epochs", type=none_or(positive_int), default=None,
                       help="also evaluate every this many epochs within a task (stored as epoch_evaluations)")
     mgmt.add_argument("--inference_only", type=parse_bool, default=False,
                       help="no training: the hooks and the evaluations still run (e.g. with --loadcheck)")
-    mgmt.add_argument("--save_checkpoint_mode", type=str, default="safe", choices=["safe", "old_pickle"],
+    add_run_flag(mgmt, "--save_checkpoint_mode", type=str, default="safe", choices=["safe", "old_pickle"],
                       help="'safe' only: checkpoints are loaded with weights_only=True (old_pickle is refused)")
-    mgmt.add_argument("--start_from", type=none_or(nonneg_int), default=None,
+    add_run_flag(mgmt, "--start_from", type=none_or(nonneg_int), default=None,
                       help="first task to train; earlier tasks only run begin_task/end_task and are evaluated")
-    mgmt.add_argument("--save_after_interrupt", type=parse_bool, default=True,
+    add_run_flag(mgmt, "--save_after_interrupt", type=parse_bool, default=True,
                       help="on Ctrl-C save the state to <checkpoint_path>/paused/ (continue with --loadcheck)")
-    mgmt.add_argument("--load_best_args", type=parse_bool, default=False, nargs="?", const=True,
+    add_run_flag(mgmt, "--load_best_args", type=parse_bool, default=False, nargs="?", const=True,
                       help="refused: Mammoth's deprecated best-args table; use --model_config best")
 
 

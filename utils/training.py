@@ -89,11 +89,13 @@ def _untrained_accuracy(model: Any, dataset: Any, debug: bool) -> tuple[list[flo
     return cil, til
 
 
-def train_task(model: Any, dataset: Any, args: Any, train_loader: Any, task: int,
-               record: Optional[RunRecord] = None) -> None:
-    """Run the epochs of one task (the model's hooks do the learning); see :mod:`utils.fitting`."""
-    if not model.OBSERVES_BATCHES:
-        return
+def run_epochs(model: Any, dataset: Any, args: Any, train_loader: Any, task: int) -> None:
+    """The standard epochs of one task (``ContinualModel.train_task``'s default): per epoch
+    ``meta_begin_epoch`` -> ``meta_observe`` on every batch of ``train_loader`` -> ``meta_end_epoch``.
+
+    How many epochs/steps and the learning-rate schedule follow :mod:`utils.fitting`. With
+    ``--eval_epochs`` the evaluations are appended to ``model.epoch_evaluations`` (set by :func:`train`).
+    """
     quiet = bool(args.non_verbose) or not distributed.is_main_process()
     fitting = TaskFitting(model, dataset, args, len(train_loader))
     extra_names = tuple(getattr(dataset, "extra_return_fields", ()))
@@ -118,9 +120,9 @@ def train_task(model: Any, dataset: Any, args: Any, train_loader: Any, task: int
                 break
         model.meta_end_epoch(epoch, dataset)
         fitting.after_epoch(epoch)
-        if args.eval_epochs and (epoch + 1) % args.eval_epochs == 0 and record is not None:
+        if args.eval_epochs and (epoch + 1) % args.eval_epochs == 0 and hasattr(model, "epoch_evaluations"):
             cil, til = evaluate(model, dataset, debug=args.debug_mode)
-            record.epoch_evaluations.append({"task": task, "epoch": epoch, "class_il": cil, "task_il": til})
+            model.epoch_evaluations.append({"task": task, "epoch": epoch, "class_il": cil, "task_il": til})
             if distributed.is_main_process():
                 print(f"task {task + 1} epoch {epoch + 1}: class-IL {metrics.average_accuracy(cil):.2f} "
                       f"task-IL {metrics.average_accuracy(til):.2f}", flush=True)
@@ -172,8 +174,8 @@ def train(model: Any, dataset: Any, args: Any, record: Optional[RunRecord] = Non
           on_task_end: Optional[Callable[[RunRecord], None]] = None) -> RunRecord:
     """Train tasks ``record.tasks_done .. N_TASKS-1`` (or up to ``--stop_after``) and evaluate after each.
 
-    Order per task: ``get_data_loaders`` -> ``meta_begin_task`` -> epochs of ``meta_observe``
-    -> ``meta_end_task`` -> ``evaluate`` (all seen tasks) -> ``meta_end_eval`` -> ``on_task_end``.
+    Order per task: ``get_data_loaders`` -> ``meta_begin_task`` -> ``model.train_task`` (by default
+    epochs of ``meta_observe``) -> ``meta_end_task`` -> ``evaluate`` (all seen tasks) -> ``meta_end_eval`` -> ``on_task_end``.
     """
     record = record or RunRecord()
     if args.eval_future and not callable(getattr(model, "future_forward", None)):
@@ -202,7 +204,9 @@ def train(model: Any, dataset: Any, args: Any, record: Optional[RunRecord] = Non
         distributed.average_gradients_before_step(model.opt)  # a no-op in a single process
         kill_point("begin_task", task + 1)
         if not args.inference_only:
-            train_task(model, dataset, args, train_loader, task, record)
+            model.epoch_evaluations = []
+            model.train_task(dataset, train_loader, task)
+            record.epoch_evaluations.extend(model.epoch_evaluations)
         model.meta_end_task(dataset)
         train_seconds = time.perf_counter() - start
         start = time.perf_counter()

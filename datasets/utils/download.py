@@ -302,6 +302,7 @@ def with_onedrive_fallback(primary: Callable[[], None], url: Optional[str], arch
 
 def add_onedrive_arg(parser: Any) -> None:
     """``--onedrive_url``: the SharePoint/OneDrive zip used when the Hugging Face download fails."""
-    parser.add_argument("--onedrive_url", type=lambda v: None if v.lower() in ("none", "null") else v, default=None,
+    from utils.args import add_run_flag  # where the data comes from does not change results
+    add_run_flag(parser, "--onedrive_url", type=lambda v: None if v.lower() in ("none", "null") else v, default=None,
                         help="SharePoint/OneDrive link of the dataset zip (Mammoth's mirror), tried when the "
                              "Hugging Face download fails")
