@@ -4,6 +4,7 @@ Only attributes are added: the framework's own models do not depend on them.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Callable
 
@@ -86,11 +87,20 @@ class MammothModelAPI:
         return to_device_transform(self._dataset_attr("get_normalization_transform")())
 
 
-def accepted_keywords(method: Callable) -> tuple[set[str], bool]:
-    """(keyword names ``method`` declares, whether it takes ``**kwargs``)."""
-    params = inspect.signature(method).parameters.values()
-    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+@functools.lru_cache(maxsize=None)
+def _keywords_of(function: Callable) -> tuple[frozenset[str], bool]:
+    params = inspect.signature(function).parameters.values()
+    names = frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
     return names, any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+def accepted_keywords(method: Callable) -> tuple[frozenset[str], bool]:
+    """(keyword names ``method`` declares, whether it takes ``**kwargs``); cached per function."""
+    function = getattr(method, "__func__", method)
+    try:
+        return _keywords_of(function)
+    except TypeError:  # unhashable callable
+        return _keywords_of.__wrapped__(function)
 
 
 def filter_keywords(method: Callable, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -165,7 +165,7 @@ class ContinualModel(MammothModelAPI, nn.Module):
         Samples labelled -1 (unlabelled, ``--label_perc_by_*``) are dropped unless the model
         supports the ``cssl`` setting; a batch with none left is skipped (loss 0).
         """
-        if "cssl" not in self.COMPATIBILITY and bool((labels < 0).any()):
+        if self._may_have_unlabelled() and bool((labels < 0).any()):  # (no device sync otherwise)
             keep = labels >= 0
             if not bool(keep.any()):
                 return 0.0
@@ -178,6 +178,12 @@ class ContinualModel(MammothModelAPI, nn.Module):
         self.epoch_iteration += 1
         loss = out["loss"] if isinstance(out, dict) else out
         return float(loss)
+
+    def _may_have_unlabelled(self) -> bool:
+        """Whether batches can hold samples labelled -1 that this (non-``cssl``) model must not see."""
+        args = self.args
+        return "cssl" not in self.COMPATIBILITY and (getattr(args, "label_perc_by_task", 1.0) < 1
+                                                     or getattr(args, "label_perc_by_class", 1.0) < 1)
 
     def meta_end_epoch(self, epoch: int, dataset: Any) -> None:
         self.end_epoch(epoch, dataset)
