@@ -173,15 +173,15 @@ def test_results_path_disable_log_and_nowand(mammoth_models, data, tmp_path):
 def test_save_after_interrupt_then_loadcheck(mammoth_models, data, tmp_path, capsys):
     args = ["--model", "mm_hooks", *tiny_run_args(data, tmp_path, n_tasks=3), "--plots", "0",
             "--hooks_log", str(tmp_path / "h.json"), "--results_file", str(tmp_path / "r.json")]
-    assert main([*args, "--interrupt_at_task", "1"]) == 2
+    assert main([*args, "--interrupt_at_task", "1"]) == 130  # Ctrl-C's exit code
     err = capsys.readouterr().err
-    assert "interrupted after 1 finished task(s)" in err and "--loadcheck" in err
+    assert "stopped by SIGINT after 1 finished task(s)" in err and "--loadcheck" in err
     paused = err.split("--loadcheck ")[-1].strip()
     assert os.path.dirname(paused) == str(tmp_path / "ckpt" / "paused")
     res = run([*args, "--loadcheck", paused, "--interrupt_at_task", "-1"])  # the checkpoint stored 1
     assert res["complete"] and len(res["accuracy_matrix_class_il"]) == 3
     assert main([*args, "--interrupt_at_task", "1", "--save_after_interrupt", "0",
-                 "--ckpt_name", "other"]) == 2
+                 "--ckpt_name", "other"]) == 130
     assert not os.path.exists(tmp_path / "ckpt" / "paused" / "other.pt")
 
 
