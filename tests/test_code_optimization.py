@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.test_second_order_model import argv_for, build
-from utils.config import parse_args
+from app.config import parse_args
 from utils.errors import UserError
 from utils.optimization import COMPILE_BACKEND_ENV
 from utils.training import train

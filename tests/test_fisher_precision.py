@@ -10,7 +10,7 @@ from models.second_order_utils.fisher import (auto_batch_size, network_fisher, p
 from models.second_order_utils.modules import ModulePool, inject_adapters
 from tests.test_second_order_math import randomize, tiny_cnn, tiny_vit
 from tests.test_second_order_model import argv_for
-from utils.config import parse_args
+from app.config import parse_args
 
 
 def fisher_at(make, precision):

@@ -15,7 +15,7 @@ from models.second_order_utils import penalties as pen
 from models.second_order_utils import stepping
 from tests.test_second_order_model import argv_for, build
 from utils.errors import TrainingDiverged
-from utils.training import train_task
+from utils.training import run_epochs
 
 SYNCING = ("item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy", "nonzero", "__format__")
 TORCH_DIR = os.path.dirname(torch.__file__)
@@ -62,7 +62,7 @@ def test_one_sync_per_logging_step_and_none_in_the_step(tmp_path, monkeypatch, e
         return out
     model.meta_observe = observe
     steps_before = model.opt.state_dict()
-    train_task(model, dataset, args, loader, 0)
+    run_epochs(model, dataset, args, loader, 0)
     monkeypatch.undo()
     assert len(per_step) == 2 * steps_per_epoch and per_step == [0] * len(per_step)  # the step itself: none
     reads = 2 * (len(range(0, steps_per_epoch, 4)) + 1)  # logging steps 0 and 4, plus the end of each epoch
@@ -80,7 +80,7 @@ def test_non_finite_tensor_loss_names_the_first_bad_step(tmp_path, monkeypatch):
                    torch.tensor(1.0), torch.tensor(1.0)])
     monkeypatch.setattr(model, "observe", lambda *a, **k: next(losses))
     with pytest.raises(TrainingDiverged, match="loss is inf at task 1, epoch 1, step 3;"):
-        train_task(model, dataset, args, loader, 0)
+        run_epochs(model, dataset, args, loader, 0)
 
 
 def test_branch_free_clip_equals_the_reference_clip():
