@@ -13,6 +13,7 @@ class Derpp(Der):
 
     NAME = "derpp"
     STORES_LABELS = True
+    USES_NOT_AUG = True  # the buffer stores the not-augmented images
 
     @staticmethod
     def get_parser(parser):
