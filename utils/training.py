@@ -13,6 +13,7 @@ from utils import distributed, metrics
 from utils.errors import TrainingDiverged
 from utils.evaluate import evaluate
 from utils.killpoints import kill_point
+from utils.protocols import LoopDataset, LoopModel, LoopSettings
 
 
 @dataclass
@@ -83,7 +84,7 @@ def _untrained_accuracy(model: Any, dataset: Any, debug: bool) -> tuple[list[flo
     return cil, til
 
 
-def run_epochs(model: Any, dataset: Any, args: Any, train_loader: Any, task: int) -> None:
+def run_epochs(model: LoopModel, dataset: LoopDataset, args: LoopSettings, train_loader: Any, task: int) -> None:
     """The standard epochs of one task (``ContinualModel.train_task``'s default): per epoch
     ``meta_begin_epoch`` -> ``meta_observe`` on every batch of ``train_loader`` -> ``meta_end_epoch``."""
     quiet = bool(args.non_verbose) or not distributed.is_main_process()
@@ -105,7 +106,7 @@ def run_epochs(model: Any, dataset: Any, args: Any, train_loader: Any, task: int
         model.meta_end_epoch(epoch, dataset)
 
 
-def train(model: Any, dataset: Any, args: Any, record: Optional[RunRecord] = None,
+def train(model: LoopModel, dataset: LoopDataset, args: LoopSettings, record: Optional[RunRecord] = None,
           on_task_end: Optional[Callable[[RunRecord], None]] = None) -> RunRecord:
     """Train tasks ``record.tasks_done .. N_TASKS-1`` (or up to ``--stop_after``) and evaluate after each.
 

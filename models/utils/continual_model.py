@@ -10,6 +10,7 @@ from torch import nn
 
 from backbone import ContinualBackbone
 from utils import distributed
+from utils.settings import settings_from_args
 from utils.training import run_epochs
 
 
@@ -34,6 +35,8 @@ class ContinualModel(nn.Module):
     AVAIL_OPTIMS = ("sgd", "adam", "adamw")
     # None: the method supports --distributed ddp; otherwise the reason it does not (a one-line error)
     DDP_UNSUPPORTED: Optional[str] = None
+    # the method's typed settings (a dataclass of utils.settings fields), built once into self.settings
+    SETTINGS: Optional[type] = None
 
     def __init__(self, backbone: ContinualBackbone, loss: Callable, args: argparse.Namespace,
                  transform: Callable, dataset: Any = None):
@@ -43,6 +46,7 @@ class ContinualModel(nn.Module):
         self.net = backbone
         self.loss = loss
         self.args = args
+        self.settings: Any = settings_from_args(self.SETTINGS, args) if self.SETTINGS is not None else None
         self.transform = transform
         self.dataset = dataset
         self.device = torch.device("cpu")
