@@ -91,4 +91,15 @@ def test_replay_buffer_is_identical_on_every_rank(two_rank_results):
     a, b = (r["buffer"] for r in two_rank_results)
     assert torch.equal(a, b)
     assert int(two_rank_results[0]["buffer_seen"]) == 18  # both ranks' examples were offered
-    assert {0.0, 1.0} & set(a[:, 0].tolist())  # holds data of more than one rank's shard over time
+    # the reservoir of the global stream (per step: rank 0's 3 rows, then rank 1's) with the shared generator
+    from models.utils.buffer import reservoir_index
+    torch.manual_seed(100)  # rank 0's RNG, whose draw seeds the shared generator
+    generator = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 62, (1,)).item()))
+    expected, seen = torch.zeros(5, 2), 0
+    for step in range(3):
+        for value in [10.0 * step] * 3 + [10.0 * step + 1] * 3:
+            slot = reservoir_index(seen, 5, generator)
+            seen += 1
+            if slot >= 0:
+                expected[slot] = value
+    assert torch.equal(a, expected), (a[:, 0].tolist(), expected[:, 0].tolist())

@@ -192,8 +192,23 @@ def test_top_k_fisher_is_cheaper_and_close():
     for p in net.parameters():
         p.requires_grad_(False)
     x = torch.randn(6, 3, 8, 8)
-    exact, _ = network_fisher(net, layers, [x])
-    approx, _ = network_fisher(net, layers, [x], mc_classes=2)
+    calls = []
+    original = torch.autograd.grad
+
+    def counting_grad(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    torch.autograd.grad = counting_grad
+    try:
+        exact, _ = network_fisher(net, layers, [x])
+        n_exact = len(calls)
+        approx, _ = network_fisher(net, layers, [x], mc_classes=2)
+    finally:
+        torch.autograd.grad = original
+    n_classes = net(x).shape[1]
+    assert (n_exact, len(calls) - n_exact) == (n_classes, 2)  # the cost: one backward per class kept
+    assert n_classes > 2
     for name in exact:
         assert torch.all(approx[name] <= exact[name] + 1e-6) and approx[name].sum() > 0.2 * exact[name].sum()
 
