@@ -5,11 +5,18 @@ import os
 import pytest
 
 from benchmarks.compare import compare, merge_flags
+from models import MODELS
 from tests.conftest import make_npz, shared_file, tiny_run_args
 from utils.errors import UserError
 from app.runner import main, run
 
-METHODS = {
+SECOND_ORDER_FAST = ["--num_epochs_pretuning", "1", "--num_epochs_align_pretuning", "1",
+                     "--num_samples_align_pretuning", "8", "--batch_size_align_pretuning", "8"]
+# flags that keep a model's tiny run fast; every registered model is in the matrix below, with [] if not listed
+EXTRA_FLAGS = {
+    "ita": [*SECOND_ORDER_FAST, "--alpha_ita", "1"],
+    "iel": [*SECOND_ORDER_FAST, "--beta_iel", "1"],
+    "second_order": SECOND_ORDER_FAST,
     "ewc_on": ["--e_lambda", "10"],
     "lwf_mc": [],
     "er": ["--buffer_size", "8", "--minibatch_size", "3"],
@@ -20,6 +27,8 @@ METHODS = {
     "ranpac": ["--rp_size", "64"],
     "task_arithmetic": [],
 }
+# the end-to-end and resume matrix: generated from the model registry, so every future model is covered
+METHODS = {MODELS.get(name).NAME: EXTRA_FLAGS.get(MODELS.get(name).NAME, []) for name in MODELS.names()}
 
 
 def method_args(method, data, tmp_path, *extra):

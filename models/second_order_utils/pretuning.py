@@ -2,7 +2,6 @@
 probe of the new head, and classifier alignment of all heads on GMM samples (docs/algorithm.md §4.2)."""
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -14,8 +13,6 @@ import torch.nn.functional as F
 from models.feature_utils.alignment import align_classifier as shared_alignment, shuffled_batches
 from models.second_order_utils.heads import IncrementalHead
 
-LOG_2PI = math.log(2 * math.pi)
-
 
 @dataclass
 class DiagonalGMM:
@@ -25,29 +22,12 @@ class DiagonalGMM:
     means: torch.Tensor
     variances: torch.Tensor
 
-    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
-        return gmm_log_likelihood(x, self.weights, self.means, self.variances)
-
-    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Per-component counts from a multinomial over the weights, then Gaussian samples."""
-        comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        noise = torch.randn(n, self.means.shape[1], generator=generator, dtype=self.means.dtype)
-        return self.means[comp] + noise * self.variances[comp].sqrt()
-
     def state(self) -> dict[str, torch.Tensor]:
         return {"weights": self.weights, "means": self.means, "variances": self.variances}
 
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor]) -> "DiagonalGMM":
         return cls(state["weights"].float(), state["means"].float(), state["variances"].float())
-
-
-def gmm_log_likelihood(x: torch.Tensor, weights: torch.Tensor, means: torch.Tensor,
-                       variances: torch.Tensor) -> torch.Tensor:
-    """log sum_k pi_k N(x; mu_k, diag sigma_k^2), with -1/2 sum_d [log(2 pi sigma^2) + (x-mu)^2/sigma^2]."""
-    diff2 = (x[:, None, :] - means[None]).pow(2) / variances[None]  # (N, K, D)
-    comp = -0.5 * (diff2.sum(-1) + torch.log(variances).sum(-1)[None] + means.shape[1] * LOG_2PI)
-    return torch.logsumexp(comp + torch.log(weights)[None], dim=1)
 
 
 def kmeans_labels(x: torch.Tensor, k: int, n_init: int, seed: int, tol: float = 1e-3,

@@ -32,7 +32,6 @@ class ContinualModel(nn.Module):
     NAME: str = ""
     COMPATIBILITY: list[str] = []
     DEFAULTS: dict[str, Any] = {}   # parser defaults of this model (override dataset defaults)
-    AVAIL_OPTIMS = ("sgd", "adam", "adamw")
     # None: the method supports --distributed ddp; otherwise the reason it does not (a one-line error)
     DDP_UNSUPPORTED: Optional[str] = None
     # the method's typed settings (a dataclass of utils.settings fields), built once into self.settings
