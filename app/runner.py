@@ -5,6 +5,7 @@ import argparse
 import os
 import platform
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -17,9 +18,11 @@ from app.config import ROOT, parse_args
 from app.experiment import (Experiment, build_experiment, check_compatibility,  # noqa: F401 (re-exported)
                             check_every_task_has_data, get_device, set_random_seed)
 from utils import checkpoints, distributed
-from utils.errors import UserError
+from utils.errors import UserError, one_line
 from utils.io import check_writable, remove_stale_temporaries, write_json
 from utils.loggers import close_loggers, open_loggers, summary_scalars, task_scalars
+from utils.resources import is_out_of_memory, out_of_memory_message
+from utils.stopping import EXIT_CODES, sigterm_stops_at_safe_points
 from utils.training import RunRecord, train
 
 
@@ -150,10 +153,14 @@ def _run(args: argparse.Namespace, ckpt_args: Optional[dict], device: torch.devi
         try:
             record = train(experiment.model, experiment.dataset, args, record,
                            on_task_end=_task_end_callback(experiment, trackers, main_process))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM at a safe point (utils/stopping.py)
             where = checkpoints.run_dir(args) if args.savecheck else None
             hint = f"; checkpoints of finished tasks are in {where}: rerun with --resume" if where else ""
-            raise UserError(f"interrupted after {record.tasks_done} finished task(s){hint}") from None
+            signum = getattr(exc, "signum", signal.SIGINT)
+            error = UserError(f"stopped by {signal.Signals(signum).name} after {record.tasks_done} finished "
+                              f"task(s){hint}")
+            error.exit_code = EXIT_CODES.get(signum, 130)
+            raise error from None
         results = collect_results(experiment, record, time.perf_counter() - started)
         figures = _write_outputs(results, results_file, bool(args.plots)) if main_process else []
         for tracker in trackers:
@@ -238,21 +245,35 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Command-line entry: user errors become one line on stderr and a non-zero exit code.
 
     ``--traceback`` adds the full traceback. Exit codes: 0 success, 1 an operating-system error
-    outside the framework's own checks, 2 bad input, 3 the loss diverged (NaN/inf).
+    outside the framework's own checks, 2 bad input, 3 the loss diverged (NaN/inf), 130 Ctrl-C
+    (SIGINT) and 143 SIGTERM (the run stopped at a safe point; continue it with ``--resume``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        run(argv)
+        with sigterm_stops_at_safe_points():
+            run(argv)
     except UserError as exc:
         if wants_traceback(argv):
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt as exc:  # before training started: nothing to resume
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"error: stopped by {signal.Signals(signum).name} before training started", file=sys.stderr)
+        return EXIT_CODES.get(signum, 130)
+    except (MemoryError, RuntimeError) as exc:  # an allocation no check foresaw (e.g. a model's own size flag)
+        if not is_out_of_memory(exc):
+            raise
+        if wants_traceback(argv):
+            traceback.print_exc()
+        print(f"error: {out_of_memory_message(exc, argv)}", file=sys.stderr)
+        return 2
     except OSError as exc:  # e.g. a file vanishing mid-run: still one line unless asked for the traceback
         if wants_traceback(argv):
             traceback.print_exc()
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where}; rerun with --traceback for details", file=sys.stderr)
+        print(f"error: {one_line(exc) if exc.strerror is None else exc.strerror}{where}; rerun with --traceback "
+              f"for details", file=sys.stderr)
         return 1
     except SystemExit as exc:  # --help
         return int(exc.code or 0)

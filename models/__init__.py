@@ -8,7 +8,7 @@ from utils.registry import Registry
 def _model_names(obj: object) -> list[str]:
     if isinstance(obj, type) and issubclass(obj, ContinualModel) and obj is not ContinualModel \
             and getattr(obj, "NAME", "") and obj.__dict__.get("NAME"):
-        return [obj.NAME]
+        return [obj.NAME, *getattr(obj, "ALIASES", ())]
     return []
 
 

@@ -66,6 +66,7 @@ positive_int = _ranged(int, "an integer >= 1", lambda v: v >= 1)
 nonneg_int = _ranged(int, "an integer >= 0", lambda v: v >= 0)
 fraction = _ranged(float, "a fraction in (0, 1), e.g. 0.1 for 10%", lambda v: 0 < v < 1)
 unit_interval = _ranged(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
+seed_int = _ranged(int, "a seed in [0, 2**32 - 1]", lambda v: 0 <= v < 2 ** 32)  # numpy's seed range
 
 
 def none_or(convert: Callable) -> Callable:
@@ -116,16 +117,22 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     exp.add_argument("--batch_size", type=positive_int, default=None, help="batch size (default: dataset's)")
     add_run_flag(exp, "--eval_batch_size", type=none_or(positive_int), default=None,
                      help="batch size of the test loaders (default: max(batch_size, 128); results do not depend on it)")
-    exp.add_argument("--drop_last", type=parse_bool, default=False, help="drop the last incomplete train batch")
+    exp.add_argument("--drop_last", type=parse_bool, default=False,
+                     help="drop the last incomplete train batch (default 0: kept; a last batch of one sample is "
+                          "merged into the previous batch, safe for BatchNorm)")
     exp.add_argument("--validation", type=none_or(fraction), default=None,
                      help="fraction of each class's training images held out as the test set (e.g. 0.1)")
     exp.add_argument("--validation_mode", type=str, default="current", choices=["current", "complete"],
                      help="validation loaders hold the current task's classes, or all classes seen so far")
-    exp.add_argument("--precision", type=str, default="fp32", choices=["fp32", "bf16"],
-                     help="bf16 runs forward passes under autocast (training and evaluation)")
+    exp.add_argument("--precision", type=str, default=None, choices=["fp32", "bf16"],
+                     help="bf16 runs forward passes under autocast (training and evaluation); "
+                          "default: what --code_optimization implies (fp32 below 2)")
+    exp.add_argument("-O", "--code_optimization", type=int, default=None, choices=[0, 1, 2, 3],
+                     help="0 plain fp32, 1 TF32 on CUDA, 2 bf16 autocast, 3 bf16 + torch.compile of the training "
+                          "forward (default: 2 with --precision bf16, else 0; docs/speed.md)")
 
     mgmt = parser.add_argument_group("management")
-    mgmt.add_argument("--seed", type=none_or(int), default=None, help="random seed (default: none, not reproducible)")
+    mgmt.add_argument("--seed", type=none_or(seed_int), default=None, help="random seed (default: none, not reproducible)")
     mgmt.add_argument("--permute_classes", type=parse_bool, default=False,
                       help="seeded random class order; new_label = order[old_label] (Mammoth's convention)")
     add_run_flag(mgmt, "--base_path", type=str, default="./data/", help="root of datasets and default results")
@@ -147,7 +154,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                       help="ddp: data-parallel over the processes started by torchrun (see README)")
     add_run_flag(mgmt, "--dist_timeout", type=positive_float, default=600.0,
                       help="seconds a collective may wait for the other ranks before the job fails")
-    add_run_flag(mgmt, "--num_workers", type=nonneg_int, default=0, help="data-loader worker processes")
+    add_run_flag(mgmt, "--num_workers", type=none_or(nonneg_int), default=None,
+                      help="data-loader worker processes (default: min(8, CPUs per process))")
     add_run_flag(mgmt, "--non_verbose", type=parse_bool, default=False, nargs="?", const=True,
                       help="no progress bars")
     mgmt.add_argument("--debug_mode", type=parse_bool, default=False, nargs="?", const=True,

@@ -1,7 +1,6 @@
 """The training loop: task by task, the model's hooks in a fixed order, evaluation after each task."""
 from __future__ import annotations
 
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -10,10 +9,11 @@ from typing import Any, Callable, Optional
 from tqdm import tqdm
 
 from utils import distributed, metrics
-from utils.errors import TrainingDiverged
 from utils.evaluate import evaluate
 from utils.killpoints import kill_point
+from utils.loss_monitor import LossMonitor
 from utils.protocols import LoopDataset, LoopModel, LoopSettings
+from utils.stopping import check_stop
 
 
 @dataclass
@@ -91,6 +91,8 @@ def run_epochs(model: LoopModel, dataset: LoopDataset, args: LoopSettings, train
     for epoch in tqdm(range(args.n_epochs), desc=f"task {task + 1} epochs", leave=False, disable=quiet):
         model.meta_begin_epoch(epoch, dataset)
         bar = tqdm(train_loader, desc=f"task {task + 1} epoch {epoch + 1}", leave=False, disable=quiet)
+        monitor = LossMonitor(task, epoch)
+        distributed_run = distributed.world_size() > 1
         for step, (inputs, labels, not_aug_inputs) in enumerate(bar):
             if args.debug_mode and step > model.get_debug_iters():
                 break
@@ -99,10 +101,13 @@ def run_epochs(model: LoopModel, dataset: LoopDataset, args: LoopSettings, train
             not_aug_inputs = not_aug_inputs.to(model.device, non_blocking=True)
             loss = model.meta_observe(inputs, labels, not_aug_inputs, epoch=epoch)
             kill_point("train", task + 1, epoch + 1, step + 1)
-            if not math.isfinite(loss):
-                raise TrainingDiverged(f"loss is {loss} at task {task + 1}, epoch {epoch + 1}, step {step + 1}; "
-                                       f"lower --lr or check the data (checkpoints of finished tasks are kept)")
-            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            monitor.update(loss, step)  # device-side NaN check; read on logging steps only (one host sync)
+            logging_step = step % model.LOG_EVERY == 0
+            if logging_step:
+                bar.set_postfix(loss=f"{monitor.read():.3f}", refresh=False)
+            if logging_step or not distributed_run:
+                check_stop()  # SIGTERM: a safe point (under DDP the ranks agree by a collective: logging steps only)
+        monitor.read()
         model.meta_end_epoch(epoch, dataset)
 
 
@@ -148,4 +153,6 @@ def train(model: LoopModel, dataset: LoopDataset, args: LoopSettings, record: Op
             print_task_table(record)
         if on_task_end is not None:
             on_task_end(record)
+        if task + 1 < last:
+            check_stop()  # SIGTERM: stop after a finished task (its checkpoint is complete)
     return record

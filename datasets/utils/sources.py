@@ -45,8 +45,9 @@ class ImageSource:
         try:
             with Image.open(path) as img:
                 return img.convert("RGB")
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot read image {path}: {exc}; remove or replace the file") from None
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise UserError(f"cannot read image {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                            f"; remove or replace the file") from None
 
 
 class TaskDataset(Dataset):

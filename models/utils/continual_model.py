@@ -11,6 +11,7 @@ from torch import nn
 from backbone import ContinualBackbone
 from utils import distributed
 from utils.settings import settings_from_args
+from utils.optimization import COMPILE_LEVEL, apply_matmul_precision, compiled
 from utils.training import run_epochs
 
 
@@ -36,6 +37,8 @@ class ContinualModel(nn.Module):
     DDP_UNSUPPORTED: Optional[str] = None
     # the method's typed settings (a dataclass of utils.settings fields), built once into self.settings
     SETTINGS: Optional[type] = None
+    USES_NOT_AUG = False  # True: observe reads the not-augmented view (otherwise the loaders never build it)
+    LOG_EVERY = 25  # the loop reads (host-syncs) the loss of every LOG_EVERY-th step of an epoch, and the last
 
     def __init__(self, backbone: ContinualBackbone, loss: Callable, args: argparse.Namespace,
                  transform: Callable, dataset: Any = None):
@@ -54,6 +57,9 @@ class ContinualModel(nn.Module):
         self.task_iteration = 0
         self.epoch_iteration = 0
         self.opt: Optional[torch.optim.Optimizer] = None
+        apply_matmul_precision(self.code_optimization)
+        if dataset is not None:
+            dataset.build_not_aug = self.USES_NOT_AUG
 
     # ----- hooks to override ----------------------------------------------------------------------
     @staticmethod
@@ -93,7 +99,7 @@ class ContinualModel(nn.Module):
     def current_task_step(self, inputs: torch.Tensor, labels: torch.Tensor) -> float:
         """One optimizer step of cross-entropy over the current task's classes only (labels made task-local)."""
         self.opt.zero_grad(set_to_none=True)
-        logits = self.net(inputs)[:, self.n_past_classes:self.n_seen_classes]
+        logits = self.train_net(inputs)[:, self.n_past_classes:self.n_seen_classes]
         loss = self.loss(logits, labels - self.n_past_classes)
         loss.backward()
         self.opt.step()
@@ -118,15 +124,32 @@ class ContinualModel(nn.Module):
                                   nesterov=bool(self.args.optim_nesterov) and self.args.optim_mom > 0)
         else:
             cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-            opt = cls(params, lr=lr, weight_decay=self.args.optim_wd)
+            fused = all(p.is_cuda for p in params)  # one kernel per step, no host sync (CUDA only)
+            opt = cls(params, lr=lr, weight_decay=self.args.optim_wd, **({"fused": True} if fused else {}))
         distributed.average_gradients_before_step(opt)  # data-parallel under --distributed ddp, else a no-op
         return opt
 
+    @property
+    def code_optimization(self) -> int:
+        """The resolved ``-O`` level (utils/optimization.py); 2 if only ``--precision bf16`` is set."""
+        level = getattr(self.args, "code_optimization", None)
+        return (2 if getattr(self.args, "precision", None) == "bf16" else 0) if level is None else int(level)
+
     def autocast(self) -> ContextManager:
-        """bf16 autocast when ``--precision bf16``, else a no-op."""
-        if getattr(self.args, "precision", "fp32") != "bf16":
+        """bf16 autocast from ``-O 2`` (``--precision bf16``), else a no-op."""
+        if self.code_optimization < 2:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    @property
+    def train_net(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The backbone's training forward: ``torch.compile``-d under ``-O 3`` (built once, kept outside the
+        module tree so state dicts are unchanged), else ``self.net``."""
+        if self.code_optimization < COMPILE_LEVEL:
+            return self.net
+        if self.__dict__.get("_compiled_net") is None:
+            self.__dict__["_compiled_net"] = compiled(self.net)
+        return self.__dict__["_compiled_net"]
 
     def to(self, *args, **kwargs):  # keep ``self.device`` in sync
         out = super().to(*args, **kwargs)
@@ -162,7 +185,12 @@ class ContinualModel(nn.Module):
         self.task_iteration += 1
         self.epoch_iteration += 1
         loss = out["loss"] if isinstance(out, dict) else out
-        return float(loss)
+        # a tensor stays on the device (the loop reads it on logging steps only: no host sync per step)
+        return loss.detach() if isinstance(loss, torch.Tensor) else float(loss)
+
+    def is_logging_step(self) -> bool:
+        """Whether the training loop reads this step's loss (inside ``observe``: the step being run)."""
+        return self.epoch_iteration % self.LOG_EVERY == 0
 
     def meta_end_epoch(self, epoch: int, dataset: Any) -> None:
         self.end_epoch(epoch, dataset)
