@@ -18,9 +18,11 @@ import yaml
 from backbone import BACKBONES, add_backbone_args
 from datasets import DATASETS
 from datasets.utils.continual_dataset import STRUCTURE_KEYS, check_structure
+from mammoth_compat.args import call_get_parser
 from models import MODELS
 from utils.args import add_common_args, changes_results
 from utils.errors import UserError, closest
+from utils.fitting import check_flags
 from utils.optimization import resolve_code_optimization
 from utils.registry import normalize_name
 
@@ -204,7 +206,7 @@ def build_parser(model_cls: Any, dataset_cls: Any, backbone_name: Optional[str])
     if dataset_cls is not None:
         dataset_cls.get_parser(parser)
     if model_cls is not None:
-        model_cls.get_parser(parser.add_argument_group(f"model '{model_cls.NAME}' arguments"))
+        call_get_parser(model_cls, parser.add_argument_group(f"model '{model_cls.NAME}' arguments"))
     if backbone_name:
         add_backbone_args(parser, BACKBONES.get(backbone_name))
     return parser
@@ -277,6 +279,7 @@ def parse_args(argv: Optional[list[str]] = None, checkpoint_args: Optional[dict]
     if args.n_epochs is None or args.batch_size is None:
         missing = "--n_epochs" if args.n_epochs is None else "--batch_size"
         raise UserError(f"{missing} is required ({args.dataset} has no default)")
+    check_flags(args)
     return resolve_code_optimization(args)
 
 

@@ -17,6 +17,7 @@ import torch
 from app.config import ROOT, parse_args
 from app.experiment import (Experiment, build_experiment, check_compatibility,  # noqa: F401 (re-exported)
                             check_every_task_has_data, get_device, set_random_seed)
+from app.remote import resolve_checkpoint
 from utils import checkpoints, distributed
 from utils.errors import UserError, one_line
 from utils.io import check_writable, remove_stale_temporaries, write_json
@@ -45,7 +46,7 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
 
 
 def default_results_file(args: argparse.Namespace, setting: str) -> str:
-    return os.path.join(args.base_path, "results", setting, args.dataset, args.model,
+    return os.path.join(args.base_path, args.results_path, setting, args.dataset, args.model,
                         f"{checkpoints.run_name(args)}.json")
 
 
@@ -89,6 +90,17 @@ def _restore(model: Any, dataset: Any, path: str, state: dict[str, Any], device:
     return record
 
 
+def save_paused(args: argparse.Namespace, model: Any, record: RunRecord) -> str:
+    """``--save_after_interrupt``: the model as it is now, with the finished tasks' record (Mammoth's
+    ``checkpoints/paused/``); ``--loadcheck`` on it retrains the interrupted task from these weights."""
+    state = model.checkpoint_state()
+    state["current_task"] = record.tasks_done
+    path = os.path.join(args.checkpoint_path, "paused", f"{checkpoints.run_name(args)}.pt")
+    checkpoints.save_checkpoint(path, {"args": dict(vars(args)), "model_state": state, "record": record.to_dict(),
+                                       "rng": checkpoints.rng_state(), "tasks_done": record.tasks_done})
+    return path
+
+
 def _write_outputs(results: dict[str, Any], results_file: str, make_plots: bool) -> list[str]:
     """Plots first, then the JSON (if the JSON fails, the plots are removed: no partial results)."""
     written: list[str] = []
@@ -119,9 +131,14 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
     if "--loadcheck" in argv or any(a.startswith("--loadcheck=") for a in argv):
         pre = argparse.ArgumentParser(add_help=False)
         pre.add_argument("--loadcheck")
-        path = pre.parse_known_args(argv)[0].loadcheck
+        pre.add_argument("--checkpoint_path", default="./checkpoints/")
+        known = pre.parse_known_args(argv)[0]
+        path = known.loadcheck
         if path and path.lower() not in ("none", "null"):
-            ckpt_args = checkpoints.load_checkpoint(path)["args"]
+            local = resolve_checkpoint(path, known.checkpoint_path)  # a URL is downloaded (and cached) first
+            argv = replace_flag_value(argv, "--loadcheck", local)
+            if checkpoints.is_framework_checkpoint(local):
+                ckpt_args = checkpoints.load_checkpoint(local)["args"]
     args = parse_args(argv, checkpoint_args=ckpt_args)
     if args.distributed == "ddp":
         device = distributed.init_from_env(args.dist_timeout, args.device)
@@ -156,13 +173,17 @@ def _run(args: argparse.Namespace, ckpt_args: Optional[dict], device: torch.devi
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM at a safe point (utils/stopping.py)
             where = checkpoints.run_dir(args) if args.savecheck else None
             hint = f"; checkpoints of finished tasks are in {where}: rerun with --resume" if where else ""
+            if args.save_after_interrupt and main_process:
+                paused = save_paused(args, experiment.model, record)
+                hint += f"; the interrupted state is in {paused}: continue with --loadcheck {paused}"
             signum = getattr(exc, "signum", signal.SIGINT)
             error = UserError(f"stopped by {signal.Signals(signum).name} after {record.tasks_done} finished "
                               f"task(s){hint}")
             error.exit_code = EXIT_CODES.get(signum, 130)
             raise error from None
         results = collect_results(experiment, record, time.perf_counter() - started)
-        figures = _write_outputs(results, results_file, bool(args.plots)) if main_process else []
+        write = main_process and not args.disable_log
+        figures = _write_outputs(results, results_file, bool(args.plots)) if write else []
         for tracker in trackers:
             tracker.log_summary(summary_scalars(results))
     except BaseException:
@@ -175,9 +196,21 @@ def _run(args: argparse.Namespace, ckpt_args: Optional[dict], device: torch.devi
     print(f"final class-IL {results['final_class_il']:.2f}  task-IL {results['final_task_il']:.2f}")
     for figure in figures:
         print(f"plot: {figure}")
-    print(f"results: {results_file}", flush=True)
-    results["results_file"] = results_file
+    if not args.disable_log:
+        print(f"results: {results_file}", flush=True)
+    results["results_file"] = None if args.disable_log else results_file
     return results
+
+
+def replace_flag_value(argv: list[str], flag: str, value: str) -> list[str]:
+    """``argv`` with the value of ``flag`` (``--flag v`` or ``--flag=v``) replaced."""
+    out = list(argv)
+    for i, token in enumerate(out):
+        if token == flag and i + 1 < len(out):
+            out[i + 1] = value
+        elif token.startswith(flag + "="):
+            out[i] = f"{flag}={value}"
+    return out
 
 
 def _check_outputs(args: argparse.Namespace, dataset: Any, main_process: bool) -> str:
@@ -186,15 +219,25 @@ def _check_outputs(args: argparse.Namespace, dataset: Any, main_process: bool) -
     if distributed.world_size() > args.batch_size:
         raise UserError(f"--batch_size {args.batch_size} is split across {distributed.world_size()} processes; "
                         f"use at least one sample per process")
-    if main_process:
+    if main_process and not args.disable_log:
         check_writable(os.path.dirname(os.path.abspath(results_file)), "results")
-        if args.savecheck:
-            check_writable(checkpoints.run_dir(args), "checkpoint")
+    if main_process and args.savecheck:
+        check_writable(checkpoints.run_dir(args), "checkpoint")
     return results_file
 
 
 def _resume(experiment: Experiment) -> RunRecord:
-    """The record of the tasks already done: empty, or restored with the model from a checkpoint."""
+    """The record of the tasks already done: empty, or restored with the model from a checkpoint.
+
+    A ``--loadcheck`` file that is not this framework's (Mammoth's checkpoint, a bare state dict) only
+    loads its weights into the backbone; the run starts at the first task (or ``--start_from``).
+    """
+    args = experiment.args
+    if args.loadcheck and not checkpoints.is_framework_checkpoint(args.loadcheck):
+        loaded, left = checkpoints.load_foreign_weights(experiment.model.net, args.loadcheck)
+        print(f"loaded {loaded} tensors of {args.loadcheck} into the backbone ({left} keep their initial value)",
+              file=sys.stderr)
+        return RunRecord()
     resumed = _find_resume_state(experiment.args)
     if resumed is None:
         return RunRecord()
@@ -226,6 +269,8 @@ def collect_results(experiment: Experiment, record: RunRecord, seconds: float) -
             "class_order": list(dataset.scenario.class_order) if dataset.scenario.class_order else None,
             "accuracy_matrix_class_il": record.accuracy_matrix_class_il,
             "accuracy_matrix_task_il": record.accuracy_matrix_task_il, **record.summary(),
+            "epoch_evaluations": record.epoch_evaluations, "start_from": record.start_from,
+            "future_accuracy_class_il": record.future_accuracy_class_il,
             "timings": timings, "peak_memory_mb": peak_memory_mb(device), "device": str(device),
             "versions": versions()}
 
