@@ -5,8 +5,9 @@ import os
 import pytest
 import yaml
 
-from app.config import DATASET_CONFIG_DIR, MODEL_CONFIG_DIR, parse_args
+from app.config import DATASET_CONFIG_DIR, MODEL_CONFIG_DIR, _coerce, build_parser, parse_args
 from datasets import DATASETS
+from models import MODELS
 from tests.conftest import ROOT
 
 MODEL_SECTIONS = [(os.path.splitext(os.path.basename(path))[0], section)
@@ -23,12 +24,11 @@ def test_the_shipped_files_are_found():
 def test_every_best_section_parses_and_applies(model, section):
     values = yaml.safe_load(open(os.path.join(MODEL_CONFIG_DIR, f"{model}.yaml")))[section]
     args = parse_args(["--model", model, "--dataset", section, "--model_config", "best"])
+    parser = build_parser(MODELS.get(model), DATASETS.get(section), args.backbone)
     for key, value in values.items():
         if isinstance(value, dict):
             continue  # per-buffer-size subsections
-        expected = None if (key == "fisher_mc_classes" and value == "all") else value
-        assert getattr(args, key) == pytest.approx(expected) if isinstance(expected, float) else \
-            getattr(args, key) == expected, key
+        assert getattr(args, key) == _coerce(parser, key, value, "test"), key  # the YAML value, as its flag parses it
     if "dataset_config" in values:  # the dataset YAML it names is applied too
         ds_values = yaml.safe_load(open(os.path.join(DATASET_CONFIG_DIR, section, values["dataset_config"] + ".yaml")))
         structure = {k: v for k, v in ds_values.items() if k.isupper()}
