@@ -36,7 +36,7 @@ class SecondOrder(ContinualModel):
 
     NAME = "second_order"
     COMPATIBILITY = ["class-il", "task-il"]
-    DEFAULTS = {"optimizer": "adamw"}
+    DEFAULTS = {"optimizer": "adamw", "pretrain_type": "in21k"}  # the paper's ViT-B/16 ImageNet-21k weights
     FIXED_USE_IEL: Optional[bool] = None  # set by the ``ita``/``iel`` names
 
     @staticmethod

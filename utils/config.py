@@ -217,8 +217,9 @@ def parse_args(argv: Optional[list[str]] = None, checkpoint_args: Optional[dict]
     merged: dict[str, Any] = {}
     for source, layer in layers:
         for key, value in layer.items():
-            if source == "checkpoint args" and key not in {a.dest for a in parser._actions}:
-                continue  # keys of other versions of the checkpoint's model are ignored
+            if source in ("checkpoint args", f"{model_cls.NAME} defaults") and \
+                    key not in {a.dest for a in parser._actions}:
+                continue  # keys of other versions of the checkpoint's model, or backbone flags of another backbone
             merged[key] = _coerce(parser, key, value, source)
     merged.pop("dataset_structure", None)
     parser.set_defaults(**merged)
