@@ -355,12 +355,15 @@ class SecondOrder(ContinualModel):
         return list(zip(params, grads))
 
     def optimizer_step(self) -> None:
-        """Penalty step (decoupled: p -= s_e clip(g_R); coupled: .grad += clip(g_R)), then AdamW."""
+        """Penalty step (decoupled: p -= s_e clip(g_R); coupled: .grad += clip(g_R)), then AdamW.
+
+        Penalties are computed in fp32 even inside the bf16 training autocast."""
         penalty = []
-        if self.adapter_strength > 0:
-            penalty += self.adapter_penalty_grads()
-        if self.head_strength > 0:  # Q7: lambda_F = 0 disables the L2 term as well
-            penalty += self.head_penalty_grads()
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            if self.adapter_strength > 0:
+                penalty += self.adapter_penalty_grads()
+            if self.head_strength > 0:  # Q7: lambda_F = 0 disables the L2 term as well
+                penalty += self.head_penalty_grads()
         with torch.no_grad():
             for p, g in penalty:
                 g = pen.clip_norm(g, self.args.clip_grad)
