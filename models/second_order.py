@@ -220,7 +220,7 @@ class SecondOrder(ContinualModel):
 
         gen = torch.Generator().manual_seed(1000003 * self.current_task + (self.args.seed or 0) + distributed.rank())
         fisher, n = network_fisher(logits, self.pool.layers, batches(), self.args.fisher_mc_classes,
-                                   self.args.fisher_sampled_labels, gen)
+                                   self.args.fisher_sampled_labels, gen, mc_group=self.args.batch_size)
         # under DDP each rank saw a shard of the images: sum the sums and counts
         self.fisher_current, self.n_current = reduce_fisher(fisher, n)
         classes = list(range(end)) if not self.use_iel else list(range(start))

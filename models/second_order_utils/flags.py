@@ -50,12 +50,15 @@ def add_second_order_args(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     add("--num_epochs_align_pretuning", type=nonneg_int, default=10, help="classifier-alignment epochs (+5t)")
     add("--lr_align_pretuning", type=positive_float, default=0.01, help="classifier-alignment learning rate")
     add("--fisher_mc_classes", type=all_or_int, default=None,
-        help="'all' (exact Fisher) or k: backpropagate only the k most likely classes (cheaper approximation)")
+        help="'all' (exact Fisher) or k: per --batch_size micro-batch of the pass, backpropagate only the k "
+             "classes most frequent among the samples' top-k (the paper code's rule; a cheaper, biased "
+             "approximation; independent of --stats_batch_size)")
     add("--fisher_sampled_labels", type=none_or(positive_int), default=None,
         help="approximate Fisher (never the default): k labels per image sampled from the model's prediction, "
              "k backward passes instead of one per seen class (unbiased; docs/speed.md has its error)")
     add("--stats_batch_size", type=positive_int, default=64,
-        help="batch of the theta0 passes (features, Fisher); the results do not depend on it")
+        help="batch of the theta0 passes (features, Fisher); the results do not depend on it (also with "
+             "--fisher_mc_classes k, whose classes are chosen per --batch_size micro-batch)")
     add("--init_head_from_pretuned", type=parse_bool, default=False,
         help="start each task's head from the pre-tuned head instead of its random init")
     return parser
