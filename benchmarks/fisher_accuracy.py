@@ -22,7 +22,7 @@ from typing import Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.io import write_json  # noqa: E402
-from utils.runner import run  # noqa: E402
+from app.runner import run  # noqa: E402
 
 # Settings under which the modules do move (5 epochs at lr 0.003), so the Fisher's weights matter.
 ITA_ARGS = ["--model", "ita", "--alpha_ita", "1", "--req_weight_cls", "0.01", "--simple_reg_weight_cls", "0.3",

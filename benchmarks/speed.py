@@ -25,12 +25,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from backbone import get_backbone  # noqa: E402
-from datasets import get_dataset  # noqa: E402
-from models import get_model_class  # noqa: E402
 from models.second_order_utils.fisher import FisherHooks, network_fisher  # noqa: E402
-from utils.config import parse_args  # noqa: E402
+from app.config import parse_args  # noqa: E402
+from app.experiment import build_experiment  # noqa: E402
 from utils.io import write_json  # noqa: E402
-from utils.runner import set_random_seed  # noqa: E402
 
 BF16_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 tensor-core peaks
 STEP_ARGS = ["--num_epochs_pretuning", "1", "--num_epochs_align_pretuning", "1", "--num_samples_align_pretuning", "8",
@@ -53,12 +51,8 @@ def with_overrides(argv: list[str], overrides: list[str]) -> list[str]:
 
 def build(argv: list[str]):
     """(args, dataset, model) exactly as the runner builds them."""
-    args = parse_args(argv)
-    set_random_seed(args.seed)
-    dataset = get_dataset(args)
-    net = get_backbone(args, dataset.N_CLASSES, dataset.img_size, dataset.IN_CHANS)
-    model = get_model_class(args.model)(net, dataset.get_loss(), args, dataset.get_transform(), dataset=dataset)
-    return args, dataset, model
+    experiment = build_experiment(parse_args(argv), torch.device("cpu"))
+    return experiment.args, experiment.dataset, experiment.model
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -27,6 +27,7 @@ from models.utils.continual_model import ContinualModel
 from utils import distributed
 from utils.errors import UserError
 from utils.killpoints import kill_point
+from utils.modes import eval_mode
 
 DEBUG_FEATURE_BATCHES, DEBUG_FISHER_BATCHES, DEBUG_PROBE_BATCHES = 102, 6, 11
 
@@ -132,16 +133,14 @@ class SecondOrder(ContinualModel):
         self.pool.set_trainable(None)
         self._past_sums = {n: self.pool.weighted_sum(n, [1.0] * t) for n in self.pool.layers} if t else {}
         set_eval(self._bn)
-        was_training = self.net.training
-        self.net.eval()
-        self.pool.use_base()
-        self._composition = "base"
-        with torch.no_grad():
-            feats, labels = self._extract_features(dataset)
-        self._fit_gmms(feats, labels, start, end)
-        self._pretune(dataset, feats, labels)
-        self._compute_fisher(dataset)
-        self.net.train(was_training)
+        with eval_mode(self.net):
+            self.pool.use_base()
+            self._composition = "base"
+            with torch.no_grad():
+                feats, labels = self._extract_features(dataset)
+            self._fit_gmms(feats, labels, start, end)
+            self._pretune(dataset, feats, labels)
+            self._compute_fisher(dataset)
         set_eval(self._bn)
         self.pool.set_trainable(t)
         head = self.net.classifier.heads[t]

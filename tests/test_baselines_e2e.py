@@ -7,7 +7,7 @@ import pytest
 from benchmarks.compare import compare, merge_flags
 from tests.conftest import make_npz, shared_file, tiny_run_args
 from utils.errors import UserError
-from utils.runner import main, run
+from app.runner import main, run
 
 METHODS = {
     "ewc_on": ["--e_lambda", "10"],
@@ -116,22 +116,22 @@ def test_ranpac_freezes_after_the_first_task_and_fits_the_ridge_head_on_all_task
     import torch
     import torch.nn.functional as F
 
-    from backbone import get_backbone
-    from datasets import get_dataset
+    from app.config import parse_args
+    from app.experiment import build_experiment
     from models.feature_utils.features import task_features
     from models.ranpac import RanPAC, random_features, ridge_solution
-    from utils.config import parse_args
     from utils.training import train
 
-    args = parse_args(method_args("ranpac", data, tmp_path, "--ridge", "0.5"))
-    torch.manual_seed(0)
-    dataset = get_dataset(args)
-    net = get_backbone(args, dataset.N_CLASSES, dataset.img_size, dataset.IN_CHANS)
-    model = RanPAC(net, dataset.get_loss(), args, dataset.get_transform(), dataset=dataset)
-    snapshots = []
+    experiment = build_experiment(parse_args(method_args("ranpac", data, tmp_path, "--ridge", "0.5")),
+                                  torch.device("cpu"))
+    args, dataset, model = experiment.args, experiment.dataset, experiment.model
+    assert isinstance(model, RanPAC)
+    snapshots, observed = [], []
+    observe = model.observe
+    model.observe = lambda *a, **k: observed.append(model.current_task) or observe(*a, **k)
     train(model, dataset, args, on_task_end=lambda rec: snapshots.append(
         {k: v.clone() for k, v in model.net.state_dict().items()}))
-    assert [model.OBSERVES_BATCHES, len(snapshots)] == [False, 3]
+    assert len(snapshots) == 3 and observed and set(observed) == {0}  # train_task: SGD on the first task only
     for key, value in snapshots[0].items():  # no SGD after the first task
         assert torch.equal(value, snapshots[2][key]), key
     H, Y = [], []

@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
-from utils import config
-from utils.config import parse_args
+from app import config
+from app.config import parse_args
 from utils.errors import UserError
 
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from datasets import get_dataset
 from tests.conftest import make_npz
-from utils.config import parse_args
+from app.config import parse_args
 from utils.errors import UserError
 
 

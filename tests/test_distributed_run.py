@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT, make_npz, tiny_run_args
-from utils.runner import run
+from app.runner import run
 
 
 def torchrun(args, env_extra=None, timeout=240):
@@ -47,7 +47,7 @@ def test_a_crash_on_one_rank_ends_the_job(setup):
 
 def test_ddp_needs_torchrun(setup, capsys):
     tmp, args, _ = setup
-    from utils.runner import main
+    from app.runner import main
     env = {k: os.environ.pop(k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
            if k in os.environ}
     try:

@@ -17,9 +17,9 @@ from models import MODELS, get_model_class
 from tests.conftest import make_npz, tiny_run_args
 from tests.device_mode import (DefaultDeviceMode, on_default_device, plain,
                                 stray_tensors)
-from utils.config import parse_args
+from app.config import parse_args
 from utils.device_audit import misplaced_tensors
-from utils.runner import set_random_seed
+from app.experiment import set_random_seed
 from utils.training import RunRecord, train
 
 SO_FAST = ["--num_epochs_pretuning", "1", "--num_epochs_align_pretuning", "1", "--num_samples_align_pretuning", "8",

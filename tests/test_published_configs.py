@@ -1,7 +1,7 @@
 """The paper's published command lines resolve every published value (algorithm.md §6.3 and §7), in21k weights."""
 import pytest
 
-from utils.config import parse_args
+from app.config import parse_args
 from utils.errors import UserError
 
 C100, CROP = "seq-cifar100-224", "seq-cropdisease"

@@ -24,7 +24,7 @@ def test_torchrun_without_distributed_ddp_is_refused(tmp_path):
 
 
 def test_world_size_above_one_without_ddp_exits_2(tmp_path, monkeypatch, capsys):
-    from utils.runner import main
+    from app.runner import main
     data = make_npz(str(tmp_path / "d.npz"), n_classes=4, per_class=4)
     monkeypatch.setenv("WORLD_SIZE", "4")
     out_dir = tmp_path / "out"

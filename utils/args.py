@@ -4,7 +4,35 @@ from __future__ import annotations
 import argparse
 import inspect
 import typing
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
+
+# Flags that do not change what a run computes (where/how it executes, is logged, resumed or named).
+# Filled by :func:`add_run_flag` where each such flag is added; every other flag changes results.
+# The run hash and name, the resume check, the checkpoint layer of the config and the report's
+# grouping all derive from this one declaration.
+RUN_FLAGS: set[str] = set()
+
+
+def add_run_flag(group: Any, *names: str, **kwargs: Any) -> argparse.Action:
+    """``group.add_argument(*names, **kwargs)`` for a flag that does NOT change results.
+
+    Such a flag is left out of the run hash, never restored from a checkpoint, may differ when
+    resuming, and runs differing only in it are averaged together by the report. Use plain
+    ``add_argument`` for everything else (the default: a flag changes results)."""
+    action = group.add_argument(*names, **kwargs)
+    RUN_FLAGS.add(action.dest)
+    return action
+
+
+def changes_results(key: str) -> bool:
+    """Whether the argument ``key`` can change what a run computes (True unless declared a run flag)."""
+    return key not in RUN_FLAGS
+
+
+def result_args(args: Any) -> dict[str, Any]:
+    """The result-changing entries of ``args`` (a namespace or a mapping), sorted by key."""
+    items = args.items() if isinstance(args, Mapping) else vars(args).items()
+    return {k: v for k, v in sorted(items) if changes_results(k)}
 
 
 def parse_bool(value: str | bool | int) -> bool:
@@ -86,7 +114,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     exp.add_argument("--optim_nesterov", type=parse_bool, default=False, help="SGD Nesterov momentum (0/1)")
     exp.add_argument("--n_epochs", type=positive_int, default=None, help="epochs per task (default: dataset's)")
     exp.add_argument("--batch_size", type=positive_int, default=None, help="batch size (default: dataset's)")
-    exp.add_argument("--eval_batch_size", type=none_or(positive_int), default=None,
+    add_run_flag(exp, "--eval_batch_size", type=none_or(positive_int), default=None,
                      help="batch size of the test loaders (default: max(batch_size, 128); results do not depend on it)")
     exp.add_argument("--drop_last", type=parse_bool, default=False, help="drop the last incomplete train batch")
     exp.add_argument("--validation", type=none_or(fraction), default=None,
@@ -100,42 +128,42 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     mgmt.add_argument("--seed", type=none_or(int), default=None, help="random seed (default: none, not reproducible)")
     mgmt.add_argument("--permute_classes", type=parse_bool, default=False,
                       help="seeded random class order; new_label = order[old_label] (Mammoth's convention)")
-    mgmt.add_argument("--base_path", type=str, default="./data/", help="root of datasets and default results")
-    mgmt.add_argument("--results_file", type=str, default=None,
+    add_run_flag(mgmt, "--base_path", type=str, default="./data/", help="root of datasets and default results")
+    add_run_flag(mgmt, "--results_file", type=str, default=None,
                       help="results JSON (default: <base_path>/results/<setting>/<dataset>/<model>/<run>.json)")
-    mgmt.add_argument("--checkpoint_path", type=str, default="./checkpoints/", help="checkpoint folder")
-    mgmt.add_argument("--savecheck", type=none_or(str), default=None, choices=[None, "last", "task"],
+    add_run_flag(mgmt, "--checkpoint_path", type=str, default="./checkpoints/", help="checkpoint folder")
+    add_run_flag(mgmt, "--savecheck", type=none_or(str), default=None, choices=[None, "last", "task"],
                       help="save a checkpoint after every task ('task') or after the last one ('last')")
-    mgmt.add_argument("--ckpt_name", type=none_or(str), default=None,
+    add_run_flag(mgmt, "--ckpt_name", type=none_or(str), default=None,
                       help="checkpoint run name (default: derived from model, dataset, seed and a hash of the args)")
-    mgmt.add_argument("--loadcheck", type=none_or(str), default=None,
+    add_run_flag(mgmt, "--loadcheck", type=none_or(str), default=None,
                       help="resume from this checkpoint file (continues after its last completed task)")
-    mgmt.add_argument("--resume", type=parse_bool, default=False, nargs="?", const=True,
+    add_run_flag(mgmt, "--resume", type=parse_bool, default=False, nargs="?", const=True,
                       help="continue this run from its last complete checkpoint in --checkpoint_path")
-    mgmt.add_argument("--stop_after", type=none_or(positive_int), default=None,
+    add_run_flag(mgmt, "--stop_after", type=none_or(positive_int), default=None,
                       help="stop after this many tasks (the run can be resumed later)")
-    mgmt.add_argument("--device", type=none_or(str), default=None, help="cpu, cuda, cuda:N or mps (default: auto)")
-    mgmt.add_argument("--distributed", type=str, default="no", choices=["no", "ddp"],
+    add_run_flag(mgmt, "--device", type=none_or(str), default=None, help="cpu, cuda, cuda:N or mps (default: auto)")
+    add_run_flag(mgmt, "--distributed", type=str, default="no", choices=["no", "ddp"],
                       help="ddp: data-parallel over the processes started by torchrun (see README)")
-    mgmt.add_argument("--dist_timeout", type=positive_float, default=600.0,
+    add_run_flag(mgmt, "--dist_timeout", type=positive_float, default=600.0,
                       help="seconds a collective may wait for the other ranks before the job fails")
-    mgmt.add_argument("--num_workers", type=nonneg_int, default=0, help="data-loader worker processes")
-    mgmt.add_argument("--non_verbose", type=parse_bool, default=False, nargs="?", const=True,
+    add_run_flag(mgmt, "--num_workers", type=nonneg_int, default=0, help="data-loader worker processes")
+    add_run_flag(mgmt, "--non_verbose", type=parse_bool, default=False, nargs="?", const=True,
                       help="no progress bars")
     mgmt.add_argument("--debug_mode", type=parse_bool, default=False, nargs="?", const=True,
                       help="run only a few batches per epoch and per evaluation (smoke tests)")
     mgmt.add_argument("--enable_other_metrics", type=parse_bool, default=False, nargs="?", const=True,
                       help="also compute forward transfer (needs an evaluation of the untrained model)")
-    mgmt.add_argument("--traceback", type=parse_bool, default=False, nargs="?", const=True,
+    add_run_flag(mgmt, "--traceback", type=parse_bool, default=False, nargs="?", const=True,
                       help="show the full traceback of user errors")
-    mgmt.add_argument("--notes", type=none_or(str), default=None, help="free text stored with the results")
+    add_run_flag(mgmt, "--notes", type=none_or(str), default=None, help="free text stored with the results")
 
     out = parser.add_argument_group("outputs and tracking")
-    out.add_argument("--plots", type=parse_bool, default=True,
+    add_run_flag(out, "--plots", type=parse_bool, default=True,
                      help="save PNGs of the accuracy matrix and the average accuracy next to the results JSON (0/1)")
-    out.add_argument("--wandb_project", type=none_or(str), default=None,
+    add_run_flag(out, "--wandb_project", type=none_or(str), default=None,
                      help="log the result scalars to this Weights & Biases project (needs `pip install wandb`)")
-    out.add_argument("--wandb_entity", type=none_or(str), default=None, help="W&B entity (user or team)")
-    out.add_argument("--wandb_name", type=none_or(str), default=None, help="W&B run name (default: the run name)")
-    out.add_argument("--tensorboard", type=none_or(str), default=None,
+    add_run_flag(out, "--wandb_entity", type=none_or(str), default=None, help="W&B entity (user or team)")
+    add_run_flag(out, "--wandb_name", type=none_or(str), default=None, help="W&B run name (default: the run name)")
+    add_run_flag(out, "--tensorboard", type=none_or(str), default=None,
                      help="write TensorBoard event files of the result scalars into this folder")

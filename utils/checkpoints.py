@@ -19,29 +19,25 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from utils.args import changes_results, result_args
 from utils.errors import UserError
 from utils.io import atomic_write
 
 FORMAT_VERSION = 1
-# args that do not change what is computed: excluded from the run hash
-NON_SEMANTIC_ARGS = {"eval_batch_size", "distributed", "dist_timeout", "resume", "loadcheck", "device", "num_workers", "non_verbose", "results_file", "checkpoint_path",
-                     "stop_after", "traceback", "savecheck", "ckpt_name", "notes", "base_path", "plots",
-                     "wandb_project", "wandb_entity", "wandb_name", "tensorboard"}
 
 
 def run_name(args: argparse.Namespace) -> str:
-    """``--ckpt_name`` or ``<model>_<dataset>_s<seed>_<hash of the semantic args>``."""
+    """``--ckpt_name`` or ``<model>_<dataset>_s<seed>_<hash of the result-changing args>``."""
     if args.ckpt_name:
         return args.ckpt_name
-    semantic = {k: v for k, v in sorted(vars(args).items()) if k not in NON_SEMANTIC_ARGS}
-    digest = hashlib.sha256(repr(semantic).encode()).hexdigest()[:10]
+    digest = hashlib.sha256(repr(result_args(args)).encode()).hexdigest()[:10]
     return f"{args.model}_{args.dataset}_s{args.seed}_{digest}"
 
 
 def semantic_differences(saved: dict[str, Any], args: argparse.Namespace) -> list[str]:
-    """``key: saved -> now`` for each semantic argument that differs between a checkpoint and ``args``."""
+    """``key: saved -> now`` for each result-changing argument that differs between a checkpoint and ``args``."""
     now = vars(args)
-    keys = sorted((set(saved) | set(now)) - NON_SEMANTIC_ARGS)
+    keys = sorted(k for k in set(saved) | set(now) if changes_results(k))
     return [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
 
 

@@ -83,10 +83,9 @@ def _untrained_accuracy(model: Any, dataset: Any, debug: bool) -> tuple[list[flo
     return cil, til
 
 
-def train_task(model: Any, dataset: Any, args: Any, train_loader: Any, task: int) -> None:
-    """Run the epochs of one task (the model's hooks do the learning)."""
-    if not model.OBSERVES_BATCHES:
-        return
+def run_epochs(model: Any, dataset: Any, args: Any, train_loader: Any, task: int) -> None:
+    """The standard epochs of one task (``ContinualModel.train_task``'s default): per epoch
+    ``meta_begin_epoch`` -> ``meta_observe`` on every batch of ``train_loader`` -> ``meta_end_epoch``."""
     quiet = bool(args.non_verbose) or not distributed.is_main_process()
     for epoch in tqdm(range(args.n_epochs), desc=f"task {task + 1} epochs", leave=False, disable=quiet):
         model.meta_begin_epoch(epoch, dataset)
@@ -110,8 +109,8 @@ def train(model: Any, dataset: Any, args: Any, record: Optional[RunRecord] = Non
           on_task_end: Optional[Callable[[RunRecord], None]] = None) -> RunRecord:
     """Train tasks ``record.tasks_done .. N_TASKS-1`` (or up to ``--stop_after``) and evaluate after each.
 
-    Order per task: ``get_data_loaders`` -> ``meta_begin_task`` -> epochs of ``meta_observe``
-    -> ``meta_end_task`` -> ``evaluate`` (all seen tasks) -> ``meta_end_eval`` -> ``on_task_end``.
+    Order per task: ``get_data_loaders`` -> ``meta_begin_task`` -> ``model.train_task`` (by default
+    epochs of ``meta_observe``) -> ``meta_end_task`` -> ``evaluate`` (all seen tasks) -> ``meta_end_eval`` -> ``on_task_end``.
     """
     record = record or RunRecord()
     n_tasks = dataset.N_TASKS
@@ -134,7 +133,7 @@ def train(model: Any, dataset: Any, args: Any, record: Optional[RunRecord] = Non
         model.meta_begin_task(dataset)
         distributed.average_gradients_before_step(model.opt)  # a no-op in a single process
         kill_point("begin_task", task + 1)
-        train_task(model, dataset, args, train_loader, task)
+        model.train_task(dataset, train_loader, task)
         model.meta_end_task(dataset)
         train_seconds = time.perf_counter() - start
         start = time.perf_counter()

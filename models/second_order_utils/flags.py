@@ -5,7 +5,7 @@ import argparse
 from typing import Optional
 
 from models.second_order_utils.modules import TUNING_STYLES
-from utils.args import nonneg_float, nonneg_int, none_or, parse_bool, positive_float, positive_int
+from utils.args import add_run_flag, nonneg_float, nonneg_int, none_or, parse_bool, positive_float, positive_int
 
 
 def all_or_int(value: str) -> Optional[int]:
@@ -56,9 +56,9 @@ def add_second_order_args(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     add("--fisher_sampled_labels", type=none_or(positive_int), default=None,
         help="approximate Fisher (never the default): k labels per image sampled from the model's prediction, "
              "k backward passes instead of one per seen class (unbiased; docs/speed.md has its error)")
-    add("--stats_batch_size", type=positive_int, default=64,
-        help="batch of the theta0 passes (features, Fisher); the results do not depend on it (also with "
-             "--fisher_mc_classes k, whose classes are chosen per --batch_size micro-batch)")
+    add_run_flag(parser, "--stats_batch_size", type=positive_int, default=64,
+                 help="batch of the theta0 passes (features, Fisher); the results do not depend on it (also with "
+                      "--fisher_mc_classes k, whose classes are chosen per --batch_size micro-batch)")
     add("--init_head_from_pretuned", type=parse_bool, default=False,
         help="start each task's head from the pre-tuned head instead of its random init")
     return parser

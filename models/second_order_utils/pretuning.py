@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.feature_utils.alignment import align_classifier as shared_alignment, shuffled_batches
 from models.second_order_utils.heads import IncrementalHead
 
 LOG_2PI = math.log(2 * math.pi)
@@ -101,12 +102,9 @@ def fit_gmm(features: np.ndarray, n_components: int = 5, seed: int = 0, kmeans_i
                        torch.tensor(gm.covariances_, dtype=torch.float32))
 
 
-def _batches(n: int, batch_size: int, generator: Optional[torch.Generator] = None) -> list[torch.Tensor]:
+def _batches(n: int, batch_size: int) -> list[torch.Tensor]:
     """Shuffled index batches with drop_last; a set smaller than one batch is used whole."""
-    order = torch.randperm(n, generator=generator)
-    if n < batch_size:
-        return [order] if n else []
-    return [order[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+    return shuffled_batches(n, batch_size, drop_last=True)
 
 
 def stacked_head(head: IncrementalHead, first_task: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,21 +159,14 @@ def align_classifier(head: IncrementalHead, gmms: dict[int, DiagonalGMM], epochs
     if epochs == 0 or not len(head.heads):
         return
     weight, bias = stacked_head(head)
-    opt = torch.optim.SGD([weight, bias], lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
-    device = weight.device
     sampler = StackedGMM(gmms)
-    for _ in range(epochs):
-        feats, labels = sampler.sample(samples_per_class)
-        feats, labels = feats.to(device), labels.to(device)
-        for idx in _batches(len(feats), batch_size):
-            z = F.linear(feats[idx], weight, bias)
-            z = z / (temperature * (z.norm(dim=1, keepdim=True) + 1e-7))
-            loss = F.cross_entropy(z, labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        sched.step()
+
+    def logits(feats: torch.Tensor) -> torch.Tensor:
+        z = F.linear(feats, weight, bias)
+        return z / (temperature * (z.norm(dim=1, keepdim=True) + 1e-7))
+
+    shared_alignment(torch.optim.SGD([weight, bias], lr=lr), logits, lambda: sampler.sample(samples_per_class),
+                     epochs, batch_size, weight.device, drop_last=True)
     unstack_head(head, weight, bias)
 
 

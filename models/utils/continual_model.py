@@ -10,6 +10,7 @@ from torch import nn
 
 from backbone import ContinualBackbone
 from utils import distributed
+from utils.training import run_epochs
 
 
 class ContinualModel(nn.Module):
@@ -17,10 +18,12 @@ class ContinualModel(nn.Module):
 
     Template, called by the training loop in this order for each task::
 
-        meta_begin_task -> [begin_epoch -> observe* -> end_epoch]* -> meta_end_task -> evaluate -> end_eval
+        meta_begin_task -> train_task -> meta_end_task -> evaluate -> end_eval
 
-    Subclasses implement :meth:`observe` (one optimisation step on a batch, returning the
-    loss as a float) and optionally the other hooks. ``self.opt`` is rebuilt at every task
+    where the default :meth:`train_task` runs ``[begin_epoch -> observe* -> end_epoch]`` for
+    ``--n_epochs`` epochs. Subclasses implement :meth:`observe` (one optimisation step on a batch,
+    returning the loss as a float) and optionally the other hooks; a method that trains otherwise
+    (on other data, or not every task) overrides :meth:`train_task`. ``self.opt`` is rebuilt at every task
     start from ``--optimizer``/``--lr``/``--optim_wd``/``--optim_mom``. A model that owns
     its learning-rate schedule steps it itself (the loop never touches ``self.opt``).
     """
@@ -31,7 +34,6 @@ class ContinualModel(nn.Module):
     AVAIL_OPTIMS = ("sgd", "adam", "adamw")
     # None: the method supports --distributed ddp; otherwise the reason it does not (a one-line error)
     DDP_UNSUPPORTED: Optional[str] = None
-    OBSERVES_BATCHES = True  # False: the loop skips the epochs (the method trains elsewhere, e.g. end_task)
 
     def __init__(self, backbone: ContinualBackbone, loss: Callable, args: argparse.Namespace,
                  transform: Callable, dataset: Any = None):
@@ -58,6 +60,11 @@ class ContinualModel(nn.Module):
 
     def begin_task(self, dataset: Any) -> None:
         """Called before training on a task (counters and ``self.opt`` are already set)."""
+
+    def train_task(self, dataset: Any, train_loader: Any, task: int) -> None:
+        """Train on task ``task`` (between ``begin_task`` and ``end_task``): by default ``--n_epochs``
+        epochs of ``begin_epoch -> observe* -> end_epoch`` over ``train_loader``."""
+        run_epochs(self, dataset, self.args, train_loader, task)
 
     def begin_epoch(self, epoch: int, dataset: Any) -> None:
         """Called before each epoch."""

@@ -4,51 +4,23 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import random
 import resource
 import subprocess
 import sys
 import time
 import traceback
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 
-from backbone import get_backbone
-from datasets import get_dataset
-from models import get_model_class
+from app.config import ROOT, parse_args
+from app.experiment import (Experiment, build_experiment, check_compatibility,  # noqa: F401 (re-exported)
+                            check_every_task_has_data, get_device, set_random_seed)
 from utils import checkpoints, distributed
-from utils.config import ROOT, parse_args
 from utils.errors import UserError
 from utils.io import check_writable, remove_stale_temporaries, write_json
 from utils.loggers import close_loggers, open_loggers, summary_scalars, task_scalars
 from utils.training import RunRecord, train
-
-
-def set_random_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
-
-
-def get_device(name: Optional[str]) -> torch.device:
-    """``--device`` or the best available: cuda, then mps, then cpu."""
-    if name:
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise UserError(f"bad --device '{name}'; use cpu, cuda, cuda:N or mps") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def versions() -> dict[str, Optional[str]]:
@@ -72,23 +44,6 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
 def default_results_file(args: argparse.Namespace, setting: str) -> str:
     return os.path.join(args.base_path, "results", setting, args.dataset, args.model,
                         f"{checkpoints.run_name(args)}.json")
-
-
-def check_compatibility(model_cls: Any, dataset: Any) -> None:
-    """The model must support the dataset's setting (class-il, task-il, domain-il, ...)."""
-    if dataset.SETTING not in model_cls.COMPATIBILITY:
-        raise UserError(f"model {model_cls.NAME} does not support the {dataset.SETTING} setting of {dataset.NAME} "
-                        f"(it supports: {', '.join(model_cls.COMPATIBILITY)}); pick another model or dataset")
-
-
-def check_every_task_has_data(dataset: Any) -> None:
-    """Fail before training (not at task k) when a task of the split has no training images."""
-    train, _ = dataset.splits
-    for task in range(dataset.N_TASKS):
-        if len(dataset.task_indices(train, task)) == 0:
-            start, end = dataset.get_offsets(task)
-            raise UserError(f"{dataset.NAME}: task {task + 1} (classes {start}-{end - 1}) has no training images; "
-                            f"check the labels of the data or the class split (--n_tasks/--classes_per_task)")
 
 
 def _find_resume_state(args: argparse.Namespace) -> Optional[tuple[str, dict[str, Any]]]:
@@ -176,68 +131,31 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace, ckpt_args: Optional[dict], device: torch.device) -> dict[str, Any]:
+    """Build, resume, train with a per-task callback, then collect and write the results."""
     started = time.perf_counter()
     main_process = distributed.is_main_process()
-    if args.seed is not None:
-        set_random_seed(args.seed)
     if ckpt_args is not None:  # before reading any data: a checkpoint of another model/dataset is refused
         checkpoints.check_checkpoint_matches(args.loadcheck, ckpt_args, args, strict=False)
+    results_file = ""
 
-    dataset = get_dataset(args)
-    dataset.splits  # read (or download) the data now: data errors come before any training output
-    check_every_task_has_data(dataset)
-    model_cls = get_model_class(args.model)
-    check_compatibility(model_cls, dataset)
-    if args.distributed == "ddp" and model_cls.DDP_UNSUPPORTED:
-        raise UserError(f"model {model_cls.NAME} does not support --distributed ddp: {model_cls.DDP_UNSUPPORTED}; "
-                        f"run it in a single process")
-    results_file = args.results_file or default_results_file(args, dataset.SETTING)
-    if distributed.world_size() > args.batch_size:
-        raise UserError(f"--batch_size {args.batch_size} is split across {distributed.world_size()} processes; "
-                        f"use at least one sample per process")
-    if main_process:
-        check_writable(os.path.dirname(os.path.abspath(results_file)), "results")
-        if args.savecheck:
-            check_writable(checkpoints.run_dir(args), "checkpoint")
+    def check_outputs(dataset: Any) -> None:
+        nonlocal results_file
+        results_file = _check_outputs(args, dataset, main_process)
 
-    backbone = get_backbone(args, dataset.N_CLASSES, dataset.img_size, dataset.IN_CHANS)
-    model = model_cls(backbone, dataset.get_loss(), args, dataset.get_transform(), dataset=dataset).to(device)
-    distributed.broadcast_module(model)  # identical replicas even if construction drew different numbers
-
-    record = RunRecord()
-    resumed = _find_resume_state(args)
-    if resumed is not None:
-        record = _restore(model, dataset, *resumed, device)
+    experiment = build_experiment(args, device, before_model=check_outputs)
+    record = _resume(experiment)
     if args.resume and main_process:
         remove_stale_temporaries(os.path.dirname(os.path.abspath(results_file)), os.path.basename(results_file))
     trackers = open_loggers(args, checkpoints.run_name(args)) if main_process else []
-
-    def end_of_task(rec: RunRecord) -> None:
-        final = rec.tasks_done == dataset.N_TASKS
-        if (args.savecheck == "task" or (args.savecheck == "last" and final)) and main_process:
-            checkpoints.save_checkpoint(checkpoints.checkpoint_path(args, rec.tasks_done), {
-                "args": {k: v for k, v in vars(args).items()}, "model_state": model.checkpoint_state(),
-                "record": rec.to_dict(), "rng": checkpoints.rng_state(), "tasks_done": rec.tasks_done})
-        for tracker in trackers:
-            tracker.log_task(rec.tasks_done - 1, task_scalars(rec.accuracy_matrix_class_il,
-                                                              rec.accuracy_matrix_task_il, rec.tasks_done - 1))
-
     try:
         try:
-            record = train(model, dataset, args, record, on_task_end=end_of_task)
+            record = train(experiment.model, experiment.dataset, args, record,
+                           on_task_end=_task_end_callback(experiment, trackers, main_process))
         except KeyboardInterrupt:
             where = checkpoints.run_dir(args) if args.savecheck else None
             hint = f"; checkpoints of finished tasks are in {where}: rerun with --resume" if where else ""
             raise UserError(f"interrupted after {record.tasks_done} finished task(s){hint}") from None
-
-        timings = {"per_task": record.task_timings, "total_seconds": time.perf_counter() - started}
-        results = {"args": vars(args), "setting": dataset.SETTING, "n_tasks": dataset.N_TASKS,
-                   "tasks_done": record.tasks_done, "complete": record.tasks_done == dataset.N_TASKS,
-                   "class_order": list(dataset.scenario.class_order) if dataset.scenario.class_order else None,
-                   "accuracy_matrix_class_il": record.accuracy_matrix_class_il,
-                   "accuracy_matrix_task_il": record.accuracy_matrix_task_il, **record.summary(),
-                   "timings": timings, "peak_memory_mb": peak_memory_mb(device), "device": str(device),
-                   "versions": versions()}
+        results = collect_results(experiment, record, time.perf_counter() - started)
         figures = _write_outputs(results, results_file, bool(args.plots)) if main_process else []
         for tracker in trackers:
             tracker.log_summary(summary_scalars(results))
@@ -254,6 +172,56 @@ def _run(args: argparse.Namespace, ckpt_args: Optional[dict], device: torch.devi
     print(f"results: {results_file}", flush=True)
     results["results_file"] = results_file
     return results
+
+
+def _check_outputs(args: argparse.Namespace, dataset: Any, main_process: bool) -> str:
+    """The results file, after checking (before any training) that the outputs can be written."""
+    results_file = args.results_file or default_results_file(args, dataset.SETTING)
+    if distributed.world_size() > args.batch_size:
+        raise UserError(f"--batch_size {args.batch_size} is split across {distributed.world_size()} processes; "
+                        f"use at least one sample per process")
+    if main_process:
+        check_writable(os.path.dirname(os.path.abspath(results_file)), "results")
+        if args.savecheck:
+            check_writable(checkpoints.run_dir(args), "checkpoint")
+    return results_file
+
+
+def _resume(experiment: Experiment) -> RunRecord:
+    """The record of the tasks already done: empty, or restored with the model from a checkpoint."""
+    resumed = _find_resume_state(experiment.args)
+    if resumed is None:
+        return RunRecord()
+    return _restore(experiment.model, experiment.dataset, *resumed, experiment.device)
+
+
+def _task_end_callback(experiment: Experiment, trackers: list, main_process: bool) -> Callable[[RunRecord], None]:
+    """After each task: the checkpoint (``--savecheck``) and the trackers' per-task scalars."""
+    args, model = experiment.args, experiment.model
+
+    def end_of_task(rec: RunRecord) -> None:
+        final = rec.tasks_done == experiment.dataset.N_TASKS
+        if (args.savecheck == "task" or (args.savecheck == "last" and final)) and main_process:
+            checkpoints.save_checkpoint(checkpoints.checkpoint_path(args, rec.tasks_done), {
+                "args": {k: v for k, v in vars(args).items()}, "model_state": model.checkpoint_state(),
+                "record": rec.to_dict(), "rng": checkpoints.rng_state(), "tasks_done": rec.tasks_done})
+        for tracker in trackers:
+            tracker.log_task(rec.tasks_done - 1, task_scalars(rec.accuracy_matrix_class_il,
+                                                              rec.accuracy_matrix_task_il, rec.tasks_done - 1))
+    return end_of_task
+
+
+def collect_results(experiment: Experiment, record: RunRecord, seconds: float) -> dict[str, Any]:
+    """The results JSON's content: arguments, accuracy matrices, summary metrics, timings, environment."""
+    dataset, device = experiment.dataset, experiment.device
+    timings = {"per_task": record.task_timings, "total_seconds": seconds}
+    return {"args": vars(experiment.args), "setting": dataset.SETTING, "n_tasks": dataset.N_TASKS,
+            "tasks_done": record.tasks_done, "complete": record.tasks_done == dataset.N_TASKS,
+            "class_order": list(dataset.scenario.class_order) if dataset.scenario.class_order else None,
+            "accuracy_matrix_class_il": record.accuracy_matrix_class_il,
+            "accuracy_matrix_task_il": record.accuracy_matrix_task_il, **record.summary(),
+            "timings": timings, "peak_memory_mb": peak_memory_mb(device), "device": str(device),
+            "versions": versions()}
 
 
 def wants_traceback(argv: list[str]) -> bool:

@@ -8,6 +8,7 @@ value passes the flag's type and choices; anything else is a one-line :class:`Us
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from typing import Any, Optional
@@ -18,7 +19,7 @@ from backbone import BACKBONES, add_backbone_args
 from datasets import DATASETS
 from datasets.utils.continual_dataset import STRUCTURE_KEYS
 from models import MODELS
-from utils.args import add_common_args
+from utils.args import add_common_args, changes_results
 from utils.errors import UserError, closest
 from utils.registry import normalize_name
 
@@ -208,7 +209,7 @@ def parse_args(argv: Optional[list[str]] = None, checkpoint_args: Optional[dict]
     layers.append((f"{model_cls.NAME} defaults", dict(model_cls.DEFAULTS)))
     layers.append((os.path.relpath(model_path, ROOT) if model_path else "model config", model_layer))
     if ckpt:
-        layers.append(("checkpoint args", {k: v for k, v in ckpt.items() if k not in _RUN_LOCAL_KEYS}))
+        layers.append(("checkpoint args", ckpt))
 
     backbone = pre.backbone
     for _, layer in reversed(layers):
@@ -217,9 +218,11 @@ def parse_args(argv: Optional[list[str]] = None, checkpoint_args: Optional[dict]
     merged: dict[str, Any] = {}
     for source, layer in layers:
         for key, value in layer.items():
-            if source in ("checkpoint args", f"{model_cls.NAME} defaults") and \
-                    key not in {a.dest for a in parser._actions}:
-                continue  # keys of other versions of the checkpoint's model, or backbone flags of another backbone
+            if source == "checkpoint args" and (key not in {a.dest for a in parser._actions}
+                                                or not changes_results(key)):
+                continue  # run flags are this process's own; keys of other versions of the model are ignored
+            if source == f"{model_cls.NAME} defaults" and key not in {a.dest for a in parser._actions}:
+                continue  # a backbone flag of another backbone (e.g. pretrain_type without a ViT-B)
             merged[key] = _coerce(parser, key, value, source)
     merged.pop("dataset_structure", None)
     parser.set_defaults(**merged)
@@ -246,7 +249,13 @@ def parse_args(argv: Optional[list[str]] = None, checkpoint_args: Optional[dict]
     return args
 
 
-# Flags that describe where/how this process runs, never restored from a checkpoint.
-_RUN_LOCAL_KEYS = {"distributed", "dist_timeout", "resume", "loadcheck", "device", "num_workers", "non_verbose", "results_file",
-                   "checkpoint_path", "stop_after", "traceback", "base_path", "dataset_structure", "savecheck",
-                   "ckpt_name", "plots", "wandb_project", "wandb_entity", "wandb_name", "tensorboard"}
+@functools.lru_cache(maxsize=None)
+def declare_flags(model: Optional[str], dataset: Optional[str], backbone: Optional[str]) -> None:
+    """Build the parser of this combination so that its flags' declarations (``utils.args.RUN_FLAGS``)
+    are known, e.g. to the report; names no longer registered are skipped (the common flags remain)."""
+    def find(registry: Any, name: Optional[str]) -> Any:
+        try:
+            return registry.get(name) if name else None
+        except UserError:
+            return None
+    build_parser(find(MODELS, model), find(DATASETS, dataset), backbone if find(BACKBONES, backbone) else None)
