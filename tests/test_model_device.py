@@ -32,11 +32,10 @@ EXTRA = {
     "coda-prompt": ["--pool_size", "6", "--prompt_length", "2", "--lr", "0.01"],
     "slca": ["--ca_samples_per_class", "8", "--ca_epochs", "2"],
     "ranpac": ["--rp_size", "16"],
-    "ita": SO_FAST, "iel": SO_FAST,
-    "second-order": [*SO_FAST, "--tuning_style", "ia3"],
+    "ita": SO_FAST, "iel": [*SO_FAST, "--tuning_style", "ia3"],  # the three module types, both modes, bf16
+    "second-order": [*SO_FAST, "--tuning_style", "full", "--use_iel", "1", "--precision", "bf16"],
 }
-CASES = [(name, EXTRA.get(name, [])) for name in MODELS.names()] + [
-    ("second-order", [*SO_FAST, "--tuning_style", "full", "--use_iel", "1", "--precision", "bf16"])]
+CASES = [(name, EXTRA.get(name, [])) for name in MODELS.names()]
 
 
 @pytest.fixture(scope="module")
