@@ -22,7 +22,7 @@ Fisher sums, optimizer state, heads; the GMMs are host-side by design) on the ru
 holds per-phase seconds (features, GMMs, pre-tuning, Fisher, training, evaluation), the peak GPU memory and the
 accuracies of every run. Exit code 0 when every check passes, 1 otherwise.
 
-``--device cpu`` replaces ViT-B/16 by ``vit_tiny_patch16_224`` with one block through the test-only variable
+``--device cpu`` replaces ViT-B/16 by ``vit_tiny_patch16_224`` with one block, 32-pixel patches and 96 dimensions through the test-only variable
 ``CL_TEST_VIT_B16_ARCH`` (backbone/vit.py), stops after 2 tasks and runs ITA fp32 and IEL bf16 only.
 """
 from __future__ import annotations
@@ -51,7 +51,7 @@ DEFAULT_DATA = next((p for p in (os.path.join(up, "shared", "data", "cifar100_mi
 LINES = {"ita": ["--model", "ita", "--dataset", "seq-cifar100-224", "--model_config", "best"],
          "iel": ["--model", "iel", "--dataset", "seq-cifar100-224", "--model_config", "best"]}
 HUB_NAME = "timm/vit_base_patch16_224.augreg_in21k"
-CPU_ARCH = "vit_tiny_patch16_224:depth=1"
+CPU_ARCH = "vit_tiny_patch16_224:depth=1,patch_size=32,embed_dim=96"
 PHASES = {"_extract_features": "features", "_fit_gmms": "gmms", "_pretune": "pretuning",
           "_compute_fisher": "fisher", "meta_observe": "training", "end_task": "end_task"}
 
