@@ -22,8 +22,9 @@ Fisher sums, optimizer state, heads; the GMMs are host-side by design) on the ru
 holds per-phase seconds (features, GMMs, pre-tuning, Fisher, training, evaluation), the peak GPU memory and the
 accuracies of every run. Exit code 0 when every check passes, 1 otherwise.
 
-``--device cpu`` replaces ViT-B/16 by ``vit_tiny_patch16_224`` with one block, 32-pixel patches and 96 dimensions through the test-only variable
-``CL_TEST_VIT_B16_ARCH`` (backbone/vit.py), stops after 2 tasks and runs ITA fp32 and IEL bf16 only.
+``--device cpu`` replaces ViT-B/16 by ``vit_tiny_patch16_224`` with one block, 32-pixel patches and 96 dimensions
+through the test-only variable ``CL_TEST_VIT_B16_ARCH`` (backbone/vit.py), stops after 2 tasks and runs ITA fp32 and
+IEL bf16 only.
 """
 from __future__ import annotations
 
