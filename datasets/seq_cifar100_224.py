@@ -19,6 +19,8 @@ class SequentialCIFAR100224(OpListDataset):
     ``datasets/configs/seq-cifar100-224/default.yaml`` is applied automatically;
     ``--dataset_config second_order_ta`` gives the ITA/IEL setting (0.5/0.5 normalisation,
     Resize 256 + CenterCrop 224 at test time, AdamW). The ``not_aug`` images stay 32x32.
+    ``--transform_type strong`` (Mammoth's dataset flag) adds ColorJitter(0.4, 0.4, 0.4, 0.1) and
+    RandomRotation(15) before ``ToTensor`` in the training pipeline.
     """
 
     NAME = "seq-cifar100-224"
@@ -46,6 +48,9 @@ class SequentialCIFAR100224(OpListDataset):
     # ----- device-side augmentation (docs/speed.md) -------------------------------------------------
     @staticmethod
     def get_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser.add_argument("--transform_type", type=str, default="weak", choices=["weak", "strong"],
+                            help="training augmentation: weak (crop + flip) or strong (+ colour jitter, rotation; "
+                                 "always on the CPU)")
         parser.add_argument("--gpu_augmentation", type=str, default="auto", choices=["auto", "0", "1"],
                             help="RandomResizedCrop + flip of the train images on the device (kornia) instead of "
                                  "in the loader workers; auto: on with CUDA and the default train transform")
@@ -67,12 +72,23 @@ class SequentialCIFAR100224(OpListDataset):
 
     def device_augmentation(self) -> Optional[dict]:
         """The device pipeline equivalent to the train transform (None: the transform has other ops)."""
+        if self.strong():
+            return None
         return rrc_flip_spec(None if self.TRANSFORM is None else list(self.TRANSFORM), self.MEAN, self.STD)
 
+    def strong(self) -> bool:
+        return getattr(self.args, "transform_type", "weak") == "strong"
+
     def get_transform(self) -> Callable:
-        if self.augment_device() is None:
-            return super().get_transform()
-        return transforms.ToTensor()  # the 32x32 source image; crop, flip and normalisation run on the device
+        if self.augment_device() is not None:
+            return transforms.ToTensor()  # the 32x32 source image; crop, flip and normalisation run on the device
+        base = super().get_transform()
+        if not self.strong():
+            return base
+        ops = list(base.transforms) if isinstance(base, transforms.Compose) else [base]
+        at = next((i for i, op in enumerate(ops) if isinstance(op, transforms.ToTensor)), len(ops))
+        strong = [transforms.ColorJitter(0.4, 0.4, 0.4, 0.1), transforms.RandomRotation(15)]
+        return transforms.Compose(ops[:at] + strong + ops[at:])
 
     def make_loader(self, dataset, shuffle: bool, batch_size: Optional[int] = None):
         loader = super().make_loader(dataset, shuffle, batch_size)

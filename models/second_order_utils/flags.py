@@ -71,8 +71,8 @@ def add_second_order_args(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         help="approximate Fisher (never the default): k labels per image sampled from the model's prediction, "
              "k backward passes instead of one per seen class (unbiased; docs/speed.md has its error)")
     add_run_flag(parser, "--stats_batch_size", type=auto_or_int, default=None,
-                 help="batch of the theta0 passes (features, Fisher); the results do not depend on it. auto "
-                      f"(default): {CPU_STATS_BATCH} on a CPU, sized from the free memory on CUDA")
+        help="batch of the theta0 passes (features, Fisher); the results do not depend on it. auto (default): "
+             f"{CPU_STATS_BATCH} on a CPU, sized from the free memory on CUDA")
     add("--fisher_precision", type=str, default="fp32", choices=["fp32", "tf32", "bf16"],
         help="GEMM precision of the Fisher pass (squares always summed in fp32); docs/speed.md has the measured "
              "error and accuracy effect")

@@ -49,9 +49,9 @@ def gmm_log_likelihood(x: torch.Tensor, weights: torch.Tensor, means: torch.Tens
     return torch.logsumexp(comp + torch.log(weights)[None], dim=1)
 
 
-def _batches(n: int, batch_size: int) -> list[torch.Tensor]:
+def _batches(n: int, batch_size: int, generator: Optional[torch.Generator] = None) -> list[torch.Tensor]:
     """Shuffled index batches with drop_last; a set smaller than one batch is used whole."""
-    return shuffled_batches(n, batch_size, drop_last=True)
+    return shuffled_batches(n, batch_size, drop_last=True, generator=generator)
 
 
 def stacked_head(head: IncrementalHead, first_task: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

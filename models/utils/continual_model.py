@@ -9,12 +9,14 @@ import torch
 from torch import nn
 
 from backbone import ContinualBackbone
+from mammoth_compat.model import MammothModelAPI, filter_keywords
+from models.utils.buffer import Buffer
 from utils import distributed
 from utils.optimization import COMPILE_LEVEL, apply_matmul_precision, compiled
 from utils.training import run_epochs
 
 
-class ContinualModel(nn.Module):
+class ContinualModel(MammothModelAPI, nn.Module):
     """A continual learner wrapping a backbone ``net``.
 
     Template, called by the training loop in this order for each task::
@@ -27,6 +29,10 @@ class ContinualModel(nn.Module):
     (on other data, or not every task) overrides :meth:`train_task`. ``self.opt`` is rebuilt at every task
     start from ``--optimizer``/``--lr``/``--optim_wd``/``--optim_mom``. A model that owns
     its learning-rate schedule steps it itself (the loop never touches ``self.opt``).
+
+    Mammoth's attributes (``N_CLASSES``, ``N_TASKS``, ``cpt``, the device-side ``transform``, ...)
+    come from :class:`mammoth_compat.model.MammothModelAPI`; ``original_transform`` is the
+    dataset's torchvision train pipeline.
     """
 
     NAME: str = ""
@@ -46,7 +52,7 @@ class ContinualModel(nn.Module):
         self.net = backbone
         self.loss = loss
         self.args = args
-        self.transform = transform
+        self.original_transform = transform
         self.dataset = dataset
         self.device = torch.device("cpu")
         self.current_task = 0
@@ -176,9 +182,21 @@ class ContinualModel(nn.Module):
         self.begin_epoch(epoch, dataset)
 
     def meta_observe(self, inputs: torch.Tensor, labels: torch.Tensor, not_aug_inputs: torch.Tensor,
-                     epoch: Optional[int] = None) -> float:
+                     epoch: Optional[int] = None, **extra: torch.Tensor) -> float:
+        """``observe`` on a batch; it gets ``epoch`` and the ``extra`` fields only if its signature takes them.
+
+        Samples labelled -1 (unlabelled, ``--label_perc_by_*``) are dropped unless the model
+        supports the ``cssl`` setting; a batch with none left is skipped (loss 0).
+        """
+        if self._may_have_unlabelled() and bool((labels < 0).any()):  # (no device sync otherwise)
+            keep = labels >= 0
+            if not bool(keep.any()):
+                return 0.0
+            inputs, labels, not_aug_inputs = inputs[keep], labels[keep], not_aug_inputs[keep]
+            extra = {k: v[keep] if torch.is_tensor(v) and v.shape[:1] == keep.shape else v for k, v in extra.items()}
+        kwargs = filter_keywords(self.observe, {"epoch": epoch, **extra})
         with self.autocast():
-            out = self.observe(inputs, labels, not_aug_inputs, epoch=epoch)
+            out = self.observe(inputs, labels, not_aug_inputs, **kwargs)
         self.task_iteration += 1
         self.epoch_iteration += 1
         loss = out["loss"] if isinstance(out, dict) else out
@@ -188,6 +206,12 @@ class ContinualModel(nn.Module):
     def is_logging_step(self) -> bool:
         """Whether the training loop reads this step's loss (inside ``observe``: the step being run)."""
         return self.epoch_iteration % self.LOG_EVERY == 0
+
+    def _may_have_unlabelled(self) -> bool:
+        """Whether batches can hold samples labelled -1 that this (non-``cssl``) model must not see."""
+        args = self.args
+        return "cssl" not in self.COMPATIBILITY and (getattr(args, "label_perc_by_task", 1.0) < 1
+                                                     or getattr(args, "label_perc_by_class", 1.0) < 1)
 
     def meta_end_epoch(self, epoch: int, dataset: Any) -> None:
         self.end_epoch(epoch, dataset)
@@ -201,10 +225,20 @@ class ContinualModel(nn.Module):
 
     # ----- checkpoints ----------------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
-        """Everything needed to resume after ``current_task`` tasks (tensors and plain types only)."""
-        return {"model": self.state_dict(), "current_task": self.current_task}
+        """Everything needed to resume after ``current_task`` tasks (tensors and plain types only).
+
+        A replay buffer in ``self.buffer`` (Mammoth's convention) is saved too.
+        """
+        state = {"model": self.state_dict(), "current_task": self.current_task}
+        buffer = getattr(self, "buffer", None)
+        if isinstance(buffer, Buffer):
+            state["buffer"] = buffer.state_dict()
+        return state
 
     def load_checkpoint_state(self, state: dict[str, Any], dataset: Any) -> None:
         """Restore :meth:`checkpoint_state`. Models whose structure grows per task rebuild it first."""
         self.load_state_dict(state["model"])
         self.current_task = int(state["current_task"])
+        buffer = getattr(self, "buffer", None)
+        if isinstance(buffer, Buffer) and "buffer" in state:
+            buffer.load_state_dict(state["buffer"], getattr(buffer, "device", None) or self.device)
