@@ -50,7 +50,7 @@ def load_model(checkpoint: str, device: Optional[str] = None) -> tuple[Any, Any,
         dataset.get_data_loaders()
     backbone = get_backbone(args, dataset.N_CLASSES, dataset.img_size, dataset.IN_CHANS)
     model = model_cls(backbone, dataset.get_loss(), args, dataset.get_transform(), dataset=dataset)
-    model.load_checkpoint_state(state["model_state"], dataset)
+    model.load_lean_checkpoint_state(state["model_state"], dataset, checkpoint)
     model.to(get_device(device))
     return args, dataset, model, state
 

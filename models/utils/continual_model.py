@@ -10,6 +10,7 @@ from torch import nn
 
 from backbone import ContinualBackbone
 from utils import distributed
+from utils.frozen_weights import PretrainedIndex
 
 
 class ContinualModel(nn.Module):
@@ -49,6 +50,7 @@ class ContinualModel(nn.Module):
         self.task_iteration = 0
         self.epoch_iteration = 0
         self.opt: Optional[torch.optim.Optimizer] = None
+        self.pretrained_index = PretrainedIndex(backbone)  # hashes of the initial weights (lean checkpoints)
 
     # ----- hooks to override ----------------------------------------------------------------------
     @staticmethod
@@ -173,3 +175,13 @@ class ContinualModel(nn.Module):
         """Restore :meth:`checkpoint_state`. Models whose structure grows per task rebuild it first."""
         self.load_state_dict(state["model"])
         self.current_task = int(state["current_task"])
+
+    def lean_checkpoint_state(self) -> dict[str, Any]:
+        """:meth:`checkpoint_state` without the tensors that still equal the pretrained backbone (their hash
+        is kept); what is written to checkpoint files."""
+        return self.pretrained_index.strip(self.checkpoint_state())
+
+    def load_lean_checkpoint_state(self, state: dict[str, Any], dataset: Any, where: str = "") -> None:
+        """Restore a :meth:`lean_checkpoint_state` on a freshly built model with the same pretrained weights
+        (another backbone: a one-line :class:`UserError`)."""
+        self.load_checkpoint_state(self.pretrained_index.fill(state, where), dataset)
