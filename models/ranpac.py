@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from models.feature_utils.features import task_features
 from models.utils.continual_model import ContinualModel
+from utils import seeding
 from utils.args import none_or, parse_bool, positive_float, positive_int
 
 RIDGE_CANDIDATES = tuple(10.0 ** e for e in range(-8, 14))
@@ -60,7 +61,8 @@ class RanPAC(ContinualModel):
     def __init__(self, backbone, loss, args, transform, dataset=None):
         super().__init__(backbone, loss, args, transform, dataset)
         n_classes = backbone.classifier.out_features
-        self.register_buffer("projection", torch.randn(backbone.feature_dim, args.rp_size))
+        gen = seeding.generator(seeding.run_seed(args), 0, "projection")
+        self.register_buffer("projection", torch.randn(backbone.feature_dim, args.rp_size, generator=gen))
         self.register_buffer("gram", torch.zeros(args.rp_size, args.rp_size, dtype=torch.float64))
         self.register_buffer("cross", torch.zeros(args.rp_size, n_classes, dtype=torch.float64))
         self.register_buffer("head", torch.zeros(args.rp_size, n_classes))
@@ -82,7 +84,9 @@ class RanPAC(ContinualModel):
         self.net.train(was_training)
         H = random_features(feats, self.projection).double()
         Y = F.one_hot(labels, self.cross.shape[1]).double()
-        ridge = self.args.ridge if self.args.ridge is not None else select_ridge(H, Y)
+        split = seeding.generator(seeding.run_seed(self.args), self.current_task, "ridge_split")
+        perm = torch.randperm(len(H), generator=split).to(H.device)
+        ridge = self.args.ridge if self.args.ridge is not None else select_ridge(H, Y, perm=perm)
         self.ridge = ridge
         self.gram += H.t() @ H
         self.cross += H.t() @ Y

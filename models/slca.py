@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from models.feature_utils.features import class_gaussians, sample_gaussians, task_features
 from models.utils.continual_model import ContinualModel
+from utils import seeding
 from utils.args import nonneg_float, nonneg_int, positive_float, positive_int
 
 
@@ -89,7 +90,8 @@ class Slca(ContinualModel):
         self.class_stats.update(class_gaussians(feats, labels, self.args.ca_cov_eps,
                                                 diagonal=self.args.ca_covariance == "diag"))
         if self.current_task > 0 and self.args.ca_epochs > 0:
-            self.align_classifier(dataset)
+            with seeding.seeded_for(self.args, self.current_task, "align", self.device):
+                self.align_classifier(dataset)
         self.net.train(was_training)
 
     def align_classifier(self, dataset) -> None:

@@ -13,7 +13,7 @@ from torchvision import transforms
 from datasets.utils.scenario import ClassIncrementalScenario
 from datasets.utils.sources import ImageSource, TaskDataset, seed_worker
 from datasets.utils.transforms import build_transform
-from utils import distributed
+from utils import distributed, seeding
 from utils.errors import UserError
 
 STRUCTURE_KEYS = ("N_TASKS", "N_CLASSES_PER_TASK", "N_CLASSES", "SIZE", "MEAN", "STD", "TRANSFORM", "TEST_TRANSFORM")
@@ -53,6 +53,7 @@ class ContinualDataset:
             raise UserError(f"{self.NAME}: N_CLASSES={declared} but the tasks hold {self.scenario.n_classes} classes")
         self.N_CLASSES = self.scenario.n_classes
         self.c_task = -1
+        self._shuffled_loaders: dict[int, int] = {}  # task -> shuffled loaders made for it (seeds their order)
         self.train_loader: Optional[DataLoader] = None
         self.test_loaders: list[DataLoader] = []
         self._splits: Optional[tuple[ImageSource, ImageSource]] = None
@@ -149,17 +150,26 @@ class ContinualDataset:
 
     def make_loader(self, dataset: torch.utils.data.Dataset, shuffle: bool,
                     batch_size: Optional[int] = None) -> DataLoader:
-        """A seeded loader: the shuffle order derives from the global torch RNG (saved in checkpoints)."""
+        """A seeded loader, identical on every rank whatever the shard sizes and ``--num_workers``.
+
+        A shuffled loader's order and each sample's augmentation come from the stream (seed, task,
+        ``loader<n>``) (n-th shuffled loader of the task): a sample's augmentation depends only on its index
+        and the pass, never on which rank or worker loads it; the global RNGs are not touched.
+        """
         if batch_size is None and not shuffle:  # evaluation: larger batches, same results
             batch_size = getattr(self.args, "eval_batch_size", None) or max(self.args.batch_size, 128)
         batch_size = batch_size or self.args.batch_size
         workers = self.args.num_workers
+        task = max(self.c_task, 0)
+        n = self._shuffled_loaders.get(task, 0) if shuffle else 0
+        seed = seeding.derive_seed(seeding.run_seed(self.args), task, f"loader{n}" if shuffle else "test_loader")
         common = dict(num_workers=workers, worker_init_fn=seed_worker if workers else None,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=False)
-        if shuffle:  # one RNG draw per train loader; test loaders draw nothing (extra evaluations change nothing)
-            seed = int(torch.randint(0, 2 ** 62, (1,)).item())
+                      pin_memory=torch.cuda.is_available(), persistent_workers=False,
+                      generator=torch.Generator().manual_seed(seed))  # workers' base seed: not the global RNG
+        if shuffle:
+            self._shuffled_loaders[task] = n + 1
             sampler = distributed.ShardedBatchSampler(len(dataset), batch_size, shuffle=True, seed=seed,
-                                                      drop_last=bool(self.args.drop_last))
+                                                      drop_last=bool(self.args.drop_last), sample_seeds=True)
             return DataLoader(dataset, batch_sampler=sampler, **common)
         if distributed.world_size() > 1:  # each rank evaluates a disjoint shard; counts are summed
             return DataLoader(dataset, batch_size=batch_size, sampler=distributed.ShardSampler(len(dataset), False),
