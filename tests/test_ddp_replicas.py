@@ -112,3 +112,22 @@ def test_augmentation_is_seeded_per_sample_not_per_rank():
     assert torch.equal(ds[(2, 123)][0], a)
     assert any(not torch.equal(ds[(2, s)][0], a) for s in range(124, 130))
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_num_workers_does_not_change_the_run(tmp_path):
+    """Augmenting in a worker process or in the main process gives the same training (same final weights)."""
+    from utils.runner import run
+    write_varied_folder(str(tmp_path / "data"))
+    hashes = []
+    for workers in ("0", "1"):
+        res = run(["--model", "sgd", "--dataset", "seq-custom", "--data_path", str(tmp_path / "data"),
+                   "--n_tasks", "2", "--img_size", "16", "--backbone", "vit_tiny", "--embed_dim", "32", "--depth",
+                   "1", "--num_heads", "2", "--lr", "0.05", "--n_epochs", "1", "--batch_size", "3", "--seed", "0",
+                   "--num_workers", workers, "--non_verbose", "--plots", "0", "--base_path", str(tmp_path),
+                   "--stop_after", "1", "--savecheck", "task", "--ckpt_name", f"w{workers}",
+                   "--checkpoint_path", str(tmp_path / "ckpt"), "--results_file", str(tmp_path / f"{workers}.json")])
+        assert res["tasks_done"] == 1
+        from utils import checkpoints
+        state = checkpoints.load_checkpoint(str(tmp_path / "ckpt" / f"w{workers}" / "task_1.pt"))
+        hashes.append(state_hash(state["model_state"]))
+    assert hashes[0] == hashes[1]

@@ -174,14 +174,17 @@ class ShardedBatchSampler(Sampler[list[int]]):
             yield [(i, derive_seed(self.seed, pass_index, f"sample{i}")) for i in mine] if self.sample_seeds else mine
 
     def __iter__(self) -> Iterator[list]:
+        # a generator: the pass counts only once iteration starts (a multi-worker DataLoader makes and
+        # discards one iterator before the one it uses, which must not skip a pass)
+        pass_index = self.passes
+        self.passes += 1
         if self.shuffle:
             g = torch.Generator()
-            g.manual_seed(self.seed + self.passes)
+            g.manual_seed(self.seed + pass_index)
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
-        self.passes += 1
-        return self._batches(order, self.passes - 1)
+        yield from self._batches(order, pass_index)
 
     def __len__(self) -> int:
         return sum(1 for _ in self._slices(list(range(self.n))))
