@@ -27,8 +27,8 @@ Path = list[Union[str, int]]
 def tensor_digest(tensor: torch.Tensor) -> str:
     """sha256 of a tensor's dtype, shape and bytes (moved to the CPU one tensor at a time)."""
     t = tensor.detach()
-    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
-    if t.numel():
+    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}{'meta' if t.is_meta else ''}".encode())
+    if t.numel() and not t.is_meta:  # a meta tensor has no content (device checks build models on it)
         h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
     return h.hexdigest()
 
@@ -37,8 +37,8 @@ def _probe(tensor: torch.Tensor) -> tuple:
     """(dtype, shape, a few elements at fixed positions): equal for equal tensors."""
     t = tensor.detach()
     n = t.numel()
-    if n == 0:
-        return (str(t.dtype), tuple(t.shape), b"")
+    if n == 0 or t.is_meta:
+        return (str(t.dtype), tuple(t.shape), b"meta" if t.is_meta else b"")
     idx = torch.linspace(0, n - 1, min(PROBES, n)).long().to(t.device)
     return (str(t.dtype), tuple(t.shape), t.reshape(-1)[idx].cpu().view(torch.uint8).numpy().tobytes())
 
