@@ -8,6 +8,8 @@ holds, plus its 72-byte header). The size the previous format had (pretrained we
 reported next to it.
 
     python -m benchmarks.checkpoint_size [--styles lora ia3 full] [--out FILE.json]
+
+(``--backbone vit_tiny --embed_dim 32 --depth 1 --num_heads 2 --img_size 32`` makes a seconds-long check.)
 """
 from __future__ import annotations
 
@@ -43,14 +45,14 @@ def serialized_size(state: dict[str, Any]) -> int:
     return counter.n + HEADER
 
 
-def build_model(style: str) -> Any:
+def build_model(style: str, backbone_flags: list[str], img_size: int) -> Any:
     from backbone import get_backbone
     from models import get_model_class
     from utils.config import parse_args
-    args = parse_args(["--model", "second_order", "--dataset", "seq-cifar100-224", "--backbone", "vit",
-                       "--pretrained", "0", "--tuning_style", style, "--lr", "0.0003", "--non_verbose"])
+    args = parse_args(["--model", "second_order", "--dataset", "seq-cifar100-224",
+                       "--tuning_style", style, "--lr", "0.0003", "--non_verbose", *backbone_flags])
     torch.manual_seed(0)
-    backbone = get_backbone(args, N_TASKS * CLASSES_PER_TASK, 224, 3)
+    backbone = get_backbone(args, N_TASKS * CLASSES_PER_TASK, img_size, 3)
     return get_model_class("second_order")(backbone, torch.nn.functional.cross_entropy, args, None)
 
 
@@ -78,18 +80,22 @@ def layer_name(model: Any, layer: Any) -> str:
     return next(n for n, l in model.pool.layers.items() if l is layer)
 
 
-def measure(style: str) -> dict[str, Any]:
+VIT_B16 = ("--backbone", "vit", "--pretrained", "0")  # the real ViT-B/16, random weights (nothing downloaded)
+
+
+def measure(style: str, backbone_flags: tuple[str, ...] = VIT_B16, img_size: int = 224,
+            n_tasks: int = N_TASKS) -> dict[str, Any]:
     started = time.perf_counter()
-    model = build_model(style)
+    model = build_model(style, list(backbone_flags), img_size)
     pretrained = sum(t.numel() * t.element_size() for t in model.pretrained_index.tensors)
     lean, full = [], []
-    for task in range(N_TASKS):
+    for task in range(n_tasks):
         grow_one_task(model, task)
         lean.append(serialized_size(model.lean_checkpoint_state()))
         full.append(serialized_size(model.checkpoint_state()))
     return {"style": style, "pretrained_bytes": pretrained, "lean_bytes_per_task": lean,
             "previous_bytes_per_task": full, "lean_gib_after_10": lean[-1] / GIB,
-            "previous_gib_after_10": full[-1] / GIB, "lean_gib_savecheck_task_total": sum(lean) / GIB,
+            "previous_gib_after_10": full[-1] / GIB, "model": model, "lean_gib_savecheck_task_total": sum(lean) / GIB,
             "previous_gib_savecheck_task_total": sum(full) / GIB, "seconds": time.perf_counter() - started}
 
 
@@ -97,11 +103,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--styles", nargs="+", default=["lora", "ia3", "full"], choices=["lora", "ia3", "full"])
     parser.add_argument("--out", default=None, help="also write the figures to this JSON file")
-    args = parser.parse_args(argv)
+    parser.add_argument("--img_size", type=int, default=224)
+    args, backbone_flags = parser.parse_known_args(argv)
+    backbone_flags = backbone_flags or list(VIT_B16)
     rows = []
     print(f"{'style':6} {'after 10 tasks':>15} {'before (with W0)':>17} {'--savecheck task, 10 files':>28}")
     for style in args.styles:
-        row = measure(style)
+        row = measure(style, tuple(backbone_flags), args.img_size)
+        row.pop("model")
         rows.append(row)
         print(f"{style:6} {row['lean_gib_after_10']:12.3f} GiB {row['previous_gib_after_10']:13.3f} GiB "
               f"{row['lean_gib_savecheck_task_total']:17.2f} GiB (was {row['previous_gib_savecheck_task_total']:.2f})",

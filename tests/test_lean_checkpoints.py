@@ -78,3 +78,20 @@ def test_second_order_checkpoint_leaves_out_the_backbone_and_resumes(tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "made on other pretrained backbone weights" in err[0], err
     assert not (tmp_path / "b.json").exists()
+
+
+def test_checkpoint_size_benchmark_counts_the_bytes_a_file_holds(tmp_path):
+    from benchmarks.checkpoint_size import measure
+    row = measure("lora", ("--backbone", "vit_tiny", "--embed_dim", "32", "--depth", "1", "--num_heads", "2"),
+                  img_size=32, n_tasks=2)
+    path = str(tmp_path / "c.pt")
+    lean = row["model"].lean_checkpoint_state()
+    checkpoints.save_checkpoint(path, lean)
+    assert os.path.getsize(path) == row["lean_bytes_per_task"][-1]
+    index = row["model"].pretrained_index
+    omitted = [index.tensors[i] for _, i in lean["pretrained"]["omitted"]]
+    omitted_bytes = sum(t.numel() * t.element_size() for t in omitted)
+    assert omitted_bytes > 0.8 * row["pretrained_bytes"]  # all but the replaced classifier
+    saved = row["previous_bytes_per_task"][-1] - row["lean_bytes_per_task"][-1]
+    assert omitted_bytes < saved < omitted_bytes + 1000 * len(omitted)  # plus each entry's zip and pickle overhead
+    assert row["lean_bytes_per_task"][1] > row["lean_bytes_per_task"][0]  # a task's modules, Fisher, GMMs
