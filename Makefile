@@ -15,7 +15,7 @@ $(STAMP): requirements.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m utils.demo --data $(SHARED)/data/cifar100_mini.npz
+	HF_HUB_OFFLINE=1 $(PY) -m app.demo --data $(SHARED)/data/cifar100_mini.npz
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider tests

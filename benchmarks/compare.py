@@ -8,7 +8,7 @@ go in ``--extra "derpp:--buffer_size 200 --alpha 0.1"`` (repeatable); they overr
 Prompt methods (``l2p``, ``coda_prompt``) need a ViT: they run on ``--vit_backbone`` with
 ``--vit_args`` instead of ``--backbone``/``--backbone_args``. Results JSONs go to
 ``<out>/results/<model>/seed<k>.json`` (a complete one is reused with ``--reuse 1``); the table and
-plot are written by :func:`utils.report.build_report` (``report.md``, ``report.csv``, ``report.png``).
+plot are written by :func:`app.report.build_report` (``report.md``, ``report.csv``, ``report.png``).
 """
 from __future__ import annotations
 
@@ -113,8 +113,8 @@ def compare(argv: Optional[list[str]] = None) -> tuple[dict[str, str], list[str]
     stray = sorted(set(extras) - set(models))
     if stray:
         raise UserError(f"--extra names {', '.join(stray)}, which is not in --models {args.models}")
-    from utils.report import build_report  # heavy imports only when running
-    from utils.runner import run
+    from app.report import build_report  # heavy imports only when running
+    from app.runner import run
 
     result_files, failures = [], []
     for model in models:

@@ -12,6 +12,7 @@ from torch.func import functional_call, grad, vmap
 from models.utils.continual_model import ContinualModel
 from utils import distributed
 from utils.args import _ranged, nonneg_float, positive_int
+from utils.modes import eval_mode
 
 closed_unit_interval = _ranged(float, "a number in [0, 1]", lambda v: 0.0 <= v <= 1.0)
 
@@ -103,10 +104,8 @@ class EwcOn(ContinualModel):
         return {n: s / max(count, 1) for n, s in sums.items()}
 
     def end_task(self, dataset) -> None:
-        was_training = self.net.training
-        self.net.eval()  # BatchNorm statistics stay fixed: one gradient per sample is well defined
-        fisher = self.compute_fisher(dataset.train_loader)
-        self.net.train(was_training)
+        with eval_mode(self.net):  # BatchNorm statistics stay fixed: one gradient per sample is well defined
+            fisher = self.compute_fisher(dataset.train_loader)
         if self.fisher is None:
             self.fisher = fisher
         else:

@@ -10,6 +10,7 @@ from models.feature_utils.features import task_features
 from models.utils.continual_model import ContinualModel
 from utils import seeding
 from utils.args import none_or, parse_bool, positive_float, positive_int
+from utils.modes import eval_mode
 
 RIDGE_CANDIDATES = tuple(10.0 ** e for e in range(-8, 14))
 
@@ -43,7 +44,7 @@ class RanPAC(ContinualModel):
     Gaussian random projection to ``--rp_size`` dimensions and a ReLU; the Gram matrix ``G`` and
     ``Q = H^T Y`` are accumulated over tasks and the classifier is the ridge solution
     ``(G + lambda I)^-1 Q``, lambda chosen each task on an 80/20 split of that task's data (or
-    ``--ridge``). Later tasks do no SGD: the loop skips their batches (``OBSERVES_BATCHES``)."""
+    ``--ridge``). Later tasks do no SGD (:meth:`train_task` skips their epochs)."""
 
     NAME = "ranpac"
     COMPATIBILITY = ["class-il", "task-il"]
@@ -69,19 +70,18 @@ class RanPAC(ContinualModel):
         self.register_buffer("tasks_fitted", torch.zeros((), dtype=torch.long))
         self.ridge: Optional[float] = args.ridge
 
-    def begin_task(self, dataset) -> None:
-        self.OBSERVES_BATCHES = bool(self.args.first_task_adapt) and self.current_task == 0
+    def train_task(self, dataset, train_loader, task) -> None:
+        if self.args.first_task_adapt and self.current_task == 0:
+            super().train_task(dataset, train_loader, task)
 
     def observe(self, inputs, labels, not_aug_inputs, epoch=None) -> float:
         return self.current_task_step(inputs, labels)
 
     def end_task(self, dataset) -> None:
         self.net.requires_grad_(False)
-        was_training = self.net.training
-        self.net.eval()
         max_batches = self.get_debug_iters() + 1 if self.args.debug_mode else None
-        feats, labels = task_features(self.net.features, dataset, self.current_task, self.device, max_batches)
-        self.net.train(was_training)
+        with eval_mode(self.net):
+            feats, labels = task_features(self.net.features, dataset, self.current_task, self.device, max_batches)
         H = random_features(feats, self.projection).double()
         Y = F.one_hot(labels, self.cross.shape[1]).double()
         split = seeding.generator(seeding.run_seed(self.args), self.current_task, "ridge_split")

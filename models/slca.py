@@ -5,12 +5,13 @@ import argparse
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from models.feature_utils.alignment import align_classifier
 from models.feature_utils.features import class_gaussians, sample_gaussians, task_features
 from models.utils.continual_model import ContinualModel
 from utils import seeding
 from utils.args import nonneg_float, nonneg_int, positive_float, positive_int
+from utils.modes import eval_mode
 
 
 def parse_milestones(text: str) -> list[int]:
@@ -83,37 +84,28 @@ class Slca(ContinualModel):
         self.scheduler.step()
 
     def end_task(self, dataset) -> None:
-        was_training = self.net.training
-        self.net.eval()
         max_batches = self.get_debug_iters() + 1 if self.args.debug_mode else None
-        feats, labels = task_features(self.net.features, dataset, self.current_task, self.device, max_batches)
-        self.class_stats.update(class_gaussians(feats, labels, self.args.ca_cov_eps,
-                                                diagonal=self.args.ca_covariance == "diag"))
-        if self.current_task > 0 and self.args.ca_epochs > 0:
-            with seeding.seeded_for(self.args, self.current_task, "align", self.device):
-                self.align_classifier(dataset)
-        self.net.train(was_training)
+        with eval_mode(self.net):
+            feats, labels = task_features(self.net.features, dataset, self.current_task, self.device, max_batches)
+            self.class_stats.update(class_gaussians(feats, labels, self.args.ca_cov_eps,
+                                                    diagonal=self.args.ca_covariance == "diag"))
+            if self.current_task > 0 and self.args.ca_epochs > 0:
+                with seeding.seeded_for(self.args, self.current_task, "align", self.device):
+                    self.align_classifier(dataset)
 
     def align_classifier(self, dataset) -> None:
         """Train the classifier on features sampled from the class Gaussians of all seen classes."""
         head = self.net.classifier
         opt = torch.optim.SGD(head.parameters(), lr=self.args.ca_lr, momentum=0.9, weight_decay=5e-4)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.args.ca_epochs)
         bounds = [dataset.get_offsets(t) for t in range(self.current_task + 1)]
         batch = self.args.ca_samples_per_class
-        for _ in range(self.args.ca_epochs):
-            feats, labels = sample_gaussians(self.class_stats, batch, self.cholesky_cache)
-            order = torch.randperm(len(labels))
-            for start in range(0, len(labels), batch):
-                idx = order[start:start + batch]
-                logits = head(feats[idx].to(self.device))[:, :self.n_seen_classes]
-                if self.args.ca_logit_norm > 0:
-                    logits = task_logit_norm(logits, bounds, self.args.ca_logit_norm)
-                loss = F.cross_entropy(logits, labels[idx].to(self.device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            sched.step()
+
+        def logits(feats: torch.Tensor) -> torch.Tensor:
+            out = head(feats)[:, :self.n_seen_classes]
+            return task_logit_norm(out, bounds, self.args.ca_logit_norm) if self.args.ca_logit_norm > 0 else out
+
+        align_classifier(opt, logits, lambda: sample_gaussians(self.class_stats, batch, self.cholesky_cache),
+                         self.args.ca_epochs, batch, self.device)
 
     def checkpoint_state(self) -> dict[str, Any]:
         stats = {c: torch.stack((m, v)) if v.dim() == 1 else {"mean": m, "cov": v} for c, (m, v) in

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from datasets import get_dataset
-from utils.config import parse_args
+from app.config import parse_args
 
 
 def dataset_for(base_path, *argv: str):

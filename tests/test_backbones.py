@@ -144,7 +144,7 @@ def test_lite0_pretrained_features_beat_random_init_on_cifar10_mini():
 
 
 def test_lite0_end_to_end_sgd_run(tmp_path):
-    from utils.runner import run
+    from app.runner import run
     data = shared_file("cifar10_mini.npz")
     results = run(["--model", "sgd", "--dataset", "seq-custom", "--data_path", data, "--backbone", "efficientnet_lite0",
          "--img_size", "64", "--normalization", "half", "--lr", "0.01", "--n_epochs", "1", "--debug_mode", "1",
@@ -252,7 +252,7 @@ def test_vit_uses_weights_already_in_the_hugging_face_cache(tmp_path):
 
 
 def test_vit_without_weights_offline_is_a_fast_one_line_error(tmp_path, monkeypatch):
-    from utils.runner import main
+    from app.runner import main
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -278,7 +278,7 @@ def test_vit_rejects_image_sizes_that_are_not_a_multiple_of_the_patch():
 
 
 def test_vit_flags_parse_from_the_command_line(tmp_path):
-    from utils.config import parse_args
+    from app.config import parse_args
     data = make_npz(str(tmp_path / "tiny.npz"), size=32)
     base = ["--model", "sgd", "--dataset", "seq-custom", "--data_path", data, "--n_tasks", "2", "--lr", "0.1",
             "--backbone", "vit"]

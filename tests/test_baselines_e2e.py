@@ -7,7 +7,7 @@ import pytest
 from benchmarks.compare import compare, merge_flags
 from tests.conftest import make_npz, shared_file, tiny_run_args
 from utils.errors import UserError
-from utils.runner import main, run
+from app.runner import main, run
 
 METHODS = {
     "ewc_on": ["--e_lambda", "10"],
@@ -19,7 +19,22 @@ METHODS = {
     "slca": ["--ca_samples_per_class", "8", "--ca_epochs", "2"],
     "ranpac": ["--rp_size", "64"],
     "task_arithmetic": [],
+    "simplecil": [],
+    "dualprompt": ["--g_prompt_layers", "0", "--e_prompt_layers", "0", "--g_prompt_length", "2",
+                   "--e_prompt_length", "2", "--lr", "0.01"],
+    "tmc": ["--lr", "0.01"],
+    "inflora": ["--inflora_rank", "2", "--lr", "0.01"],
+    "seed": ["--num_experts", "2", "--seed_cov_eps", "0.01"],
 }
+
+# covered elsewhere: the core (sgd, joint: tests/test_end_to_end.py) and second_order with its aliases
+OWN_TESTS = {"sgd", "joint", "second_order", "ita", "iel"}
+
+
+def test_every_registered_method_is_in_the_matrix():
+    from models import MODELS
+    names = {MODELS.get(n).NAME for n in MODELS.names()}
+    assert names - OWN_TESTS == set(METHODS), "add the new method to METHODS (end to end + resume)"
 
 
 def method_args(method, data, tmp_path, *extra):
@@ -58,6 +73,10 @@ def test_stop_and_resume_equals_uninterrupted_run(method, data, tmp_path):
     (["--model", "coda_prompt", "--pool_size", "2"], "pool_size 2 must be at least the number of tasks 3"),
     (["--model", "l2p", "--top_k", "11"], "--top_k 11 exceeds --pool_size 10"),
     (["--model", "ewc_on", "--gamma", "1.5"], "expected a number in [0, 1]"),
+    (["--model", "dualprompt", "--backbone", "resnet18", "--num_filters", "4"], "use --backbone vit_tiny"),
+    (["--model", "inflora", "--backbone", "resnet18", "--num_filters", "4"], "inflora adds LoRA branches to a timm"),
+    (["--model", "dualprompt", "--e_prompt_layers", "5"], "--e_prompt_layers [5]: the ViT has only 1 blocks"),
+    (["--model", "dualprompt", "--e_prompt_layers", "0", "--e_pool_size", "2"], "--e_pool_size 2 must be at least the number of tasks 3"),
 ])
 def test_bad_method_settings_are_one_line_errors(argv, message, data, tmp_path, capsys):
     args = tiny_run_args(data, tmp_path, n_tasks=3)
@@ -116,22 +135,22 @@ def test_ranpac_freezes_after_the_first_task_and_fits_the_ridge_head_on_all_task
     import torch
     import torch.nn.functional as F
 
-    from backbone import get_backbone
-    from datasets import get_dataset
+    from app.config import parse_args
+    from app.experiment import build_experiment
     from models.feature_utils.features import task_features
     from models.ranpac import RanPAC, random_features, ridge_solution
-    from utils.config import parse_args
     from utils.training import train
 
-    args = parse_args(method_args("ranpac", data, tmp_path, "--ridge", "0.5"))
-    torch.manual_seed(0)
-    dataset = get_dataset(args)
-    net = get_backbone(args, dataset.N_CLASSES, dataset.img_size, dataset.IN_CHANS)
-    model = RanPAC(net, dataset.get_loss(), args, dataset.get_transform(), dataset=dataset)
-    snapshots = []
+    experiment = build_experiment(parse_args(method_args("ranpac", data, tmp_path, "--ridge", "0.5")),
+                                  torch.device("cpu"))
+    args, dataset, model = experiment.args, experiment.dataset, experiment.model
+    assert isinstance(model, RanPAC)
+    snapshots, observed = [], []
+    observe = model.observe
+    model.observe = lambda *a, **k: observed.append(model.current_task) or observe(*a, **k)
     train(model, dataset, args, on_task_end=lambda rec: snapshots.append(
         {k: v.clone() for k, v in model.net.state_dict().items()}))
-    assert [model.OBSERVES_BATCHES, len(snapshots)] == [False, 3]
+    assert len(snapshots) == 3 and observed and set(observed) == {0}  # train_task: SGD on the first task only
     for key, value in snapshots[0].items():  # no SGD after the first task
         assert torch.equal(value, snapshots[2][key]), key
     H, Y = [], []

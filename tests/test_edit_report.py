@@ -4,8 +4,8 @@ import json
 import pytest
 
 from tests.test_second_order_model import argv_for
-from utils import edit
-from utils.runner import run
+from app import edit
+from app.runner import run
 
 
 def test_edit_writes_table_and_plot(tmp_path, capsys):

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from tests.conftest import make_npz, shared_file, tiny_run_args
-from utils.runner import main, run
+from app.runner import main, run
 
 METRIC_KEYS = ("accuracy_matrix_class_il", "accuracy_matrix_task_il", "final_class_il", "final_task_il",
                "forgetting", "bwt")

@@ -3,7 +3,7 @@ from torch import nn
 
 from tests.conftest import make_npz
 from datasets import get_dataset
-from utils.config import parse_args
+from app.config import parse_args
 from utils.evaluate import evaluate
 
 

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import make_npz, tiny_run_args
 from utils.errors import UserError
 from utils.loggers import TensorBoardLogger
-from utils.runner import main, run
+from app.runner import main, run
 
 
 class FakeWandbRun:

@@ -18,7 +18,7 @@ def test_core_entries_are_registered():
 
 def test_importing_the_packages_has_no_side_effects(tmp_path):
     code = ("import os, torch; t = torch.get_num_threads(); cwd = os.getcwd(); "
-            "import models, datasets, backbone, utils.runner, utils.config; "
+            "import models, datasets, backbone, app.runner, app.config; "
             "from models import MODELS; MODELS.names(); from datasets import DATASETS; DATASETS.names(); "
             "assert os.getcwd() == cwd, 'cwd changed'; assert torch.get_num_threads() == t, 'threads changed'; "
             "print('ok')")

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-import utils.config
+import app.config
 from models.sgd import Sgd
 from tests.conftest import make_npz, tiny_run_args
 from utils import checkpoints
-from utils.config import parse_args
+from app.config import parse_args
 from utils.errors import UserError
 from datasets.utils.continual_dataset import ContinualDataset
 from datasets.utils.sources import ImageSource
-from utils.runner import check_compatibility, main, wants_traceback
+from app.runner import check_compatibility, main, wants_traceback
 
 
 @pytest.fixture
@@ -67,8 +67,8 @@ def test_bad_values(setup, capsys, flag, value, fragments):
 def test_misspelled_and_out_of_range_flags(setup, capsys):
     assert_one_line_error(capsys, setup, setup.argv("--n_epoch", "2"), "unrecognized arguments: --n_epoch 2",
                           "did you mean: --n_epochs")
-    assert_one_line_error(capsys, setup, setup.argv("--validation", "1.5"), "--validation",
-                          "expected a fraction in (0, 1)")
+    assert_one_line_error(capsys, setup, setup.argv("--validation", "150"), "--validation",
+                          "expected a percentage in (0, 100)")
     assert_one_line_error(capsys, setup, setup.argv("--seed", "0"), "--seed is given twice")
 
 
@@ -85,11 +85,11 @@ def test_unknown_yaml_keys(setup, capsys, monkeypatch, tmp_path):
     (ds_dir / "seq-custom" / "mine.yaml").write_text("n_epoch: 3\n")
     (ds_dir / "seq-custom" / "struct.yaml").write_text("N_TASK: 3\n")
     (model_dir / "sgd.yaml").write_text("default:\n  lrr: 0.1\n")
-    monkeypatch.setattr(utils.config, "DATASET_CONFIG_DIR", str(ds_dir))
+    monkeypatch.setattr(app.config, "DATASET_CONFIG_DIR", str(ds_dir))
     assert_one_line_error(capsys, setup, setup.argv("--dataset_config", "mine"), "unknown key 'n_epoch'",
                           "did you mean: n_epochs")
     assert_one_line_error(capsys, setup, setup.argv("--dataset_config", "struct"), "unknown structure key 'N_TASK'")
-    monkeypatch.setattr(utils.config, "MODEL_CONFIG_DIR", str(model_dir))
+    monkeypatch.setattr(app.config, "MODEL_CONFIG_DIR", str(model_dir))
     assert_one_line_error(capsys, setup, setup.argv(), "unknown key 'lrr'", "did you mean: lr")
 
 

@@ -15,7 +15,7 @@ import torch
 
 from tests.conftest import ROOT, make_npz, tiny_run_args
 from utils import checkpoints
-from utils.runner import run
+from app.runner import run
 
 METRIC_KEYS = ("accuracy_matrix_class_il", "accuracy_matrix_task_il", "final_class_il", "final_task_il",
                "forgetting", "bwt", "average_class_il_per_task")

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from tests.conftest import ROOT, make_npz, tiny_run_args
-from utils.runner import run
+from app.runner import run
 
 FAST = ["--num_epochs_pretuning", "1", "--num_epochs_align_pretuning", "1", "--num_samples_align_pretuning", "8",
         "--batch_size_align_pretuning", "8", "--stats_batch_size", "4", "--alpha_ita", "1"]

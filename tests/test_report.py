@@ -1,4 +1,4 @@
-"""utils.report and utils.plots: files are produced and the report's numbers equal the JSON inputs."""
+"""app.report and utils.plots: files are produced and the report's numbers equal the JSON inputs."""
 import csv
 import json
 import statistics
@@ -7,7 +7,7 @@ import pytest
 
 from utils import plots
 from utils.errors import UserError
-from utils.report import build_report, main as report_main
+from app.report import build_report, main as report_main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

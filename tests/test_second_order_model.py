@@ -6,14 +6,12 @@ import os
 import pytest
 import torch
 
-from backbone import get_backbone
-from datasets import get_dataset
-from models import get_model_class
 from models.second_order_utils import penalties as pen
 from tests.conftest import make_npz, tiny_run_args
-from utils.config import parse_args
+from app.config import parse_args
 from utils.errors import UserError
-from utils.runner import run, set_random_seed
+from app.experiment import build_experiment
+from app.runner import run
 from utils.training import train
 
 FAST = ["--num_epochs_pretuning", "1", "--num_epochs_align_pretuning", "1", "--num_samples_align_pretuning", "8",
@@ -26,12 +24,8 @@ def argv_for(tmp_path, *extra, n_classes=4, per_class=6, n_tasks=2, model="secon
 
 
 def build(argv):
-    args = parse_args(argv)
-    set_random_seed(args.seed)
-    dataset = get_dataset(args)
-    backbone = get_backbone(args, dataset.N_CLASSES, dataset.img_size, dataset.IN_CHANS)
-    model = get_model_class(args.model)(backbone, dataset.get_loss(), args, dataset.get_transform(), dataset=dataset)
-    return args, dataset, model
+    experiment = build_experiment(parse_args(argv), torch.device("cpu"))
+    return experiment.args, experiment.dataset, experiment.model
 
 
 def test_example_counts_are_exact_for_unequal_tasks(tmp_path):
@@ -170,7 +164,7 @@ def test_resume_reproduces_the_run(tmp_path):
 
 
 def test_edit_command_keeps_and_drops_modules(tmp_path, capsys):
-    from utils import edit
+    from app import edit
     res = run([*argv_for(tmp_path, "--alpha_ita", "1", n_classes=6, n_tasks=3), "--savecheck", "last",
                "--ckpt_name", "ed", "--results_file", str(tmp_path / "r.json")])
     ckpt = str(tmp_path / "ckpt" / "ed" / "task_3.pt")

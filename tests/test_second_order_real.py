@@ -1,6 +1,6 @@
 """ITA / IEL on real data: CIFAR-100 mini (10 tasks x 10 classes) with ImageNet EfficientNet-Lite0 weights, CPU.
 
-The settings are the demo's (utils/demo.py): one epoch, small alignment sets and, in this test only, the top-1
+The settings are the demo's (app/demo.py): one epoch, small alignment sets and, in this test only, the top-1
 Fisher approximation ``--fisher_mc_classes 1``; the exact Fisher is covered by tests/test_second_order_math.py and
 tests/test_speed_quick.py. Measured on an idle 2-core machine (96 px, seed 0): sgd 4.9 % (41 s), ITA 28.4 %
 (81 s), ITA without its regulariser 10.6 % (76 s), IEL 31.9 % (78 s).
@@ -8,8 +8,8 @@ tests/test_speed_quick.py. Measured on an idle 2-core machine (96 px, seed 0): s
 import pytest
 
 from tests.conftest import shared_file
-from utils.demo import IEL_ARGS, ITA_ARGS, ITA_UNREGULARISED_ARGS, SGD_ARGS, real_data_args
-from utils.runner import run
+from app.demo import IEL_ARGS, ITA_ARGS, ITA_UNREGULARISED_ARGS, SGD_ARGS, real_data_args
+from app.runner import run
 
 
 def final_accuracy(data, tmp_path, tag, model, extra):

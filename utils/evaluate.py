@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader
 
 from utils import distributed
 from utils.killpoints import kill_point
+from utils.modes import eval_mode
 
 
 @torch.no_grad()
@@ -48,8 +49,6 @@ def evaluate(model: Any, dataset: Any, tasks: Optional[Iterable[int]] = None, n_
     By default: the test loaders built so far, with the classes of all seen tasks visible.
     ``tasks``/``n_visible`` evaluate other tasks (e.g. future ones for forward transfer).
     """
-    was_training = model.training
-    model.eval()
     max_batches = model.get_debug_iters() + 1 if debug else None
     if tasks is None:
         loaders = list(enumerate(dataset.test_loaders))
@@ -57,7 +56,7 @@ def evaluate(model: Any, dataset: Any, tasks: Optional[Iterable[int]] = None, n_
     else:
         loaders = [(t, dataset.make_loader(dataset.test_dataset(t), shuffle=False)) for t in tasks]
     cil, til = [], []
-    try:
+    with eval_mode(model):
         for task, loader in loaders:
             a, b = accuracy_on_loader(model, loader, dataset.get_offsets(task),
                                       n_visible if n_visible is not None else dataset.get_offsets(task)[1],
@@ -66,6 +65,4 @@ def evaluate(model: Any, dataset: Any, tasks: Optional[Iterable[int]] = None, n_
             til.append(b)
             if tasks is None and len(cil) == 1:
                 kill_point("eval", len(loaders))  # test hook: mid-evaluation after task len(loaders)
-    finally:
-        model.train(was_training)
     return cil, til

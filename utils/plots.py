@@ -6,7 +6,7 @@ writes one PNG atomically and returns its path:
 - :func:`plot_accuracy_matrix`: heat map of an accuracy matrix (row = after task i, column = task j);
 - :func:`plot_average_accuracy`: average accuracy after each task, one line per series;
 - :func:`plot_task_comparison`: several methods task by task (one panel per dataset);
-- :func:`plot_edit_table`: target/control accuracies of a module-editing run (``utils/edit.py``).
+- :func:`plot_edit_table`: target/control accuracies of a module-editing run (``app/edit.py``).
 """
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from datasets.utils.sources import TaskDataset
+from utils import distributed
 
 
 @torch.no_grad()
@@ -59,3 +60,11 @@ def sample_gaussians(stats: dict[int, tuple[torch.Tensor, torch.Tensor]], per_cl
         feats.append(draws)
         labels.append(torch.full((per_class,), c, dtype=torch.long, device=mean.device))
     return torch.cat(feats), torch.cat(labels)
+
+
+def gathered_task_features(features: Callable[[torch.Tensor], torch.Tensor], dataset: Any, task: int,
+                           device: torch.device, max_batches: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`task_features` of every rank concatenated (under ``--distributed ddp`` each rank's test-style
+    loader holds a shard); in a single process the same as :func:`task_features`."""
+    feats, labels = task_features(features, dataset, task, device, max_batches)
+    return distributed.all_gather_cat(feats), distributed.all_gather_cat(labels)

@@ -1,7 +1,7 @@
-"""Edit a trained ``second_order`` (ITA/IEL) model by composing a subset of its task modules.
+"""Edit a trained ``second_order`` (ITA/IEL) or ``tmc`` model by composing a subset of its task modules.
 
-    python -m utils.edit --checkpoint PATH --keep 0,3      # specialization: compose tasks 0 and 3 only
-    python -m utils.edit --checkpoint PATH --drop 2        # unlearning: leave task 2's module out
+    python -m app.edit --checkpoint PATH --keep 0,3      # specialization: compose tasks 0 and 3 only
+    python -m app.edit --checkpoint PATH --drop 2        # unlearning: leave task 2's module out
 
 The dataset, backbone and model are rebuilt from the checkpoint's arguments. Every task's test set is
 evaluated with the full composition (all modules, uniform weights) and with the edited one. Targets
@@ -31,27 +31,23 @@ def parse_task_list(text: str) -> list[int]:
 
 def load_model(checkpoint: str, device: Optional[str] = None) -> tuple[Any, Any, Any, dict]:
     """(args, dataset with the finished tasks' test loaders, model, checkpoint) from a checkpoint file."""
-    from backbone import get_backbone
-    from datasets import get_dataset
+    from app.config import parse_args
+    from app.experiment import build_experiment, get_device
     from models import get_model_class
     from utils import checkpoints
-    from utils.config import parse_args
-    from utils.runner import get_device
 
     state = checkpoints.load_checkpoint(checkpoint)
     saved = state["args"]
     args = parse_args(["--model", saved["model"], "--dataset", saved["dataset"], "--non_verbose"],
                       checkpoint_args=saved)
-    dataset = get_dataset(args)
-    model_cls = get_model_class(args.model)
-    if not hasattr(model_cls, "compose_eval"):
-        raise UserError(f"{checkpoint} holds a '{args.model}' model; editing needs second_order, ita or iel")
+    if not hasattr(get_model_class(args.model), "compose_eval"):
+        raise UserError(f"{checkpoint} holds a '{args.model}' model; editing needs second_order, ita, iel or tmc")
+    experiment = build_experiment(args, get_device(device))
+    dataset, model = experiment.dataset, experiment.model
     for _ in range(int(state["tasks_done"])):
         dataset.get_data_loaders()
-    backbone = get_backbone(args, dataset.N_CLASSES, dataset.img_size, dataset.IN_CHANS)
-    model = model_cls(backbone, dataset.get_loss(), args, dataset.get_transform(), dataset=dataset)
     model.load_lean_checkpoint_state(state["model_state"], dataset, checkpoint)
-    model.to(get_device(device))
+    model.to(experiment.device)
     return args, dataset, model, state
 
 
@@ -123,7 +119,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m utils.edit", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m app.edit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a checkpoint of a second_order/ita/iel run")
     group = parser.add_mutually_exclusive_group(required=True)

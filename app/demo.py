@@ -14,7 +14,7 @@ import os
 import sys
 
 from utils.errors import UserError
-from utils.runner import run
+from app.runner import run
 
 IMG_SIZE = 96  # frozen-feature nearest-class-mean: 12% at 32 px, 27% at 64 px, 40% at 96 px, 44% at 128 px
 # Pre-tuning and Fisher kept small (with --n_epochs 1). The data has ~11 images per class: 7 steps of 16 per

@@ -1,11 +1,13 @@
 """Aggregate result JSONs into a Markdown table, a CSV table and a task-by-task comparison PNG.
 
-``python -m utils.report DIR_OR_FILE... [--out OUT_DIR]`` reads every results JSON (as written by
+``python -m app.report DIR_OR_FILE... [--out OUT_DIR]`` reads every results JSON (as written by
 ``main.py``) under the given folders, groups the complete runs by dataset and model, and reports
 mean ± std over the runs (seeds) of the final class-IL and task-IL accuracy, the class-IL
 forgetting and the wall-clock time. The std is the sample standard deviation (n - 1 in the
-denominator; 0 for a single run). Runs of one model whose semantic arguments differ in anything but
-the seed (e.g. two learning rates) are kept apart, labelled ``model (lr=0.01)``.
+denominator; 0 for a single run). Runs of one model whose result-changing arguments (every flag not
+declared with ``utils.args.add_run_flag``) differ in anything but the seed (e.g. two learning rates,
+or ``--debug_mode``) are kept apart, labelled ``model (lr=0.01)``; runs differing only in run flags
+(``--distributed``, ``--eval_batch_size``, ``--device`` ...) are averaged together.
 """
 from __future__ import annotations
 
@@ -19,16 +21,13 @@ import sys
 from collections import defaultdict
 from typing import Any, Iterable, Optional
 
+from utils.args import changes_results
 from utils.errors import UserError
 from utils.io import atomic_write
 
 METRICS = (("final_class_il", "final class-IL (%)"), ("final_task_il", "final task-IL (%)"),
            ("forgetting", "forgetting (%)"), ("wall_clock_seconds", "wall-clock (s)"))
-# arguments that never split a group: the seed, and where/how a run was executed or logged
-_IGNORED_ARGS = {"seed", "resume", "loadcheck", "device", "num_workers", "non_verbose", "results_file",
-                 "checkpoint_path", "stop_after", "traceback", "savecheck", "ckpt_name", "notes", "base_path",
-                 "plots", "wandb_project", "wandb_entity", "wandb_name", "tensorboard", "debug_mode",
-                 "dataset_structure"}
+REPLICATE_KEY = "seed"  # the runs of one group are its repetitions over this argument
 
 
 def find_result_files(paths: Iterable[str]) -> list[str]:
@@ -74,16 +73,19 @@ def _run_values(result: dict[str, Any]) -> dict[str, Optional[float]]:
 
 
 def _variant_labels(runs: list[dict[str, Any]]) -> list[str]:
-    """Per run: '' or '(k=v, ...)' naming the semantic args that differ within the group."""
-    keys = sorted({k for r in runs for k in r["args"]} - _IGNORED_ARGS)
+    """Per run: '' or '(k=v, ...)' naming the result-changing args (but the seed) that differ within the group."""
+    keys = sorted(k for k in {k for r in runs for k in r["args"]} if k != REPLICATE_KEY and changes_results(k))
     varying = [k for k in keys if len({json.dumps(r["args"].get(k), sort_keys=True) for r in runs}) > 1]
     return ["(" + ", ".join(f"{k}={r['args'].get(k)}" for k in varying) + ")" if varying else "" for r in runs]
 
 
 def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (dataset, method variant): counts, seeds, mean/std of each metric, per-task curves."""
+    from app.config import declare_flags
     by_pair: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for result in results:
+        args = result["args"]
+        declare_flags(args.get("model"), args.get("dataset"), args.get("backbone"))
         by_pair[(str(result["args"].get("dataset")), str(result["args"].get("model")))].append(result)
     rows = []
     for (dataset, model), runs in sorted(by_pair.items()):
@@ -170,7 +172,7 @@ def build_report(result_paths: list[str], out_dir: str) -> dict[str, str]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m utils.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m app.report", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="result folders (searched recursively) or result JSON files")
     parser.add_argument("--out", default=None, help="output folder (default: the first folder given)")
     args = parser.parse_args(argv)

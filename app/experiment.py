@@ -1,0 +1,101 @@
+"""One place that turns parsed flags into a ready experiment: dataset, backbone, model and device.
+
+Used by the runner, the edit command, the benchmarks and the tests, so "args -> dataset -> backbone
+-> model" is written once.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from backbone import get_backbone
+from datasets import get_dataset
+from datasets.utils.continual_dataset import ContinualDataset
+from models import get_model_class
+from models.utils.continual_model import ContinualModel
+from utils import distributed
+from utils.errors import UserError
+from utils.resources import check_run_memory
+
+
+@dataclass
+class Experiment:
+    """What a run trains and evaluates."""
+    args: argparse.Namespace
+    dataset: ContinualDataset
+    model: ContinualModel
+    device: torch.device
+
+
+def set_random_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def get_device(name: Optional[str]) -> torch.device:
+    """``--device`` or the best available: cuda, then mps, then cpu."""
+    if name:
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise UserError(f"bad --device '{name}'; use cpu, cuda, cuda:N or mps") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def check_compatibility(model_cls: Any, dataset: Any) -> None:
+    """The model must support the dataset's setting (class-il, task-il, domain-il, ...)."""
+    if dataset.SETTING not in model_cls.COMPATIBILITY:
+        raise UserError(f"model {model_cls.NAME} does not support the {dataset.SETTING} setting of {dataset.NAME} "
+                        f"(it supports: {', '.join(model_cls.COMPATIBILITY)}); pick another model or dataset")
+
+
+def check_every_task_has_data(dataset: Any) -> None:
+    """Fail before training (not at task k) when a task of the split has no training images."""
+    train, _ = dataset.splits
+    for task in range(dataset.N_TASKS):
+        if len(dataset.task_indices(train, task)) == 0:
+            start, end = dataset.get_offsets(task)
+            raise UserError(f"{dataset.NAME}: task {task + 1} (classes {start}-{end - 1}) has no training images; "
+                            f"check the labels of the data or the class split (--n_tasks/--classes_per_task)")
+
+
+def build_experiment(args: argparse.Namespace, device: Optional[torch.device] = None,
+                     before_model: Optional[Callable[[ContinualDataset], None]] = None) -> Experiment:
+    """Seed, read the data (data errors come before anything else), check that the model fits the
+    dataset, then build backbone and model on ``device`` (default: ``--device`` or the best available).
+
+    ``before_model(dataset)`` runs after the data checks and before the backbone is built (which may
+    download weights): the runner checks there that its output folders are writable."""
+    device = device if device is not None else get_device(args.device)
+    if args.seed is not None:
+        set_random_seed(args.seed)
+    dataset = get_dataset(args)
+    dataset.splits  # read (or download) the data now: data errors come before any training output
+    check_every_task_has_data(dataset)
+    check_run_memory(args, dataset)  # memory-shaped flags, before the backbone, buffer or any batch exists
+    model_cls = get_model_class(args.model)
+    check_compatibility(model_cls, dataset)
+    if args.distributed == "ddp" and model_cls.DDP_UNSUPPORTED:
+        raise UserError(f"model {model_cls.NAME} does not support --distributed ddp: {model_cls.DDP_UNSUPPORTED}; "
+                        f"run it in a single process")
+    if before_model is not None:
+        before_model(dataset)
+    backbone = get_backbone(args, dataset.N_CLASSES, dataset.img_size, dataset.IN_CHANS)
+    model = model_cls(backbone, dataset.get_loss(), args, dataset.get_transform(), dataset=dataset).to(device)
+    distributed.broadcast_module(model)  # identical replicas even if construction drew different numbers
+    return Experiment(args=args, dataset=dataset, model=model, device=device)

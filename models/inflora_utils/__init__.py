@@ -1,0 +1,1 @@
+"""InfLoRA building blocks."""
