@@ -48,7 +48,7 @@ def serialized_size(state: dict[str, Any]) -> int:
 def build_model(style: str, backbone_flags: list[str], img_size: int) -> Any:
     from backbone import get_backbone
     from models import get_model_class
-    from utils.config import parse_args
+    from app.config import parse_args
     args = parse_args(["--model", "second_order", "--dataset", "seq-cifar100-224",
                        "--tuning_style", style, "--lr", "0.0003", "--non_verbose", *backbone_flags])
     torch.manual_seed(0)

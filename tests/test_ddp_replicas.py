@@ -60,7 +60,7 @@ def _worker(rank: int, port: int, folder: str) -> None:
                       HF_HUB_OFFLINE="1")
     torch.set_num_threads(1)
     from models.utils.continual_model import ContinualModel
-    from utils.runner import run
+    from app.runner import run
     hashes: list[str] = []
     original = ContinualModel.meta_end_eval
 
@@ -116,7 +116,7 @@ def test_augmentation_is_seeded_per_sample_not_per_rank():
 
 def test_num_workers_does_not_change_the_run(tmp_path):
     """Augmenting in a worker process or in the main process gives the same training (same final weights)."""
-    from utils.runner import run
+    from app.runner import run
     write_varied_folder(str(tmp_path / "data"))
     hashes = []
     for workers in ("0", "1"):

@@ -11,7 +11,7 @@ from tests.conftest import make_npz, tiny_run_args
 from utils import checkpoints
 from utils.errors import UserError
 from utils.frozen_weights import PretrainedIndex
-from utils.runner import main, run
+from app.runner import main, run
 
 FAST = ["--num_epochs_pretuning", "1", "--num_epochs_align_pretuning", "1", "--num_samples_align_pretuning", "8",
         "--batch_size_align_pretuning", "8"]
