@@ -196,14 +196,14 @@ def latest_checkpoint(folder: str) -> Optional[tuple[str, dict[str, Any]]]:
 
 
 def is_framework_checkpoint(path: str) -> bool:
-    """True for a file written by :func:`save_checkpoint` (a ``payload``/``sha256`` wrapper)."""
+    """True for a file written by :func:`save_checkpoint` (it starts with ``MAGIC``; only the header is read)."""
     try:
-        wrapper = torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as fh:
+            return fh.read(len(MAGIC)) == MAGIC
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} does not exist") from None
-    except Exception:
+    except OSError:
         return False
-    return isinstance(wrapper, dict) and "payload" in wrapper and "sha256" in wrapper
 
 
 def read_foreign_weights(path: str) -> dict[str, torch.Tensor]:
