@@ -28,7 +28,7 @@ from models.second_order_utils.gmm import fit_gmms_distributed
 from models.second_order_utils.pretuning import (DiagonalGMM, align_classifier, linear_probe,
                                                  sample_features)
 from models.utils.continual_model import ContinualModel
-from utils import distributed
+from utils import distributed, seeding
 from utils.errors import UserError
 from utils.killpoints import kill_point
 from utils.modes import eval_mode
@@ -137,9 +137,10 @@ class SecondOrder(ContinualModel):
     # ----- task start -----------------------------------------------------------------------------
     def begin_task(self, dataset) -> None:
         t, start, end = self.current_task, self.n_past_classes, self.n_seen_classes
-        self.net.classifier.add_task(end - start)
-        self.pretuned_head.add_task(end - start)
-        self.pool.add_task()
+        with seeding.seeded_for(self.args, t, "init", self.device):  # head and module inits: same on every rank
+            self.net.classifier.add_task(end - start)
+            self.pretuned_head.add_task(end - start)
+            self.pool.add_task()
         self.pool.set_trainable(None)
         self._past_sums = {n: self.pool.weighted_sum(n, [1.0] * t) for n in self.pool.layers} if t else {}
         set_eval(self._bn)
@@ -149,7 +150,8 @@ class SecondOrder(ContinualModel):
             with torch.no_grad():
                 feats, labels = self._extract_features(dataset)
             self._fit_gmms(feats, labels, start, end)
-            self._pretune(dataset, feats, labels)
+            with seeding.seeded_for(self.args, t, "pretune", self.device):  # probe/alignment batches, GMM samples
+                self._pretune(dataset, feats, labels)
             self._compute_fisher(dataset)
         set_eval(self._bn)
         self.pool.set_trainable(t)
@@ -236,7 +238,8 @@ class SecondOrder(ContinualModel):
         def logits(x):
             return self.pretuned_head.seen_logits(self.net.features(x))[:, :n_seen]
 
-        gen = torch.Generator().manual_seed(1000003 * self.current_task + (self.args.seed or 0) + distributed.rank())
+        # sampled labels: each rank draws its own for its own images (the sums are reduced below)
+        gen = seeding.generator(seeding.run_seed(self.args), self.current_task, f"fisher_labels/{distributed.rank()}")
         mc_classes = self.args.fisher_mc_classes
         if self.args.debug_mode and not self.args.fisher_sampled_labels:  # a smoke test: k classes, not all
             mc_classes = min(mc_classes or DEBUG_FISHER_CLASSES, DEBUG_FISHER_CLASSES)
@@ -246,8 +249,9 @@ class SecondOrder(ContinualModel):
         # under DDP each rank saw a shard of the images: sum the sums and counts
         self.fisher_current, self.n_current = reduce_fisher(fisher, n)
         classes = list(range(end)) if not self.use_iel else list(range(start))
-        feats, _ = sample_features(self.gmms, self.align_samples,
-                                   [c for c in classes if c in self.gmms])
+        with seeding.seeded_for(self.args, self.current_task, "head_fisher"):
+            feats, _ = sample_features(self.gmms, self.align_samples,
+                                       [c for c in classes if c in self.gmms])
         head = self.pretuned_head.heads[self.current_task]
         if len(feats):
             feats = feats.to(self.device)

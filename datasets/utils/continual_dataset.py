@@ -16,7 +16,7 @@ from datasets.utils.scenario import ClassIncrementalScenario
 from datasets.utils.sources import ImageSource, TaskDataset, seed_worker
 from datasets.utils.transforms import build_transform
 from mammoth_compat.dataset import MammothDatasetAPI
-from utils import distributed
+from utils import distributed, seeding
 from utils.errors import UserError
 
 PREFETCH_BATCHES = 4  # batches each loader worker prepares ahead
@@ -128,6 +128,7 @@ class ContinualDataset(MammothDatasetAPI):
                             f"make N_CLASSES equal to the sum of N_CLASSES_PER_TASK in the dataset config")
         self.N_CLASSES = self.scenario.n_classes
         self.c_task = -1
+        self._shuffled_loaders: dict[int, int] = {}  # task -> shuffled loaders made for it (seeds their order)
         self.train_loader: Optional[DataLoader] = None
         self.test_loaders: list[DataLoader] = []
         self._splits: Optional[tuple[ImageSource, ImageSource]] = None
@@ -277,13 +278,20 @@ class ContinualDataset(MammothDatasetAPI):
 
     def make_loader(self, dataset: torch.utils.data.Dataset, shuffle: bool,
                     batch_size: Optional[int] = None) -> DataLoader:
-        """A seeded loader: the shuffle order derives from the global torch RNG (saved in checkpoints)."""
+        """A seeded loader, identical on every rank whatever the shard sizes and ``--num_workers``.
+
+        A shuffled loader's order and each sample's augmentation come from the stream (seed, task,
+        ``loader<n>``) (n-th shuffled loader of the task): a sample's augmentation depends only on its index
+        and the pass, never on which rank or worker loads it; the global RNGs are not touched.
+        """
         if batch_size is None and not shuffle:  # evaluation: larger batches, same results
             batch_size = getattr(self.args, "eval_batch_size", None) or max(self.args.batch_size, 128)
         batch_size = batch_size or self.args.batch_size
         workers = default_num_workers() if self.args.num_workers is None else self.args.num_workers
         device = str(getattr(self.args, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu"))
-        seed = int(torch.randint(0, 2 ** 62, (1,)).item()) if shuffle else None
+        task = max(self.c_task, 0)
+        n = self._shuffled_loaders.get(task, 0) if shuffle else 0
+        seed = seeding.derive_seed(seeding.run_seed(self.args), task, f"loader{n}" if shuffle else "test_loader")
         if getattr(self.args, "debug_mode", False):  # the single place where --debug_mode caps a pass
             dataset = debug_cap(dataset, shuffle, seed)
         common = dict(num_workers=workers, worker_init_fn=seed_worker if workers else None,
@@ -291,10 +299,12 @@ class ContinualDataset(MammothDatasetAPI):
                       # train loaders are iterated once per epoch: keep their workers; test loaders are kept for
                       # the whole run (one per task), persistent workers there would pile up idle processes
                       persistent_workers=bool(workers) and shuffle,
-                      prefetch_factor=PREFETCH_BATCHES if workers else None)
-        if shuffle:  # one RNG draw per train loader; test loaders draw nothing (extra evaluations change nothing)
+                      prefetch_factor=PREFETCH_BATCHES if workers else None,
+                      generator=torch.Generator().manual_seed(seed))  # workers' base seed: not the global RNG
+        if shuffle:
+            self._shuffled_loaders[task] = n + 1
             sampler = distributed.ShardedBatchSampler(len(dataset), batch_size, shuffle=True, seed=seed,
-                                                      drop_last=bool(self.args.drop_last))
+                                                      drop_last=bool(self.args.drop_last), sample_seeds=True)
             return DataLoader(dataset, batch_sampler=sampler, **common)
         if distributed.world_size() > 1:  # each rank evaluates a disjoint shard; counts are summed
             return DataLoader(dataset, batch_size=batch_size, sampler=distributed.ShardSampler(len(dataset)),

@@ -17,6 +17,16 @@ from torch.utils.data import Dataset, Subset
 DEBUG_IMAGES = 4
 
 
+class CappedDataset(Subset):
+    """A :class:`Subset` that also forwards ``(position, seed)`` items (seeded per-sample augmentation)."""
+
+    def __getitem__(self, i):
+        if isinstance(i, tuple):
+            position, seed = i
+            return self.dataset[(self.indices[position], seed)]
+        return super().__getitem__(i)
+
+
 def debug_cap(dataset: Dataset, shuffle: bool, seed: Optional[int] = None,
               limit: int = DEBUG_IMAGES) -> Dataset:
     """``dataset`` cut to ``limit`` items: a seeded random subset for shuffled (training/statistics) passes,
@@ -29,4 +39,4 @@ def debug_cap(dataset: Dataset, shuffle: bool, seed: Optional[int] = None,
         keep = np.sort(torch.randperm(n, generator=g)[:limit].numpy())
     else:
         keep = np.arange(limit)
-    return Subset(dataset, keep.tolist())
+    return CappedDataset(dataset, keep.tolist())
