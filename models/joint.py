@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 
-from torch.utils.data import ConcatDataset
+from datasets.utils.debug import SeededConcatDataset
 
 from models.utils.continual_model import ContinualModel
 from utils.training import run_epochs
@@ -26,7 +26,7 @@ class Joint(ContinualModel):
         """The standard epochs, over the union of the seen tasks' training sets, from the initial weights."""
         self.net.load_state_dict(self._initial_state)
         self.opt = self.get_optimizer()
-        union = ConcatDataset([dataset.train_dataset(t) for t in range(self.current_task + 1)])
+        union = SeededConcatDataset([dataset.train_dataset(t) for t in range(self.current_task + 1)])
         run_epochs(self, dataset, self.args, dataset.make_loader(union, shuffle=True), task)
 
     def observe(self, inputs, labels, not_aug_inputs, epoch=None) -> float:

@@ -20,6 +20,7 @@ EXTRA_FLAGS = {
     "ewc_on": ["--e_lambda", "10"],
     "lwf_mc": [],
     "er": ["--buffer_size", "8", "--minibatch_size", "3"],
+    "der": ["--buffer_size", "8"],
     "derpp": ["--buffer_size", "8"],
     "l2p": ["--pool_size", "4", "--top_k", "2", "--prompt_length", "2", "--lr", "0.01"],
     "coda_prompt": ["--pool_size", "6", "--prompt_length", "2", "--lr", "0.01"],

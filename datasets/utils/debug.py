@@ -8,11 +8,12 @@ second_order's features/probe/Fisher, EWC's Fisher, joint's union, SLCA/RanPAC f
 """
 from __future__ import annotations
 
+import bisect
 from typing import Optional
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
 DEBUG_IMAGES = 4
 
@@ -24,7 +25,25 @@ class CappedDataset(Subset):
         if isinstance(i, tuple):
             position, seed = i
             return self.dataset[(self.indices[position], seed)]
+        return self.dataset[self.indices[i]]
+
+    def __getitems__(self, indices: list) -> list:
+        return [self.__getitem__(i) for i in indices]
+
+
+class SeededConcatDataset(ConcatDataset):
+    """A :class:`ConcatDataset` that also forwards ``(position, seed)`` items (seeded per-sample augmentation)."""
+
+    def __getitem__(self, i):
+        if isinstance(i, tuple):
+            position, seed = i
+            part = bisect.bisect_right(self.cumulative_sizes, position)
+            start = self.cumulative_sizes[part - 1] if part else 0
+            return self.datasets[part][(position - start, seed)]
         return super().__getitem__(i)
+
+    def __getitems__(self, indices: list) -> list:
+        return [self.__getitem__(i) for i in indices]
 
 
 def debug_cap(dataset: Dataset, shuffle: bool, seed: Optional[int] = None,

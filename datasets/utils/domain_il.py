@@ -12,7 +12,9 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import Dataset
+
+from datasets.utils.debug import SeededConcatDataset
 from torchvision import transforms
 from torchvision.transforms import functional as TF
 
@@ -84,7 +86,7 @@ class DomainILDataset(ContinualDataset):
         indices = np.arange(len(source))
         parts = [TaskDataset(source, indices, self._view(d, True), self._view(d, False) if train else None)
                  for d in domains]
-        return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+        return parts[0] if len(parts) == 1 else SeededConcatDataset(parts)
 
     def train_dataset(self, task: int) -> Dataset:
         train, _ = self.splits
