@@ -97,6 +97,30 @@ def is_complete(path: str) -> bool:
         return False
 
 
+def result_path(out: str, label: str, seed: int) -> str:
+    return os.path.join(out, "results", label, f"seed{seed}.json")
+
+
+def run_jobs(jobs: list[tuple[str, int, list[str]]], out: str, reuse: bool, tag: str) -> tuple[list[str], list[str]]:
+    """Run each ``(label, seed, main.py argv)`` whose results JSON (``<out>/results/<label>/seed<k>.json``, also
+    named by its ``--results_file``) is not already complete; returns (result files, failed runs)."""
+    from app.runner import run
+
+    result_files, failures = [], []
+    for label, seed, command in jobs:
+        path = result_path(out, label, seed)
+        if not (reuse and is_complete(path)):
+            print(f"[{tag}] {label} seed {seed}: python main.py {shlex.join(command)}", flush=True)
+            try:
+                run(command)
+            except Exception as exc:  # one failing method must not lose the others' results
+                traceback.print_exc()
+                failures.append(f"{label} seed {seed}: {type(exc).__name__}: {exc}")
+                continue
+        result_files.append(path)
+    return result_files, failures
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True)
@@ -130,22 +154,10 @@ def compare(argv: Optional[list[str]] = None) -> tuple[dict[str, str], list[str]
     if stray:
         raise UserError(f"--extra names {', '.join(stray)}, which is not in --models {args.models}")
     from app.report import build_report  # heavy imports only when running
-    from app.runner import run
 
-    result_files, failures = [], []
-    for label, model in entries:
-        for seed in range(args.first_seed, args.first_seed + args.seeds):
-            path = os.path.join(args.out, "results", label, f"seed{seed}.json")
-            if not (args.reuse and is_complete(path)):
-                command = run_argv(model, seed, args, shared, extras, path, label)
-                print(f"[compare] {label} seed {seed}: python main.py {shlex.join(command)}", flush=True)
-                try:
-                    run(command)
-                except Exception as exc:  # one failing method must not lose the others' results
-                    traceback.print_exc()
-                    failures.append(f"{label} seed {seed}: {type(exc).__name__}: {exc}")
-                    continue
-            result_files.append(path)
+    jobs = [(label, seed, run_argv(model, seed, args, shared, extras, result_path(args.out, label, seed), label))
+            for label, model in entries for seed in range(args.first_seed, args.first_seed + args.seeds)]
+    result_files, failures = run_jobs(jobs, args.out, args.reuse, "compare")
     if not result_files:
         raise UserError("every run failed: " + "; ".join(failures))
     paths = build_report(result_files, args.out)
