@@ -170,10 +170,11 @@ def paper(argv: Optional[list[str]] = None) -> tuple[dict[str, str], list[str]]:
     shared = unknown + shared
     rows = table_rows(args.table, args.dataset, args.rows)
     extras = parse_extras(args.extra)
-    stray = sorted(set(extras) - {r[1] for r in rows if r[1]} - {row_dir(r[0]) for r in rows})
+    every = TABLES[args.table][args.dataset]
+    stray = sorted(set(extras) - {r[1] for r in every if r[1]} - {row_dir(r[0]) for r in every})
     if stray:
         raise UserError(f"--extra names {', '.join(stray)}: neither a model nor a row folder of the table "
-                        f"({', '.join(row_dir(r[0]) for r in rows)})")
+                        f"({', '.join(row_dir(r[0]) for r in every)})")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     jobs = []
     for row, model, flags, _ in rows:
