@@ -17,10 +17,13 @@ import yaml
 
 from backbone import BACKBONES, add_backbone_args
 from datasets import DATASETS
-from datasets.utils.continual_dataset import STRUCTURE_KEYS
+from datasets.utils.continual_dataset import STRUCTURE_KEYS, check_structure
+from mammoth_compat.args import call_get_parser
 from models import MODELS
 from utils.args import add_common_args, changes_results
 from utils.errors import UserError, closest
+from utils.fitting import check_flags
+from utils.optimization import resolve_code_optimization
 from utils.registry import normalize_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,6 +60,17 @@ def _read_yaml(path: str) -> dict:
     return data
 
 
+def _section(data: dict, key: Any, path: str) -> dict:
+    """``data[key]`` as a mapping of flags to values (a missing or empty section is ``{}``)."""
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"section '{key}' of {os.path.relpath(path, ROOT)} must be a mapping of flags to values "
+                        f"(key: value lines), not a {type(value).__name__}; indent 'flag: value' under '{key}:'")
+    return dict(value)
+
+
 def _find_config(folder: str, name: str) -> Optional[str]:
     """``folder/<name>.yaml`` matched ignoring case and ``_``/``-``."""
     if not os.path.isdir(folder):
@@ -76,15 +90,17 @@ def model_config_layer(model: str, dataset: str, which: str, buffer_size: Option
             raise UserError(f"--model_config best: model '{model}' has no config file in models/config/")
         return {}, ""
     data = _read_yaml(path)
-    layer = dict(data.get("default") or {})
+    layer = _section(data, "default", path)
     if which == "best":
         sections = {normalize_name(k): k for k in data if k != "default"}
         key = sections.get(normalize_name(dataset))
         if key is None:
             raise UserError(f"--model_config best: {os.path.relpath(path, ROOT)} has no section for '{dataset}' "
                             f"(has: {', '.join(sorted(sections.values())) or 'none'})")
-        section = dict(data[key] or {})
-        nested = {k: section.pop(k) for k in list(section) if isinstance(section[k], dict) and str(k).isdigit()}
+        section = _section(data, key, path)
+        nested = {k: _section(section, k, path) for k in list(section) if str(k).isdigit()}
+        for k in nested:
+            section.pop(k)
         layer.update(section)
         if nested:
             if buffer_size is None or str(buffer_size) not in {str(k) for k in nested}:
@@ -113,6 +129,7 @@ def dataset_config_layer(dataset: str, name: Optional[str]) -> tuple[dict, dict,
     if unknown:
         raise UserError(f"unknown structure key '{unknown[0]}' in {os.path.relpath(path, ROOT)}"
                         f"{closest(unknown[0], STRUCTURE_KEYS)}; allowed: {', '.join(STRUCTURE_KEYS)}")
+    check_structure(structure, os.path.relpath(path, ROOT))
     return {k: v for k, v in data.items() if not str(k).isupper()}, structure, path
 
 
@@ -124,7 +141,15 @@ def _coerce(parser: argparse.ArgumentParser, key: str, value: Any, source: str) 
         dests = [a.dest for a in parser._actions if a.dest != "help"]
         raise UserError(f"unknown key '{key}' in {source}{closest(key, dests)}; keys must be flags of this "
                         f"model/dataset/backbone (see --help)")
-    if value is not None and action.type is not None and not isinstance(value, (list, dict)):
+    if isinstance(value, dict):
+        raise UserError(f"bad value for '{key}' in {source}: a mapping ({value!r:.60}); give a single value")
+    if isinstance(value, list) and action.nargs not in ("*", "+"):
+        if any(isinstance(v, (list, dict)) for v in value):
+            raise UserError(f"bad value {value!r:.60} for '{key}' in {source}; give a single value")
+        value = ",".join(str(v) for v in value)  # e.g. classes_per_task: [10, 10, 5] -> "10,10,5"
+    if isinstance(value, list):
+        return [_coerce_one(action, key, v, source) for v in value]
+    if value is not None and action.type is not None:
         try:
             value = action.type(value if isinstance(value, str) else str(value).lower()
                                 if isinstance(value, bool) else str(value))
@@ -134,6 +159,16 @@ def _coerce(parser: argparse.ArgumentParser, key: str, value: Any, source: str) 
         raise UserError(f"bad value {value!r} for '{key}' in {source}; choose from "
                         f"{', '.join(map(str, action.choices))}")
     return value
+
+
+def _coerce_one(action: argparse.Action, key: str, value: Any, source: str) -> Any:
+    """One element of a list-valued (``nargs``) flag."""
+    if action.type is None:
+        return value
+    try:
+        return action.type(str(value))
+    except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
+        raise UserError(f"bad value {value!r} for '{key}' in {source}: {exc}") from None
 
 
 def _pre_parse(argv: list[str]) -> argparse.Namespace:
@@ -171,7 +206,7 @@ def build_parser(model_cls: Any, dataset_cls: Any, backbone_name: Optional[str])
     if dataset_cls is not None:
         dataset_cls.get_parser(parser)
     if model_cls is not None:
-        model_cls.get_parser(parser.add_argument_group(f"model '{model_cls.NAME}' arguments"))
+        call_get_parser(model_cls, parser.add_argument_group(f"model '{model_cls.NAME}' arguments"))
     if backbone_name:
         add_backbone_args(parser, BACKBONES.get(backbone_name))
     return parser
@@ -244,7 +279,8 @@ def parse_args(argv: Optional[list[str]] = None, checkpoint_args: Optional[dict]
     if args.n_epochs is None or args.batch_size is None:
         missing = "--n_epochs" if args.n_epochs is None else "--batch_size"
         raise UserError(f"{missing} is required ({args.dataset} has no default)")
-    return args
+    check_flags(args)
+    return resolve_code_optimization(args)
 
 
 @functools.lru_cache(maxsize=None)

@@ -20,6 +20,7 @@ from models import get_model_class
 from models.utils.continual_model import ContinualModel
 from utils import distributed
 from utils.errors import UserError
+from utils.resources import check_run_memory
 
 
 @dataclass
@@ -86,6 +87,7 @@ def build_experiment(args: argparse.Namespace, device: Optional[torch.device] = 
     dataset = get_dataset(args)
     dataset.splits  # read (or download) the data now: data errors come before any training output
     check_every_task_has_data(dataset)
+    check_run_memory(args, dataset)  # memory-shaped flags, before the backbone, buffer or any batch exists
     model_cls = get_model_class(args.model)
     check_compatibility(model_cls, dataset)
     if args.distributed == "ddp" and model_cls.DDP_UNSUPPORTED:

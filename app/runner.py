@@ -5,6 +5,7 @@ import argparse
 import os
 import platform
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -16,10 +17,13 @@ import torch
 from app.config import ROOT, parse_args
 from app.experiment import (Experiment, build_experiment, check_compatibility,  # noqa: F401 (re-exported)
                             check_every_task_has_data, get_device, set_random_seed)
+from app.remote import resolve_checkpoint
 from utils import checkpoints, distributed
-from utils.errors import UserError
+from utils.errors import UserError, one_line
 from utils.io import check_writable, remove_stale_temporaries, write_json
 from utils.loggers import close_loggers, open_loggers, summary_scalars, task_scalars
+from utils.resources import is_out_of_memory, out_of_memory_message
+from utils.stopping import EXIT_CODES, sigterm_stops_at_safe_points
 from utils.training import RunRecord, train
 
 
@@ -42,7 +46,7 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
 
 
 def default_results_file(args: argparse.Namespace, setting: str) -> str:
-    return os.path.join(args.base_path, "results", setting, args.dataset, args.model,
+    return os.path.join(args.base_path, args.results_path, setting, args.dataset, args.model,
                         f"{checkpoints.run_name(args)}.json")
 
 
@@ -86,6 +90,17 @@ def _restore(model: Any, dataset: Any, path: str, state: dict[str, Any], device:
     return record
 
 
+def save_paused(args: argparse.Namespace, model: Any, record: RunRecord) -> str:
+    """``--save_after_interrupt``: the model as it is now, with the finished tasks' record (Mammoth's
+    ``checkpoints/paused/``); ``--loadcheck`` on it retrains the interrupted task from these weights."""
+    state = model.checkpoint_state()
+    state["current_task"] = record.tasks_done
+    path = os.path.join(args.checkpoint_path, "paused", f"{checkpoints.run_name(args)}.pt")
+    checkpoints.save_checkpoint(path, {"args": dict(vars(args)), "model_state": state, "record": record.to_dict(),
+                                       "rng": checkpoints.rng_state(), "tasks_done": record.tasks_done})
+    return path
+
+
 def _write_outputs(results: dict[str, Any], results_file: str, make_plots: bool) -> list[str]:
     """Plots first, then the JSON (if the JSON fails, the plots are removed: no partial results)."""
     written: list[str] = []
@@ -116,9 +131,14 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
     if "--loadcheck" in argv or any(a.startswith("--loadcheck=") for a in argv):
         pre = argparse.ArgumentParser(add_help=False)
         pre.add_argument("--loadcheck")
-        path = pre.parse_known_args(argv)[0].loadcheck
+        pre.add_argument("--checkpoint_path", default="./checkpoints/")
+        known = pre.parse_known_args(argv)[0]
+        path = known.loadcheck
         if path and path.lower() not in ("none", "null"):
-            ckpt_args = checkpoints.load_checkpoint(path)["args"]
+            local = resolve_checkpoint(path, known.checkpoint_path)  # a URL is downloaded (and cached) first
+            argv = replace_flag_value(argv, "--loadcheck", local)
+            if checkpoints.is_framework_checkpoint(local):
+                ckpt_args = checkpoints.load_checkpoint(local)["args"]
     args = parse_args(argv, checkpoint_args=ckpt_args)
     if args.distributed == "ddp":
         device = distributed.init_from_env(args.dist_timeout, args.device)
@@ -150,12 +170,20 @@ def _run(args: argparse.Namespace, ckpt_args: Optional[dict], device: torch.devi
         try:
             record = train(experiment.model, experiment.dataset, args, record,
                            on_task_end=_task_end_callback(experiment, trackers, main_process))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM at a safe point (utils/stopping.py)
             where = checkpoints.run_dir(args) if args.savecheck else None
             hint = f"; checkpoints of finished tasks are in {where}: rerun with --resume" if where else ""
-            raise UserError(f"interrupted after {record.tasks_done} finished task(s){hint}") from None
+            if args.save_after_interrupt and main_process:
+                paused = save_paused(args, experiment.model, record)
+                hint += f"; the interrupted state is in {paused}: continue with --loadcheck {paused}"
+            signum = getattr(exc, "signum", signal.SIGINT)
+            error = UserError(f"stopped by {signal.Signals(signum).name} after {record.tasks_done} finished "
+                              f"task(s){hint}")
+            error.exit_code = EXIT_CODES.get(signum, 130)
+            raise error from None
         results = collect_results(experiment, record, time.perf_counter() - started)
-        figures = _write_outputs(results, results_file, bool(args.plots)) if main_process else []
+        write = main_process and not args.disable_log
+        figures = _write_outputs(results, results_file, bool(args.plots)) if write else []
         for tracker in trackers:
             tracker.log_summary(summary_scalars(results))
     except BaseException:
@@ -168,9 +196,21 @@ def _run(args: argparse.Namespace, ckpt_args: Optional[dict], device: torch.devi
     print(f"final class-IL {results['final_class_il']:.2f}  task-IL {results['final_task_il']:.2f}")
     for figure in figures:
         print(f"plot: {figure}")
-    print(f"results: {results_file}", flush=True)
-    results["results_file"] = results_file
+    if not args.disable_log:
+        print(f"results: {results_file}", flush=True)
+    results["results_file"] = None if args.disable_log else results_file
     return results
+
+
+def replace_flag_value(argv: list[str], flag: str, value: str) -> list[str]:
+    """``argv`` with the value of ``flag`` (``--flag v`` or ``--flag=v``) replaced."""
+    out = list(argv)
+    for i, token in enumerate(out):
+        if token == flag and i + 1 < len(out):
+            out[i + 1] = value
+        elif token.startswith(flag + "="):
+            out[i] = f"{flag}={value}"
+    return out
 
 
 def _check_outputs(args: argparse.Namespace, dataset: Any, main_process: bool) -> str:
@@ -179,15 +219,25 @@ def _check_outputs(args: argparse.Namespace, dataset: Any, main_process: bool) -
     if distributed.world_size() > args.batch_size:
         raise UserError(f"--batch_size {args.batch_size} is split across {distributed.world_size()} processes; "
                         f"use at least one sample per process")
-    if main_process:
+    if main_process and not args.disable_log:
         check_writable(os.path.dirname(os.path.abspath(results_file)), "results")
-        if args.savecheck:
-            check_writable(checkpoints.run_dir(args), "checkpoint")
+    if main_process and args.savecheck:
+        check_writable(checkpoints.run_dir(args), "checkpoint")
     return results_file
 
 
 def _resume(experiment: Experiment) -> RunRecord:
-    """The record of the tasks already done: empty, or restored with the model from a checkpoint."""
+    """The record of the tasks already done: empty, or restored with the model from a checkpoint.
+
+    A ``--loadcheck`` file that is not this framework's (Mammoth's checkpoint, a bare state dict) only
+    loads its weights into the backbone; the run starts at the first task (or ``--start_from``).
+    """
+    args = experiment.args
+    if args.loadcheck and not checkpoints.is_framework_checkpoint(args.loadcheck):
+        loaded, left = checkpoints.load_foreign_weights(experiment.model.net, args.loadcheck)
+        print(f"loaded {loaded} tensors of {args.loadcheck} into the backbone ({left} keep their initial value)",
+              file=sys.stderr)
+        return RunRecord()
     resumed = _find_resume_state(experiment.args)
     if resumed is None:
         return RunRecord()
@@ -219,6 +269,8 @@ def collect_results(experiment: Experiment, record: RunRecord, seconds: float) -
             "class_order": list(dataset.scenario.class_order) if dataset.scenario.class_order else None,
             "accuracy_matrix_class_il": record.accuracy_matrix_class_il,
             "accuracy_matrix_task_il": record.accuracy_matrix_task_il, **record.summary(),
+            "epoch_evaluations": record.epoch_evaluations, "start_from": record.start_from,
+            "future_accuracy_class_il": record.future_accuracy_class_il,
             "timings": timings, "peak_memory_mb": peak_memory_mb(device), "device": str(device),
             "versions": versions()}
 
@@ -238,21 +290,35 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Command-line entry: user errors become one line on stderr and a non-zero exit code.
 
     ``--traceback`` adds the full traceback. Exit codes: 0 success, 1 an operating-system error
-    outside the framework's own checks, 2 bad input, 3 the loss diverged (NaN/inf).
+    outside the framework's own checks, 2 bad input, 3 the loss diverged (NaN/inf), 130 Ctrl-C
+    (SIGINT) and 143 SIGTERM (the run stopped at a safe point; continue it with ``--resume``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        run(argv)
+        with sigterm_stops_at_safe_points():
+            run(argv)
     except UserError as exc:
         if wants_traceback(argv):
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt as exc:  # before training started: nothing to resume
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"error: stopped by {signal.Signals(signum).name} before training started", file=sys.stderr)
+        return EXIT_CODES.get(signum, 130)
+    except (MemoryError, RuntimeError) as exc:  # an allocation no check foresaw (e.g. a model's own size flag)
+        if not is_out_of_memory(exc):
+            raise
+        if wants_traceback(argv):
+            traceback.print_exc()
+        print(f"error: {out_of_memory_message(exc, argv)}", file=sys.stderr)
+        return 2
     except OSError as exc:  # e.g. a file vanishing mid-run: still one line unless asked for the traceback
         if wants_traceback(argv):
             traceback.print_exc()
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where}; rerun with --traceback for details", file=sys.stderr)
+        print(f"error: {one_line(exc) if exc.strerror is None else exc.strerror}{where}; rerun with --traceback "
+              f"for details", file=sys.stderr)
         return 1
     except SystemExit as exc:  # --help
         return int(exc.code or 0)

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from mammoth_compat.backbone import MammothBackboneAPI
 from utils.registry import Registry
 
 CONTEXT_PARAMS = ("num_classes", "img_size", "in_chans")
@@ -30,11 +31,13 @@ def register(name: str, *aliases: str) -> Callable:
 BACKBONES = Registry("backbone", "backbone", lambda obj: list(getattr(obj, "BACKBONE_NAMES", ())))
 
 
-class ContinualBackbone(nn.Module):
+class ContinualBackbone(MammothBackboneAPI, nn.Module):
     """A feature extractor ``body`` followed by one linear ``classifier``.
 
     Every backbone has the same head interface, so methods never need to know whether
-    the underlying network calls its head ``fc``, ``head`` or ``classifier``.
+    the underlying network calls its head ``fc``, ``head`` or ``classifier`` (``head`` is an
+    alias of ``classifier``, and ``get_params``/``set_params``/``get_grads`` come from
+    :class:`mammoth_compat.backbone.MammothBackboneAPI`).
     """
 
     def __init__(self, body: nn.Module, feature_dim: int, num_classes: int):
@@ -58,6 +61,9 @@ class ContinualBackbone(nn.Module):
         if returnt != "out":
             raise ValueError(f"returnt must be 'out', 'features' or 'both', not {returnt!r}")
         return out
+
+
+MammothBackbone = ContinualBackbone  # Mammoth's name of the backbone base class
 
 
 def backbone_flags(factory: Callable) -> dict[str, inspect.Parameter]:

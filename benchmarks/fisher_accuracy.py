@@ -1,7 +1,9 @@
 """Effect of the approximate Fisher on final accuracy: ITA with the exact Fisher against
-``--fisher_sampled_labels k`` over several seeds, side by side in one run (docs/speed.md).
+``--fisher_sampled_labels k`` (or, with ``--compare_precision P``, against ``--fisher_precision P``) over several
+seeds, side by side in one run (docs/speed.md).
 
     python benchmarks/fisher_accuracy.py --seeds 0 1 2 --out fisher_accuracy.json
+    python benchmarks/fisher_accuracy.py --seeds 0 1 2 --compare_precision bf16 --out fisher_bf16.json
 
 Flags it does not know are passed to every run (e.g. ``--backbone vit_tiny --embed_dim 32``).
 
@@ -49,24 +51,28 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--n_tasks", type=int, default=10)
     parser.add_argument("--sampled_labels", type=int, default=1, help="k of --fisher_sampled_labels")
+    parser.add_argument("--compare_precision", default=None, choices=["tf32", "bf16"],
+                        help="compare the exact Fisher in fp32 with this --fisher_precision instead of sampled labels")
     parser.add_argument("--out", default=None, help="also write the figures as JSON to this file")
     opts, extra = parser.parse_known_args(argv)
     workdir = tempfile.mkdtemp(prefix="fisher_accuracy_")
     common = ["--dataset", "seq-custom", "--data_path", opts.data, "--n_tasks", str(opts.n_tasks), "--img_size",
               str(opts.img_size), "--normalization", "half", "--backbone", opts.backbone,
               "--base_path", os.path.join(workdir, "data")]
-    approx = ["--fisher_sampled_labels", str(opts.sampled_labels)]
+    approx = ["--fisher_sampled_labels", str(opts.sampled_labels)] if opts.compare_precision is None else \
+        ["--fisher_precision", opts.compare_precision]
+    label = f"sampled k={opts.sampled_labels}" if opts.compare_precision is None else opts.compare_precision
     rows = []
     for seed in opts.seeds:
         exact_acc, exact_s = final_accuracy(common, seed, [], workdir, extra)
         approx_acc, approx_s = final_accuracy(common, seed, approx, workdir, extra)
         rows.append({"seed": seed, "exact": exact_acc, "approx": approx_acc, "diff": approx_acc - exact_acc,
                      "exact_s": exact_s, "approx_s": approx_s})
-        print(f"seed {seed}: exact {exact_acc:.2f} % ({exact_s:.0f} s)  sampled k={opts.sampled_labels} "
+        print(f"seed {seed}: exact {exact_acc:.2f} % ({exact_s:.0f} s)  {label} "
               f"{approx_acc:.2f} % ({approx_s:.0f} s)", flush=True)
     diffs = [r["diff"] for r in rows]
     sem = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
-    summary = {"img_size": opts.img_size, "sampled_labels": opts.sampled_labels, "runs": rows,
+    summary = {"img_size": opts.img_size, "compared": approx, "sampled_labels": opts.sampled_labels, "runs": rows,
                "mean_exact": statistics.mean(r["exact"] for r in rows),
                "mean_approx": statistics.mean(r["approx"] for r in rows),
                "mean_diff": statistics.mean(diffs), "mean_abs_diff": statistics.mean(abs(d) for d in diffs),

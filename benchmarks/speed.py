@@ -29,10 +29,12 @@ from models.second_order_utils.fisher import FisherHooks, network_fisher  # noqa
 from app.config import parse_args  # noqa: E402
 from app.experiment import build_experiment  # noqa: E402
 from utils.io import write_json  # noqa: E402
+from benchmarks.phases import (PhaseTimer, count_host_syncs, loader_images_per_s, phase_flops,  # noqa: E402
+                               projected_run_seconds)
 
 BF16_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 tensor-core peaks
 STEP_ARGS = ["--num_epochs_pretuning", "1", "--num_epochs_align_pretuning", "1", "--num_samples_align_pretuning", "8",
-             "--batch_size_align_pretuning", "64", "--fisher_mc_classes", "1", "--stats_batch_size", "256",
+             "--batch_size_align_pretuning", "64", "--stats_batch_size", "256",
              "--lr", "0.001", "--n_epochs", "1", "--seed", "0", "--non_verbose"]
 STEP_REPEATS = 15  # a step is short: the median of many calls
 VBS_MICRO_BATCHES = 4  # the virtual-batch comparison: one step over this many micro-batches
@@ -51,7 +53,8 @@ def with_overrides(argv: list[str], overrides: list[str]) -> list[str]:
 
 def build(argv: list[str]):
     """(args, dataset, model) exactly as the runner builds them."""
-    experiment = build_experiment(parse_args(argv), torch.device("cpu"))
+    args = parse_args(argv)
+    experiment = build_experiment(args)  # on --device (default: the best available)
     return experiment.args, experiment.dataset, experiment.model
 
 
@@ -116,13 +119,20 @@ def fisher_figures(model, images: torch.Tensor, batch_size: int, sampled: int, d
                                                      sampled_labels=sampled, generator=gen)[0], device)
     max_rel, _ = fisher_errors(ours, ref)
     _, approx_err = fisher_errors(approx, ours)
+    precisions = {}
+    for precision in ("tf32", "bf16"):  # the same exact Fisher with lower-precision GEMMs, squares in fp32
+        t_p, value = timed(lambda: network_fisher(logits, model.pool.layers, images.split(batch_size),
+                                                  precision=precision)[0], device)
+        precisions.update({f"fisher_{precision}_s": t_p, f"fisher_rel_err_{precision}": fisher_errors(value, ours)[1],
+                           f"fisher_{precision}_speedup": t_ours / t_p})
     model.train()
     n = len(images)
     return {"fisher_classes": n_seen, "fisher_scale": max(float(v.abs().max()) for v in ref.values()), "fisher_images": n, "fisher_loop_s": t_loop, "fisher_ours_s": t_ours,
             "fisher_approx_s": t_approx, "fisher_speedup": t_loop / t_ours, "fisher_max_rel_err": max_rel,
             "approx_fisher_samples": sampled, "approx_fisher_speedup": t_ours / t_approx,
             "approx_fisher_rel_err": approx_err, "fisher_loop_img_s": n / t_loop, "fisher_ours_img_s": n / t_ours,
-            "fisher_approx_img_s": n / t_approx, "fisher_loop_peak_mb": mem_loop, "fisher_ours_peak_mb": mem_ours}
+            "fisher_approx_img_s": n / t_approx, "fisher_loop_peak_mb": mem_loop, "fisher_ours_peak_mb": mem_ours,
+            **precisions}
 
 
 def step_fn(model, batches: list, device: torch.device, **arg_overrides) -> Callable[[], None]:
@@ -165,12 +175,21 @@ def run_tasks(argv: list[str], repeats: int, on_task: Optional[Callable] = None)
     """Begin/end every task of ``argv``'s run; time ``observe`` at the first and the last task."""
     args, dataset, model = build(argv)
     device = model.device
-    times = {}
+    times: dict[Any, Any] = {"phases": {}, "flops": {}, "begin_task_s": {}}
+    phases = PhaseTimer(model, device)
     for t in range(dataset.N_TASKS):
         loader, _ = dataset.get_data_loaders()
+        if t == 0:
+            times["loader_images_per_s"], times["loader_images"] = loader_images_per_s(dataset)
+        phases.start_task(t)
         start = time.perf_counter()
         model.meta_begin_task(dataset)
-        print(f"[{args.model}] task {t + 1}: begin_task {time.perf_counter() - start:.1f} s", file=sys.stderr,
+        times["begin_task_s"][t] = time.perf_counter() - start
+        times["phases"][t] = dict(phases.seconds[t])
+        phases.task = None
+        if t in (0, dataset.N_TASKS - 1):  # FLOPs of the begin_task phases, re-run on a copy
+            times["flops"][t] = phase_flops(model, dataset)
+        print(f"[{args.model}] task {t + 1}: begin_task {times['begin_task_s'][t]:.1f} s", file=sys.stderr,
               flush=True)
         if on_task is not None:
             on_task(t, model, dataset)
@@ -186,18 +205,24 @@ def run_tasks(argv: list[str], repeats: int, on_task: Optional[Callable] = None)
                     {mode: step_fn(model, micro, device, virtual_bs_n=n, vbs_mode=mode)
                      for mode in ("accumulate", "batched")}, device, max(repeats, STEP_REPEATS))
                 times["vbs_n"] = n
-            if device.type == "cuda":
-                times["flops"] = step_flops(model, batch, device)
+            times["step_flops"] = step_flops(model, batch, device)
+            times["host_syncs_per_step"] = count_host_syncs(model, batch, device)
+            times["train_images"] = len(dataset.train_dataset(t))
         if t == dataset.N_TASKS - 1:
             last_step = step_fn(model, [next(iter(loader))], device)
             both = interleaved({"first": first_step, "last": last_step}, device, max(repeats, STEP_REPEATS))
             times[0], times[t] = both["first"], both["last"]
         model.meta_end_task(dataset)
+    phases.remove()
     return times, model, dataset
 
 
-def benchmark(common: list[str], fisher_images: int, fisher_batch: int, sampled: int, repeats: int) -> dict:
-    """All figures for one configuration (``common``: dataset/backbone flags of a second_order run)."""
+def benchmark(common: list[str], fisher_images: int, fisher_batch: int, sampled: int, repeats: int,
+              project: Optional[dict] = None) -> dict:
+    """All figures for one configuration (``common``: dataset/backbone flags of a second_order run).
+
+    ``project``: the run to project the time of (``train_images`` and ``test_images`` per task, ``epochs``);
+    default: the benchmark's own run."""
     out: dict[str, Any] = {}
     fisher_batches: dict = {}
 
@@ -220,10 +245,10 @@ def benchmark(common: list[str], fisher_images: int, fisher_batch: int, sampled:
     if "vbs" in ita:
         out.update(vbs_micro_batches=ita["vbs_n"], vbs_accumulate_s=ita["vbs"]["accumulate"],
                    vbs_batched_s=ita["vbs"]["batched"], vbs_speedup=ita["vbs"]["accumulate"] / ita["vbs"]["batched"])
-    if "flops" in ita:
+    if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         peak = next((v for k, v in BF16_PEAK_FLOPS.items() if k in name), None)
-        out["train_mfu"] = ita["flops"] / ita[0] / peak if peak else None
+        out["train_mfu"] = ita["step_flops"] / ita[0] / peak if peak else None
     # evaluation: the merged composition of 10 task modules against the plain backbone
     args = model.args
     x = torch.stack([dataset.test_dataset(0)[i][0] for i in range(min(64, len(dataset.test_dataset(0))))]).to(device)
@@ -238,6 +263,23 @@ def benchmark(common: list[str], fisher_images: int, fisher_batch: int, sampled:
         t_merged, t_plain = statistics.median(merged_times), statistics.median(plain_times)
     out.update(eval_merged_s=t_merged, eval_plain_s=t_plain, merged_eval_ratio=t_plain / t_merged,
                eval_img_s=len(x) / t_merged, eval_peak_mb=peak_memory_mb(device))
+    from torch.utils.flop_counter import FlopCounterMode
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    eval_flops_per_image = counter.get_total_flops() / len(x)
+    steps = -(-ita["train_images"] // ita["images_0"])  # optimizer steps of one epoch of the benchmark's task
+    test_images = len(dataset.test_dataset(0))
+    out["phase_seconds"], out["phase_flops"] = {}, {}
+    for t, tag in ((0, "task1"), (last, f"task{last + 1}")):
+        out["phase_seconds"][tag] = {**ita["phases"][t], "training": ita[t] * steps,
+                                     "evaluation": (t + 1) * test_images / out["eval_img_s"]}
+        out["phase_flops"][tag] = {**ita["flops"][t], "training": ita["step_flops"] * steps,
+                                   "evaluation": eval_flops_per_image * (t + 1) * test_images}
+        out["phase_seconds"][tag]["begin_task_total"] = ita["begin_task_s"][t]
+    out.update(loader_images_per_s=ita["loader_images_per_s"], train_images_per_s=out["train_img_s"],
+               host_syncs_per_step=ita["host_syncs_per_step"], bench_train_images=ita["train_images"],
+               bench_test_images=test_images, n_tasks=last + 1)
+    out["projected_run_s"] = projected_run_seconds(out, project)
     iel, _, _ = run_tasks(with_overrides(common, ["--model", "iel", "--beta_iel", "1", *STEP_ARGS]), repeats)
     out.update(iel_step_task1_s=iel[0], iel_step_task10_s=iel[last], iel_step_ratio=iel[last] / iel[0])
     return out
@@ -271,6 +313,14 @@ def print_table(res: dict) -> None:
     print(f"{'measurement':50s} {'seconds':>9s} {'images/s':>9s}  notes")
     for name, secs, ips, note in rows:
         print(f"{name:50s} {secs:9.4f} {'' if ips is None else f'{ips:9.1f}':>9s}  {note}")
+    for tag, secs in res["phase_seconds"].items():
+        flops = res["phase_flops"][tag]
+        print(f"phases at {tag}: " + ", ".join(f"{k} {v:.2f} s" + (f" / {flops[k] / 1e9:.1f} GFLOP" if k in flops else "")
+                                            for k, v in secs.items()))
+    print(f"Fisher GEMM precision: tf32 x{res['fisher_tf32_speedup']:.2f} (rel. err {res['fisher_rel_err_tf32']:.1e}), "
+          f"bf16 x{res['fisher_bf16_speedup']:.2f} (rel. err {res['fisher_rel_err_bf16']:.1e}) vs fp32")
+    print(f"loader {res['loader_images_per_s']:.0f} img/s, training {res['train_images_per_s']:.0f} img/s, "
+          f"host syncs per step {res['host_syncs_per_step']:.3f}, projected run {res['projected_run_s']:.0f} s")
     print(f"peak memory (MB): Fisher loop {res['fisher_loop_peak_mb']:.0f}, ours {res['fisher_ours_peak_mb']:.0f}, "
           f"training {res['train_peak_mb']:.0f}, eval {res['eval_peak_mb']:.0f}"
           + (f"; train MFU {res['train_mfu']:.3f}" if res.get("train_mfu") is not None else ""))
@@ -284,17 +334,27 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     parser.add_argument("--out", default=None, help="also write the figures as JSON to this file")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast (GPU)")
+    parser.add_argument("--project_train_images", type=int, default=None,
+                        help="training images per task of the projected run (default: the benchmark's; 5000 for "
+                             "seq-cifar100-224)")
+    parser.add_argument("--project_test_images", type=int, default=None, help="test images per task (1000 there)")
+    parser.add_argument("--project_epochs", type=int, default=1, help="epochs per task of the projected run")
+    parser.add_argument("--n_tasks", type=int, default=10)
     parser.add_argument("--backbone", default="efficientnet_lite0",
                         help="backbone (vit for ViT-B/16: pass --pretrained_path or run offline on random weights)")
     opts = parser.parse_args(argv)
     size = opts.img_size or (32 if opts.quick else 64)
-    common = ["--dataset", "seq-custom", "--data_path", opts.data, "--n_tasks", "10", "--img_size", str(size),
+    common = ["--dataset", "seq-custom", "--data_path", opts.data, "--n_tasks", str(opts.n_tasks), "--img_size", str(size),
               "--normalization", "half", "--backbone", opts.backbone, "--batch_size", "16",
               "--base_path", "data/benchmark", "--precision", opts.precision]
     if opts.device:
         common += ["--device", opts.device]
+    if opts.quick:  # the begin_task phases with the top-1 Fisher (the exact one is timed on its own images)
+        common += ["--fisher_mc_classes", "1"]
     res = benchmark(common, fisher_images=64 if opts.quick else 128, fisher_batch=64 if opts.quick else 128,
-                    sampled=1, repeats=3 if opts.quick else 5)
+                    sampled=1, repeats=3 if opts.quick else 5,
+                    project={"train_images": opts.project_train_images, "test_images": opts.project_test_images,
+                             "epochs": opts.project_epochs})
     res["command"] = "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print_table(res)
     if opts.out:

@@ -1,13 +1,14 @@
 """Sequential CUB-200-2011: 10 tasks x 20 bird species (Mammoth's ``seq-cub200``)."""
 from __future__ import annotations
 
+import argparse
 import os
 from typing import Callable
 
 from torchvision import transforms
 
 from datasets.utils.arrays import read_npz_split
-from datasets.utils.download import ensure_data, hf_snapshot, record_sidecar
+from datasets.utils.download import add_onedrive_arg, ensure_data, hf_snapshot, record_sidecar, with_onedrive_fallback
 from datasets.utils.image_dataset import BICUBIC, IMAGENET_MEAN, IMAGENET_STD, OpListDataset, resize_crop
 from datasets.utils.sources import ImageSource
 
@@ -17,7 +18,8 @@ FILES = ("train_data.npz", "test_data.npz")
 
 class SequentialCUB200(OpListDataset):
     """CUB-200 from ``<base_path>/CUB200/{train,test}_data.npz`` (arrays ``data`` uint8 NHWC, ``targets``,
-    optionally ``classes``), downloaded from the Hugging Face dataset ``aimagelab-ta/cub200``."""
+    optionally ``classes``), downloaded from the Hugging Face dataset ``aimagelab-ta/cub200``, else from the
+    OneDrive zip given by ``--onedrive_url`` (Mammoth's mirror)."""
 
     NAME = "seq-cub200"
     SETTING = "class-il"
@@ -27,12 +29,18 @@ class SequentialCUB200(OpListDataset):
     MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
     DEFAULTS = {"backbone": "vit", "n_epochs": 50, "batch_size": 128}
 
+    @staticmethod
+    def get_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        add_onedrive_arg(parser)
+        return parser
+
     def load(self) -> tuple[ImageSource, ImageSource]:
         root = os.path.join(self.args.base_path, "CUB200")
         paths = [os.path.join(root, f) for f in FILES]
 
         def fetch() -> None:
-            hf_snapshot(HF_REPO, root, allow_patterns=list(FILES) + ["*.json"])
+            with_onedrive_fallback(lambda: hf_snapshot(HF_REPO, root, allow_patterns=list(FILES) + ["*.json"]),
+                                   getattr(self.args, "onedrive_url", None), os.path.join(root, "cub200.zip"), root)
             for p in paths:
                 if os.path.isfile(p):
                     record_sidecar(p)

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import zipfile
 from typing import Callable
 
 import numpy as np
 from torchvision import transforms
 
+from datasets.utils.arrays import check_npz_fits, npz_headers
 from datasets.utils.continual_dataset import ContinualDataset
 from datasets.utils.sources import ImageSource
 from utils.args import none_or, parse_bool, positive_int
@@ -29,34 +31,91 @@ def parse_int_list(text: str) -> list[int]:
     return values
 
 
+def _image_shape(x: np.ndarray) -> tuple[int, int, int]:
+    """(H, W, C) of NHWC or NHW images."""
+    return (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]) if x.ndim == 4 else 1)
+
+
 def read_npz(path: str) -> tuple[ImageSource, ImageSource, list[str] | None]:
-    """Read ``x_train, y_train, x_test, y_test`` (uint8 NCHW, NHWC or NHW) and optional ``class_names``."""
+    """Read ``x_train, y_train, x_test, y_test`` (uint8 NCHW, NHWC or NHW) and optional ``class_names``.
+
+    Shapes, dtypes and the memory they need are checked from the array headers before anything is loaded;
+    train and test images must have the same size and channels.
+    """
+    keys = ("x_train", "y_train", "x_test", "y_test")
+    headers = npz_headers(path, "the file is corrupt or not an .npz: write it again with numpy.savez")
+    missing = [k for k in keys if k not in headers]
+    if missing:
+        raise UserError(f"{path} lacks the keys {', '.join(missing)}; a seq-custom npz needs x_train, "
+                        f"y_train, x_test, y_test (found: {', '.join(headers) or 'no arrays'})")
+    for split in ("train", "test"):
+        shape, dtype = headers[f"x_{split}"]
+        if dtype != np.uint8:
+            raise UserError(f"{path}: x_{split} must be uint8 images (0-255), got {dtype}")
+        if len(shape) == 4 and shape[1] in (1, 3) and shape[3] not in (1, 3):
+            shape = (shape[0], shape[2], shape[3], shape[1])
+        if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] not in (1, 3)) or min(shape[1:3]) < 1:
+            raise UserError(f"{path}: x_{split} has shape {shape}; expected (N, H, W), (N, H, W, C) or (N, C, H, W)"
+                            " with 1 or 3 channels and H, W >= 1")
+        y_shape, y_dtype = headers[f"y_{split}"]
+        if len(y_shape) != 1 or not np.issubdtype(y_dtype, np.integer):
+            raise UserError(f"{path}: y_{split} must be a 1-D integer array, got {y_dtype} {y_shape}")
+        if shape[0] != y_shape[0]:
+            raise UserError(f"{path}: x_{split} has {shape[0]} images but y_{split} has {y_shape[0]} labels")
+    check_npz_fits(path, headers, keys)
     try:
         with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in npz.files]
-            if missing:
-                raise UserError(f"{path} lacks the keys {', '.join(missing)}; a seq-custom npz needs x_train, "
-                                f"y_train, x_test, y_test (found: {', '.join(npz.files)})")
-            arrays = {k: npz[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+            arrays = {k: npz[k] for k in keys}
             names = [str(n) for n in npz["class_names"]] if "class_names" in npz.files else None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise UserError(f"cannot read {path} as an npz file ({type(exc).__name__}: {exc})") from None
+        raise UserError(f"cannot read {path} as an npz file ({type(exc).__name__}: {exc}); "
+                        f"write it again with numpy.savez") from None
     splits = []
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        if x.dtype != np.uint8:
-            raise UserError(f"{path}: x_{split} must be uint8 images (0-255), got {x.dtype}")
         if x.ndim == 4 and x.shape[1] in (1, 3) and x.shape[3] not in (1, 3):
             x = x.transpose(0, 2, 3, 1)  # NCHW -> NHWC
-        if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[3] not in (1, 3)):
-            raise UserError(f"{path}: x_{split} has shape {x.shape}; expected (N, H, W), (N, H, W, C) or (N, C, H, W)"
-                            " with 1 or 3 channels")
-        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-            raise UserError(f"{path}: y_{split} must be a 1-D integer array, got {y.dtype} {y.shape}")
-        if len(x) != len(y):
-            raise UserError(f"{path}: x_{split} has {len(x)} images but y_{split} has {len(y)} labels")
         splits.append(ImageSource(np.ascontiguousarray(x), y.astype(np.int64)))
+    (h, w, c), (th, tw, tc) = _image_shape(splits[0].data), _image_shape(splits[1].data)
+    if (h, w, c) != (th, tw, tc):
+        raise UserError(f"{path}: x_train images are {h}x{w} with {c} channel(s) but x_test images are {th}x{tw} "
+                        f"with {tc}; train and test images must have the same size and channels (resize or convert "
+                        f"one split)")
     return splits[0], splits[1], names
+
+
+def dense_labels(train: ImageSource, test: ImageSource, names: list[str] | None,
+                 where: str) -> tuple[ImageSource, ImageSource, list[str] | None]:
+    """Labels must be >= 0; labels that are not 0..K-1 are remapped in sorted order (with a note on stderr)."""
+    low = min(train.targets.min(initial=0), test.targets.min(initial=0))
+    if low < 0:
+        raise UserError(f"{where}: labels must be integers in [0, n_classes), found {low}; relabel the data")
+    present = np.union1d(train.targets, test.targets)
+    if names is not None and len(names) not in (len(present), int(present[-1]) + 1):
+        raise UserError(f"{where}: class_names has {len(names)} names but the labels hold {len(present)} classes "
+                        f"(largest label {present[-1]}); store one name per class")
+    if len(present) == int(present[-1]) + 1:
+        return train, test, names
+    shown = ", ".join(str(v) for v in present[:8]) + (", ..." if len(present) > 8 else "")
+    print(f"note: {where}: the labels ({shown}) are not 0..{len(present) - 1}; they are remapped to "
+          f"0..{len(present) - 1} in sorted order", file=sys.stderr)
+    if names is not None and len(names) != len(present):
+        names = [names[int(v)] for v in present]
+    return (ImageSource(train.data, np.searchsorted(present, train.targets)),
+            ImageSource(test.data, np.searchsorted(present, test.targets)), names)
+
+
+def channel_stats(data: np.ndarray, channels: int, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (floored at 1e-3) of uint8 images, in chunks (no float copy of the data)."""
+    total, total_sq, count = np.zeros(channels), np.zeros(channels), 0
+    for start in range(0, len(data), chunk):
+        pixels = data[start:start + chunk].reshape(-1, channels).astype(np.float64) / 255.0
+        total += pixels.sum(axis=0)
+        total_sq += (pixels ** 2).sum(axis=0)
+        count += len(pixels)
+    mean = total / max(count, 1)
+    std = np.sqrt(np.maximum(total_sq / max(count, 1) - mean ** 2, 0.0))
+    return tuple(float(v) for v in mean), tuple(float(max(v, 1e-3)) for v in std)
 
 
 def read_image_folder(root: str) -> tuple[ImageSource, ImageSource, list[str]]:
@@ -64,9 +123,16 @@ def read_image_folder(root: str) -> tuple[ImageSource, ImageSource, list[str]]:
     for split in ("train", "test"):
         if not os.path.isdir(os.path.join(root, split)):
             raise UserError(f"{root} must contain train/ and test/ folders with one sub-folder per class")
-    classes = sorted(d.name for d in os.scandir(os.path.join(root, "train")) if d.is_dir())
+    folders = sorted((d for d in os.scandir(os.path.join(root, "train")) if d.is_dir()), key=lambda d: d.name)
+    classes = [d.name for d in folders
+               if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in os.listdir(d.path))]
     if not classes:
-        raise UserError(f"{root}/train has no class folders")
+        raise UserError(f"{root}/train has no class folders with images ({', '.join(IMAGE_EXTENSIONS)}); "
+                        f"put each class's images in {root}/train/<class>/")
+    if len(classes) < len(folders):
+        empty = sorted({d.name for d in folders} - set(classes))
+        print(f"note: {root}/train: class folders without images are ignored: {', '.join(empty[:5])}"
+              f"{', ...' if len(empty) > 5 else ''}", file=sys.stderr)
     index = {c: i for i, c in enumerate(classes)}
     splits = []
     for split in ("train", "test"):
@@ -75,7 +141,10 @@ def read_image_folder(root: str) -> tuple[ImageSource, ImageSource, list[str]]:
             if not entry.is_dir():
                 continue
             if entry.name not in index:
-                raise UserError(f"{root}/{split}/{entry.name} is not a class of {root}/train")
+                if not any(f.lower().endswith(IMAGE_EXTENSIONS) for f in os.listdir(entry.path)):
+                    continue
+                raise UserError(f"{root}/{split}/{entry.name} is not a class of {root}/train (no training images); "
+                                f"add training images for it or remove the folder")
             for f in sorted(os.listdir(entry.path)):
                 if f.lower().endswith(IMAGE_EXTENSIONS):
                     paths.append(os.path.join(entry.path, f))
@@ -119,11 +188,13 @@ class SequentialCustom(ContinualDataset):
             native = 224
         else:
             train, test, names = read_npz(path)
-            native = int(train.data.shape[1])
+            height, width = train.data.shape[1:3]
+            native = int(height) if height == width else -1  # -1: not square, always resized
+        if len(train) == 0:
+            raise UserError(f"{path}: the train split holds no images; add training images")
+        train, test, names = dense_labels(train, test, names, path)
         self._raw = (train, test)
         n_classes = int(max(train.targets.max(initial=-1), test.targets.max(initial=-1))) + 1
-        if len(train) == 0 or min(train.targets.min(), test.targets.min(initial=0)) < 0:
-            raise UserError(f"{path}: labels must be integers in [0, n_classes) and the train split non-empty")
         if self.args.classes_per_task:
             per_task = list(self.args.classes_per_task)
             if sum(per_task) != n_classes:
@@ -135,15 +206,13 @@ class SequentialCustom(ContinualDataset):
             base, extra = divmod(n_classes, n_tasks)
             per_task = [base + (1 if t < extra else 0) for t in range(n_tasks)]
         self.N_TASKS, self.N_CLASSES_PER_TASK = len(per_task), per_task
-        size = self.args.img_size or native
+        size = self.args.img_size or (native if native > 0 else int(train.data.shape[1]))
         self.SIZE = (size, size)
         self._native = native
         self.IN_CHANS = 1 if (isinstance(train.data, np.ndarray) and (train.data.ndim == 3 or train.data.shape[3] == 1)) else 3
         self.CLASS_NAMES = names
         if self.args.normalization == "dataset" and isinstance(train.data, np.ndarray):
-            pixels = train.data.reshape(len(train.data), -1, self.IN_CHANS).astype(np.float64) / 255.0
-            self.MEAN = tuple(float(v) for v in pixels.mean(axis=(0, 1)))
-            self.STD = tuple(float(max(v, 1e-3)) for v in pixels.std(axis=(0, 1)))
+            self.MEAN, self.STD = channel_stats(train.data, self.IN_CHANS)
         elif NORMALIZATIONS.get(self.args.normalization):
             mean, std = NORMALIZATIONS[self.args.normalization]
             self.MEAN, self.STD = mean[:self.IN_CHANS], std[:self.IN_CHANS]

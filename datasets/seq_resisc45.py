@@ -1,10 +1,11 @@
 """Sequential RESISC45 (NWPU remote-sensing scenes): 9 tasks x 5 classes (Mammoth's ``seq-resisc45``)."""
 from __future__ import annotations
 
+import argparse
 import os
 from typing import Callable
 
-from datasets.utils.download import ensure_data, hf_snapshot
+from datasets.utils.download import add_onedrive_arg, ensure_data, hf_snapshot, with_onedrive_fallback
 from datasets.utils.folders import folders_with_split, has_class_folders
 from datasets.utils.image_dataset import IMAGENET_MEAN, IMAGENET_STD, OpListDataset, resize_crop, rrc_flip
 from datasets.utils.sources import ImageSource
@@ -24,9 +25,19 @@ class SequentialRESISC45(OpListDataset):
     MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
     DEFAULTS = {"backbone": "vit", "n_epochs": 30, "batch_size": 128}
 
+    @staticmethod
+    def get_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        add_onedrive_arg(parser)
+        return parser
+
     def load(self) -> tuple[ImageSource, ImageSource]:
         root = os.path.join(self.args.base_path, "NWPU-RESISC45")
-        ensure_data(lambda: has_class_folders(root), lambda: hf_snapshot(HF_REPO, root), self.NAME,
+
+        def fetch() -> None:  # Hugging Face, else the OneDrive mirror (--onedrive_url)
+            with_onedrive_fallback(lambda: hf_snapshot(HF_REPO, root), getattr(self.args, "onedrive_url", None),
+                                   os.path.join(root, "resisc45.zip"), root)
+
+        ensure_data(lambda: has_class_folders(root), fetch, self.NAME,
                     f"the 45 class folders (or train/ and test/ with them) in {root}/")
         train, test, self.CLASS_NAMES = folders_with_split(root, self.N_CLASSES, self.NAME)
         return train, test

@@ -14,6 +14,7 @@ class Derpp(Er):
 
     NAME = "derpp"
     COMPATIBILITY = ["class-il", "domain-il", "task-il", "general-continual"]
+    USES_NOT_AUG = True  # the buffer stores the not-augmented images
 
     @staticmethod
     def get_parser(parser):

@@ -14,7 +14,8 @@ from utils.args import nonneg_float, parse_bool, positive_int
 from utils.errors import UserError
 
 
-def layer_prefixes(prompts: torch.Tensor, layers: list[int], length: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+def layer_prefixes(prompts: torch.Tensor, layers: list[int],
+                   length: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """Per block: (key, value) prefixes (B, length, D) from prompts (B, n_layers * 2 * length, D)."""
     per_layer = prompts.reshape(prompts.shape[0], len(layers), 2, length, prompts.shape[-1])
     return {layer: (per_layer[:, i, 0], per_layer[:, i, 1]) for i, layer in enumerate(layers)}
@@ -26,7 +27,8 @@ class DualPrompt(PromptedViTModel):
     key and ``length`` value tokens per layer). The query is the frozen ViT's class-token feature;
     training uses the current task's E-prompt and pulls its key to the queries (loss
     ``- pull_constraint_coeff * sum cos(q, k_t) / B``), testing picks the E-prompt whose key is most
-    similar among the trained ones. The classifier reads the class token; past-class logits are masked in training."""
+    similar among the trained ones. The classifier reads the class token; past-class logits are
+    masked in training."""
 
     NAME = "dualprompt"
     COMPATIBILITY = ["class-il", "task-il"]

@@ -16,6 +16,7 @@ class Er(ContinualModel):
 
     NAME = "er"
     COMPATIBILITY = ["class-il", "domain-il", "task-il", "general-continual"]
+    USES_NOT_AUG = True  # the buffer stores the not-augmented images
 
     @staticmethod
     def get_parser(parser):

@@ -12,8 +12,8 @@ from models.prompt_utils.vit_prompting import require_vit
 from models.second_order_utils.modules import AdaptedLayer, ModulePool
 from models.utils.continual_model import ContinualModel
 from utils import distributed
-from utils.errors import UserError
 from utils.args import positive_int, unit_interval
+from utils.errors import UserError
 from utils.modes import eval_mode
 
 

@@ -16,12 +16,15 @@ import torch
 import torch.nn.functional as F
 
 from models.second_order_utils import penalties as pen
-from models.second_order_utils.fisher import head_fisher, network_fisher, reduce_fisher
-from models.second_order_utils.flags import add_second_order_args
+from models.second_order_utils import stepping
+from models.second_order_utils.fisher import (auto_batch_size, head_fisher, network_fisher, probe_bytes_per_image,
+                                              reduce_fisher)
+from models.second_order_utils.flags import CPU_STATS_BATCH, add_second_order_args
 from models.second_order_utils.heads import IncrementalHead
 from models.second_order_utils.modules import (ModulePool, frozen_batchnorms, inject_adapters,
                                                set_eval, uniform_weights)
-from models.second_order_utils.pretuning import (DiagonalGMM, align_classifier, fit_gmm, linear_probe,
+from models.second_order_utils.gmm import fit_gmms_distributed
+from models.second_order_utils.pretuning import (DiagonalGMM, align_classifier, linear_probe,
                                                  sample_features)
 from models.utils.continual_model import ContinualModel
 from utils import distributed
@@ -64,13 +67,13 @@ class SecondOrder(ContinualModel):
         self.fisher_past: dict[str, torch.Tensor] = {}  # sum of F_s over finished tasks, per layer
         self.task_counts: list[int] = []  # N_s: images in the Fisher pass of each finished task
         self.eval_task_weights: Optional[list[float]] = None  # editing: weights of the composition
-        self.last_penalties: dict[str, float] = {}
+        self.last_penalties: dict[str, torch.Tensor] = {}  # 0-d device tensors, set on logging steps
         self._trainable: list[torch.nn.Parameter] = []
         self._in_task = False
         self._composition: Optional[str] = None
         self._accumulated, self._lr_scale = 0, 1.0
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # micro-batches of the open group
-        self._last_loss = 0.0
+        self._last_loss: torch.Tensor | float = 0.0
 
     # ----- configuration --------------------------------------------------------------------------
     @property
@@ -152,10 +155,26 @@ class SecondOrder(ContinualModel):
         self._accumulated, self._pending = 0, []
         self._compose_training()
 
+    def stats_batch_size(self, dataset) -> int:
+        """``--stats_batch_size``, or auto: 64 on a CPU, on CUDA sized from the free memory and the measured
+        memory per image of the Fisher pass (the results do not depend on it)."""
+        if self.args.stats_batch_size is not None:
+            return self.args.stats_batch_size
+        if self.device.type != "cuda":
+            return CPU_STATS_BATCH
+        if getattr(self, "_auto_stats_batch", None) is None:
+            x = next(iter(dataset.make_loader(dataset.train_dataset(self.current_task), shuffle=False,
+                                              batch_size=8)))[0].to(self.device)
+            per_image = probe_bytes_per_image(lambda v: self.pretuned_head.seen_logits(self.net.features(v)),
+                                              self.pool.layers, x, self.args.fisher_precision)
+            free, _ = torch.cuda.mem_get_info(self.device)
+            self._auto_stats_batch = auto_batch_size(per_image, free)
+        return self._auto_stats_batch
+
     def _stats_loader(self, dataset):
         """The current task's training images (augmented, as in the reference) in large batches."""
         return dataset.make_loader(dataset.train_dataset(self.current_task), shuffle=True,
-                                   batch_size=self.args.stats_batch_size)
+                                   batch_size=self.stats_batch_size(dataset))
 
     def _extract_features(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
         feats, labels = [], []
@@ -172,10 +191,8 @@ class SecondOrder(ContinualModel):
 
     def _fit_gmms(self, feats: torch.Tensor, labels: torch.Tensor, start: int, end: int) -> None:
         seed = 0 if self.args.seed is None else int(self.args.seed)
-        for c in range(start, end):
-            rows = feats[labels == c]
-            if len(rows):
-                self.gmms[c] = fit_gmm(rows.cpu().numpy(), seed=seed * 1000 + c)
+        # on the model's device, classes split over DDP ranks and the fits shared (models/second_order_utils/gmm.py)
+        self.gmms.update(fit_gmms_distributed(feats, labels, list(range(start, end)), seed))
 
     def _pretune(self, dataset, feats: torch.Tensor, labels: torch.Tensor) -> None:
         """Linear probe of the new head, then alignment of all heads on GMM samples (frozen theta0)."""
@@ -219,7 +236,7 @@ class SecondOrder(ContinualModel):
 
         gen = torch.Generator().manual_seed(1000003 * self.current_task + (self.args.seed or 0) + distributed.rank())
         fisher, n = network_fisher(logits, self.pool.layers, batches(), self.args.fisher_mc_classes,
-                                   self.args.fisher_sampled_labels, gen)
+                                   self.args.fisher_sampled_labels, gen, self.args.fisher_precision)
         # under DDP each rank saw a shard of the images: sum the sums and counts
         self.fisher_current, self.n_current = reduce_fisher(fisher, n)
         classes = list(range(end)) if not self.use_iel else list(range(start))
@@ -264,18 +281,20 @@ class SecondOrder(ContinualModel):
             return vbs
         return 0 if self.args.vbs_tail == "drop" else n_batches - full
 
-    def observe(self, inputs, labels, not_aug_inputs, epoch=None) -> float:
+    def observe(self, inputs, labels, not_aug_inputs, epoch=None) -> torch.Tensor | float:
         """One micro-batch; every ``group_size`` micro-batches make one optimizer step.
 
         ``--vbs_mode batched`` keeps the group's micro-batches and runs them as one large batch at the
         group's last one (the same gradient as accumulating, one forward/backward); until then it returns
-        the previous step's loss. ``accumulate`` runs a forward/backward per micro-batch.
+        the previous step's loss. ``accumulate`` runs a forward/backward per micro-batch. The loss is a 0-d
+        device tensor (no host sync; the loop reads it on logging steps).
         """
         group = self.group_size(self.epoch_iteration, self.batches_per_epoch())
         if group == 0 or self.opt is None:
             return 0.0  # tail micro-batch under --vbs_tail drop: no compute, no step
         if self._bn and self._bn[0].training:
             set_eval(self._bn)
+        self._group = group
         if self.args.vbs_mode == "accumulate" or group == 1:
             loss = self.group_backward([(inputs, labels)], group)
             self._accumulated += 1
@@ -291,7 +310,7 @@ class SecondOrder(ContinualModel):
             self._last_loss = self.group_backward(self._pending, group)
         except torch.cuda.OutOfMemoryError:  # too large for one pass: accumulate this group instead
             self.opt.zero_grad(set_to_none=True)
-            self._last_loss = sum(self.group_backward([mb], group) for mb in self._pending) / group
+            self._last_loss = torch.stack([self.group_backward([mb], group) for mb in self._pending]).mean()
         self._pending = []
         self.optimizer_step()
         self._accumulated = 0
@@ -299,21 +318,22 @@ class SecondOrder(ContinualModel):
 
     def masked_logits(self, inputs: torch.Tensor) -> torch.Tensor:
         """Logits of the seen classes with the past tasks' classes masked out (the current task's CE)."""
-        logits = self.net(inputs)[:, :self.n_seen_classes]
+        logits = self.train_net(inputs)[:, :self.n_seen_classes]
         if self.n_past_classes:
             mask = torch.zeros_like(logits, dtype=torch.bool)
             mask[:, :self.n_past_classes] = True
             logits = logits.masked_fill(mask, float("-inf"))
         return logits
 
-    def group_backward(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]], group: int) -> float:
+    def group_backward(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]], group: int) -> torch.Tensor:
         """Backward of (1/group) sum_g mean CE(micro-batch g) over ``micro_batches`` (some or all of a step's
-        ``group``) in one pass over their concatenation; returns the mean of their mean CEs."""
+        ``group``) in one pass over their concatenation; returns the mean of their mean CEs (a detached 0-d
+        tensor on the device)."""
         if len(micro_batches) == 1:
             inputs, labels = micro_batches[0]
             loss = F.cross_entropy(self.masked_logits(inputs).float(), labels)
             (loss / group).backward()
-            return loss.item()
+            return loss.detach()
         sizes = [len(y) for _, y in micro_batches]
         inputs = torch.cat([x for x, _ in micro_batches])
         labels = torch.cat([y for _, y in micro_batches])
@@ -321,26 +341,22 @@ class SecondOrder(ContinualModel):
         losses = F.cross_entropy(self.masked_logits(inputs).float(), labels, reduction="none")
         loss = (losses * weights).sum()
         loss.backward()
-        return loss.item() * group / len(sizes)
+        return loss.detach() * (group / len(sizes))
+
+    def is_logging_step(self) -> bool:
+        """Whether the optimizer step now being run covers a micro-batch whose loss the loop logs."""
+        last = self.epoch_iteration
+        return any(i % self.LOG_EVERY == 0 for i in range(last - getattr(self, "_group", 1) + 1, last + 1))
 
     def adapter_penalty_grads(self) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
-        """Closed-form penalty gradient of the current module's parameters (fresh tensors)."""
-        t, out, penalty = self.current_task, [], 0.0
-        for name, layer in self.pool.layers.items():
-            module = layer.deltas[t]
-            with torch.no_grad():
-                dw = module.delta(layer.w0)
-                fisher = self._penalty_fisher[name]
-                if self.use_iel:
-                    past, r = self._past_sums.get(name), pen.iel_ratio(t)
-                    grad = pen.iel_penalty_grad(dw, past, fisher, self.args.beta_iel, r)
-                    penalty += float(pen.iel_penalty(dw, past, fisher, self.args.beta_iel, r))
-                else:
-                    grad = pen.ita_penalty_grad(dw, fisher, self.args.alpha_ita)
-                    penalty += float(pen.ita_penalty(dw, fisher, self.args.alpha_ita))
-                out.extend(zip(module.parameters(), module.grads_from_dense(grad, layer.w0)))
-        self.last_penalties["adapter"] = penalty
-        return out
+        """Closed-form penalty gradient of the current module's parameters (fresh tensors); the penalty value
+        (``last_penalties['adapter']``, a 0-d tensor) only on logging steps."""
+        pairs, value = stepping.adapter_penalty_grads(self.pool, self.current_task, self._penalty_fisher,
+                                                      self.use_iel, self.adapter_strength, self._past_sums,
+                                                      with_value=self.is_logging_step())
+        if value is not None:
+            self.last_penalties["adapter"] = value
+        return pairs
 
     def head_penalty_grads(self) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
         t = self.current_task
@@ -350,23 +366,18 @@ class SecondOrder(ContinualModel):
             value = pen.head_regularizer(params, [target.weight, target.bias], list(self.head_fisher),
                                          self.n_head_fisher, self.head_strength, self.args.simple_reg_weight_cls)
             grads = torch.autograd.grad(value, params)
-        self.last_penalties["head"] = float(value.detach())
+        if self.is_logging_step():
+            self.last_penalties["head"] = value.detach()
         return list(zip(params, grads))
 
     def optimizer_step(self) -> None:
-        """Penalty step (decoupled: p -= s_e clip(g_R); coupled: .grad += clip(g_R)), then AdamW."""
+        """Penalty step (decoupled: p -= s_e clip(g_R); coupled: .grad += clip(g_R)), then AdamW; no host sync."""
         penalty = []
         if self.adapter_strength > 0:
             penalty += self.adapter_penalty_grads()
         if self.head_strength > 0:  # Q7: lambda_F = 0 disables the L2 term as well
             penalty += self.head_penalty_grads()
-        with torch.no_grad():
-            for p, g in penalty:
-                g = pen.clip_norm(g, self.args.clip_grad)
-                if self.decoupled:
-                    p.sub_(self._lr_scale * g)
-                else:
-                    p.grad = g if p.grad is None else p.grad + g
+        stepping.apply_penalty_(penalty, self.args.clip_grad, self.decoupled, self._lr_scale)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
 
@@ -402,7 +413,8 @@ class SecondOrder(ContinualModel):
         self.current_task = int(state["current_task"])
         self.fisher_past = {k: v.to(self.device) for k, v in state["fisher_past"].items()}
         self.task_counts = [int(n) for n in state["task_counts"]]
-        self.gmms = {int(c): DiagonalGMM.from_state(g) for c, g in state["gmms"].items()}
+        self.gmms = {int(c): DiagonalGMM.from_state({k: v.to(self.device) for k, v in g.items()})
+                     for c, g in state["gmms"].items()}
         self.pool.set_trainable(None)
         self.net.classifier.requires_grad_(False)
         self.pretuned_head.requires_grad_(False)

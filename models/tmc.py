@@ -57,7 +57,7 @@ class TMC(ContinualModel):
     Jacobian-vector product), plus its own head rows, with CE on its classes. theta0 never changes
     and the body runs in eval mode (BatchNorm statistics and dropout of theta0). Evaluation composes
     ``d = sum_t w_t d_t`` with ``w_t = 1/T`` (the mean: the composite's features are the mean of the
-    components' features, exactly, since they are linear in d); editing (``python -m utils.edit``)
+    components' features, exactly, since they are linear in d); editing (``python -m app.edit``)
     sets other weights: ``--keep`` specialises on some tasks, ``--drop`` removes some."""
 
     NAME = "tmc"

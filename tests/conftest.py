@@ -12,6 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["CL_NO_DOWNLOAD"] = "1"  # no test may reach the network
+os.environ.setdefault("CL_DEFAULT_NUM_WORKERS", "0")  # tiny data: worker processes would only cost start-up time
 _cache = tempfile.mkdtemp(prefix="cl-test-cache-")
 os.environ.setdefault("TORCH_HOME", os.path.join(_cache, "torch"))
 os.environ.setdefault("HF_HOME", os.path.join(_cache, "hf"))

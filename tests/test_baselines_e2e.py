@@ -27,6 +27,15 @@ METHODS = {
     "seed": ["--num_experts", "2", "--seed_cov_eps", "0.01"],
 }
 
+# covered elsewhere: the core (sgd, joint: tests/test_end_to_end.py) and second_order with its aliases
+OWN_TESTS = {"sgd", "joint", "second_order", "ita", "iel"}
+
+
+def test_every_registered_method_is_in_the_matrix():
+    from models import MODELS
+    names = {MODELS.get(n).NAME for n in MODELS.names()}
+    assert names - OWN_TESTS == set(METHODS), "add the new method to METHODS (end to end + resume)"
+
 
 def method_args(method, data, tmp_path, *extra):
     return ["--model", method, *merge_flags(tiny_run_args(data, tmp_path, n_tasks=3), ["--plots", "0"],

@@ -80,7 +80,7 @@ def test_best_without_section(cfg_dirs):
 @pytest.mark.parametrize("argv, message", [
     (["--lr", "-1"], "--lr: expected a number > 0"),
     (["--lr", "0.1", "--n_epochs", "0"], "--n_epochs: expected an integer >= 1"),
-    (["--lr", "0.1", "--validation", "1.5"], "--validation: expected a fraction in"),
+    (["--lr", "0.1", "--validation", "100"], "--validation: expected a percentage in"),
     (["--lr", "0.1", "--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
     (["--lr", "0.1", "--lrr", "3"], "unrecognized arguments: --lrr 3 .*did you mean: --lr"),
     (["--lr", "0.1", "--lr", "0.2"], "--lr is given twice"),

@@ -56,12 +56,14 @@ def test_seq_custom_permutation_relabels_both_splits(tmp_path):
     assert sorted(torch.cat([b[1] for b in train_loader]).unique().tolist()) == [0, 1]
 
 
-def test_validation_split_replaces_the_test_set(tmp_path):
+@pytest.mark.parametrize("value, n_val", [("20", 2), ("0.2", 2), ("15", 2), ("5", 1)])
+def test_validation_split_replaces_the_test_set(tmp_path, value, n_val):
+    """Mammoth's percentage (values below 1 are fractions): ceil(10 * p / 100) images per class."""
     path = make_npz(str(tmp_path / "d.npz"), n_classes=2, per_class=10)
-    ds = dataset_for("--dataset", "seq-custom", "--data_path", path, "--n_tasks", "1", "--validation", "0.2")
+    ds = dataset_for("--dataset", "seq-custom", "--data_path", path, "--n_tasks", "1", "--validation", value)
     train, test = ds.splits
-    assert len(train) == 16 and len(test) == 4
-    assert sorted(test.targets.tolist()) == [0, 0, 1, 1]
+    assert len(train) == 20 - 2 * n_val and len(test) == 2 * n_val
+    assert sorted(test.targets.tolist()) == [0] * n_val + [1] * n_val
 
 
 def test_image_folder(tmp_path):

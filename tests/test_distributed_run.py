@@ -73,6 +73,21 @@ def test_ddp_replay_and_ewc_match_single_process(setup, model, extra):
         assert ddp["complete"] and len(ddp["accuracy_matrix_class_il"]) == 2
 
 
+
+def test_ddp_gathered_class_features_match_single_process(setup):
+    """SEED (like SimpleCIL) gathers its class features from every rank: the same metrics as one process.
+    (InfLoRA's summed Gram matrices and the other new methods were checked the same way by hand, see
+    docs/baselines.md; one torchrun test keeps the suite short.)"""
+    tmp, args, _ = setup
+    model, extra = "seed", ["--num_experts", "1", "--seed_cov_eps", "0.01"]
+    args = [a if a != "sgd" else model for a in args] + extra
+    single = run(args + ["--results_file", str(tmp / f"{model}_single.json")])
+    out = torchrun(args + ["--results_file", str(tmp / f"{model}_ddp.json")])
+    assert out.returncode == 0, out.stderr[-2000:]
+    ddp = json.load(open(tmp / f"{model}_ddp.json"))
+    for row_a, row_b in zip(single["accuracy_matrix_class_il"], ddp["accuracy_matrix_class_il"]):
+        assert row_a == pytest.approx(row_b, abs=1e-6)
+
 def test_unsupported_method_is_a_clear_error(setup, capsys):
     tmp, args, _ = setup
     args = [a if a != "sgd" else "ranpac" for a in args]

@@ -43,7 +43,7 @@ def test_checkpoint_layer_restores_result_flags_only():
     saved = vars(parse(debug_mode=1, eval_batch_size=7, num_workers=2))
     args = parse_args(["--lr", "0.1"], checkpoint_args=saved)
     assert (args.model, args.debug_mode, args.seed) == ("sgd", True, 0)
-    assert (args.eval_batch_size, args.num_workers) == (None, 0)  # this process's own
+    assert (args.eval_batch_size, args.num_workers) == (None, None)  # this process's own defaults
 
 
 def _result(path, final, **args):

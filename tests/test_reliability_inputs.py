@@ -67,8 +67,8 @@ def test_bad_values(setup, capsys, flag, value, fragments):
 def test_misspelled_and_out_of_range_flags(setup, capsys):
     assert_one_line_error(capsys, setup, setup.argv("--n_epoch", "2"), "unrecognized arguments: --n_epoch 2",
                           "did you mean: --n_epochs")
-    assert_one_line_error(capsys, setup, setup.argv("--validation", "1.5"), "--validation",
-                          "expected a fraction in (0, 1)")
+    assert_one_line_error(capsys, setup, setup.argv("--validation", "150"), "--validation",
+                          "expected a percentage in (0, 100)")
     assert_one_line_error(capsys, setup, setup.argv("--seed", "0"), "--seed is given twice")
 
 

@@ -12,7 +12,8 @@ from backbone import ContinualBackbone
 from models.second_order_utils import penalties as pen
 from models.second_order_utils.fisher import head_fisher, network_fisher
 from models.second_order_utils.modules import ModulePool, inject_adapters, uniform_weights
-from models.second_order_utils.pretuning import fit_gmm, gmm_log_likelihood
+from models.second_order_utils.gmm import fit_gmm
+from models.second_order_utils.pretuning import gmm_log_likelihood
 
 
 def tiny_vit(seed=0):

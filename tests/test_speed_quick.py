@@ -1,13 +1,15 @@
-"""benchmarks/speed.py's core on a tiny ViT: every JSON key is there and the exact Fisher matches the loop."""
+"""benchmarks/speed.py's core on a tiny ViT: the figures exist AND relate as they must (the exact Fisher equals the
+loop, phases add up to begin_task, Fisher FLOPs grow with the seen classes, the projection follows its formula)."""
 import json
 
 import pytest
 
-from benchmarks import speed
+from benchmarks import phases, speed
 from tests.conftest import make_npz, tiny_run_args
 
 KEYS = ("device", "fisher_speedup", "fisher_max_rel_err", "approx_fisher_speedup", "approx_fisher_rel_err",
-        "iel_step_ratio", "ita_step_ratio", "merged_eval_ratio")
+        "iel_step_ratio", "ita_step_ratio", "merged_eval_ratio", "phase_seconds", "phase_flops",
+        "loader_images_per_s", "train_images_per_s", "host_syncs_per_step", "projected_run_s")
 
 
 @pytest.fixture(scope="module")
@@ -16,21 +18,20 @@ def figures(tmp_path_factory):
     data = make_npz(str(tmp / "d.npz"), n_classes=20, per_class=6)
     # tiny pre-tuning steps keep the head near its init: probabilities away from 0/1, a Fisher well above round-off
     common = tiny_run_args(data, tmp, "--learning_rate_pretuning", "1e-6", "--lr_align_pretuning", "1e-6", n_tasks=10)
-    return speed.benchmark(common, fisher_images=12, fisher_batch=12, sampled=2, repeats=1)
+    return speed.benchmark(common, fisher_images=12, fisher_batch=12, sampled=2, repeats=1,
+                           project={"train_images": 120, "test_images": 30, "epochs": 3})
 
 
-def test_benchmark_reports_every_figure(figures, capsys, tmp_path):
+def test_benchmark_reports_every_figure(figures, capsys):
     for key in KEYS:
         assert key in figures
-    assert figures["device"] == "cpu"
-    for key in KEYS[1:]:
-        assert figures[key] >= 0 if key == "fisher_max_rel_err" else figures[key] > 0
+    assert figures["device"] == "cpu" and "train_mfu" not in figures  # MFU only on a GPU
     assert figures["fisher_classes_task1"] == 2 and figures["fisher_classes"] == 20  # first and last task
     assert figures["fisher_images"] == 12
-    assert figures["vbs_batched_s"] > 0 and figures["vbs_accumulate_s"] > 0
     speed.print_table(figures)
     out = capsys.readouterr().out
     assert "Fisher, 2 classes, ours (exact)" in out and "Fisher, 20 classes, ours (exact)" in out
+    assert "phases at task10" in out and "host syncs per step" in out
     json.dumps(figures)
 
 
@@ -39,3 +40,35 @@ def test_exact_fisher_matches_the_per_class_loop(figures):
     for suffix in ("_task1", ""):
         assert figures["fisher_max_rel_err" + suffix] <= 1e-4
         assert 0 < figures["approx_fisher_rel_err" + suffix] < 2
+        assert figures["fisher_rel_err_tf32" + suffix] <= 1e-6  # no TF32 on a CPU: the same numbers
+        assert 0 < figures["fisher_rel_err_bf16" + suffix] <= 3e-2
+
+
+def test_phases_cover_begin_task_and_flops_scale_with_classes(figures):
+    secs, flops = figures["phase_seconds"], figures["phase_flops"]
+    assert set(secs) == set(flops) == {"task1", "task10"}
+    for tag in secs:
+        inner = sum(secs[tag][p] for p in phases.PHASES)
+        assert 0.5 * secs[tag]["begin_task_total"] <= inner <= secs[tag]["begin_task_total"] * 1.001
+        assert set(flops[tag]) == {*phases.PHASES, "training", "evaluation"}
+        assert flops[tag]["features"] > 0 and flops[tag]["fisher"] > flops[tag]["features"]
+    # one backward per seen class: 20 vs 2 classes on the same images (the forward and the head are shared)
+    assert flops["task10"]["fisher"] > 4 * flops["task1"]["fisher"]
+    assert flops["task10"]["features"] == pytest.approx(flops["task1"]["features"], rel=0.01)  # same task size
+    assert flops["task10"]["evaluation"] == pytest.approx(10 * flops["task1"]["evaluation"], rel=1e-6)
+
+
+def test_throughput_syncs_and_projection_relate(figures):
+    assert figures["train_images_per_s"] == pytest.approx(4 / figures["ita_step_task1_s"])  # batch 4 per step
+    assert figures["loader_images_per_s"] > figures["train_images_per_s"]  # decoding 8x8 images beats a ViT step
+    assert figures["host_syncs_per_step"] == pytest.approx(1 / 25)  # none in the step, one read per 25 steps
+    res, n = figures, figures["n_tasks"]
+    scale = 120 / res["bench_train_images"]
+    expected = 0.0
+    for t in range(n):
+        w = t / (n - 1)
+        expected += scale * sum((1 - w) * res["phase_seconds"]["task1"][p] + w * res["phase_seconds"]["task10"][p]
+                                for p in phases.PHASES)
+        expected += 120 * 3 / res["train_images_per_s"] + (t + 1) * 30 / res["eval_img_s"]
+    assert res["projected_run_s"] == pytest.approx(expected)
+    assert res["projected_run_s"] > sum(res["phase_seconds"]["task1"][p] for p in phases.PHASES)

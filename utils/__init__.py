@@ -1,1 +1,7 @@
 """The framework: configuration, registries, the training loop, evaluation, results and checkpoints."""
+
+
+def binary_to_boolean_type(value: str) -> bool:
+    """Mammoth's ``utils.binary_to_boolean_type`` (0/1/true/false -> bool), for Mammoth model files."""
+    from utils.args import parse_bool
+    return parse_bool(value)

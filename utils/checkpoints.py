@@ -135,3 +135,77 @@ def latest_checkpoint(folder: str) -> Optional[tuple[str, dict[str, Any]]]:
         except UserError as exc:
             warnings.warn(f"skipping {exc}; falling back to the previous checkpoint")
     return None
+
+
+def is_framework_checkpoint(path: str) -> bool:
+    """True for a file written by :func:`save_checkpoint` (a ``payload``/``sha256`` wrapper)."""
+    try:
+        wrapper = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {path} does not exist") from None
+    except Exception:
+        return False
+    return isinstance(wrapper, dict) and "payload" in wrapper and "sha256" in wrapper
+
+
+def read_foreign_weights(path: str) -> dict[str, torch.Tensor]:
+    """The network weights of a checkpoint from elsewhere: Mammoth's (``{"model": ...}``, keys ``net.*``) or a
+    bare state dict, loaded with ``weights_only=True``."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"checkpoint {path} is corrupt or not a checkpoint (neither this framework's nor a tensor "
+                        f"state dict, as Mammoth's --save_checkpoint_mode safe writes; {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:80] if str(exc) else ''})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    elif isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)} if isinstance(state, dict) else {}
+    if not tensors:
+        raise UserError(f"checkpoint {path} holds no state dict (expected Mammoth's {{'model': ...}} or tensors)")
+    return tensors
+
+
+def backbone_keys(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Mammoth/timm key names -> this framework's backbone keys (``body.*``, one ``classifier``).
+
+    ``module.``/``net.`` prefixes are dropped; Mammoth's ``classifier``/``head``/``fc`` and the ViT's
+    incremental ``head.heads.<k>`` (concatenated in order) become ``classifier``.
+    """
+    out: dict[str, torch.Tensor] = {}
+    heads: dict[str, list[tuple[int, torch.Tensor]]] = {"weight": [], "bias": []}
+    for key, value in weights.items():
+        for prefix in ("module.", "net."):
+            key = key[len(prefix):] if key.startswith(prefix) else key
+        match = re.fullmatch(r"head\.heads\.(\d+)\.(weight|bias)", key)
+        if match:
+            heads[match.group(2)].append((int(match.group(1)), value))
+            continue
+        head = re.fullmatch(r"(classifier|head|fc)\.(weight|bias)", key)
+        if head:
+            out[f"classifier.{head.group(2)}"] = value
+        elif key.startswith(("body.", "classifier.")):
+            out[key] = value
+        else:
+            out[f"body.{key}"] = value
+    for name, parts in heads.items():
+        if parts:
+            out[f"classifier.{name}"] = torch.cat([v for _, v in sorted(parts, key=lambda p: p[0])])
+    return out
+
+
+def load_foreign_weights(net: torch.nn.Module, path: str) -> tuple[int, int]:
+    """Load a foreign checkpoint's weights into ``net``; returns (loaded, left at their initial value)."""
+    weights = backbone_keys(read_foreign_weights(path))
+    own = net.state_dict()
+    usable = {k: v for k, v in weights.items() if k in own}
+    wrong = [k for k, v in usable.items() if tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise UserError(f"checkpoint {path}: {wrong[0]} has shape {tuple(usable[wrong[0]].shape)}, the network "
+                        f"{tuple(own[wrong[0]].shape)}; use the backbone and dataset it was trained with")
+    if not usable:
+        raise UserError(f"checkpoint {path}: none of its {len(weights)} tensors matches the backbone "
+                        f"(e.g. {next(iter(weights))}); use the backbone it was trained with")
+    net.load_state_dict(usable, strict=False)
+    return len(usable), len(own) - len(usable)

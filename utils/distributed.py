@@ -80,6 +80,14 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def any_rank(flag: bool) -> bool:
+    """True when ``flag`` is true on at least one rank (``flag`` itself in a single process)."""
+    if not is_distributed():
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    return bool(all_reduce_sum(torch.tensor([float(flag)], device=device)).item() > 0)
+
+
 def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate ``tensor`` (first dimensions may differ) from every rank, in rank order."""
     if not is_distributed():
@@ -145,8 +153,14 @@ class ShardedBatchSampler(Sampler[list[int]]):
     Batch ``i`` of the epoch is ``order[i*B:(i+1)*B]`` for every world size; rank ``r`` gets
     the ``r``-th of ``w`` near-equal slices. Averaging the ranks' gradients therefore gives
     the gradient of the same global batch as a single-process run (exactly when ``w`` divides
-    the batch size). A new order is drawn at each pass. A final batch with fewer samples than
-    ranks is dropped (every rank must take part in every step).
+    the batch size). A new order is drawn at each pass.
+
+    The final incomplete batch: with ``drop_last`` it is dropped (Mammoth's ``--drop_last``);
+    otherwise (the default) it is kept, except that one too small to give every rank at least
+    two samples (a single sample in one process) is merged into the previous batch, so that
+    BatchNorm in training mode never sees a batch of one. If it is the only batch of the pass
+    it is kept when every rank gets a sample and dropped otherwise (every rank must take part
+    in every step); a pass of a single sample in one process serves it twice in one batch.
     """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False):
@@ -155,10 +169,18 @@ class ShardedBatchSampler(Sampler[list[int]]):
 
     def _batches(self, order: list[int]) -> Iterator[list[int]]:
         w, r = world_size(), rank()
-        for start in range(0, self.n, self.batch_size):
-            batch = order[start:start + self.batch_size]
-            if (len(batch) < self.batch_size and self.drop_last) or len(batch) < w:
-                return
+        batches = [order[start:start + self.batch_size] for start in range(0, self.n, self.batch_size)]
+        if batches and len(batches[-1]) < self.batch_size:
+            if self.drop_last:
+                batches.pop()
+            elif len(batches[-1]) < 2 * w and len(batches) > 1:
+                last = batches.pop()
+                batches[-1] = batches[-1] + last
+            elif len(batches[-1]) < w:
+                batches.pop()
+            elif self.n == 1 and w == 1:  # a one-sample task: served twice (same mean loss and gradient)
+                batches[-1] = batches[-1] * 2
+        for batch in batches:
             size, extra = divmod(len(batch), w)
             lo = r * size + min(r, extra)
             yield batch[lo:lo + size + (1 if r < extra else 0)]

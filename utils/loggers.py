@@ -114,7 +114,7 @@ def open_loggers(args: argparse.Namespace, run_name: str) -> list[ResultLogger]:
     """The trackers asked for on the command line (none by default)."""
     loggers: list[ResultLogger] = []
     try:
-        if getattr(args, "wandb_project", None):
+        if getattr(args, "wandb_project", None) and not getattr(args, "nowand", False):
             loggers.append(WandbLogger(args.wandb_project, args.wandb_entity, args.wandb_name or run_name,
                                        {k: v for k, v in vars(args).items()}))
         if getattr(args, "tensorboard", None):

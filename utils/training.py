@@ -1,7 +1,6 @@
 """The training loop: task by task, the model's hooks in a fixed order, evaluation after each task."""
 from __future__ import annotations
 
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -10,9 +9,12 @@ from typing import Any, Callable, Optional
 from tqdm import tqdm
 
 from utils import distributed, metrics
-from utils.errors import TrainingDiverged
+from utils.errors import UserError
 from utils.evaluate import evaluate
+from utils.fitting import TaskFitting
 from utils.killpoints import kill_point
+from utils.loss_monitor import LossMonitor
+from utils.stopping import check_stop
 
 
 @dataclass
@@ -28,6 +30,11 @@ class RunRecord:
     untrained_class_il: list[float] = field(default_factory=list)
     untrained_task_il: list[float] = field(default_factory=list)
     task_timings: list[dict[str, float]] = field(default_factory=list)
+    # --eval_epochs: {"task", "epoch", "class_il", "task_il"} per evaluation within a task
+    epoch_evaluations: list[dict[str, Any]] = field(default_factory=list)
+    # --eval_future: after task i, accuracy on the future tasks i+1.. (class-IL over all classes)
+    future_accuracy_class_il: list[list[float]] = field(default_factory=list)
+    start_from: int = 0  # --start_from: tasks before it were not trained in this run
 
     @property
     def tasks_done(self) -> int:
@@ -85,24 +92,88 @@ def _untrained_accuracy(model: Any, dataset: Any, debug: bool) -> tuple[list[flo
 
 def run_epochs(model: Any, dataset: Any, args: Any, train_loader: Any, task: int) -> None:
     """The standard epochs of one task (``ContinualModel.train_task``'s default): per epoch
-    ``meta_begin_epoch`` -> ``meta_observe`` on every batch of ``train_loader`` -> ``meta_end_epoch``."""
+    ``meta_begin_epoch`` -> ``meta_observe`` on every batch of ``train_loader`` -> ``meta_end_epoch``.
+
+    How many epochs/steps and the learning-rate schedule follow :mod:`utils.fitting`. With
+    ``--eval_epochs`` the evaluations are appended to ``model.epoch_evaluations`` (set by :func:`train`).
+    """
     quiet = bool(args.non_verbose) or not distributed.is_main_process()
-    for epoch in tqdm(range(args.n_epochs), desc=f"task {task + 1} epochs", leave=False, disable=quiet):
+    fitting = TaskFitting(model, dataset, args, len(train_loader))
+    extra_names = tuple(getattr(dataset, "extra_return_fields", ()))
+    for epoch in tqdm(fitting.epochs(), desc=f"task {task + 1} epochs", leave=False, disable=quiet):
         model.meta_begin_epoch(epoch, dataset)
         bar = tqdm(train_loader, desc=f"task {task + 1} epoch {epoch + 1}", leave=False, disable=quiet)
-        for step, (inputs, labels, not_aug_inputs) in enumerate(bar):
+        monitor = LossMonitor(task, epoch)
+        distributed_run = distributed.world_size() > 1
+        for step, (inputs, labels, not_aug_inputs, *extra) in enumerate(bar):
             if args.debug_mode and step > model.get_debug_iters():
                 break
             inputs = inputs.to(model.device, non_blocking=True)
             labels = labels.to(model.device, non_blocking=True).long()
             not_aug_inputs = not_aug_inputs.to(model.device, non_blocking=True)
-            loss = model.meta_observe(inputs, labels, not_aug_inputs, epoch=epoch)
+            fields = {name: value.to(model.device, non_blocking=True) for name, value in zip(extra_names, extra)}
+            loss = model.meta_observe(inputs, labels, not_aug_inputs, epoch=epoch, **fields)
             kill_point("train", task + 1, epoch + 1, step + 1)
-            if not math.isfinite(loss):
-                raise TrainingDiverged(f"loss is {loss} at task {task + 1}, epoch {epoch + 1}, step {step + 1}; "
-                                       f"lower --lr or check the data (checkpoints of finished tasks are kept)")
-            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            monitor.update(loss, step)  # device-side NaN check; read on logging steps only (one host sync)
+            logging_step = step % model.LOG_EVERY == 0
+            if logging_step:
+                bar.set_postfix(loss=f"{monitor.read():.3f}", refresh=False)
+            if logging_step or not distributed_run:
+                check_stop()  # SIGTERM: a safe point (under DDP the ranks agree by a collective: logging steps only)
+            fitting.after_step()
+            if fitting.step_budget_reached():
+                break
+        monitor.read()
         model.meta_end_epoch(epoch, dataset)
+        fitting.after_epoch(epoch)
+        if args.eval_epochs and (epoch + 1) % args.eval_epochs == 0 and hasattr(model, "epoch_evaluations"):
+            cil, til = evaluate(model, dataset, debug=args.debug_mode)
+            model.epoch_evaluations.append({"task": task, "epoch": epoch, "class_il": cil, "task_il": til})
+            if distributed.is_main_process():
+                print(f"task {task + 1} epoch {epoch + 1}: class-IL {metrics.average_accuracy(cil):.2f} "
+                      f"task-IL {metrics.average_accuracy(til):.2f}", flush=True)
+
+
+def future_accuracy(model: Any, dataset: Any, debug: bool) -> list[float]:
+    """``--eval_future``: class-IL accuracy (all classes visible) of ``model.future_forward`` on the future tasks."""
+    future = list(range(dataset.c_task + 1, dataset.N_TASKS))
+    if not future:
+        return []
+
+    class Future:  # evaluate() calls the model; route it to future_forward
+        def __init__(self, inner: Any):
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        def __call__(self, x: Any) -> Any:
+            return self.inner.future_forward(x)
+
+    return evaluate(Future(model), dataset, tasks=future, n_visible=dataset.N_CLASSES, debug=debug)[0]
+
+
+def skip_tasks(model: Any, dataset: Any, args: Any, record: RunRecord, until: int) -> None:
+    """``--start_from``: tasks ``record.tasks_done .. until-1`` run begin_task/end_task without training,
+    then are evaluated (so the accuracy matrix keeps one row per task)."""
+    if until > dataset.N_TASKS:
+        raise UserError(f"--start_from {until} exceeds the {dataset.N_TASKS} tasks of {dataset.NAME}")
+    if until < record.tasks_done:
+        raise UserError(f"--start_from {until} is before the {record.tasks_done} task(s) the checkpoint already "
+                        f"finished; omit it to continue after them")
+    record.start_from = until
+    for _ in range(record.tasks_done, until):
+        if args.enable_other_metrics:  # no forward-transfer measurement for untrained tasks
+            record.before_task_class_il.append(None)
+            record.before_task_task_il.append(None)
+        dataset.get_data_loaders()
+        model.meta_begin_task(dataset)
+        model.meta_end_task(dataset)
+        accs = evaluate(model, dataset, debug=args.debug_mode)
+        model.meta_end_eval(dataset, accs)
+        record.accuracy_matrix_class_il.append(accs[0])
+        record.accuracy_matrix_task_il.append(accs[1])
+        record.task_timings.append({"train_seconds": 0.0, "eval_seconds": 0.0})
 
 
 def train(model: Any, dataset: Any, args: Any, record: Optional[RunRecord] = None,
@@ -113,10 +184,15 @@ def train(model: Any, dataset: Any, args: Any, record: Optional[RunRecord] = Non
     epochs of ``meta_observe``) -> ``meta_end_task`` -> ``evaluate`` (all seen tasks) -> ``meta_end_eval`` -> ``on_task_end``.
     """
     record = record or RunRecord()
+    if args.eval_future and not callable(getattr(model, "future_forward", None)):
+        raise UserError(f"--eval_future needs a model with future_forward (Mammoth's FutureModel, e.g. a zero-shot "
+                        f"model); {args.model} has none")
     n_tasks = dataset.N_TASKS
     last = min(n_tasks, args.stop_after) if args.stop_after else n_tasks
     if args.enable_other_metrics and not record.untrained_class_il:
         record.untrained_class_il, record.untrained_task_il = _untrained_accuracy(model, dataset, args.debug_mode)
+    if args.start_from is not None:
+        skip_tasks(model, dataset, args, record, args.start_from)
     quiet = bool(args.non_verbose) or not distributed.is_main_process()
     for task in tqdm(range(record.tasks_done, last), desc="tasks", disable=quiet):
         start = time.perf_counter()
@@ -133,7 +209,10 @@ def train(model: Any, dataset: Any, args: Any, record: Optional[RunRecord] = Non
         model.meta_begin_task(dataset)
         distributed.average_gradients_before_step(model.opt)  # a no-op in a single process
         kill_point("begin_task", task + 1)
-        model.train_task(dataset, train_loader, task)
+        if not args.inference_only:
+            model.epoch_evaluations = []
+            model.train_task(dataset, train_loader, task)
+            record.epoch_evaluations.extend(model.epoch_evaluations)
         model.meta_end_task(dataset)
         train_seconds = time.perf_counter() - start
         start = time.perf_counter()
@@ -143,8 +222,12 @@ def train(model: Any, dataset: Any, args: Any, record: Optional[RunRecord] = Non
         record.accuracy_matrix_class_il.append(accs[0])
         record.accuracy_matrix_task_il.append(accs[1])
         record.task_timings.append({"train_seconds": train_seconds, "eval_seconds": eval_seconds})
+        if args.eval_future:
+            record.future_accuracy_class_il.append(future_accuracy(model, dataset, args.debug_mode))
         if distributed.is_main_process():
             print_task_table(record)
         if on_task_end is not None:
             on_task_end(record)
+        if task + 1 < last:
+            check_stop()  # SIGTERM: stop after a finished task (its checkpoint is complete)
     return record

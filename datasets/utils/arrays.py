@@ -12,6 +12,53 @@ import torch
 from datasets.utils.download import verify_file
 from datasets.utils.sources import ImageSource
 from utils.errors import UserError
+from utils.resources import check_fits, human
+
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def npz_headers(path: str, fix: str = "the file is corrupt or of another format"
+                ) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """``{array name: (shape, dtype)}`` of an npz, read from the array headers only (nothing is loaded).
+
+    A ``.npy`` file, a file that is not a zip archive, or an array whose header declares more bytes
+    than the archive stores (a corrupt header, or a truncated file) is a one-line :class:`UserError`.
+    """
+    try:
+        with open(path, "rb") as fh:
+            start = fh.read(len(NPY_MAGIC))
+        if start == NPY_MAGIC:
+            raise UserError(f"{path} is a .npy file (a single array), not an .npz archive; save the arrays "
+                            f"together with numpy.savez(path, ...) and pass that .npz")
+        headers = {}
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(member)
+                    header_bytes = member.tell()
+                declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if not dtype.hasobject and declared > info.file_size - header_bytes:
+                    raise UserError(f"{path}: array {info.filename[:-4]} declares shape {tuple(shape)} ({human(declared)})"
+                                    f" but the file stores {human(info.file_size)}; {fix}")
+                headers[info.filename[:-4]] = (tuple(int(d) for d in shape), dtype)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError, NotImplementedError) as exc:
+        raise UserError(f"cannot read {path} as an npz file ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); {fix}") from None
+    return headers
+
+
+def check_npz_fits(path: str, headers: dict[str, tuple[tuple[int, ...], np.dtype]], names: tuple[str, ...]) -> None:
+    """The arrays ``names`` of ``path`` must fit in memory (checked from their headers, before loading)."""
+    sizes = {n: int(np.prod(headers[n][0], dtype=object)) * headers[n][1].itemsize for n in names if n in headers}
+    if sizes:
+        largest = max(sizes, key=sizes.get)
+        check_fits(sum(sizes.values()), f"{path} (array {largest} of shape {headers[largest][0]}, and the others)",
+                   "the file's shapes are wrong or the data is too large for this machine: use a smaller file")
 
 
 def _check_images(data: np.ndarray, targets: np.ndarray, where: str) -> None:
@@ -24,6 +71,8 @@ def _check_images(data: np.ndarray, targets: np.ndarray, where: str) -> None:
 def read_npz_split(path: str) -> tuple[ImageSource, Optional[list[str]]]:
     """``data`` (uint8 NHWC) and ``targets`` of a Mammoth-style npz, plus ``classes`` if stored."""
     verify_file(path)
+    check_npz_fits(path, npz_headers(path, "the file is corrupted or incomplete: delete it to download it again"),
+                   ("data", "targets"))
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in ("data", "targets") if k not in npz.files]

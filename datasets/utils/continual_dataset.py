@@ -10,16 +10,74 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
+from datasets.utils.labels import cached_noisy_labels, labelled_mask
 from datasets.utils.scenario import ClassIncrementalScenario
 from datasets.utils.sources import ImageSource, TaskDataset, seed_worker
 from datasets.utils.transforms import build_transform
+from mammoth_compat.dataset import MammothDatasetAPI
 from utils import distributed
 from utils.errors import UserError
+
+PREFETCH_BATCHES = 4  # batches each loader worker prepares ahead
+NUM_WORKERS_ENV = "CL_DEFAULT_NUM_WORKERS"  # overrides the default of --num_workers (the test suite sets 0)
+
+
+def default_num_workers() -> int:
+    """min(8, CPUs available to this process / processes per node) (``--num_workers`` when not given)."""
+    import os
+    if os.environ.get(NUM_WORKERS_ENV):
+        return int(os.environ[NUM_WORKERS_ENV])
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(0, min(8, cpus // max(1, per_node)))
+
+
+def no_view(img: Any) -> torch.Tensor:
+    """The placeholder ``not_aug`` view of models that never read it (nothing decoded twice)."""
+    return torch.zeros(0)
+
 
 STRUCTURE_KEYS = ("N_TASKS", "N_CLASSES_PER_TASK", "N_CLASSES", "SIZE", "MEAN", "STD", "TRANSFORM", "TEST_TRANSFORM")
 
 
-class ContinualDataset:
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _numbers(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value)
+
+
+def check_structure(structure: dict[str, Any], where: str) -> None:
+    """Types and ranges of dataset-config structure keys (channel counts are checked by the dataset)."""
+    def bad(key: str, expected: str) -> UserError:
+        return UserError(f"{key} in {where} must be {expected}, got {structure[key]!r:.80}")
+    for key in ("N_TASKS", "N_CLASSES"):
+        if key in structure and not _positive_int(structure[key]):
+            raise bad(key, "an integer >= 1")
+    per_task = structure.get("N_CLASSES_PER_TASK")
+    if "N_CLASSES_PER_TASK" in structure and not (_positive_int(per_task) or (
+            isinstance(per_task, list) and per_task and all(_positive_int(v) for v in per_task))):
+        raise bad("N_CLASSES_PER_TASK", "an integer >= 1 or a list of them (one per task)")
+    size = structure.get("SIZE")
+    if "SIZE" in structure and not (_positive_int(size) or (isinstance(size, list) and len(size) == 2 and all(
+            _positive_int(v) for v in size))):
+        raise bad("SIZE", "an image size: an integer >= 1 or a list [height, width]")
+    for key in ("MEAN", "STD"):
+        if key in structure and not _numbers(structure[key]):
+            raise bad(key, "a list of numbers, one per image channel, e.g. [0.5, 0.5, 0.5]")
+    if "STD" in structure and min(structure["STD"]) <= 0:
+        raise bad("STD", "a list of numbers > 0 (images are divided by it)")
+    if ("MEAN" in structure) != ("STD" in structure) or len(structure.get("MEAN", [])) != len(structure.get("STD", [])):
+        raise UserError(f"MEAN and STD in {where} must be given together with one value per channel each, got "
+                        f"MEAN {structure.get('MEAN')!r:.40} and STD {structure.get('STD')!r:.40}")
+    for key in ("TRANSFORM", "TEST_TRANSFORM"):
+        if key in structure and not isinstance(structure[key], list):
+            raise bad(key, "a list of torchvision transforms, e.g. [ToTensor, {Normalize: {mean: [...], std: [...]}}]")
+
+
+class ContinualDataset(MammothDatasetAPI):
     """A benchmark split into tasks of disjoint classes.
 
     Subclasses set ``NAME``, ``SETTING``, ``N_TASKS``, ``N_CLASSES_PER_TASK`` (int or list),
@@ -38,6 +96,7 @@ class ContinualDataset:
     STD: Optional[tuple[float, ...]] = None
     TRANSFORM: Optional[list] = None
     TEST_TRANSFORM: Optional[list] = None
+    build_not_aug = True  # the model sets False when it never reads the not-augmented view (no double decode)
     DEFAULTS: dict[str, Any] = {}
     IN_CHANS: int = 3
 
@@ -46,16 +105,45 @@ class ContinualDataset:
         for key, value in (getattr(args, "dataset_structure", None) or {}).items():
             setattr(self, key, tuple(value) if key in ("SIZE", "MEAN", "STD") else value)
         self._configure()
+        self._check_channels()
         self.scenario = ClassIncrementalScenario.build(self.N_CLASSES_PER_TASK, self.N_TASKS,
                                                        permute=bool(args.permute_classes), seed=args.seed)
+        class_seq, task_seq = getattr(args, "custom_class_order", None), getattr(args, "custom_task_order", None)
+        if class_seq or task_seq:
+            try:
+                self.scenario = self.scenario.reorder(class_seq, task_seq)
+            except ValueError as exc:
+                raise UserError(f"{self.NAME}: {exc}") from None
+            self.N_CLASSES_PER_TASK = list(self.scenario.classes_per_task)
         declared = getattr(self, "N_CLASSES", None)
         if declared is not None and declared != self.scenario.n_classes:
-            raise UserError(f"{self.NAME}: N_CLASSES={declared} but the tasks hold {self.scenario.n_classes} classes")
+            raise UserError(f"{self.NAME}: N_CLASSES={declared} but the tasks hold {self.scenario.n_classes} classes; "
+                            f"make N_CLASSES equal to the sum of N_CLASSES_PER_TASK in the dataset config")
         self.N_CLASSES = self.scenario.n_classes
         self.c_task = -1
         self.train_loader: Optional[DataLoader] = None
         self.test_loaders: list[DataLoader] = []
         self._splits: Optional[tuple[ImageSource, ImageSource]] = None
+        self._true_train_targets: Optional[np.ndarray] = None  # under --noise_rate
+        self._labelled: Optional[np.ndarray] = None  # under --label_perc_by_*
+
+    @property
+    def extra_return_fields(self) -> tuple[str, ...]:
+        """Names of the extra fields of a train item, passed to ``observe`` as keywords (Mammoth's contract)."""
+        return ("true_labels",) if getattr(self.args, "noise_rate", 0) else ()
+
+    def _check_channels(self) -> None:
+        """MEAN/STD (and Normalize in the transforms) hold one value per image channel."""
+        where = f"the {self.NAME} dataset config" + (f" '{self.args.dataset_config}'"
+                                                     if getattr(self.args, "dataset_config", None) else "")
+        for key in ("MEAN", "STD"):
+            value = getattr(self, key, None)
+            if value is not None and len(value) != self.IN_CHANS:
+                raise UserError(f"{key} of {where} has {len(value)} values but the images have {self.IN_CHANS} "
+                                f"channel(s); give one value per channel")
+        for key in ("TRANSFORM", "TEST_TRANSFORM"):
+            if getattr(self, key, None) is not None:
+                build_transform(list(getattr(self, key)), f"{key} of {where}", channels=self.IN_CHANS)
 
     # ----- to implement ---------------------------------------------------------------------------
     @staticmethod
@@ -116,15 +204,34 @@ class ContinualDataset:
             test = ImageSource(test.data, self.scenario.relabel(test.targets))
             if self.args.validation:
                 train, test = self._validation_split(train, self.args.validation)
+            if getattr(self.args, "noise_rate", 0):
+                self._true_train_targets = train.targets
+                noisy = cached_noisy_labels(self.scenario.original_labels(train.targets), self.N_CLASSES, self.args,
+                                            self.NAME)
+                train = ImageSource(train.data, self.scenario.relabel(noisy))
             self._splits = (train, test)
+            self._labelled = self._labelled_mask(train.targets)
         return self._splits
 
-    def _validation_split(self, train: ImageSource, fraction: float) -> tuple[ImageSource, ImageSource]:
+    def _labelled_mask(self, targets: np.ndarray) -> Optional[np.ndarray]:
+        """``--label_perc_by_task``/``--label_perc_by_class``: which training samples keep their label."""
+        by_task = getattr(self.args, "label_perc_by_task", 1.0)
+        by_class = getattr(self.args, "label_perc_by_class", 1.0)
+        keep = np.ones(len(targets), dtype=bool)
+        if by_task < 1:
+            tasks = np.searchsorted(np.cumsum(self.scenario.classes_per_task), targets, side="right")
+            keep &= labelled_mask(tasks, by_task, self.args.seed)
+        if by_class < 1:
+            keep &= labelled_mask(targets, by_class, self.args.seed)
+        return None if keep.all() else keep
+
+    def _validation_split(self, train: ImageSource, percent: float) -> tuple[ImageSource, ImageSource]:
+        """Mammoth's per-class split: ``ceil(n * percent / 100)`` images of each class (at most n - 1)."""
         rng = np.random.RandomState(self.args.seed if self.args.seed is not None else 0)
         val_idx = []
         for c in np.unique(train.targets):
             idx = np.flatnonzero(train.targets == c)
-            n_val = max(1, int(round(len(idx) * fraction))) if len(idx) > 1 else 0
+            n_val = min(len(idx) - 1, int(np.ceil(round(len(idx) * percent / 100.0, 6))))
             val_idx.extend(rng.permutation(idx)[:n_val].tolist())
         mask = np.zeros(len(train), dtype=bool)
         mask[val_idx] = True
@@ -139,7 +246,10 @@ class ContinualDataset:
     def train_dataset(self, task: int) -> TaskDataset:
         """Train samples of ``task``: (augmented, label, not_augmented)."""
         train, _ = self.splits
-        return TaskDataset(train, self.task_indices(train, task), self.get_transform(), self.get_not_aug_transform())
+        indices = self.task_indices(train, task)
+        source = train if self._labelled is None else ImageSource(train.data, np.where(self._labelled, train.targets, -1))
+        not_aug = self.get_not_aug_transform() if self.build_not_aug else no_view
+        return TaskDataset(source, indices, self.get_transform(), not_aug, extra_targets=self._true_train_targets)
 
     def test_dataset(self, task: int) -> TaskDataset:
         """Test samples of ``task`` (of tasks 0..task with ``--validation_mode complete``)."""
@@ -153,9 +263,14 @@ class ContinualDataset:
         if batch_size is None and not shuffle:  # evaluation: larger batches, same results
             batch_size = getattr(self.args, "eval_batch_size", None) or max(self.args.batch_size, 128)
         batch_size = batch_size or self.args.batch_size
-        workers = self.args.num_workers
+        workers = default_num_workers() if self.args.num_workers is None else self.args.num_workers
+        device = str(getattr(self.args, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu"))
         common = dict(num_workers=workers, worker_init_fn=seed_worker if workers else None,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=False)
+                      pin_memory=device.startswith("cuda") and torch.cuda.is_available(),
+                      # train loaders are iterated once per epoch: keep their workers; test loaders are kept for
+                      # the whole run (one per task), persistent workers there would pile up idle processes
+                      persistent_workers=bool(workers) and shuffle,
+                      prefetch_factor=PREFETCH_BATCHES if workers else None)
         if shuffle:  # one RNG draw per train loader; test loaders draw nothing (extra evaluations change nothing)
             seed = int(torch.randint(0, 2 ** 62, (1,)).item())
             sampler = distributed.ShardedBatchSampler(len(dataset), batch_size, shuffle=True, seed=seed,

@@ -17,7 +17,7 @@ import tarfile
 import urllib.error
 import urllib.request
 import zipfile
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from tqdm import tqdm
 
@@ -257,3 +257,52 @@ def missing_data_error(dataset: str, wanted: str, reason: BaseException | str) -
     why = reason if isinstance(reason, str) else str(reason)
     return UserError(f"{dataset}: data not found and download failed ({why.rstrip('.')}); put {wanted} "
                      f"(or pass --base_path); see docs/datasets.md")
+
+
+def onedrive_archive(url: str, archive: str, target: str) -> None:
+    """Download a zip from a SharePoint/OneDrive link (``onedrivedownloader``) and extract it safely into ``target``.
+
+    A single top-level folder in the archive is flattened, so ``target`` gets the files themselves.
+    """
+    if downloads_disabled():
+        raise DownloadError(f"downloads are disabled (CL_NO_DOWNLOAD is set): cannot fetch {url}")
+    os.makedirs(os.path.dirname(os.path.abspath(archive)), exist_ok=True)
+    if not os.path.isfile(archive):
+        try:
+            from onedrivedownloader import download
+            download(url, filename=archive + ".part", unzip=False, force_download=True)
+        except Exception as exc:
+            raise DownloadError(f"cannot download {url} from OneDrive ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
+        if not os.path.isfile(archive + ".part"):
+            raise DownloadError(f"the OneDrive download of {url} produced no file")
+        os.replace(archive + ".part", archive)
+    safe_extract(archive, target)
+    entries = [e for e in os.listdir(target) if os.path.join(target, e) != os.path.abspath(archive)
+               and not e.startswith(".")]
+    inner = os.path.join(target, entries[0]) if len(entries) == 1 else None
+    if inner and os.path.isdir(inner):
+        for name in os.listdir(inner):
+            os.replace(os.path.join(inner, name), os.path.join(target, name))
+        os.rmdir(inner)
+
+
+def with_onedrive_fallback(primary: Callable[[], None], url: Optional[str], archive: str, target: str) -> None:
+    """Run ``primary`` (e.g. the Hugging Face download); if it fails and ``url`` is set, use the OneDrive mirror."""
+    try:
+        primary()
+    except DownloadError as exc:
+        if not url:
+            raise
+        try:
+            onedrive_archive(url, archive, target)
+        except DownloadError as fallback:
+            raise DownloadError(f"{str(exc).rstrip('.')}; the OneDrive mirror failed too: {fallback}") from None
+
+
+def add_onedrive_arg(parser: Any) -> None:
+    """``--onedrive_url``: the SharePoint/OneDrive zip used when the Hugging Face download fails."""
+    from utils.args import add_run_flag  # where the data comes from does not change results
+    add_run_flag(parser, "--onedrive_url", type=lambda v: None if v.lower() in ("none", "null") else v, default=None,
+                        help="SharePoint/OneDrive link of the dataset zip (Mammoth's mirror), tried when the "
+                             "Hugging Face download fails")

@@ -58,3 +58,43 @@ class ClassIncrementalScenario:
         if self.class_order is None:
             return labels
         return np.asarray(self.class_order, dtype=np.int64)[labels]
+
+    def original_labels(self, labels: np.ndarray) -> np.ndarray:
+        """Scenario labels -> original labels (inverse of :meth:`relabel`)."""
+        labels = np.asarray(labels, dtype=np.int64)
+        if self.class_order is None:
+            return labels
+        return np.argsort(np.asarray(self.class_order, dtype=np.int64))[labels]
+
+    def reorder(self, class_sequence: Optional[Sequence[int]] = None,
+                task_order: Optional[Sequence[int]] = None) -> "ClassIncrementalScenario":
+        """Mammoth's ``--custom_class_order`` / ``--custom_task_order``.
+
+        ``class_sequence`` lists the original class ids in training order (the first task learns
+        the first ones); ``task_order`` lists the tasks of the resulting split in training order.
+        """
+        n = self.n_classes
+        order = np.asarray(self.class_order if self.class_order is not None else range(n), dtype=np.int64)
+        per_task = list(self.classes_per_task)
+        if class_sequence is not None:
+            seq = [int(c) for c in class_sequence]
+            if sorted(seq) != list(range(n)):
+                raise ValueError(f"--custom_class_order must list each of the {n} class ids 0..{n - 1} once")
+            position = np.empty(n, dtype=np.int64)
+            position[np.asarray(seq)] = np.arange(n)
+            order = position  # new label of original class c = its position in the sequence
+        if task_order is not None:
+            tasks = [int(t) for t in task_order]
+            if sorted(tasks) != list(range(self.n_tasks)):
+                raise ValueError(f"--custom_task_order must list each of the {self.n_tasks} task ids "
+                                 f"0..{self.n_tasks - 1} once")
+            remap = np.empty(n, dtype=np.int64)
+            new_start = 0
+            for t in tasks:
+                start, end = self.offsets(t)
+                remap[start:end] = np.arange(new_start, new_start + end - start)
+                new_start += end - start
+            order = remap[order]
+            per_task = [self.classes_per_task[t] for t in tasks]
+        identity = bool((order == np.arange(n)).all())
+        return ClassIncrementalScenario(tuple(per_task), None if identity else tuple(int(i) for i in order))

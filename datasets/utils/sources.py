@@ -45,17 +45,19 @@ class ImageSource:
         try:
             with Image.open(path) as img:
                 return img.convert("RGB")
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot read image {path}: {exc}; remove or replace the file") from None
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise UserError(f"cannot read image {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                            f"; remove or replace the file") from None
 
 
 class TaskDataset(Dataset):
     """Samples of ``source`` at ``indices``: train items are (augmented, label, not_augmented), test (image, label)."""
 
     def __init__(self, source: ImageSource, indices: Sequence[int], transform: Callable,
-                 not_aug_transform: Optional[Callable] = None):
+                 not_aug_transform: Optional[Callable] = None, extra_targets: Optional[np.ndarray] = None):
         self.source, self.indices = source, np.asarray(indices, dtype=np.int64)
         self.transform, self.not_aug_transform = transform, not_aug_transform
+        self.extra_targets = extra_targets  # e.g. the true labels under label noise, appended to train items
 
     @property
     def targets(self) -> np.ndarray:
@@ -70,6 +72,8 @@ class TaskDataset(Dataset):
         label = int(self.source.targets[index])
         if self.not_aug_transform is None:
             return self.transform(img), label
+        if self.extra_targets is not None:
+            return self.transform(img), label, self.not_aug_transform(img), int(self.extra_targets[index])
         return self.transform(img), label, self.not_aug_transform(img)
 
 

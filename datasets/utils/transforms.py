@@ -1,14 +1,28 @@
 """Transforms from YAML specs: a list of torchvision op names, each bare or ``{Name: {kwargs}}``."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from torchvision import transforms
 
 from utils.errors import UserError
 
 
-def build_transform(spec: list[Any], where: str = "config") -> transforms.Compose:
+def _check_normalize(kwargs: dict, where: str, channels: Optional[int]) -> None:
+    """Normalize's mean/std: numbers (or lists of them), std > 0, one value per channel when known."""
+    for key in ("mean", "std"):
+        value = kwargs.get(key)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise UserError(f"{where}: Normalize {key} must be a list of numbers, got {value!r:.60}")
+        if key == "std" and min(values) <= 0:
+            raise UserError(f"{where}: Normalize std must be > 0 (images are divided by it), got {value!r:.60}")
+        if channels is not None and isinstance(value, (list, tuple)) and len(values) not in (1, channels):
+            raise UserError(f"{where}: Normalize {key} has {len(values)} values but the images have {channels} "
+                            f"channel(s); give one value per channel")
+
+
+def build_transform(spec: list[Any], where: str = "config", channels: Optional[int] = None) -> transforms.Compose:
     """``[ToTensor, {Normalize: {mean: [...], std: [...]}}]`` -> ``transforms.Compose``."""
     if not isinstance(spec, list):
         raise UserError(f"{where}: a transform must be a list of torchvision op names, got {type(spec).__name__}")
@@ -18,17 +32,24 @@ def build_transform(spec: list[Any], where: str = "config") -> transforms.Compos
             name, kwargs = item, {}
         elif isinstance(item, dict) and len(item) == 1:
             name, kwargs = next(iter(item.items()))
+            if kwargs is not None and not isinstance(kwargs, dict):
+                raise UserError(f"{where}: the arguments of {name} must be a mapping {{arg: value}}, "
+                                f"got {kwargs!r:.60}")
             kwargs = dict(kwargs or {})
         else:
             raise UserError(f"{where}: transform item {item!r} must be a name or a one-key mapping name: {{kwargs}}")
+        if not isinstance(name, str):
+            raise UserError(f"{where}: transform item {item!r:.60} must be a name or a one-key mapping name: {{kwargs}}")
         op = getattr(transforms, name, None)
         if op is None or not callable(op):
             raise UserError(f"{where}: unknown torchvision transform '{name}'")
         if "interpolation" in kwargs and isinstance(kwargs["interpolation"], int):
             kwargs["interpolation"] = transforms.InterpolationMode(
                 {0: "nearest", 2: "bilinear", 3: "bicubic"}.get(kwargs["interpolation"], "bilinear"))
+        if name == "Normalize":
+            _check_normalize(kwargs, where, channels)
         try:
             ops.append(op(**kwargs))
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise UserError(f"{where}: bad arguments for {name}: {exc}") from None
     return transforms.Compose(ops)

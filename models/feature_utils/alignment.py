@@ -3,16 +3,17 @@ draws fresh features of every seen class from stored class statistics and takes 
 cross-entropy on the classifier's logits, with a cosine learning rate stepped per epoch."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
 
-def shuffled_batches(n: int, batch_size: int, drop_last: bool = False) -> list[torch.Tensor]:
-    """Index batches of a random permutation of ``range(n)`` (global RNG). With ``drop_last`` the
+def shuffled_batches(n: int, batch_size: int, drop_last: bool = False,
+                     generator: Optional[torch.Generator] = None) -> list[torch.Tensor]:
+    """Index batches of a random permutation of ``range(n)`` (``generator``, or the global RNG). With ``drop_last`` the
     last incomplete batch is left out, except that a set smaller than one batch is used whole."""
-    order = torch.randperm(n)
+    order = torch.randperm(n, generator=generator)
     if n < batch_size:
         return [order] if n else []
     stop = n - batch_size + 1 if drop_last else n

@@ -8,7 +8,8 @@ independent of the batch size, so large batches cut the cost without changing th
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -18,9 +19,39 @@ from models.second_order_utils.modules import AdaptedLayer
 CHUNK_ELEMENTS = 1 << 24  # per-sample gradient chunk (B_chunk * d_out * d_in floats)
 
 
+FISHER_PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+@contextmanager
+def fisher_precision(precision: str, device: torch.device) -> Iterator[None]:
+    """The GEMM precision of the Fisher pass: fp32 (TF32 off even under -O 1), tf32 (TF32 on; equal to fp32 on a
+    CPU) or bf16 (autocast of the forward, so the backward's GEMMs run in bf16). Squares are always summed in fp32."""
+    if precision not in FISHER_PRECISIONS:
+        raise ValueError(f"unknown Fisher precision {precision!r}; choose from {', '.join(FISHER_PRECISIONS)}")
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision != "fp32"
+    try:
+        if precision == "bf16":
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+                yield
+        else:
+            with torch.autocast(device_type=device.type, enabled=False):  # never under the training autocast
+                yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def square_sum(per_sample: torch.Tensor) -> torch.Tensor:
+    """sum_b per_sample[b]^2 in fp32 in one pass over memory (no squared copy; bf16 inputs are not upcast first)."""
+    if per_sample.dtype == torch.float32:
+        return torch.einsum("boi,boi->oi", per_sample, per_sample)  # one batched dot per element
+    return torch.linalg.vector_norm(per_sample, dim=0, dtype=torch.float32).square()
+
+
 def per_sample_sq_grads(inputs: torch.Tensor, grad_out: torch.Tensor, is_conv: bool,
-                        stride: tuple[int, int] = (1, 1)) -> torch.Tensor:
-    """sum_b (dL_b/dW)^2 for a linear map W applied to ``inputs`` (per sample b)."""
+                        stride: tuple[int, int] = (1, 1), dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """sum_b (dL_b/dW)^2 for a linear map W applied to ``inputs`` (per sample b); the per-sample products in
+    ``dtype`` (fp32 or bf16), their squares summed in fp32."""
     if is_conv:
         x = inputs[:, :, ::stride[0], ::stride[1]].flatten(2)  # (B, I, P)
         g = grad_out.flatten(2)  # (B, O, P)
@@ -36,7 +67,7 @@ def per_sample_sq_grads(inputs: torch.Tensor, grad_out: torch.Tensor, is_conv: b
     step = max(1, CHUNK_ELEMENTS // max(1, n_out * n_in))
     total = torch.zeros(n_out, n_in, dtype=torch.float32, device=x.device)
     for i in range(0, x.shape[0], step):
-        total += torch.einsum(eq, g[i:i + step].float(), x[i:i + step].float()).pow(2).sum(0)
+        total += square_sum(torch.einsum(eq, g[i:i + step].to(dtype), x[i:i + step].to(dtype)))
     return total
 
 
@@ -61,8 +92,8 @@ class FisherHooks:
     is made a leaf (``self.leaves``): backward passes stop there, nothing upstream is differentiated.
     """
 
-    def __init__(self, layers: dict[str, AdaptedLayer]):
-        self.layers = layers
+    def __init__(self, layers: dict[str, AdaptedLayer], dtype: torch.dtype = torch.float32):
+        self.layers, self.dtype = layers, dtype
         self.sums = {n: torch.zeros(l.d_out, l.d_in, device=l.base.weight.device) for n, l in layers.items()}
         self.leaves: list[torch.Tensor] = []
         self._handles: list = []
@@ -94,7 +125,7 @@ class FisherHooks:
 
             def grad_hook(grad: torch.Tensor) -> None:
                 stride = layer.base.stride if layer.is_conv else (1, 1)
-                self.sums[name] += per_sample_sq_grads(x, grad.detach(), layer.is_conv, stride)
+                self.sums[name] += per_sample_sq_grads(x, grad.detach(), layer.is_conv, stride, self.dtype)
             output.register_hook(grad_hook)
         return forward_hook
 
@@ -112,7 +143,7 @@ def select_classes(probs: torch.Tensor, mc_classes: Optional[int]) -> list[int]:
 def network_fisher(forward: Callable[[torch.Tensor], torch.Tensor], layers: dict[str, AdaptedLayer],
                    batches: Iterable[torch.Tensor], mc_classes: Optional[int] = None,
                    sampled_labels: Optional[int] = None, generator: Optional[torch.Generator] = None,
-                   ) -> tuple[dict[str, torch.Tensor], int]:
+                   precision: str = "fp32") -> tuple[dict[str, torch.Tensor], int]:
     """Fisher sums of every adapted layer's weight over ``batches`` and the number of samples.
 
     ``forward(x)`` returns the logits over the classes the Fisher is taken on (already sliced).
@@ -122,10 +153,13 @@ def network_fisher(forward: Callable[[torch.Tensor], torch.Tensor], layers: dict
     sum_b log p_{y_b}(x_b) / sqrt(k) with y_b drawn from the model's prediction p(x_b).
     """
     n = 0
-    with FisherHooks(layers) as hooks:
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    with FisherHooks(layers, dtype) as hooks:
         for x in batches:
             hooks.leaves.clear()
-            logp = F.log_softmax(forward(x).float(), dim=1)
+            with fisher_precision(precision, x.device):
+                logits = forward(x)
+            logp = F.log_softmax(logits.float(), dim=1)
             probs = logp.detach().exp()
             if sampled_labels:
                 draws = torch.multinomial(probs.cpu(), sampled_labels, replacement=True, generator=generator)
@@ -134,8 +168,9 @@ def network_fisher(forward: Callable[[torch.Tensor], torch.Tensor], layers: dict
                           for j in range(sampled_labels)]
             else:
                 scores = [(probs[:, c].sqrt() * logp[:, c]).sum() for c in select_classes(probs, mc_classes)]
-            for i, score in enumerate(scores):
-                torch.autograd.grad(score, hooks.leaves, retain_graph=i < len(scores) - 1)
+            with fisher_precision(precision, x.device):
+                for i, score in enumerate(scores):
+                    torch.autograd.grad(score, hooks.leaves, retain_graph=i < len(scores) - 1)
             n += x.shape[0]
     return hooks.sums, n
 
@@ -158,3 +193,22 @@ def head_fisher(features: torch.Tensor, logits: torch.Tensor, rows: slice) -> tu
     p = torch.softmax(logits.float(), dim=1)[:, rows]
     coef = p * (1 - p)  # (N, C_rows)
     return coef.t() @ features.float().pow(2), coef.sum(0)
+
+
+def auto_batch_size(bytes_per_image: float, free_bytes: float, fraction: float = 0.5, low: int = 8,
+                    high: int = 1024) -> int:
+    """The largest multiple of 8 in [low, high] whose Fisher pass needs at most ``fraction`` of the free memory."""
+    fit = int(fraction * free_bytes // max(bytes_per_image, 1.0))
+    return max(low, min(high, fit // 8 * 8))
+
+
+def probe_bytes_per_image(forward: Callable[[torch.Tensor], torch.Tensor], layers: dict[str, AdaptedLayer],
+                          images: torch.Tensor, precision: str = "fp32") -> float:
+    """Peak CUDA memory per image of one forward + one class backward of the Fisher pass on ``images``."""
+    device = images.device
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    network_fisher(forward, layers, [images], mc_classes=2, precision=precision)
+    peak = torch.cuda.max_memory_allocated(device) - base
+    return peak / len(images)

@@ -21,6 +21,22 @@ def all_or_int(value: str) -> Optional[int]:
     return number
 
 
+CPU_STATS_BATCH = 64
+
+
+def auto_or_int(value: str) -> Optional[int]:
+    """``auto`` -> None (sized automatically), else a positive int."""
+    if str(value).strip().lower() in ("auto", "none"):
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 1, got '{value}'") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 1, got '{value}'")
+    return number
+
+
 def add_second_order_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ITA/IEL flags with the reference's defaults (algorithm.md §6.4) plus this framework's own."""
     add = parser.add_argument
@@ -54,8 +70,12 @@ def add_second_order_args(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     add("--fisher_sampled_labels", type=none_or(positive_int), default=None,
         help="approximate Fisher (never the default): k labels per image sampled from the model's prediction, "
              "k backward passes instead of one per seen class (unbiased; docs/speed.md has its error)")
-    add_run_flag(parser, "--stats_batch_size", type=positive_int, default=64,
-        help="batch of the theta0 passes (features, Fisher); the results do not depend on it")
+    add_run_flag(parser, "--stats_batch_size", type=auto_or_int, default=None,
+        help="batch of the theta0 passes (features, Fisher); the results do not depend on it. auto (default): "
+             f"{CPU_STATS_BATCH} on a CPU, sized from the free memory on CUDA")
+    add("--fisher_precision", type=str, default="fp32", choices=["fp32", "tf32", "bf16"],
+        help="GEMM precision of the Fisher pass (squares always summed in fp32); docs/speed.md has the measured "
+             "error and accuracy effect")
     add("--init_head_from_pretuned", type=parse_bool, default=False,
         help="start each task's head from the pre-tuned head instead of its random init")
     return parser

@@ -79,9 +79,7 @@ def clip_norm(grad: torch.Tensor, max_norm: Optional[float]) -> torch.Tensor:
     """A copy of ``grad`` rescaled to norm at most ``max_norm`` (None: unchanged copy)."""
     if max_norm is None:
         return grad.clone()
-    norm = grad.norm()
-    scale = max_norm / (norm + 1e-6)
-    return grad * scale if scale < 1 else grad.clone()
+    return grad * (max_norm / (grad.norm() + 1e-6)).clamp(max=1.0)  # branch-free: no host sync
 
 
 def lr_factor(epoch: int, n_epochs: int) -> float:

@@ -1,13 +1,11 @@
-"""Task pre-consolidation on frozen theta0 features: per-class diagonal GMMs (scikit-learn), a linear
+"""Task pre-consolidation on frozen theta0 features: per-class diagonal GMMs (fitted in gmm.py), a linear
 probe of the new head, and classifier alignment of all heads on GMM samples (docs/algorithm.md §4.2)."""
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -31,7 +29,8 @@ class DiagonalGMM:
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Per-component counts from a multinomial over the weights, then Gaussian samples."""
         comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        noise = torch.randn(n, self.means.shape[1], generator=generator, dtype=self.means.dtype)
+        noise = torch.randn(n, self.means.shape[1], generator=generator, dtype=self.means.dtype,
+                            device=self.means.device)
         return self.means[comp] + noise * self.variances[comp].sqrt()
 
     def state(self) -> dict[str, torch.Tensor]:
@@ -50,56 +49,9 @@ def gmm_log_likelihood(x: torch.Tensor, weights: torch.Tensor, means: torch.Tens
     return torch.logsumexp(comp + torch.log(weights)[None], dim=1)
 
 
-def kmeans_labels(x: torch.Tensor, k: int, n_init: int, seed: int, tol: float = 1e-3,
-                  max_iter: int = 300) -> torch.Tensor:
-    """Best of ``n_init`` Lloyd runs (random data points as seeds), all seedings run in one batch."""
-    gen = torch.Generator().manual_seed(seed)
-    seeds = torch.stack([torch.randperm(len(x), generator=gen)[:k] for _ in range(n_init)])
-    centres = x[seeds]  # (S, K, D)
-    for _ in range(max_iter):
-        labels = torch.cdist(x[None].expand(n_init, -1, -1), centres).argmin(-1)  # (S, N)
-        onehot = F.one_hot(labels, k).to(x.dtype)  # (S, N, K)
-        counts = onehot.sum(1)  # (S, K)
-        new = (onehot.transpose(1, 2) @ x) / counts.clamp(min=1)[..., None]
-        new = torch.where(counts[..., None] > 0, new, centres)  # an empty cluster keeps its centre
-        shift = (new - centres).norm(dim=-1).max()
-        centres = new
-        if shift < tol:
-            break
-    dist = torch.cdist(x[None].expand(n_init, -1, -1), centres)
-    labels = dist.argmin(-1)
-    inertia = dist.min(-1).values.pow(2).sum(-1)
-    return labels[inertia.argmin()]
-
-
-def fit_gmm(features: np.ndarray, n_components: int = 5, seed: int = 0, kmeans_inits: int = 50,
-            max_iter: int = 500, tol: float = 1e-3, reg_covar: float = 1e-6) -> DiagonalGMM:
-    """Fit a diagonal GMM with scikit-learn's EM, initialised from the best of ``kmeans_inits`` k-means
-    seedings on globally min-max normalised data (as the reference does)."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.mixture import GaussianMixture
-
-    x = np.asarray(features, dtype=np.float64)
-    k = max(1, min(n_components, len(x)))
-    span = x.max() - x.min()
-    normalised = torch.from_numpy((x - x.min()) / (span if span > 0 else 1.0))
-    labels = kmeans_labels(normalised, k, kmeans_inits, seed).numpy()
-    present = np.unique(labels)
-    means = np.stack([x[labels == c].mean(0) for c in present])
-    variances = np.stack([x[labels == c].var(0) for c in present]) + reg_covar
-    weights = np.array([(labels == c).mean() for c in present])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        gm = GaussianMixture(len(present), covariance_type="diag", tol=tol, reg_covar=reg_covar,
-                             max_iter=max_iter, weights_init=weights / weights.sum(), means_init=means,
-                             precisions_init=1.0 / variances, random_state=seed).fit(x)
-    return DiagonalGMM(torch.tensor(gm.weights_, dtype=torch.float32), torch.tensor(gm.means_, dtype=torch.float32),
-                       torch.tensor(gm.covariances_, dtype=torch.float32))
-
-
-def _batches(n: int, batch_size: int) -> list[torch.Tensor]:
+def _batches(n: int, batch_size: int, generator: Optional[torch.Generator] = None) -> list[torch.Tensor]:
     """Shuffled index batches with drop_last; a set smaller than one batch is used whole."""
-    return shuffled_batches(n, batch_size, drop_last=True)
+    return shuffled_batches(n, batch_size, drop_last=True, generator=generator)
 
 
 def stacked_head(head: IncrementalHead, first_task: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,9 +128,10 @@ class StackedGMM:
             return
         k = max(len(gmms[c].weights) for c in self.classes)
         d = gmms[self.classes[0]].means.shape[1]
-        self.weights = torch.zeros(len(self.classes), k)
-        self.means = torch.zeros(len(self.classes), k, d)
-        self.std = torch.ones(len(self.classes), k, d)
+        device = gmms[self.classes[0]].means.device  # samples are drawn where the GMMs live (the model's device)
+        self.weights = torch.zeros(len(self.classes), k, device=device)
+        self.means = torch.zeros(len(self.classes), k, d, device=device)
+        self.std = torch.ones(len(self.classes), k, d, device=device)
         for i, c in enumerate(self.classes):
             g = gmms[c]
             n = len(g.weights)
@@ -190,11 +143,12 @@ class StackedGMM:
         if not self.classes:
             return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
         n_cls = len(self.classes)
+        device = self.weights.device
         comp = torch.multinomial(self.weights, per_class, replacement=True, generator=generator)  # (C, n)
-        rows = torch.arange(n_cls)[:, None]
-        noise = torch.randn(n_cls, per_class, self.means.shape[2], generator=generator)
+        rows = torch.arange(n_cls, device=device)[:, None]
+        noise = torch.randn(n_cls, per_class, self.means.shape[2], generator=generator, device=device)
         feats = self.means[rows, comp] + noise * self.std[rows, comp]
-        labels = torch.tensor(self.classes, dtype=torch.long).repeat_interleave(per_class)
+        labels = torch.tensor(self.classes, dtype=torch.long, device=device).repeat_interleave(per_class)
         return feats.reshape(n_cls * per_class, -1), labels
 
 

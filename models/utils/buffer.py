@@ -1,24 +1,15 @@
 """Reservoir replay buffer (tensors only, so it is saved with checkpoints and restored exactly)."""
 from __future__ import annotations
 
-import argparse
 from typing import Any, Callable, Optional
 
 import torch
 from torchvision import transforms
 
 from utils import distributed
-from utils.args import none_or, positive_int
+from utils.args import add_rehearsal_args  # noqa: F401 - re-exported for the models
 
 FIELDS = ("examples", "labels", "logits", "task_labels")
-
-
-def add_rehearsal_args(parser: argparse.ArgumentParser) -> None:
-    """``--buffer_size`` (required) and ``--minibatch_size`` (default: the batch size)."""
-    parser.add_argument("--buffer_size", type=none_or(positive_int), default=None,
-                        help="number of stored examples (required for rehearsal methods)")
-    parser.add_argument("--minibatch_size", type=none_or(positive_int), default=None,
-                        help="replayed examples per step (default: --batch_size)")
 
 
 def reservoir_index(num_seen: int, buffer_size: int, generator: Optional[torch.Generator] = None) -> int:
@@ -46,6 +37,8 @@ class Buffer:
     so the buffers stay identical across ranks (and rank 0's checkpoint holds the buffer).
     """
 
+    FIELDS: tuple[str, ...] = FIELDS  # stored tensors; ``examples`` first
+
     def __init__(self, buffer_size: int):
         if buffer_size < 1:
             raise ValueError("buffer_size must be >= 1")
@@ -56,6 +49,8 @@ class Buffer:
         self.logits: Optional[torch.Tensor] = None
         self.task_labels: Optional[torch.Tensor] = None
         self.generator: Optional[torch.Generator] = None  # shared-seed reservoir RNG, only under DDP
+        for name in self.FIELDS[len(FIELDS):]:  # fields a subclass adds
+            setattr(self, name, None)
 
     def _distributed_generator(self) -> torch.Generator:
         if self.generator is None:
@@ -70,14 +65,17 @@ class Buffer:
         return len(self) == 0
 
     def _allocate(self, name: str, like: torch.Tensor) -> None:
-        dtype = torch.long if name in ("labels", "task_labels") else like.dtype
+        dtype = torch.long if name in ("labels", "task_labels", "true_labels") else like.dtype
         setattr(self, name, torch.zeros((self.buffer_size, *like.shape[1:]), dtype=dtype, device=like.device))
 
     @torch.no_grad()
     def add_data(self, examples: torch.Tensor, labels: torch.Tensor, logits: Optional[torch.Tensor] = None,
                  task_labels: Optional[torch.Tensor] = None) -> None:
         """Offer each example of a batch to the reservoir."""
-        given = {"examples": examples, "labels": labels, "logits": logits, "task_labels": task_labels}
+        self._add({"examples": examples, "labels": labels, "logits": logits, "task_labels": task_labels})
+
+    def _add(self, given: dict[str, Optional[torch.Tensor]]) -> None:
+        """Offer each example of ``given['examples']`` (with its other fields) to the reservoir."""
         generator = None
         if distributed.is_distributed():
             given = {k: None if v is None else distributed.all_gather_cat(v.contiguous()) for k, v in given.items()}
@@ -108,19 +106,19 @@ class Buffer:
         if transform is not None:
             examples = torch.stack([transform(e.cpu()) for e in examples])
         out = [examples]
-        out += [getattr(self, name)[choice] for name in FIELDS[1:] if getattr(self, name) is not None]
+        out += [getattr(self, name)[choice] for name in self.FIELDS[1:] if getattr(self, name) is not None]
         if device is not None:
             out = [t.to(device) for t in out]
         return tuple(out)
 
     def get_all_data(self) -> tuple[torch.Tensor, ...]:
         """Every stored sample, in slot order, without transform."""
-        return tuple(getattr(self, name)[:len(self)] for name in FIELDS if getattr(self, name) is not None)
+        return tuple(getattr(self, name)[:len(self)] for name in self.FIELDS if getattr(self, name) is not None)
 
     def state_dict(self) -> dict[str, Any]:
         """Tensors and ints only (checkpoint-safe with ``weights_only=True``)."""
         state: dict[str, Any] = {"buffer_size": self.buffer_size, "num_seen_examples": self.num_seen_examples}
-        state.update({name: getattr(self, name).cpu() for name in FIELDS if getattr(self, name) is not None})
+        state.update({name: getattr(self, name).cpu() for name in self.FIELDS if getattr(self, name) is not None})
         if self.generator is not None:
             state["generator"] = self.generator.get_state()
         return state
@@ -132,12 +130,12 @@ class Buffer:
         if "generator" in state:
             self.generator = torch.Generator()
             self.generator.set_state(state["generator"])
-        for name in FIELDS:
+        for name in self.FIELDS:
             value = state.get(name)
             setattr(self, name, None if value is None else value.to(device or value.device))
 
     def to(self, device: torch.device) -> "Buffer":
-        for name in FIELDS:
+        for name in self.FIELDS:
             if getattr(self, name) is not None:
                 setattr(self, name, getattr(self, name).to(device))
         return self

@@ -9,11 +9,14 @@ import torch
 from torch import nn
 
 from backbone import ContinualBackbone
+from mammoth_compat.model import MammothModelAPI, filter_keywords
+from models.utils.buffer import Buffer
 from utils import distributed
+from utils.optimization import COMPILE_LEVEL, apply_matmul_precision, compiled
 from utils.training import run_epochs
 
 
-class ContinualModel(nn.Module):
+class ContinualModel(MammothModelAPI, nn.Module):
     """A continual learner wrapping a backbone ``net``.
 
     Template, called by the training loop in this order for each task::
@@ -26,6 +29,10 @@ class ContinualModel(nn.Module):
     (on other data, or not every task) overrides :meth:`train_task`. ``self.opt`` is rebuilt at every task
     start from ``--optimizer``/``--lr``/``--optim_wd``/``--optim_mom``. A model that owns
     its learning-rate schedule steps it itself (the loop never touches ``self.opt``).
+
+    Mammoth's attributes (``N_CLASSES``, ``N_TASKS``, ``cpt``, the device-side ``transform``, ...)
+    come from :class:`mammoth_compat.model.MammothModelAPI`; ``original_transform`` is the
+    dataset's torchvision train pipeline.
     """
 
     NAME: str = ""
@@ -34,6 +41,8 @@ class ContinualModel(nn.Module):
     AVAIL_OPTIMS = ("sgd", "adam", "adamw")
     # None: the method supports --distributed ddp; otherwise the reason it does not (a one-line error)
     DDP_UNSUPPORTED: Optional[str] = None
+    USES_NOT_AUG = False  # True: observe reads the not-augmented view (otherwise the loaders never build it)
+    LOG_EVERY = 25  # the loop reads (host-syncs) the loss of every LOG_EVERY-th step of an epoch, and the last
 
     def __init__(self, backbone: ContinualBackbone, loss: Callable, args: argparse.Namespace,
                  transform: Callable, dataset: Any = None):
@@ -43,7 +52,7 @@ class ContinualModel(nn.Module):
         self.net = backbone
         self.loss = loss
         self.args = args
-        self.transform = transform
+        self.original_transform = transform
         self.dataset = dataset
         self.device = torch.device("cpu")
         self.current_task = 0
@@ -51,6 +60,9 @@ class ContinualModel(nn.Module):
         self.task_iteration = 0
         self.epoch_iteration = 0
         self.opt: Optional[torch.optim.Optimizer] = None
+        apply_matmul_precision(self.code_optimization)
+        if dataset is not None:
+            dataset.build_not_aug = self.USES_NOT_AUG
 
     # ----- hooks to override ----------------------------------------------------------------------
     @staticmethod
@@ -90,7 +102,7 @@ class ContinualModel(nn.Module):
     def current_task_step(self, inputs: torch.Tensor, labels: torch.Tensor) -> float:
         """One optimizer step of cross-entropy over the current task's classes only (labels made task-local)."""
         self.opt.zero_grad(set_to_none=True)
-        logits = self.net(inputs)[:, self.n_past_classes:self.n_seen_classes]
+        logits = self.train_net(inputs)[:, self.n_past_classes:self.n_seen_classes]
         loss = self.loss(logits, labels - self.n_past_classes)
         loss.backward()
         self.opt.step()
@@ -115,15 +127,32 @@ class ContinualModel(nn.Module):
                                   nesterov=bool(self.args.optim_nesterov) and self.args.optim_mom > 0)
         else:
             cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-            opt = cls(params, lr=lr, weight_decay=self.args.optim_wd)
+            fused = all(p.is_cuda for p in params)  # one kernel per step, no host sync (CUDA only)
+            opt = cls(params, lr=lr, weight_decay=self.args.optim_wd, **({"fused": True} if fused else {}))
         distributed.average_gradients_before_step(opt)  # data-parallel under --distributed ddp, else a no-op
         return opt
 
+    @property
+    def code_optimization(self) -> int:
+        """The resolved ``-O`` level (utils/optimization.py); 2 if only ``--precision bf16`` is set."""
+        level = getattr(self.args, "code_optimization", None)
+        return (2 if getattr(self.args, "precision", None) == "bf16" else 0) if level is None else int(level)
+
     def autocast(self) -> ContextManager:
-        """bf16 autocast when ``--precision bf16``, else a no-op."""
-        if getattr(self.args, "precision", "fp32") != "bf16":
+        """bf16 autocast from ``-O 2`` (``--precision bf16``), else a no-op."""
+        if self.code_optimization < 2:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    @property
+    def train_net(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The backbone's training forward: ``torch.compile``-d under ``-O 3`` (built once, kept outside the
+        module tree so state dicts are unchanged), else ``self.net``."""
+        if self.code_optimization < COMPILE_LEVEL:
+            return self.net
+        if self.__dict__.get("_compiled_net") is None:
+            self.__dict__["_compiled_net"] = compiled(self.net)
+        return self.__dict__["_compiled_net"]
 
     def to(self, *args, **kwargs):  # keep ``self.device`` in sync
         out = super().to(*args, **kwargs)
@@ -153,13 +182,36 @@ class ContinualModel(nn.Module):
         self.begin_epoch(epoch, dataset)
 
     def meta_observe(self, inputs: torch.Tensor, labels: torch.Tensor, not_aug_inputs: torch.Tensor,
-                     epoch: Optional[int] = None) -> float:
+                     epoch: Optional[int] = None, **extra: torch.Tensor) -> float:
+        """``observe`` on a batch; it gets ``epoch`` and the ``extra`` fields only if its signature takes them.
+
+        Samples labelled -1 (unlabelled, ``--label_perc_by_*``) are dropped unless the model
+        supports the ``cssl`` setting; a batch with none left is skipped (loss 0).
+        """
+        if self._may_have_unlabelled() and bool((labels < 0).any()):  # (no device sync otherwise)
+            keep = labels >= 0
+            if not bool(keep.any()):
+                return 0.0
+            inputs, labels, not_aug_inputs = inputs[keep], labels[keep], not_aug_inputs[keep]
+            extra = {k: v[keep] if torch.is_tensor(v) and v.shape[:1] == keep.shape else v for k, v in extra.items()}
+        kwargs = filter_keywords(self.observe, {"epoch": epoch, **extra})
         with self.autocast():
-            out = self.observe(inputs, labels, not_aug_inputs, epoch=epoch)
+            out = self.observe(inputs, labels, not_aug_inputs, **kwargs)
         self.task_iteration += 1
         self.epoch_iteration += 1
         loss = out["loss"] if isinstance(out, dict) else out
-        return float(loss)
+        # a tensor stays on the device (the loop reads it on logging steps only: no host sync per step)
+        return loss.detach() if isinstance(loss, torch.Tensor) else float(loss)
+
+    def is_logging_step(self) -> bool:
+        """Whether the training loop reads this step's loss (inside ``observe``: the step being run)."""
+        return self.epoch_iteration % self.LOG_EVERY == 0
+
+    def _may_have_unlabelled(self) -> bool:
+        """Whether batches can hold samples labelled -1 that this (non-``cssl``) model must not see."""
+        args = self.args
+        return "cssl" not in self.COMPATIBILITY and (getattr(args, "label_perc_by_task", 1.0) < 1
+                                                     or getattr(args, "label_perc_by_class", 1.0) < 1)
 
     def meta_end_epoch(self, epoch: int, dataset: Any) -> None:
         self.end_epoch(epoch, dataset)
@@ -173,10 +225,20 @@ class ContinualModel(nn.Module):
 
     # ----- checkpoints ----------------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
-        """Everything needed to resume after ``current_task`` tasks (tensors and plain types only)."""
-        return {"model": self.state_dict(), "current_task": self.current_task}
+        """Everything needed to resume after ``current_task`` tasks (tensors and plain types only).
+
+        A replay buffer in ``self.buffer`` (Mammoth's convention) is saved too.
+        """
+        state = {"model": self.state_dict(), "current_task": self.current_task}
+        buffer = getattr(self, "buffer", None)
+        if isinstance(buffer, Buffer):
+            state["buffer"] = buffer.state_dict()
+        return state
 
     def load_checkpoint_state(self, state: dict[str, Any], dataset: Any) -> None:
         """Restore :meth:`checkpoint_state`. Models whose structure grows per task rebuild it first."""
         self.load_state_dict(state["model"])
         self.current_task = int(state["current_task"])
+        buffer = getattr(self, "buffer", None)
+        if isinstance(buffer, Buffer) and "buffer" in state:
+            buffer.load_state_dict(state["buffer"], getattr(buffer, "device", None) or self.device)

@@ -1,0 +1,43 @@
+"""Mammoth's ``utils.conf`` helpers used by model files (``utils.conf`` re-exports them)."""
+from __future__ import annotations
+
+import random
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+_BASE_PATH = "./data/"
+
+
+def get_device() -> torch.device:
+    """The best available device (cuda, mps, cpu); a model should prefer ``self.device``."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def base_path(override: Optional[str] = None) -> str:
+    """Mammoth's data root: ``override`` if given, else ``./data/`` (the framework passes ``--base_path``
+    to its datasets explicitly; this helper only serves model files that read it)."""
+    return override if override is not None else _BASE_PATH
+
+
+def set_random_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def create_seeded_dataloader(args: Any, dataset: Dataset, **kwargs: Any) -> DataLoader:
+    """A DataLoader whose shuffle order comes from the global torch RNG (seeded by ``--seed``)."""
+    from datasets.utils.sources import seed_worker
+    kwargs.setdefault("num_workers", getattr(args, "num_workers", 0) or 0)
+    generator = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 62, (1,)).item()))
+    return DataLoader(dataset, generator=generator, worker_init_fn=seed_worker if kwargs["num_workers"] else None,
+                      **kwargs)

@@ -1,0 +1,62 @@
+"""``-O/--code_optimization`` (Mammoth's flag) and ``--precision``: one resolved setting.
+
+====  ====================================================================  ===========
+ -O   what runs                                                              precision
+====  ====================================================================  ===========
+ 0    plain fp32 (matmuls at full fp32 precision)                           fp32
+ 1    TF32 matmuls and convolutions on CUDA (a no-op on a CPU)              fp32
+ 2    1 + bf16 autocast of the training and evaluation forwards             bf16
+ 3    2 + ``torch.compile`` of the training forward (models that opt in)    bf16
+====  ====================================================================  ===========
+
+``--precision`` is kept as the older spelling: ``--precision bf16`` alone means ``-O 2``; given together, the two
+must agree (``-O 2 --precision fp32`` is a one-line error). After :func:`resolve_code_optimization` both
+attributes are set and consistent, so checkpoints and reports store the resolved pair.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any, Callable, Optional
+
+import torch
+
+from utils.errors import UserError
+
+LEVELS = (0, 1, 2, 3)
+BF16_LEVEL = 2
+COMPILE_LEVEL = 3
+# the torch.compile backend of -O 3; tests set "aot_eager" (no C++ toolchain needed, the same graph capture)
+COMPILE_BACKEND_ENV = "CL_COMPILE_BACKEND"
+
+
+def resolve_code_optimization(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill ``args.code_optimization`` and ``args.precision`` from whichever was given (in place)."""
+    level: Optional[int] = getattr(args, "code_optimization", None)
+    precision: Optional[str] = getattr(args, "precision", None)
+    if level is None:
+        level = BF16_LEVEL if precision == "bf16" else 0
+    implied = "bf16" if level >= BF16_LEVEL else "fp32"
+    if precision is not None and precision != implied:
+        raise UserError(f"--code_optimization {level} runs in {implied} but --precision {precision} was given; "
+                        f"drop --precision (it follows from -O) or pick -O {'2' if precision == 'bf16' else '0 or 1'}")
+    args.code_optimization, args.precision = int(level), implied
+    return args
+
+
+def apply_matmul_precision(level: int) -> None:
+    """Process-wide fp32 matmul/convolution precision: TF32 allowed from -O 1 (CUDA only)."""
+    torch.backends.cuda.matmul.allow_tf32 = level >= 1
+    torch.backends.cudnn.allow_tf32 = level >= 1 or torch.backends.cudnn.allow_tf32
+
+
+def compile_backend() -> str:
+    return os.environ.get(COMPILE_BACKEND_ENV, "inductor")
+
+
+def compiled(module: torch.nn.Module) -> Callable[..., Any]:
+    """``torch.compile(module)`` with the backend of -O 3 (recompiles when a task changes the composition)."""
+    import torch._dynamo
+    # one graph per task composition and batch shape: room for a 20-task run before falling back to eager
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    return torch.compile(module, backend=compile_backend())
