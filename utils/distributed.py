@@ -63,6 +63,18 @@ def init_from_env(timeout_seconds: float, device_name: Optional[str] = None) -> 
     return device
 
 
+def check_launch(mode: str) -> None:
+    """Refuse a multi-process launch (``torchrun``: ``WORLD_SIZE`` > 1) without ``--distributed ddp``, where
+    every process would train a complete copy of the run and all of them would write the same files."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        world = 1
+    if mode != "ddp" and world > 1:
+        raise UserError(f"launched as {world} processes (WORLD_SIZE={world}, e.g. by torchrun) without "
+                        f"--distributed ddp; add --distributed ddp, or run a single process (python main.py ...)")
+
+
 def shutdown() -> None:
     if is_distributed():
         dist.destroy_process_group()
@@ -200,28 +212,17 @@ class ShardedBatchSampler(Sampler[list[int]]):
 
 
 class ShardSampler(Sampler[int]):
-    """Rank ``r`` of ``w`` takes items ``r, r+w, ...`` of a (seeded, per-epoch) permutation, without padding.
+    """Evaluation shards: rank ``r`` of ``w`` takes items ``r, r+w, ...`` in order, without padding.
 
     Unlike ``DistributedSampler`` no sample is repeated, so summed evaluation counts equal a
-    single-process evaluation exactly, and the union of the training shards is one epoch.
+    single-process evaluation exactly.
     """
 
-    def __init__(self, n: int, shuffle: bool, seed: int = 0):
-        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _order(self) -> list[int]:
-        if not self.shuffle:
-            return list(range(self.n))
-        g = torch.Generator()
-        g.manual_seed(self.seed + self.epoch)
-        return torch.randperm(self.n, generator=g).tolist()
+    def __init__(self, n: int):
+        self.n = n
 
     def __iter__(self) -> Iterator[int]:
-        self.epoch += 1  # a fresh order per pass, identical on every rank
-        return iter(self._order()[rank()::world_size()])
+        return iter(range(rank(), self.n, world_size()))
 
     def __len__(self) -> int:
         return len(range(rank(), self.n, world_size()))

@@ -14,6 +14,7 @@ from utils.evaluate import evaluate
 from utils.fitting import TaskFitting
 from utils.killpoints import kill_point
 from utils.loss_monitor import LossMonitor
+from utils.protocols import LoopDataset, LoopModel, LoopSettings
 from utils.stopping import check_stop
 
 
@@ -91,7 +92,7 @@ def _untrained_accuracy(model: Any, dataset: Any, debug: bool) -> tuple[list[flo
     return cil, til
 
 
-def run_epochs(model: Any, dataset: Any, args: Any, train_loader: Any, task: int) -> None:
+def run_epochs(model: LoopModel, dataset: LoopDataset, args: LoopSettings, train_loader: Any, task: int) -> None:
     """The standard epochs of one task (``ContinualModel.train_task``'s default): per epoch
     ``meta_begin_epoch`` -> ``meta_observe`` on every batch of ``train_loader`` -> ``meta_end_epoch``.
 
@@ -177,7 +178,7 @@ def skip_tasks(model: Any, dataset: Any, args: Any, record: RunRecord, until: in
         record.task_timings.append({"train_seconds": 0.0, "eval_seconds": 0.0})
 
 
-def train(model: Any, dataset: Any, args: Any, record: Optional[RunRecord] = None,
+def train(model: LoopModel, dataset: LoopDataset, args: LoopSettings, record: Optional[RunRecord] = None,
           on_task_end: Optional[Callable[[RunRecord], None]] = None) -> RunRecord:
     """Train tasks ``record.tasks_done .. N_TASKS-1`` (or up to ``--stop_after``) and evaluate after each.
 

@@ -277,7 +277,7 @@ class ContinualDataset(MammothDatasetAPI):
                                                       drop_last=bool(self.args.drop_last))
             return DataLoader(dataset, batch_sampler=sampler, **common)
         if distributed.world_size() > 1:  # each rank evaluates a disjoint shard; counts are summed
-            return DataLoader(dataset, batch_size=batch_size, sampler=distributed.ShardSampler(len(dataset), False),
+            return DataLoader(dataset, batch_size=batch_size, sampler=distributed.ShardSampler(len(dataset)),
                               **common)
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, **common)
 
