@@ -59,9 +59,3 @@ def test_dataset_config_of_a_best_section_is_applied():
     assert args.dataset_config == "l2p" and args.batch_size == 128 and args.lr == 0.03
     args = parse_args(["--model", "l2p", "--dataset", "seq-cifar100-224", "--model_config", "best", "--lr", "0.1"])
     assert args.lr == 0.1
-
-
-def test_buffer_keyed_section_needs_the_buffer_size():
-    from utils.errors import UserError
-    with pytest.raises(UserError, match="--buffer_size"):
-        parse_args(["--model", "derpp", "--dataset", "seq-cifar100", "--model_config", "best"])
