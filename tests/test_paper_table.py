@@ -70,3 +70,13 @@ def test_bad_table_or_dataset_is_one_line_error():
         paper(["--table", "1", "--dataset", "seq-cifar100-224", "--extra", "er:--lr 1"])
     with pytest.raises(UserError, match="unknown row 'Foo'"):
         paper(["--table", "1", "--dataset", "seq-cifar100-224", "--rows", "L2P,Foo"])
+
+
+def test_compare_labels_name_variants_of_one_method():
+    from benchmarks.compare import parse_models
+    assert parse_models("sgd, a=second_order,b=second_order") == [("sgd", "sgd"), ("a", "second_order"),
+                                                                    ("b", "second_order")]
+    with pytest.raises(UserError, match="repeats a label"):
+        parse_models("a=sgd,a=er")
+    with pytest.raises(UserError, match="LABEL=METHOD"):
+        parse_models("=sgd")
