@@ -95,9 +95,7 @@ class EwcOn(ContinualModel):
         sums = {n: torch.zeros_like(p) for n, p in trainable_named_parameters(self.net).items()}
         count = 0
         chunk = self.settings.fisher_batch_size
-        for i, batch in enumerate(loader):
-            if self.args.debug_mode and i > self.get_debug_iters():
-                break
+        for batch in loader:
             inputs, labels = batch[0].to(self.device), batch[1].to(self.device).long()
             for start in range(0, len(labels), chunk):
                 terms = per_sample_fisher_terms(self.net, inputs[start:start + chunk], labels[start:start + chunk])

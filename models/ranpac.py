@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from models.feature_utils.features import task_features
 from models.utils.continual_model import ContinualModel
+from utils import seeding
 from utils.args import none_or, parse_bool, positive_float, positive_int
 from utils.modes import eval_mode
 from utils.settings import add_settings_flags, setting
@@ -69,7 +70,8 @@ class RanPAC(ContinualModel):
     def __init__(self, backbone, loss, args, transform, dataset=None):
         super().__init__(backbone, loss, args, transform, dataset)
         n_classes, size = backbone.classifier.out_features, self.settings.rp_size
-        self.register_buffer("projection", torch.randn(backbone.feature_dim, size))
+        gen = seeding.generator(seeding.run_seed(args), 0, "projection")
+        self.register_buffer("projection", torch.randn(backbone.feature_dim, size, generator=gen))
         self.register_buffer("gram", torch.zeros(size, size, dtype=torch.float64))
         self.register_buffer("cross", torch.zeros(size, n_classes, dtype=torch.float64))
         self.register_buffer("head", torch.zeros(size, n_classes))
@@ -85,12 +87,13 @@ class RanPAC(ContinualModel):
 
     def end_task(self, dataset) -> None:
         self.net.requires_grad_(False)
-        max_batches = self.get_debug_iters() + 1 if self.args.debug_mode else None
         with eval_mode(self.net):
-            feats, labels = task_features(self.net.features, dataset, self.current_task, self.device, max_batches)
+            feats, labels = task_features(self.net.features, dataset, self.current_task, self.device)
         H = random_features(feats, self.projection).double()
         Y = F.one_hot(labels, self.cross.shape[1]).double()
-        ridge = self.settings.ridge if self.settings.ridge is not None else select_ridge(H, Y)
+        split = seeding.generator(seeding.run_seed(self.args), self.current_task, "ridge_split")
+        perm = torch.randperm(len(H), generator=split).to(H.device)
+        ridge = self.settings.ridge if self.settings.ridge is not None else select_ridge(H, Y, perm=perm)
         self.ridge = ridge
         self.gram += H.t() @ H
         self.cross += H.t() @ Y

@@ -10,6 +10,7 @@ import torch
 from models.feature_utils.alignment import align_classifier
 from models.feature_utils.features import class_gaussians, sample_gaussians, task_features
 from models.utils.continual_model import ContinualModel
+from utils import seeding
 from utils.args import nonneg_float, nonneg_int, positive_float, positive_int
 from utils.modes import eval_mode
 from utils.settings import add_settings_flags, setting
@@ -91,13 +92,13 @@ class Slca(ContinualModel):
         self.scheduler.step()
 
     def end_task(self, dataset) -> None:
-        max_batches = self.get_debug_iters() + 1 if self.args.debug_mode else None
         with eval_mode(self.net):
-            feats, labels = task_features(self.net.features, dataset, self.current_task, self.device, max_batches)
+            feats, labels = task_features(self.net.features, dataset, self.current_task, self.device)
             self.class_stats.update(class_gaussians(feats, labels, self.settings.ca_cov_eps,
                                                     diagonal=self.settings.ca_covariance == "diag"))
             if self.current_task > 0 and self.settings.ca_epochs > 0:
-                self.align_classifier(dataset)
+                with seeding.seeded_for(self.args, self.current_task, "align", self.device):
+                    self.align_classifier(dataset)
 
     def align_classifier(self, dataset) -> None:
         """Train the classifier on features sampled from the class Gaussians of all seen classes."""

@@ -12,6 +12,7 @@ from backbone import ContinualBackbone
 from mammoth_compat.model import MammothModelAPI, filter_keywords, uses_not_aug
 from models.utils.buffer import Buffer
 from utils import distributed
+from utils.frozen_weights import PretrainedIndex
 from utils.settings import settings_from_args
 from utils.optimization import COMPILE_LEVEL, apply_matmul_precision, compiled
 from utils.training import run_epochs
@@ -68,6 +69,7 @@ class ContinualModel(MammothModelAPI, nn.Module):
         apply_matmul_precision(self.code_optimization)
         if dataset is not None:
             dataset.build_not_aug = uses_not_aug(type(self), ContinualModel)
+        self.pretrained_index = PretrainedIndex(backbone)  # hashes of the initial weights (lean checkpoints)
 
     # ----- hooks to override ----------------------------------------------------------------------
     @staticmethod
@@ -247,3 +249,13 @@ class ContinualModel(MammothModelAPI, nn.Module):
         buffer = getattr(self, "buffer", None)
         if isinstance(buffer, Buffer) and "buffer" in state:
             buffer.load_state_dict(state["buffer"], getattr(buffer, "device", None) or self.device)
+
+    def lean_checkpoint_state(self) -> dict[str, Any]:
+        """:meth:`checkpoint_state` without the tensors that still equal the pretrained backbone (their hash
+        is kept); what is written to checkpoint files."""
+        return self.pretrained_index.strip(self.checkpoint_state())
+
+    def load_lean_checkpoint_state(self, state: dict[str, Any], dataset: Any, where: str = "") -> None:
+        """Restore a :meth:`lean_checkpoint_state` on a freshly built model with the same pretrained weights
+        (another backbone: a one-line :class:`UserError`)."""
+        self.load_checkpoint_state(self.pretrained_index.fill(state, where), dataset)
