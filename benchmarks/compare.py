@@ -25,7 +25,22 @@ from utils.errors import UserError
 
 # Flags a method needs that a shared command line would not give (the user's --extra wins).
 METHOD_DEFAULTS = {"er": "--buffer_size 200", "derpp": "--buffer_size 200"}
-VIT_METHODS = ("l2p", "coda_prompt")
+VIT_METHODS = ("l2p", "coda_prompt", "dualprompt", "inflora")
+
+
+def parse_models(spec: str) -> list[tuple[str, str]]:
+    """``"sgd,ita=second_order"`` -> ``[("sgd", "sgd"), ("ita", "second_order")]`` (label, model)."""
+    entries = []
+    for item in (i.strip() for i in spec.split(",") if i.strip()):
+        label, sep, model = item.partition("=")
+        label, model = label.strip(), (model.strip() if sep else label.strip())
+        if not label or not model:
+            raise UserError(f"--models entry '{item}' must be METHOD or LABEL=METHOD")
+        entries.append((label, model))
+    labels = [label for label, _ in entries]
+    if len(set(labels)) != len(labels):
+        raise UserError(f"--models {spec} repeats a label; name variants of one method LABEL=METHOD")
+    return entries
 
 
 def split_flags(tokens: list[str]) -> list[tuple[str, list[str]]]:
@@ -64,13 +79,13 @@ def parse_extras(items: list[str]) -> dict[str, list[str]]:
 
 
 def run_argv(model: str, seed: int, args: argparse.Namespace, shared: list[str], extras: dict[str, list[str]],
-             results_file: str) -> list[str]:
-    """The ``main.py`` arguments of one run."""
+             results_file: str, label: Optional[str] = None) -> list[str]:
+    """The ``main.py`` arguments of one run (``label``: the --models label whose --extra flags apply)."""
     vit = model in VIT_METHODS
     backbone = ["--backbone", args.vit_backbone] if vit else (["--backbone", args.backbone] if args.backbone else [])
     backbone_args = shlex.split(args.vit_args if vit else args.backbone_args)
     return merge_flags(["--model", model, "--dataset", args.dataset], backbone, backbone_args, shared,
-                       shlex.split(METHOD_DEFAULTS.get(model, "")), extras.get(model, []),
+                       shlex.split(METHOD_DEFAULTS.get(model, "")), extras.get(label or model, []),
                        ["--seed", str(seed), "--results_file", results_file, "--non_verbose", "1"])
 
 
@@ -82,10 +97,35 @@ def is_complete(path: str) -> bool:
         return False
 
 
+def result_path(out: str, label: str, seed: int) -> str:
+    return os.path.join(out, "results", label, f"seed{seed}.json")
+
+
+def run_jobs(jobs: list[tuple[str, int, list[str]]], out: str, reuse: bool, tag: str) -> tuple[list[str], list[str]]:
+    """Run each ``(label, seed, main.py argv)`` whose results JSON (``<out>/results/<label>/seed<k>.json``, also
+    named by its ``--results_file``) is not already complete; returns (result files, failed runs)."""
+    from app.runner import run
+
+    result_files, failures = [], []
+    for label, seed, command in jobs:
+        path = result_path(out, label, seed)
+        if not (reuse and is_complete(path)):
+            print(f"[{tag}] {label} seed {seed}: python main.py {shlex.join(command)}", flush=True)
+            try:
+                run(command)
+            except Exception as exc:  # one failing method must not lose the others' results
+                traceback.print_exc()
+                failures.append(f"{label} seed {seed}: {type(exc).__name__}: {exc}")
+                continue
+        result_files.append(path)
+    return result_files, failures
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True)
-    parser.add_argument("--models", required=True, help="comma-separated method names")
+    parser.add_argument("--models", required=True,
+                        help="comma-separated method names; LABEL=METHOD runs a variant under its own label")
     parser.add_argument("--backbone", default=None, help="backbone of the methods (default: the dataset's)")
     parser.add_argument("--backbone_args", default="", help="flags for --backbone, e.g. '--num_filters 32'")
     parser.add_argument("--vit_backbone", default="vit_tiny", help=f"backbone of {', '.join(VIT_METHODS)}")
@@ -108,28 +148,16 @@ def compare(argv: Optional[list[str]] = None) -> tuple[dict[str, str], list[str]
         shared = []
     args, unknown = build_parser().parse_known_args(argv)
     shared = unknown + shared
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    entries = parse_models(args.models)
     extras = parse_extras(args.extra)
-    stray = sorted(set(extras) - set(models))
+    stray = sorted(set(extras) - {label for label, _ in entries})
     if stray:
         raise UserError(f"--extra names {', '.join(stray)}, which is not in --models {args.models}")
     from app.report import build_report  # heavy imports only when running
-    from app.runner import run
 
-    result_files, failures = [], []
-    for model in models:
-        for seed in range(args.first_seed, args.first_seed + args.seeds):
-            path = os.path.join(args.out, "results", model, f"seed{seed}.json")
-            if not (args.reuse and is_complete(path)):
-                command = run_argv(model, seed, args, shared, extras, path)
-                print(f"[compare] {model} seed {seed}: python main.py {shlex.join(command)}", flush=True)
-                try:
-                    run(command)
-                except Exception as exc:  # one failing method must not lose the others' results
-                    traceback.print_exc()
-                    failures.append(f"{model} seed {seed}: {type(exc).__name__}: {exc}")
-                    continue
-            result_files.append(path)
+    jobs = [(label, seed, run_argv(model, seed, args, shared, extras, result_path(args.out, label, seed), label))
+            for label, model in entries for seed in range(args.first_seed, args.first_seed + args.seeds)]
+    result_files, failures = run_jobs(jobs, args.out, args.reuse, "compare")
     if not result_files:
         raise UserError("every run failed: " + "; ".join(failures))
     paths = build_report(result_files, args.out)

@@ -72,8 +72,9 @@ def _fmt(values: list[float]) -> str:
     return " ".join(f"{v:6.2f}" for v in values)
 
 
-def print_task_table(record: RunRecord, out=sys.stdout) -> None:
-    """The accuracy matrix so far, one row per trained task, plus the averages."""
+def print_task_table(record: RunRecord, out=None) -> None:
+    """The accuracy matrix so far, one row per trained task, plus the averages (to ``out``, default stdout)."""
+    out = out if out is not None else sys.stdout  # looked up per call: a redirected stdout may be closed later
     R, Rt = record.accuracy_matrix_class_il, record.accuracy_matrix_task_il
     t = len(R) - 1
     print(f"\nAccuracy after task {t + 1} (class-IL, % per task):", file=out)

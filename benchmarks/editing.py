@@ -1,0 +1,214 @@
+"""The paper's editing experiment (§5): specialization and unlearning by composing task modules, ITA vs IEL vs TMC.
+
+    python -m benchmarks.editing --methods ita,iel,tmc --out benchmarks/out/editing \
+        -- --dataset seq-custom --data_path ../shared/data/cifar100_mini.npz --n_tasks 10 --img_size 64 \
+           --normalization half --backbone efficientnet_lite0 --lr 0.001 --n_epochs 1
+
+Each method is trained once (flags after ``--`` go to every run, ``--extra "ita:--alpha_ita 1"`` to one;
+``--checkpoint ita=PATH`` uses a finished checkpoint instead), saving its last checkpoint in
+``<out>/checkpoints/<method>`` (reused with ``--reuse 1``). Then, on the checkpoint's test sets:
+
+- specialization: compose only the modules of the first, the middle, the last task, of those three together,
+  and of every single task (weights 1/|kept|; ``--raw_weights`` keeps the reference's 1/T);
+- unlearning: leave out each task's module in turn (weights 1/(T-1));
+- theta0 with the same heads: every module dropped.
+
+Target = the edited tasks (kept or dropped; every task for theta0), control = the others; class-IL
+accuracy (%) of the full composition ("before") and the edited one ("after"). Writes ``editing.md`` (the
+summary table), ``editing.csv`` (every edit) and ``editing.png`` (the summary as grouped bars).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import io
+import os
+import sys
+from typing import Any, Optional
+
+from benchmarks.compare import merge_flags, parse_extras
+from utils.args import parse_bool
+from utils.errors import UserError
+
+EDITABLE = ("ita", "iel", "tmc", "second_order")
+
+
+def edits(n_tasks: int) -> list[tuple[str, str, list[int], list[int]]]:
+    """(name, kind, targets, kept modules) of every edit of the protocol for ``n_tasks`` tasks."""
+    first, middle, last = 0, n_tasks // 2, n_tasks - 1
+    out = [("keep all", "check", list(range(n_tasks)), list(range(n_tasks)))]
+    trio = sorted({first, middle, last})
+    out += [(f"keep first ({first})", "specialize", [first], [first]),
+            (f"keep middle ({middle})", "specialize", [middle], [middle]),
+            (f"keep last ({last})", "specialize", [last], [last]),
+            (f"keep {','.join(map(str, trio))}", "specialize", trio, trio)]
+    out += [(f"keep {t}", "specialize-single", [t], [t]) for t in range(n_tasks)]
+    out += [(f"drop {t}", "unlearn", [t], [s for s in range(n_tasks) if s != t]) for t in range(n_tasks)]
+    out.append(("theta0 (all dropped)", "theta0", list(range(n_tasks)), []))
+    return out
+
+
+def _mean(values: list[float], tasks: list[int]) -> Optional[float]:
+    return sum(values[t] for t in tasks) / len(tasks) if tasks else None
+
+
+def run_protocol(model: Any, dataset: Any, raw_weights: bool) -> list[dict[str, Any]]:
+    """One record per edit: target/control class-IL accuracy before (full composition) and after."""
+    import torch
+
+    from app.edit import edit_weights
+    from utils.evaluate import evaluate
+
+    n_tasks = model.pool.n_tasks
+    records = []
+    with torch.no_grad():
+        model.eval_task_weights = None
+        full, _ = evaluate(model, dataset)
+        try:
+            for name, kind, targets, kept in edits(n_tasks):
+                weights = edit_weights(n_tasks, kept, raw_weights) if kept else [0.0] * n_tasks
+                model.eval_task_weights = weights
+                model.compose_eval()
+                edited, _ = evaluate(model, dataset)
+                controls = [t for t in range(n_tasks) if t not in targets]
+                records.append({"edit": name, "kind": kind, "targets": targets, "weights": weights,
+                                "target_before": _mean(full, targets), "target_after": _mean(edited, targets),
+                                "control_before": _mean(full, controls), "control_after": _mean(edited, controls),
+                                "per_task_after": edited, "per_task_before": full})
+        finally:
+            model.eval_task_weights = None
+            model.compose_eval()
+    return records
+
+
+def summary_rows(method: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The table's rows: first/middle/last/trio specialization, means over single tasks, unlearning, theta0."""
+    rows = [dict(r, method=method) for r in records if r["kind"] in ("specialize", "theta0")]
+    for kind, label in (("specialize-single", "keep one task (mean over tasks)"),
+                        ("unlearn", "drop one task (mean over tasks)")):
+        group = [r for r in records if r["kind"] == kind]
+        row = {"method": method, "edit": label, "kind": kind}
+        for key in ("target_before", "target_after", "control_before", "control_after"):
+            values = [r[key] for r in group if r[key] is not None]
+            row[key] = sum(values) / len(values) if values else None
+        rows.insert(-1, row)
+    return rows
+
+
+def _cell(value: Optional[float]) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def write_outputs(results: dict[str, list[dict[str, Any]]], out: str) -> dict[str, str]:
+    from utils.io import atomic_write
+    from utils.plots import plot_edit_table
+
+    lines = ["# Editing (specialization and unlearning by composing task modules)", "",
+             "Class-IL accuracy (%); before = all modules composed, after = the edit.", "",
+             "| method | edit | target before | target after | control before | control after |",
+             "|---|---|---|---|---|---|"]
+    plot_rows = []
+    for method, records in results.items():
+        for row in summary_rows(method, records):
+            lines.append(f"| {method} | {row['edit']} | {_cell(row['target_before'])} | {_cell(row['target_after'])} "
+                         f"| {_cell(row['control_before'])} | {_cell(row['control_after'])} |")
+            if row["kind"] in ("specialize-single", "unlearn", "theta0"):
+                plot_rows.append({"name": f"{method}: {row['edit'].split(' (')[0]}",
+                                  **{k: row[k] for k in ("target_before", "target_after", "control_before",
+                                                         "control_after") if row[k] is not None}})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["method", "edit", "kind", "targets", "target_before", "target_after", "control_before",
+                     "control_after"])
+    for method, records in results.items():
+        for r in records:
+            writer.writerow([method, r["edit"], r["kind"], " ".join(map(str, r["targets"])),
+                             *("" if r[k] is None else repr(r[k]) for k in ("target_before", "target_after",
+                                                                             "control_before", "control_after"))])
+    paths = {"markdown": os.path.join(out, "editing.md"), "csv": os.path.join(out, "editing.csv"),
+             "png": os.path.join(out, "editing.png")}
+    atomic_write(paths["markdown"], lambda fh: fh.write("\n".join(lines) + "\n"))
+    atomic_write(paths["csv"], lambda fh: fh.write(buffer.getvalue()))
+    plot_edit_table(plot_rows, paths["png"], title="Editing: target/control class-IL before and after")
+    return paths
+
+
+def parse_checkpoints(items: list[str]) -> dict[str, str]:
+    found = {}
+    for item in items:
+        method, sep, path = item.partition("=")
+        if not sep or not os.path.isfile(path):
+            raise UserError(f"--checkpoint '{item}' must be METHOD=PATH to an existing checkpoint file")
+        found[method.strip()] = path
+    return found
+
+
+def last_checkpoint(folder: str) -> Optional[str]:
+    files = sorted(glob.glob(os.path.join(folder, "**", "*.pt"), recursive=True), key=os.path.getmtime)
+    return files[-1] if files else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.editing", description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default="ita,iel,tmc", help=f"comma-separated, from {', '.join(EDITABLE)}")
+    parser.add_argument("--checkpoint", action="append", default=[], help="METHOD=PATH: edit this checkpoint")
+    parser.add_argument("--extra", action="append", default=[], help="'METHOD:--flag value ...' (repeatable)")
+    parser.add_argument("--raw_weights", type=parse_bool, default=False, help="kept modules weigh 1/T, not 1/|kept|")
+    parser.add_argument("--out", default="benchmarks/out/editing", help="output folder (git-ignored by default)")
+    parser.add_argument("--reuse", type=parse_bool, default=True, help="reuse checkpoints already in --out")
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: auto)")
+    return parser
+
+
+def editing(argv: Optional[list[str]] = None) -> dict[str, str]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    shared: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, shared = argv[:cut], argv[cut + 1:]
+    args, unknown = build_parser().parse_known_args(argv)
+    shared = unknown + shared
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in EDITABLE]
+    if bad:
+        raise UserError(f"--methods: '{bad[0]}' cannot be edited; choose from {', '.join(EDITABLE)}")
+    extras, given = parse_extras(args.extra), parse_checkpoints(args.checkpoint)
+    from app.edit import load_model
+    from app.runner import run
+
+    results = {}
+    for method in methods:
+        path = given.get(method)
+        folder = os.path.join(args.out, "checkpoints", method)
+        if path is None:
+            path = last_checkpoint(folder) if args.reuse else None
+        if path is None:
+            command = ["--model", method, *merge_flags(shared, extras.get(method, []), [
+                "--savecheck", "last", "--checkpoint_path", folder, "--non_verbose", "1",
+                "--results_file", os.path.join(args.out, "results", f"{method}.json")])]
+            print(f"[editing] {method}: python main.py {' '.join(command)}", flush=True)
+            run(command)
+            path = last_checkpoint(folder)
+            if path is None:
+                raise UserError(f"{method}: the run wrote no checkpoint in {folder}")
+        print(f"[editing] {method}: editing {path}", flush=True)
+        _, dataset, model, _ = load_model(path, args.device)
+        results[method] = run_protocol(model, dataset, args.raw_weights)
+    paths = write_outputs(results, args.out)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return paths
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    try:
+        editing(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
