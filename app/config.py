@@ -256,6 +256,8 @@ def parse_args(argv: Optional[list[str]] = None, checkpoint_args: Optional[dict]
             if source == "checkpoint args" and (key not in {a.dest for a in parser._actions}
                                                 or not changes_results(key)):
                 continue  # run flags are this process's own; keys of other versions of the model are ignored
+            if source == f"{model_cls.NAME} defaults" and key not in {a.dest for a in parser._actions}:
+                continue  # a backbone flag of another backbone (e.g. pretrain_type without a ViT-B)
             merged[key] = _coerce(parser, key, value, source)
     merged.pop("dataset_structure", None)
     parser.set_defaults(**merged)

@@ -140,6 +140,7 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
             if checkpoints.is_framework_checkpoint(local):
                 ckpt_args = checkpoints.load_checkpoint(local)["args"]
     args = parse_args(argv, checkpoint_args=ckpt_args)
+    distributed.check_launch(args.distributed)
     if args.distributed == "ddp":
         device = distributed.init_from_env(args.dist_timeout, args.device)
         try:

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Literal, Optional
 
@@ -70,6 +71,25 @@ def create_timm_vit(arch: str = VIT_B16, img_size: int = 224, in_chans: int = 3,
                                       img_size=img_size, in_chans=in_chans, global_pool="token", **kwargs)
 
 
+TEST_ARCH_ENV = "CL_TEST_VIT_B16_ARCH"
+
+
+def vit_b16_architecture() -> tuple[str, dict[str, Any]]:
+    """The timm architecture behind ``--backbone vit``: ViT-B/16, unless the test-only environment variable
+    ``CL_TEST_VIT_B16_ARCH="arch[:key=int,...]"`` (e.g. ``vit_tiny_patch16_224:depth=1``) replaces it by a smaller
+    one with the same weight names and tags, so that CPU tests (``benchmarks/gpu_check.py --device cpu``) run the
+    real loading path (Hugging Face cache, ``--pretrain_type``) in seconds. Never set it for real runs."""
+    spec = os.environ.get(TEST_ARCH_ENV, "").strip()
+    if not spec:
+        return VIT_B16, {}
+    arch, _, rest = spec.partition(":")
+    try:
+        kwargs = {k: int(v) for k, v in (item.split("=") for item in rest.split(",") if item)}
+    except ValueError:
+        raise UserError(f"{TEST_ARCH_ENV}={spec!r}: expected arch[:key=int,...]") from None
+    return arch, kwargs
+
+
 @register("vit")
 def vit(num_classes: int, img_size: int = 224, in_chans: int = 3, pretrained: bool = True,
         pretrain_type: Literal["in21k", "in21k-ft-in1k", "in21k_old"] = "in21k-ft-in1k",
@@ -80,6 +100,7 @@ def vit(num_classes: int, img_size: int = 224, in_chans: int = 3, pretrained: bo
     in21k_old = Google's original ImageNet-21k ``ViT-B_16.npz``. ``--pretrained_path FILE`` loads local
     weights instead (works offline). The weights expect inputs normalised with mean = std = 0.5.
     """
-    body = create_timm_vit(VIT_B16, img_size=img_size, in_chans=in_chans, pretrained=pretrained,
-                           pretrain_type=pretrain_type, pretrained_path=pretrained_path)
+    arch, overrides = vit_b16_architecture()
+    body = create_timm_vit(arch, img_size=img_size, in_chans=in_chans, pretrained=pretrained,
+                           pretrain_type=pretrain_type, pretrained_path=pretrained_path, **overrides)
     return ContinualBackbone(body, body.num_features, num_classes)

@@ -107,3 +107,29 @@ def filter_keywords(method: Callable, kwargs: dict[str, Any]) -> dict[str, Any]:
     """The entries of ``kwargs`` that ``method`` accepts (all of them if it takes ``**kwargs``)."""
     names, var_kw = accepted_keywords(method)
     return dict(kwargs) if var_kw else {k: v for k, v in kwargs.items() if k in names}
+
+
+def uses_not_aug(cls: type, base: type) -> bool:
+    """Whether ``cls``'s loaders must build the not-augmented view.
+
+    A class (below ``base``) that declares ``USES_NOT_AUG`` decides; otherwise - a model file written for
+    Mammoth, where ``not_aug_inputs`` is always given - the view is built when ``observe`` mentions its
+    third argument (read, stored, or passed on).
+    """
+    for klass in cls.__mro__:
+        if klass is base:
+            break
+        if "USES_NOT_AUG" in vars(klass):
+            return bool(vars(klass)["USES_NOT_AUG"])
+    import ast
+    import textwrap
+    observe = getattr(cls, "observe", None)
+    try:
+        params = list(inspect.signature(observe).parameters)
+        tree = ast.parse(textwrap.dedent(inspect.getsource(observe)))
+    except (TypeError, ValueError, OSError, SyntaxError):
+        return True
+    if len(params) < 4:  # (self, inputs, labels, not_aug_inputs, ...)
+        return False
+    name = params[3]
+    return any(isinstance(node, ast.Name) and node.id == name for node in ast.walk(tree))

@@ -40,7 +40,7 @@ class SecondOrder(ContinualModel):
 
     NAME = "second_order"
     COMPATIBILITY = ["class-il", "task-il"]
-    DEFAULTS = {"optimizer": "adamw"}
+    DEFAULTS = {"optimizer": "adamw", "pretrain_type": "in21k"}  # the paper's ViT-B/16 ImageNet-21k weights
     FIXED_USE_IEL: Optional[bool] = None  # set by the ``ita``/``iel`` names
 
     @staticmethod
@@ -236,7 +236,8 @@ class SecondOrder(ContinualModel):
 
         gen = torch.Generator().manual_seed(1000003 * self.current_task + (self.args.seed or 0) + distributed.rank())
         fisher, n = network_fisher(logits, self.pool.layers, batches(), self.args.fisher_mc_classes,
-                                   self.args.fisher_sampled_labels, gen, self.args.fisher_precision)
+                                   self.args.fisher_sampled_labels, gen, self.args.fisher_precision,
+                                   mc_group=self.args.batch_size)
         # under DDP each rank saw a shard of the images: sum the sums and counts
         self.fisher_current, self.n_current = reduce_fisher(fisher, n)
         classes = list(range(end)) if not self.use_iel else list(range(start))
@@ -371,12 +372,15 @@ class SecondOrder(ContinualModel):
         return list(zip(params, grads))
 
     def optimizer_step(self) -> None:
-        """Penalty step (decoupled: p -= s_e clip(g_R); coupled: .grad += clip(g_R)), then AdamW; no host sync."""
+        """Penalty step (decoupled: p -= s_e clip(g_R); coupled: .grad += clip(g_R)), then AdamW; no host sync.
+
+        Penalties are computed in fp32 even inside the bf16 training autocast."""
         penalty = []
-        if self.adapter_strength > 0:
-            penalty += self.adapter_penalty_grads()
-        if self.head_strength > 0:  # Q7: lambda_F = 0 disables the L2 term as well
-            penalty += self.head_penalty_grads()
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            if self.adapter_strength > 0:
+                penalty += self.adapter_penalty_grads()
+            if self.head_strength > 0:  # Q7: lambda_F = 0 disables the L2 term as well
+                penalty += self.head_penalty_grads()
         stepping.apply_penalty_(penalty, self.args.clip_grad, self.decoupled, self._lr_scale)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)

@@ -116,3 +116,13 @@ def test_observe_gets_only_the_keywords_it_declares():
     assert filter_keywords(observe_plain, given) == {}
     assert filter_keywords(observe_epoch, given) == {"epoch": 2}
     assert set(filter_keywords(observe_any, given)) == {"epoch", "true_labels"}
+
+
+def test_not_augmented_view_is_built_when_a_mammoth_observe_uses_it(mammoth_models):
+    from models import MODELS
+    from models.utils.continual_model import ContinualModel
+    from mammoth_compat.model import uses_not_aug
+    found = {n: uses_not_aug(MODELS.get(n), ContinualModel) for n in ("mm_dark", "mm_devaug", "mm_anchor", "mm_hooks",
+                                                                      "er", "sgd")}
+    assert found == {"mm_dark": True, "mm_devaug": True, "mm_anchor": False, "mm_hooks": False, "er": True,
+                     "sgd": False}  # undeclared: from observe's code; declared (er, sgd): USES_NOT_AUG

@@ -63,6 +63,18 @@ def init_from_env(timeout_seconds: float, device_name: Optional[str] = None) -> 
     return device
 
 
+def check_launch(mode: str) -> None:
+    """Refuse a multi-process launch (``torchrun``: ``WORLD_SIZE`` > 1) without ``--distributed ddp``, where
+    every process would train a complete copy of the run and all of them would write the same files."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        world = 1
+    if mode != "ddp" and world > 1:
+        raise UserError(f"launched as {world} processes (WORLD_SIZE={world}, e.g. by torchrun) without "
+                        f"--distributed ddp; add --distributed ddp, or run a single process (python main.py ...)")
+
+
 def shutdown() -> None:
     if is_distributed():
         dist.destroy_process_group()

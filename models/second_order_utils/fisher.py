@@ -131,28 +131,68 @@ class FisherHooks:
 
 
 def select_classes(probs: torch.Tensor, mc_classes: Optional[int]) -> list[int]:
-    """All classes, or the k classes most often among the samples' top-k (the cheaper approximation)."""
+    """All classes, or the paper code's top-k rule for one micro-batch: the k classes that occur most often
+    among the samples' top-k classes; equal counts go to the class that occurs first in the row-major list of
+    top-k indices (sample by sample, most likely first), as ``collections.Counter.most_common`` orders them."""
     n = probs.shape[1]
     if mc_classes is None or mc_classes >= n:
         return list(range(n))
-    top = probs.topk(mc_classes, dim=1).indices.flatten()
-    counts = torch.bincount(top, minlength=n)
-    return counts.topk(mc_classes).indices.sort().values.tolist()
+    top = probs.topk(mc_classes, dim=1).indices.flatten().tolist()
+    counts: dict[int, int] = {}
+    for c in top:  # insertion order = first occurrence
+        counts[c] = counts.get(c, 0) + 1
+    ranked = sorted(counts, key=lambda c: -counts[c])  # stable: ties keep first-occurrence order
+    return ranked[:mc_classes]
+
+
+def regroup(batches: Iterable[torch.Tensor], group: int) -> Iterator[torch.Tensor]:
+    """The same samples in the same order, in batches whose sizes are multiples of ``group`` (the leftover
+    rows wait for the next batch; the last batch takes the rest), so micro-batch ``i`` of the stream is rows
+    ``[i*group, (i+1)*group)`` of the whole pass whatever the incoming batch size."""
+    carry: Optional[torch.Tensor] = None
+    for x in batches:
+        x = x if carry is None else torch.cat([carry, x])
+        whole = (x.shape[0] // group) * group
+        carry = x[whole:] if whole < x.shape[0] else None
+        if whole:
+            yield x[:whole]
+    if carry is not None:
+        yield carry
+
+
+def class_scores(logp: torch.Tensor, probs: torch.Tensor, mc_classes: Optional[int],
+                 group: Optional[int]) -> list[torch.Tensor]:
+    """One score per backpropagated class c: sum_b m_bc sqrt(p_bc) log p_bc, where m_bc = 1 when c is among
+    the classes selected for sample b's micro-batch of ``group`` rows (every class with ``mc_classes=None``)."""
+    n = probs.shape[1]
+    if mc_classes is None or mc_classes >= n:
+        return [(probs[:, c].sqrt() * logp[:, c]).sum() for c in range(n)]
+    group = group or probs.shape[0]
+    mask = torch.zeros_like(probs)
+    for start in range(0, probs.shape[0], group):
+        mask[start:start + group, select_classes(probs[start:start + group], mc_classes)] = 1.0
+    weights = mask * probs.sqrt()
+    return [(weights[:, c] * logp[:, c]).sum() for c in mask.sum(0).nonzero().flatten().tolist()]
 
 
 def network_fisher(forward: Callable[[torch.Tensor], torch.Tensor], layers: dict[str, AdaptedLayer],
                    batches: Iterable[torch.Tensor], mc_classes: Optional[int] = None,
                    sampled_labels: Optional[int] = None, generator: Optional[torch.Generator] = None,
-                   precision: str = "fp32") -> tuple[dict[str, torch.Tensor], int]:
+                   precision: str = "fp32", mc_group: Optional[int] = None,
+                   ) -> tuple[dict[str, torch.Tensor], int]:
     """Fisher sums of every adapted layer's weight over ``batches`` and the number of samples.
 
     ``forward(x)`` returns the logits over the classes the Fisher is taken on (already sliced).
     Exact (default): one backward per class c of sum_b sqrt(p_c(x_b)) log p_c(x_b).
-    ``mc_classes=k``: only the k most likely classes (truncated sum, biased).
+    ``mc_classes=k``: for each micro-batch of ``mc_group`` consecutive samples of the pass (the paper code's
+    ``--batch_size``; default: each incoming batch), only the k classes of :func:`select_classes` (truncated
+    sum, biased); the result does not depend on how ``batches`` is cut.
     ``sampled_labels=k`` (the *sampled-label* estimator, unbiased): k backwards per batch, each of
     sum_b log p_{y_b}(x_b) / sqrt(k) with y_b drawn from the model's prediction p(x_b).
     """
     n = 0
+    if mc_classes is not None and mc_group and not sampled_labels:
+        batches = regroup(batches, mc_group)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     with FisherHooks(layers, dtype) as hooks:
         for x in batches:
@@ -167,7 +207,7 @@ def network_fisher(forward: Callable[[torch.Tensor], torch.Tensor], layers: dict
                 scores = [logp.gather(1, draws[:, j:j + 1]).sum() / sampled_labels ** 0.5
                           for j in range(sampled_labels)]
             else:
-                scores = [(probs[:, c].sqrt() * logp[:, c]).sum() for c in select_classes(probs, mc_classes)]
+                scores = class_scores(logp, probs, mc_classes, mc_group)
             with fisher_precision(precision, x.device):
                 for i, score in enumerate(scores):
                     torch.autograd.grad(score, hooks.leaves, retain_graph=i < len(scores) - 1)

@@ -66,12 +66,15 @@ def add_second_order_args(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     add("--num_epochs_align_pretuning", type=nonneg_int, default=10, help="classifier-alignment epochs (+5t)")
     add("--lr_align_pretuning", type=positive_float, default=0.01, help="classifier-alignment learning rate")
     add("--fisher_mc_classes", type=all_or_int, default=None,
-        help="'all' (exact Fisher) or k: backpropagate only the k most likely classes (cheaper approximation)")
+        help="'all' (exact Fisher) or k: per --batch_size micro-batch of the pass, backpropagate only the k "
+             "classes most frequent among the samples' top-k (the paper code's rule; a cheaper, biased "
+             "approximation; independent of --stats_batch_size)")
     add("--fisher_sampled_labels", type=none_or(positive_int), default=None,
         help="approximate Fisher (never the default): k labels per image sampled from the model's prediction, "
              "k backward passes instead of one per seen class (unbiased; docs/speed.md has its error)")
     add_run_flag(parser, "--stats_batch_size", type=auto_or_int, default=None,
-        help="batch of the theta0 passes (features, Fisher); the results do not depend on it. auto (default): "
+        help="batch of the theta0 passes (features, Fisher); the results do not depend on it (also with "
+             "--fisher_mc_classes k, chosen per --batch_size micro-batch). auto (default): "
              f"{CPU_STATS_BATCH} on a CPU, sized from the free memory on CUDA")
     add("--fisher_precision", type=str, default="fp32", choices=["fp32", "tf32", "bf16"],
         help="GEMM precision of the Fisher pass (squares always summed in fp32); docs/speed.md has the measured "

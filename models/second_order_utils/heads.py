@@ -13,6 +13,8 @@ class IncrementalHead(nn.Module):
         super().__init__()
         self.feature_dim, self.total_classes = feature_dim, total_classes
         self.heads = nn.ModuleList()
+        # follows ``.to(device)`` even while there is no head yet: new heads are created on its device
+        self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
 
     @property
     def n_classes(self) -> int:
@@ -26,11 +28,10 @@ class IncrementalHead(nn.Module):
         """Append a head (truncated-normal std 0.02, bias 0) and freeze the older ones."""
         for h in self.heads:
             h.requires_grad_(False)
-        head = nn.Linear(self.feature_dim, n_classes)
+        head = nn.Linear(self.feature_dim, n_classes, device=self._device_anchor.device)
         nn.init.trunc_normal_(head.weight, std=0.02)
         nn.init.zeros_(head.bias)
-        ref = next(self.parameters(), None)
-        self.heads.append(head.to(ref.device) if ref is not None else head)
+        self.heads.append(head)
         return head
 
     def seen_logits(self, features: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from backbone import ContinualBackbone
-from mammoth_compat.model import MammothModelAPI, filter_keywords
+from mammoth_compat.model import MammothModelAPI, filter_keywords, uses_not_aug
 from models.utils.buffer import Buffer
 from utils import distributed
 from utils.optimization import COMPILE_LEVEL, apply_matmul_precision, compiled
@@ -41,7 +41,9 @@ class ContinualModel(MammothModelAPI, nn.Module):
     AVAIL_OPTIMS = ("sgd", "adam", "adamw")
     # None: the method supports --distributed ddp; otherwise the reason it does not (a one-line error)
     DDP_UNSUPPORTED: Optional[str] = None
-    USES_NOT_AUG = False  # True: observe reads the not-augmented view (otherwise the loaders never build it)
+    # True: observe reads the not-augmented view (otherwise the loaders never build it). Undeclared (a model file
+    # written for Mammoth): decided from observe's code (mammoth_compat.model.uses_not_aug)
+    USES_NOT_AUG = False
     LOG_EVERY = 25  # the loop reads (host-syncs) the loss of every LOG_EVERY-th step of an epoch, and the last
 
     def __init__(self, backbone: ContinualBackbone, loss: Callable, args: argparse.Namespace,
@@ -62,7 +64,7 @@ class ContinualModel(MammothModelAPI, nn.Module):
         self.opt: Optional[torch.optim.Optimizer] = None
         apply_matmul_precision(self.code_optimization)
         if dataset is not None:
-            dataset.build_not_aug = self.USES_NOT_AUG
+            dataset.build_not_aug = uses_not_aug(type(self), ContinualModel)
 
     # ----- hooks to override ----------------------------------------------------------------------
     @staticmethod

@@ -1,0 +1,253 @@
+"""GPU check of the flagship: the published ITA and IEL command lines on CUDA, offline, in minutes.
+
+    python -m benchmarks.gpu_check                      # CUDA: ViT-B/16, fp32 and bf16 (+ torchrun x2 with 2 GPUs)
+    python -m benchmarks.gpu_check --device cpu         # the same checks on the CPU with a small ViT (the test suite)
+
+Nothing is downloaded. In a temporary folder it writes
+
+* CIFAR-100 in the official on-disk layout (``CIFAR100/cifar-100-python/{train,test,meta}``, python pickles) from
+  ``../shared/data/cifar100_mini.npz`` (1,117 training and 916 test images of the 100 classes), and
+* random ViT-B/16 weights into a Hugging Face cache (``HF_HOME``) under the timm name that ``--pretrain_type in21k``
+  resolves (``timm/vit_base_patch16_224.augreg_in21k``), so the real loading path runs;
+
+then runs, in debug mode (a few batches per epoch and per evaluation; ``--vbs_tail flush`` so that the 16
+micro-batch virtual batch still makes optimizer and penalty steps), the published lines (algorithm.md §7)
+
+    --model ita --dataset seq-cifar100-224 --model_config best
+    --model iel --dataset seq-cifar100-224 --model_config best      (= the paper code's IEL reproduction line)
+
+with ``--precision fp32`` and ``bf16``, and under ``torchrun --nproc_per_node 2 ... --distributed ddp`` when two
+GPUs exist. Each run must finish with finite accuracies and with every tensor of the model (parameters, buffers,
+Fisher sums, optimizer state, heads; the GMMs are host-side by design) on the run's device. The JSON (``--out``)
+holds per-phase seconds (features, GMMs, pre-tuning, Fisher, training, evaluation), the peak GPU memory and the
+accuracies of every run. Exit code 0 when every check passes, 1 otherwise.
+
+``--device cpu`` replaces ViT-B/16 by ``vit_tiny_patch16_224`` with one block, 32-pixel patches and 96 dimensions
+through the test-only variable ``CL_TEST_VIT_B16_ARCH`` (backbone/vit.py), stops after 2 tasks and runs ITA fp32 and
+IEL bf16 only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # also when torchrun starts this file by its path
+    sys.path.insert(0, ROOT)
+DEFAULT_DATA = next((p for p in (os.path.join(up, "shared", "data", "cifar100_mini.npz") for up in (
+    os.path.dirname(ROOT), os.path.dirname(os.path.dirname(ROOT)))) if os.path.isfile(p)),
+    os.path.join(os.path.dirname(ROOT), "shared", "data", "cifar100_mini.npz"))
+LINES = {"ita": ["--model", "ita", "--dataset", "seq-cifar100-224", "--model_config", "best"],
+         "iel": ["--model", "iel", "--dataset", "seq-cifar100-224", "--model_config", "best"]}
+HUB_NAME = "timm/vit_base_patch16_224.augreg_in21k"
+CPU_ARCH = "vit_tiny_patch16_224:depth=1,patch_size=32,embed_dim=96"
+PHASES = {"_extract_features": "features", "_fit_gmms": "gmms", "_pretune": "pretuning",
+          "_compute_fisher": "fisher", "meta_observe": "training", "end_task": "end_task"}
+
+
+def write_cifar100(npz_path: str, base_path: str) -> str:
+    """``npz_path`` as ``<base_path>/CIFAR100/cifar-100-python/{train,test,meta}`` (the official pickles)."""
+    from datasets.utils.cifar import CIFAR100_CLASSES
+    folder = os.path.join(base_path, "CIFAR100", "cifar-100-python")
+    os.makedirs(folder, exist_ok=True)
+    with np.load(npz_path) as data:
+        for split in ("train", "test"):
+            x, y = data[f"x_{split}"], data[f"y_{split}"]
+            coarse = data[f"coarse_{split}"] if f"coarse_{split}" in data else np.zeros_like(y)
+            entry = {"filenames": [f"{split}_{i}.png" for i in range(len(y))], "batch_label": f"{split} mini",
+                     "fine_labels": [int(v) for v in y], "coarse_labels": [int(v) for v in coarse],
+                     "data": np.ascontiguousarray(x.reshape(len(y), -1), dtype=np.uint8)}  # (N, 3*32*32) CHW rows
+            with open(os.path.join(folder, split), "wb") as fh:
+                pickle.dump(entry, fh, protocol=4)
+    with open(os.path.join(folder, "meta"), "wb") as fh:
+        pickle.dump({"fine_label_names": list(CIFAR100_CLASSES), "coarse_label_names": []}, fh, protocol=4)
+    return folder
+
+
+def write_hub_weights(hf_home: str, arch_spec: Optional[str]) -> str:
+    """Random weights of the ``vit`` backbone's architecture as ``HUB_NAME`` in a Hugging Face cache."""
+    import timm
+    import torch
+    arch, _, rest = (arch_spec or "vit_base_patch16_224").partition(":")
+    kwargs = {k: int(v) for k, v in (item.split("=") for item in rest.split(",") if item)}
+    torch.manual_seed(0)
+    model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
+    repo = os.path.join(hf_home, "hub", "models--" + HUB_NAME.replace("/", "--").replace(
+        "vit_base_patch16_224", arch))
+    commit = "0" * 40
+    os.makedirs(os.path.join(repo, "refs"), exist_ok=True)
+    os.makedirs(os.path.join(repo, "snapshots", commit), exist_ok=True)
+    with open(os.path.join(repo, "refs", "main"), "w") as fh:
+        fh.write(commit)
+    path = os.path.join(repo, "snapshots", commit, "pytorch_model.bin")
+    torch.save(model.state_dict(), path)
+    return path
+
+
+class PhaseTimer:
+    """Wraps a model's phase methods on the instance and sums their wall-clock seconds (GPU synchronised)."""
+
+    def __init__(self, model: Any, device: Any):
+        import torch
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+        for method, phase in PHASES.items():
+            if hasattr(model, method):
+                setattr(model, method, self._timed(getattr(model, method), phase))
+
+    def _timed(self, fn: Callable, phase: str) -> Callable:
+        def wrapped(*args, **kwargs):
+            self._sync()
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._sync()
+                self.seconds[phase] += time.perf_counter() - start
+        return wrapped
+
+
+def run_line(argv: list[str]) -> dict[str, Any]:
+    """One run in this process: build, train with per-task device checks, return accuracies, phases, memory."""
+    import torch
+
+    from app.config import parse_args
+    from app.experiment import build_experiment
+    from utils import distributed
+    from utils.device_audit import misplaced_tensors
+    from utils.training import train
+
+    args = parse_args(argv)
+    device = distributed.init_from_env(args.dist_timeout, args.device) if args.distributed == "ddp" else None
+    experiment = build_experiment(args, device)
+    model, device = experiment.model, experiment.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    timer = PhaseTimer(model, device)
+    misplaced: list[str] = []
+
+    def after_task(record: Any) -> None:
+        misplaced.extend(f"task {record.tasks_done}: {m}" for m in misplaced_tensors(model, device))
+
+    started = time.perf_counter()
+    record = train(model, experiment.dataset, args, on_task_end=after_task)
+    total = time.perf_counter() - started
+    evaluation = sum(t["eval_seconds"] for t in record.task_timings)
+    accs = [a for row in record.accuracy_matrix_class_il + record.accuracy_matrix_task_il for a in row]
+    out = {"argv": argv, "device": str(device), "rank": distributed.rank(), "tasks_done": record.tasks_done,
+           "final_class_il": accs and record.accuracy_matrix_class_il[-1], "seconds_total": round(total, 2),
+           "seconds": {**{k: round(v, 2) for k, v in timer.seconds.items()}, "evaluation": round(evaluation, 2)},
+           "peak_memory_mib": round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
+           if device.type == "cuda" else None,
+           "misplaced_tensors": misplaced[:20], "finite": bool(accs) and all(math.isfinite(a) for a in accs),
+           "penalties": {k: float(v) for k, v in getattr(model, "last_penalties", {}).items()}}
+    out["penalties_finite"] = all(math.isfinite(v) for v in out["penalties"].values())
+    out["ok"] = out["finite"] and out["penalties_finite"] and not misplaced and record.tasks_done > 0
+    if args.distributed == "ddp":
+        distributed.shutdown()
+    return out
+
+
+def plan(device: str, gpus: int) -> list[tuple[str, str, int]]:
+    """(line, precision, processes) of every run."""
+    if device == "cpu":
+        return [("ita", "fp32", 1), ("iel", "bf16", 1)]
+    runs = [(line, precision, 1) for line in ("ita", "iel") for precision in ("fp32", "bf16")]
+    if gpus >= 2:
+        runs += [("ita", "bf16", 2), ("iel", "bf16", 2)]
+    return runs
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (small ViT, 2 tasks)")
+    parser.add_argument("--data", default=DEFAULT_DATA, help="cifar100_mini.npz")
+    parser.add_argument("--out", default="gpu_check.json", help="JSON report")
+    parser.add_argument("--n_epochs", type=int, default=None,
+                        help="epochs per task (default: the published 20 on CUDA, 1 on the CPU)")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one run, JSON to this file
+    opts, extra = parser.parse_known_args(argv)
+    if opts.worker:  # inside torchrun (or a child process): one run with the given arguments
+        result = run_line(extra)
+        if result["rank"] == 0:
+            with open(opts.worker, "w") as fh:
+                json.dump(result, fh)
+        return 0 if result["ok"] else 1
+    if not os.path.isfile(opts.data):
+        print(f"error: {opts.data} not found; pass --data PATH/cifar100_mini.npz", file=sys.stderr)
+        return 2
+    tmp = tempfile.mkdtemp(prefix="gpu-check-")
+    env = dict(os.environ, HF_HOME=os.path.join(tmp, "hf"), HF_HUB_OFFLINE="1", CL_NO_DOWNLOAD="1",
+               TORCH_HOME=os.path.join(tmp, "torch"))
+    arch = CPU_ARCH if opts.device == "cpu" else None
+    if arch:
+        env["CL_TEST_VIT_B16_ARCH"] = arch
+    else:
+        env.pop("CL_TEST_VIT_B16_ARCH", None)
+    report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": opts.device,
+                              "runs": []}
+    try:
+        started = time.perf_counter()
+        write_cifar100(opts.data, os.path.join(tmp, "data"))
+        write_hub_weights(env["HF_HOME"], arch)
+        report["setup_seconds"] = round(time.perf_counter() - started, 2)
+        import torch
+        gpus = torch.cuda.device_count() if opts.device != "cpu" else 0
+        if opts.device != "cpu" and gpus == 0:
+            print("error: no CUDA device; use --device cpu", file=sys.stderr)
+            return 2
+        report["gpu"] = torch.cuda.get_device_name(0) if gpus else None
+        epochs = opts.n_epochs or (1 if opts.device == "cpu" else None)
+        for i, (line, precision, procs) in enumerate(plan(opts.device, gpus)):
+            run_args = [*LINES[line], "--debug_mode", "1", "--vbs_tail", "flush", "--precision", precision,
+                        "--seed", "0", "--non_verbose", "--base_path", os.path.join(tmp, "data"),
+                        "--device", opts.device, "--num_workers", "2" if opts.device != "cpu" else "0"]
+            if epochs:
+                run_args += ["--n_epochs", str(epochs)]
+            if opts.device == "cpu":
+                run_args += ["--stop_after", "2"]
+            out = os.path.join(tmp, f"run{i}.json")
+            launcher = [sys.executable] if procs == 1 else [sys.executable, "-m", "torch.distributed.run",
+                                                            "--standalone", "--nproc_per_node", str(procs)]
+            if procs > 1:
+                run_args += ["--distributed", "ddp"]
+            cmd = [*launcher, "-m" if procs == 1 else os.path.join(ROOT, "benchmarks", "gpu_check.py"),
+                   *(["benchmarks.gpu_check"] if procs == 1 else []), "--worker", out, *run_args]
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+            entry = json.load(open(out)) if os.path.isfile(out) else {"ok": False}
+            entry.update(line=line, precision=precision, processes=procs, exit_code=proc.returncode,
+                         wall_seconds=round(time.perf_counter() - t0, 2))
+            if proc.returncode != 0 or not entry["ok"]:
+                entry["ok"] = False
+                entry["stderr_tail"] = proc.stderr[-3000:]
+            report["runs"].append(entry)
+            print(f"{line} {precision} x{procs}: {'ok' if entry['ok'] else 'FAILED'} "
+                  f"({entry['wall_seconds']} s, class-IL {entry.get('final_class_il')}, "
+                  f"peak {entry.get('peak_memory_mib')} MiB)", flush=True)
+        report["total_seconds"] = round(time.perf_counter() - started, 2)
+        report["ok"] = all(r["ok"] for r in report["runs"])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    tmp_out = opts.out + ".tmp"
+    with open(tmp_out, "w") as fh:
+        json.dump(report, fh, indent=2)
+    os.replace(tmp_out, opts.out)
+    print(f"{'all checks passed' if report['ok'] else 'CHECK FAILED'}; report: {opts.out}")
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

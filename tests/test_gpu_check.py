@@ -1,0 +1,45 @@
+"""benchmarks/gpu_check.py on the CPU (small ViT through CL_TEST_VIT_B16_ARCH): the same script a GPU machine runs."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from benchmarks import gpu_check
+from tests.conftest import SHARED_DATA
+
+
+def mini_cifar100():
+    for folder in (SHARED_DATA, os.path.dirname(gpu_check.DEFAULT_DATA)):
+        path = os.path.join(folder, "cifar100_mini.npz")
+        if os.path.isfile(path):
+            return path
+    pytest.skip("cifar100_mini.npz is not available")
+
+
+def test_cifar100_is_written_in_the_official_layout_the_loader_reads(tmp_path):
+    from datasets.utils.cifar import load_cifar
+    data = mini_cifar100()
+    folder = gpu_check.write_cifar100(data, str(tmp_path))
+    assert sorted(os.listdir(folder)) == ["meta", "test", "train"]
+    train, test = load_cifar("cifar100", str(tmp_path), download=False)
+    with np.load(data) as npz:
+        for source, split in ((train, "train"), (test, "test")):
+            assert np.array_equal(source.targets, npz[f"y_{split}"])
+            assert np.array_equal(source.data, npz[f"x_{split}"].transpose(0, 2, 3, 1))  # HWC, as loaded
+
+
+@pytest.mark.skipif(os.environ.get("CL_RUN_GPU_CHECK_CPU") != "1",
+                    reason="not yet seen to finish on the shared 2-core machine; set CL_RUN_GPU_CHECK_CPU=1")
+def test_gpu_check_runs_the_published_lines_on_the_cpu(tmp_path):
+    out = tmp_path / "check.json"
+    assert gpu_check.main(["--device", "cpu", "--data", mini_cifar100(), "--out", str(out)]) == 0
+    report = json.load(open(out))
+    assert report["ok"] and [(r["line"], r["precision"]) for r in report["runs"]] == [("ita", "fp32"),
+                                                                                      ("iel", "bf16")]
+    for run in report["runs"]:
+        assert run["tasks_done"] == 2 and run["finite"] and not run["misplaced_tensors"]
+        assert "--model_config" in run["argv"] and run["argv"][run["argv"].index("--model") + 1] == run["line"]
+        for phase in ("features", "gmms", "pretuning", "fisher", "training", "evaluation"):
+            assert run["seconds"][phase] > 0, phase
+        assert run["penalties"] and run["penalties_finite"]
