@@ -47,7 +47,7 @@ def load_model(checkpoint: str, device: Optional[str] = None) -> tuple[Any, Any,
     dataset, model = experiment.dataset, experiment.model
     for _ in range(int(state["tasks_done"])):
         dataset.get_data_loaders()
-    model.load_checkpoint_state(state["model_state"], dataset)
+    model.load_lean_checkpoint_state(state["model_state"], dataset, checkpoint)
     model.to(experiment.device)
     return args, dataset, model, state
 

@@ -79,7 +79,7 @@ def _restore(model: Any, dataset: Any, path: str, state: dict[str, Any], device:
             raise ValueError(f"it has {record.tasks_done} finished tasks, the dataset only {dataset.N_TASKS}")
         for _ in range(record.tasks_done):  # rebuild the test loaders of the finished tasks
             dataset.get_data_loaders()
-        model.load_checkpoint_state(state["model_state"], dataset)
+        model.load_lean_checkpoint_state(state["model_state"], dataset, path)
         checkpoints.set_rng_state(state["rng"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # e.g. tensor shapes of another backbone
         raise UserError(f"checkpoint {path} does not fit this model/backbone/dataset "
@@ -93,7 +93,7 @@ def _restore(model: Any, dataset: Any, path: str, state: dict[str, Any], device:
 def save_paused(args: argparse.Namespace, model: Any, record: RunRecord) -> str:
     """``--save_after_interrupt``: the model as it is now, with the finished tasks' record (Mammoth's
     ``checkpoints/paused/``); ``--loadcheck`` on it retrains the interrupted task from these weights."""
-    state = model.checkpoint_state()
+    state = model.lean_checkpoint_state()
     state["current_task"] = record.tasks_done
     path = os.path.join(args.checkpoint_path, "paused", f"{checkpoints.run_name(args)}.pt")
     checkpoints.save_checkpoint(path, {"args": dict(vars(args)), "model_state": state, "record": record.to_dict(),
@@ -110,8 +110,9 @@ def _write_outputs(results: dict[str, Any], results_file: str, make_plots: bool)
             stem = os.path.splitext(results_file)[0]
             written.append(plots.plot_accuracy_matrix(results["accuracy_matrix_class_il"],
                                                       f"{stem}_accuracy_matrix.png"))
-            written.append(plots.plot_average_accuracy({"class-IL": results["average_class_il_per_task"],
-                                                        "task-IL": results["average_task_il_per_task"]},
+            curves = {"class-IL": results["average_class_il_per_task"],
+                      "task-IL": results["average_task_il_per_task"]}
+            written.append(plots.plot_average_accuracy({k: v for k, v in curves.items() if v},
                                                        f"{stem}_average_accuracy.png"))
         write_json(results_file, results)
     except BaseException:
@@ -194,7 +195,9 @@ def _run(args: argparse.Namespace, ckpt_args: Optional[dict], device: torch.devi
     distributed.barrier()
     if not main_process:
         return results
-    print(f"final class-IL {results['final_class_il']:.2f}  task-IL {results['final_task_il']:.2f}")
+    task_il = results["final_task_il"]
+    print(f"final class-IL {results['final_class_il']:.2f}  task-IL "
+          f"{'not reported (' + results['setting'] + ')' if task_il is None else format(task_il, '.2f')}")
     for figure in figures:
         print(f"plot: {figure}")
     if not args.disable_log:
@@ -253,7 +256,7 @@ def _task_end_callback(experiment: Experiment, trackers: list, main_process: boo
         final = rec.tasks_done == experiment.dataset.N_TASKS
         if (args.savecheck == "task" or (args.savecheck == "last" and final)) and main_process:
             checkpoints.save_checkpoint(checkpoints.checkpoint_path(args, rec.tasks_done), {
-                "args": {k: v for k, v in vars(args).items()}, "model_state": model.checkpoint_state(),
+                "args": {k: v for k, v in vars(args).items()}, "model_state": model.lean_checkpoint_state(),
                 "record": rec.to_dict(), "rng": checkpoints.rng_state(), "tasks_done": rec.tasks_done})
         for tracker in trackers:
             tracker.log_task(rec.tasks_done - 1, task_scalars(rec.accuracy_matrix_class_il,

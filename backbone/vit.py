@@ -37,6 +37,26 @@ PRETRAIN_TAGS = {  # --pretrain_type -> timm weight tag of vit_base_patch16_224 
     "in21k-ft-in1k": "augreg2_in21k_ft_in1k",
     "in21k_old": "orig_in21k",
 }
+# Test-only: "embed_dim=32,depth=1,num_heads=2" shrinks ViT-B/16 to those sizes (same names, same weight files
+# and cache layout, fewer/smaller tensors), so Mammoth's ViT-B command lines run in seconds in the test suite.
+TEST_VIT_B16_DIMS = "CL_TEST_VIT_B16_DIMS"
+
+
+def test_dims_override() -> dict[str, int]:
+    """The ``CL_TEST_VIT_B16_DIMS`` sizes (empty outside tests); a bad value is a one-line error."""
+    text = os.environ.get(TEST_VIT_B16_DIMS, "").strip()
+    if not text:
+        return {}
+    try:
+        dims = {k.strip(): int(v) for k, v in (item.split("=") for item in text.split(","))}
+    except ValueError:
+        raise UserError(f"{TEST_VIT_B16_DIMS}={text!r}: expected e.g. embed_dim=32,depth=1,num_heads=2") from None
+    unknown = set(dims) - {"embed_dim", "depth", "num_heads"}
+    if unknown:
+        raise UserError(f"{TEST_VIT_B16_DIMS}: unknown key {sorted(unknown)[0]!r}; use embed_dim, depth, num_heads")
+    return dims
+
+
 # Mammoth's in21k_old: Google's original ImageNet-21k ViT-B/16, read by timm's JAX .npz loader.
 GOOGLE_IN21K_NPZ = "https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz"
 
@@ -64,6 +84,8 @@ def create_timm_vit(arch: str = VIT_B16, img_size: int = 224, in_chans: int = 3,
     if patch and img_size % patch:
         raise UserError(f"the image size {img_size} is not a multiple of {arch}'s patch size {patch}; "
                         f"resize the images (e.g. --img_size {max(patch, round(img_size / patch) * patch)})")
+    if arch == VIT_B16:
+        kwargs = {**test_dims_override(), **kwargs}
     tag, overlay = vit_weight_source(arch, pretrain_type)
     where = overlay["url"] if overlay else f"https://huggingface.co/timm/{arch}.{tag}"
     fix = f"download the weights ({where}) elsewhere and pass --pretrained_path FILE, or use --pretrained 0"

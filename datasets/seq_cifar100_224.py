@@ -11,6 +11,7 @@ from datasets.utils.cifar import CIFAR100_CLASSES, load_cifar
 from datasets.utils.gpu_augment import DeviceAugmentedLoader, DeviceRRCFlip, rrc_flip_spec
 from datasets.utils.image_dataset import BICUBIC, IMAGENET_MEAN, IMAGENET_STD, OpListDataset, rrc_flip
 from datasets.utils.sources import ImageSource
+from utils import seeding
 
 
 class SequentialCIFAR100224(OpListDataset):
@@ -95,6 +96,6 @@ class SequentialCIFAR100224(OpListDataset):
         device = self.augment_device()
         if not shuffle or device is None:
             return loader
-        seed = int(torch.randint(0, 2 ** 62, (1,)).item())  # one draw of the global seeded RNG per train loader
+        seed = seeding.derive_seed(loader.batch_sampler.seed, 0, "device_augment")  # the loader's stream, no global draw
         augment = DeviceRRCFlip(**self.device_augmentation(), seed=seed)
         return DeviceAugmentedLoader(loader, augment, device)

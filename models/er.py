@@ -7,6 +7,7 @@ import torch
 
 from models.utils.buffer import Buffer, add_rehearsal_args, replay_transform
 from models.utils.continual_model import ContinualModel
+from utils import seeding
 from utils.errors import UserError
 
 
@@ -27,7 +28,7 @@ class Er(ContinualModel):
         super().__init__(backbone, loss, args, transform, dataset)
         if args.buffer_size is None:
             raise UserError(f"{self.NAME} is a rehearsal method: give --buffer_size N (e.g. --buffer_size 200)")
-        self.buffer = Buffer(args.buffer_size)
+        self.buffer = Buffer(args.buffer_size, seed=seeding.run_seed(args))
         self.replay_transform = replay_transform(dataset) if dataset is not None else None
 
     @property

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -13,6 +14,7 @@ from models.utils.continual_model import ContinualModel
 from utils import distributed
 from utils.args import _ranged, nonneg_float, positive_int
 from utils.modes import eval_mode
+from utils.settings import add_settings_flags, setting
 
 closed_unit_interval = _ranged(float, "a number in [0, 1]", lambda v: 0.0 <= v <= 1.0)
 
@@ -48,6 +50,14 @@ def ewc_penalty(params: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor]
     return sum((fisher[n] * (p - anchor[n]) ** 2).sum() for n, p in params.items())
 
 
+@dataclass(frozen=True)
+class EwcOnSettings:
+    e_lambda: float = setting(1.0, nonneg_float, "weight of the EWC penalty")
+    gamma: float = setting(1.0, closed_unit_interval, "decay of the running Fisher at each task, in [0, 1]")
+    fisher_batch_size: int = setting(32, positive_int,
+                                     "samples per vectorised per-sample-gradient chunk when computing the Fisher")
+
+
 class EwcOn(ContinualModel):
     """CE + ``e_lambda * sum F (theta - theta*)^2``. After each task the diagonal Fisher of that
     task (mean per-sample squared gradient of the log-likelihood of the true label, weighted by
@@ -56,15 +66,12 @@ class EwcOn(ContinualModel):
 
     NAME = "ewc_on"
     COMPATIBILITY = ["class-il", "domain-il", "task-il"]
+    SETTINGS = EwcOnSettings
+    settings: EwcOnSettings
 
     @staticmethod
     def get_parser(parser):
-        parser.add_argument("--e_lambda", type=nonneg_float, default=1.0, help="weight of the EWC penalty")
-        parser.add_argument("--gamma", type=closed_unit_interval, default=1.0,
-                            help="decay of the running Fisher at each task, in [0, 1]")
-        parser.add_argument("--fisher_batch_size", type=positive_int, default=32,
-                            help="samples per vectorised per-sample-gradient chunk when computing the Fisher")
-        return parser
+        return add_settings_flags(parser, EwcOnSettings)
 
     def __init__(self, backbone, loss, args, transform, dataset=None):
         super().__init__(backbone, loss, args, transform, dataset)
@@ -78,7 +85,7 @@ class EwcOn(ContinualModel):
 
     def observe(self, inputs, labels, not_aug_inputs, epoch=None) -> float:
         self.opt.zero_grad(set_to_none=True)
-        loss = self.loss(self.net(inputs), labels) + self.args.e_lambda * self.penalty()
+        loss = self.loss(self.net(inputs), labels) + self.settings.e_lambda * self.penalty()
         loss.backward()
         self.opt.step()
         return loss.item()
@@ -87,10 +94,8 @@ class EwcOn(ContinualModel):
         """Mean Fisher terms over every sample of ``loader``."""
         sums = {n: torch.zeros_like(p) for n, p in trainable_named_parameters(self.net).items()}
         count = 0
-        chunk = self.args.fisher_batch_size
-        for i, batch in enumerate(loader):
-            if self.args.debug_mode and i > self.get_debug_iters():
-                break
+        chunk = self.settings.fisher_batch_size
+        for batch in loader:
             inputs, labels = batch[0].to(self.device), batch[1].to(self.device).long()
             for start in range(0, len(labels), chunk):
                 terms = per_sample_fisher_terms(self.net, inputs[start:start + chunk], labels[start:start + chunk])
@@ -109,7 +114,7 @@ class EwcOn(ContinualModel):
         if self.fisher is None:
             self.fisher = fisher
         else:
-            self.fisher = {n: self.args.gamma * self.fisher[n] + fisher[n] for n in fisher}
+            self.fisher = {n: self.settings.gamma * self.fisher[n] + fisher[n] for n in fisher}
         self.anchor = {n: p.detach().clone() for n, p in trainable_named_parameters(self.net).items()}
 
     def checkpoint_state(self) -> dict[str, Any]:

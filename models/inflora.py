@@ -74,9 +74,8 @@ class InfLoRA(ContinualModel):
             lambda mod, inp, name=name: grams.__setitem__(name, input_gram(inp[0], grams[name])))
             for name, layer in self.layers.items()]
         try:
-            max_batches = self.get_debug_iters() + 1 if self.args.debug_mode else None
             with eval_mode(self.net):
-                task_features(self.net.features, dataset, self.current_task, self.device, max_batches)
+                task_features(self.net.features, dataset, self.current_task, self.device)
         finally:
             for hook in hooks:
                 hook.remove()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -10,6 +11,7 @@ from torch import nn
 
 from models.utils.continual_model import ContinualModel
 from utils.args import nonneg_float
+from utils.settings import add_settings_flags, setting
 
 
 def lwf_mc_targets(labels: torch.Tensor, old_logits: Optional[torch.Tensor], n_past: int, n_seen: int) -> torch.Tensor:
@@ -21,6 +23,11 @@ def lwf_mc_targets(labels: torch.Tensor, old_logits: Optional[torch.Tensor], n_p
     return targets
 
 
+@dataclass(frozen=True)
+class LwfMcSettings:
+    wd_reg: float = setting(0.0, nonneg_float, "L2 penalty on the parameters")
+
+
 class LwfMc(ContinualModel):
     """Binary cross-entropy on the logits of all seen classes; the targets of the old classes are
     the frozen previous model's sigmoid outputs (distillation), those of the current classes the
@@ -29,10 +36,12 @@ class LwfMc(ContinualModel):
     NAME = "lwf_mc"
     COMPATIBILITY = ["class-il", "task-il"]
 
+    SETTINGS = LwfMcSettings
+    settings: LwfMcSettings
+
     @staticmethod
     def get_parser(parser):
-        parser.add_argument("--wd_reg", type=nonneg_float, default=0.0, help="L2 penalty on the parameters")
-        return parser
+        return add_settings_flags(parser, LwfMcSettings)
 
     def __init__(self, backbone, loss, args, transform, dataset=None):
         super().__init__(backbone, loss, args, transform, dataset)
@@ -53,8 +62,8 @@ class LwfMc(ContinualModel):
         outputs = self.net(inputs)[:, :self.n_seen_classes]
         targets = lwf_mc_targets(labels, old_logits, self.n_past_classes, self.n_seen_classes)
         loss = F.binary_cross_entropy_with_logits(outputs.float(), targets)
-        if self.args.wd_reg:
-            loss = loss + self.args.wd_reg * sum((p ** 2).sum() for p in self.net.parameters() if p.requires_grad)
+        if self.settings.wd_reg:
+            loss = loss + self.settings.wd_reg * sum((p ** 2).sum() for p in self.net.parameters() if p.requires_grad)
         loss.backward()
         self.opt.step()
         return loss.item()

@@ -1,6 +1,7 @@
 """``ranpac``: Random Projections and Pre-trained models for Continual learning (McDonnell et al., NeurIPS 2023)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -8,8 +9,10 @@ import torch.nn.functional as F
 
 from models.feature_utils.features import task_features
 from models.utils.continual_model import ContinualModel
+from utils import seeding
 from utils.args import none_or, parse_bool, positive_float, positive_int
 from utils.modes import eval_mode
+from utils.settings import add_settings_flags, setting
 
 RIDGE_CANDIDATES = tuple(10.0 ** e for e in range(-8, 14))
 
@@ -37,6 +40,14 @@ def select_ridge(H: torch.Tensor, Y: torch.Tensor, candidates=RIDGE_CANDIDATES, 
     return float(candidates[min(range(len(losses)), key=losses.__getitem__)])
 
 
+@dataclass(frozen=True)
+class RanPACSettings:
+    rp_size: int = setting(10000, positive_int, "random projection dimension M")
+    first_task_adapt: bool = setting(True, parse_bool, "fine-tune the backbone on the first task before freezing it")
+    ridge: Optional[float] = setting(None, none_or(positive_float),
+                                     "fixed ridge lambda (default: chosen per task on an 80/20 split)")
+
+
 class RanPAC(ContinualModel):
     """First task (``--first_task_adapt 1``): the whole network is trained with CE on that task
     (SGD). Then the backbone is frozen; each task's non-augmented features go through a fixed
@@ -49,27 +60,26 @@ class RanPAC(ContinualModel):
     COMPATIBILITY = ["class-il", "task-il"]
     DDP_UNSUPPORTED = "its ridge statistics are not reduced across ranks yet"
 
+    SETTINGS = RanPACSettings
+    settings: RanPACSettings
+
     @staticmethod
     def get_parser(parser):
-        parser.add_argument("--rp_size", type=positive_int, default=10000, help="random projection dimension M")
-        parser.add_argument("--first_task_adapt", type=parse_bool, default=True,
-                            help="fine-tune the backbone on the first task before freezing it")
-        parser.add_argument("--ridge", type=none_or(positive_float), default=None,
-                            help="fixed ridge lambda (default: chosen per task on an 80/20 split)")
-        return parser
+        return add_settings_flags(parser, RanPACSettings)
 
     def __init__(self, backbone, loss, args, transform, dataset=None):
         super().__init__(backbone, loss, args, transform, dataset)
-        n_classes = backbone.classifier.out_features
-        self.register_buffer("projection", torch.randn(backbone.feature_dim, args.rp_size))
-        self.register_buffer("gram", torch.zeros(args.rp_size, args.rp_size, dtype=torch.float64))
-        self.register_buffer("cross", torch.zeros(args.rp_size, n_classes, dtype=torch.float64))
-        self.register_buffer("head", torch.zeros(args.rp_size, n_classes))
+        n_classes, size = backbone.classifier.out_features, self.settings.rp_size
+        gen = seeding.generator(seeding.run_seed(args), 0, "projection")
+        self.register_buffer("projection", torch.randn(backbone.feature_dim, size, generator=gen))
+        self.register_buffer("gram", torch.zeros(size, size, dtype=torch.float64))
+        self.register_buffer("cross", torch.zeros(size, n_classes, dtype=torch.float64))
+        self.register_buffer("head", torch.zeros(size, n_classes))
         self.register_buffer("tasks_fitted", torch.zeros((), dtype=torch.long))
-        self.ridge: Optional[float] = args.ridge
+        self.ridge: Optional[float] = self.settings.ridge
 
     def train_task(self, dataset, train_loader, task) -> None:
-        if self.args.first_task_adapt and self.current_task == 0:
+        if self.settings.first_task_adapt and self.current_task == 0:
             super().train_task(dataset, train_loader, task)
 
     def observe(self, inputs, labels, not_aug_inputs, epoch=None) -> float:
@@ -77,12 +87,13 @@ class RanPAC(ContinualModel):
 
     def end_task(self, dataset) -> None:
         self.net.requires_grad_(False)
-        max_batches = self.get_debug_iters() + 1 if self.args.debug_mode else None
         with eval_mode(self.net):
-            feats, labels = task_features(self.net.features, dataset, self.current_task, self.device, max_batches)
+            feats, labels = task_features(self.net.features, dataset, self.current_task, self.device)
         H = random_features(feats, self.projection).double()
         Y = F.one_hot(labels, self.cross.shape[1]).double()
-        ridge = self.args.ridge if self.args.ridge is not None else select_ridge(H, Y)
+        split = seeding.generator(seeding.run_seed(self.args), self.current_task, "ridge_split")
+        perm = torch.randperm(len(H), generator=split).to(H.device)
+        ridge = self.settings.ridge if self.settings.ridge is not None else select_ridge(H, Y, perm=perm)
         self.ridge = ridge
         self.gram += H.t() @ H
         self.cross += H.t() @ Y

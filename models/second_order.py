@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from datasets.utils.debug import DEBUG_IMAGES
 from models.second_order_utils import penalties as pen
 from models.second_order_utils import stepping
 from models.second_order_utils.fisher import (auto_batch_size, head_fisher, network_fisher, probe_bytes_per_image,
@@ -27,12 +28,12 @@ from models.second_order_utils.gmm import fit_gmms_distributed
 from models.second_order_utils.pretuning import (DiagonalGMM, align_classifier, linear_probe,
                                                  sample_features)
 from models.utils.continual_model import ContinualModel
-from utils import distributed
+from utils import distributed, seeding
 from utils.errors import UserError
 from utils.killpoints import kill_point
 from utils.modes import eval_mode
 
-DEBUG_FEATURE_BATCHES, DEBUG_FISHER_BATCHES, DEBUG_PROBE_BATCHES = 102, 6, 11
+DEBUG_FISHER_CLASSES = 2  # --debug_mode: backward passes per Fisher batch (the images are capped by the loaders)
 
 
 class SecondOrder(ContinualModel):
@@ -94,6 +95,12 @@ class SecondOrder(ContinualModel):
         mode = self.args.penalty_step
         return mode == "decoupled" or (mode == "auto" and self.args.tuning_style != "full")
 
+    @property
+    def align_samples(self) -> int:
+        """GMM samples per class for the alignment and the head Fisher (``--debug_mode``: as many as a pass's images)."""
+        n = self.args.num_samples_align_pretuning
+        return min(n, DEBUG_IMAGES) if self.args.debug_mode else n
+
     def get_parameters(self):
         return list(self._trainable)
 
@@ -130,9 +137,10 @@ class SecondOrder(ContinualModel):
     # ----- task start -----------------------------------------------------------------------------
     def begin_task(self, dataset) -> None:
         t, start, end = self.current_task, self.n_past_classes, self.n_seen_classes
-        self.net.classifier.add_task(end - start)
-        self.pretuned_head.add_task(end - start)
-        self.pool.add_task()
+        with seeding.seeded_for(self.args, t, "init", self.device):  # head and module inits: same on every rank
+            self.net.classifier.add_task(end - start)
+            self.pretuned_head.add_task(end - start)
+            self.pool.add_task()
         self.pool.set_trainable(None)
         self._past_sums = {n: self.pool.weighted_sum(n, [1.0] * t) for n in self.pool.layers} if t else {}
         set_eval(self._bn)
@@ -142,7 +150,8 @@ class SecondOrder(ContinualModel):
             with torch.no_grad():
                 feats, labels = self._extract_features(dataset)
             self._fit_gmms(feats, labels, start, end)
-            self._pretune(dataset, feats, labels)
+            with seeding.seeded_for(self.args, t, "pretune", self.device):  # probe/alignment batches, GMM samples
+                self._pretune(dataset, feats, labels)
             self._compute_fisher(dataset)
         set_eval(self._bn)
         self.pool.set_trainable(t)
@@ -178,9 +187,7 @@ class SecondOrder(ContinualModel):
 
     def _extract_features(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
         feats, labels = [], []
-        for i, (x, y, _) in enumerate(self._stats_loader(dataset)):
-            if self.args.debug_mode and i >= DEBUG_FEATURE_BATCHES:
-                break
+        for x, y, _ in self._stats_loader(dataset):
             with self.autocast():
                 feats.append(self.net.features(x.to(self.device)).float())
             labels.append(y.to(self.device).long())
@@ -203,19 +210,18 @@ class SecondOrder(ContinualModel):
         def epoch_features():
             if first:
                 f, y = first.pop()
+            elif self.args.debug_mode:  # a smoke test: the one feature pass serves every probe epoch
+                f, y = feats, labels
             else:
                 with torch.no_grad():
                     f, y = self._extract_features(dataset)
-            if self.args.debug_mode:
-                keep = DEBUG_PROBE_BATCHES * self.args.batch_size_align_pretuning
-                f, y = f[:keep], y[:keep]
             return f, y
 
         linear_probe(probe, epoch_features, self.n_past_classes, self.args.num_epochs_pretuning,
                      self.args.learning_rate_pretuning, self.args.batch_size_align_pretuning)
         align_classifier(probe, {c: g for c, g in self.gmms.items() if c < end},
                          self.args.num_epochs_align_pretuning + 5 * t, self.args.lr_align_pretuning,
-                         self.args.num_samples_align_pretuning, self.args.batch_size_align_pretuning)
+                         self.align_samples, self.args.batch_size_align_pretuning)
         self.pretuned_head.load_state_dict(probe.state_dict())
         self.pretuned_head.requires_grad_(False)
 
@@ -225,8 +231,6 @@ class SecondOrder(ContinualModel):
 
         def batches():
             for i, (x, _, _) in enumerate(self._stats_loader(dataset)):
-                if self.args.debug_mode and i >= DEBUG_FISHER_BATCHES:
-                    break
                 if i == 1:
                     kill_point("fisher", self.current_task + 1)  # test hook: mid-Fisher pass (after one batch)
                 yield x.to(self.device)
@@ -234,15 +238,20 @@ class SecondOrder(ContinualModel):
         def logits(x):
             return self.pretuned_head.seen_logits(self.net.features(x))[:, :n_seen]
 
-        gen = torch.Generator().manual_seed(1000003 * self.current_task + (self.args.seed or 0) + distributed.rank())
-        fisher, n = network_fisher(logits, self.pool.layers, batches(), self.args.fisher_mc_classes,
+        # sampled labels: each rank draws its own for its own images (the sums are reduced below)
+        gen = seeding.generator(seeding.run_seed(self.args), self.current_task, f"fisher_labels/{distributed.rank()}")
+        mc_classes = self.args.fisher_mc_classes
+        if self.args.debug_mode and not self.args.fisher_sampled_labels:  # a smoke test: k classes, not all
+            mc_classes = min(mc_classes or DEBUG_FISHER_CLASSES, DEBUG_FISHER_CLASSES)
+        fisher, n = network_fisher(logits, self.pool.layers, batches(), mc_classes,
                                    self.args.fisher_sampled_labels, gen, self.args.fisher_precision,
                                    mc_group=self.args.batch_size)
         # under DDP each rank saw a shard of the images: sum the sums and counts
         self.fisher_current, self.n_current = reduce_fisher(fisher, n)
         classes = list(range(end)) if not self.use_iel else list(range(start))
-        feats, _ = sample_features(self.gmms, self.args.num_samples_align_pretuning,
-                                   [c for c in classes if c in self.gmms])
+        with seeding.seeded_for(self.args, self.current_task, "head_fisher"):
+            feats, _ = sample_features(self.gmms, self.align_samples,
+                                       [c for c in classes if c in self.gmms])
         head = self.pretuned_head.heads[self.current_task]
         if len(feats):
             feats = feats.to(self.device)
@@ -271,12 +280,13 @@ class SecondOrder(ContinualModel):
 
     def batches_per_epoch(self) -> int:
         """Micro-batches the training loop hands over in one epoch of the current task."""
-        n = len(self.dataset.train_loader)
-        return min(n, self.get_debug_iters() + 1) if self.args.debug_mode else n
+        return len(self.dataset.train_loader)
 
     def group_size(self, index: int, n_batches: int) -> int:
         """Micro-batches in the optimizer step that micro-batch ``index`` belongs to (0: skipped)."""
         vbs = self.args.virtual_bs_n
+        if self.args.debug_mode:  # the capped epoch may be shorter than one virtual batch: still take a step
+            vbs = min(vbs, n_batches)
         full = (n_batches // vbs) * vbs
         if index < full:
             return vbs

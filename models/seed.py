@@ -67,10 +67,9 @@ class Seed(ContinualModel):
     @torch.no_grad()
     def task_stats(self, e: int, dataset) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """Gaussians (mean, covariance) of the current task's classes in expert e's feature space."""
-        max_batches = self.get_debug_iters() + 1 if self.args.debug_mode else None
         with eval_mode(self):
             feats, labels = gathered_task_features(lambda x: self.expert_features(e, x), dataset, self.current_task,
-                                                   self.device, max_batches)
+                                                   self.device)
         return class_gaussians(feats, labels, self.args.seed_cov_eps)
 
     def select_expert(self, dataset) -> int:

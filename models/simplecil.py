@@ -77,10 +77,8 @@ class SimpleCIL(ContinualModel):
     def end_task(self, dataset) -> None:
         if self.adapted is not None:
             self.adapted.requires_grad_(False)
-        max_batches = self.get_debug_iters() + 1 if self.args.debug_mode else None
         with eval_mode(self):
-            feats, labels = gathered_task_features(self.features, dataset, self.current_task, self.device,
-                                                   max_batches)
+            feats, labels = gathered_task_features(self.features, dataset, self.current_task, self.device)
         sums, counts = class_prototypes(feats, labels, self.proto_sums.shape[0])
         self.proto_sums += sums
         self.proto_counts += counts

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -9,8 +10,10 @@ import torch
 from models.feature_utils.alignment import align_classifier
 from models.feature_utils.features import class_gaussians, sample_gaussians, task_features
 from models.utils.continual_model import ContinualModel
+from utils import seeding
 from utils.args import nonneg_float, nonneg_int, positive_float, positive_int
 from utils.modes import eval_mode
+from utils.settings import add_settings_flags, setting
 
 
 def parse_milestones(text: str) -> list[int]:
@@ -30,6 +33,22 @@ def task_logit_norm(logits: torch.Tensor, bounds: list[tuple[int, int]], tempera
     return logits / norms.mean(dim=1, keepdim=True) / temperature
 
 
+@dataclass(frozen=True)
+class SlcaSettings:
+    slow_lr_ratio: float = setting(0.01, positive_float, "backbone lr / head lr")
+    milestones: list[int] = setting([], parse_milestones, "epochs where lr *= lr_decay")
+    lr_decay: float = setting(0.1, positive_float, "MultiStep decay factor")
+    ca_epochs: int = setting(5, nonneg_int, "classifier-alignment epochs (0: off)")
+    ca_lr: float = setting(0.01, positive_float, "classifier-alignment SGD lr")
+    ca_samples_per_class: int = setting(256, positive_int,
+                                        "features sampled per class and alignment epoch (also the batch size)")
+    ca_logit_norm: float = setting(0.1, nonneg_float,
+                                   "temperature of the per-task logit normalisation in alignment (0: off)")
+    ca_covariance: str = setting("full", str, "per-class covariance: full (SLCA) or diagonal (less memory)",
+                                 choices=["full", "diag"])
+    ca_cov_eps: float = setting(1e-4, positive_float, "added to the covariance diagonal")
+
+
 class Slca(ContinualModel):
     """Slow learner: SGD with the backbone learning rate ``--slow_lr_ratio`` (1/100) times the
     head's, CE on the current task's logits, MultiStep schedule (``--milestones``, ``--lr_decay``)
@@ -41,22 +60,12 @@ class Slca(ContinualModel):
     COMPATIBILITY = ["class-il", "task-il"]
     DDP_UNSUPPORTED = "its class statistics are not gathered across ranks yet"
     DEFAULTS = {"optim_mom": 0.9}
+    SETTINGS = SlcaSettings
+    settings: SlcaSettings
 
     @staticmethod
     def get_parser(parser):
-        parser.add_argument("--slow_lr_ratio", type=positive_float, default=0.01, help="backbone lr / head lr")
-        parser.add_argument("--milestones", type=parse_milestones, default=[], help="epochs where lr *= lr_decay")
-        parser.add_argument("--lr_decay", type=positive_float, default=0.1, help="MultiStep decay factor")
-        parser.add_argument("--ca_epochs", type=nonneg_int, default=5, help="classifier-alignment epochs (0: off)")
-        parser.add_argument("--ca_lr", type=positive_float, default=0.01, help="classifier-alignment SGD lr")
-        parser.add_argument("--ca_samples_per_class", type=positive_int, default=256,
-                            help="features sampled per class and alignment epoch (also the batch size)")
-        parser.add_argument("--ca_logit_norm", type=nonneg_float, default=0.1,
-                            help="temperature of the per-task logit normalisation in alignment (0: off)")
-        parser.add_argument("--ca_covariance", type=str, default="full", choices=["full", "diag"],
-                            help="per-class covariance: full (SLCA) or diagonal (less memory)")
-        parser.add_argument("--ca_cov_eps", type=positive_float, default=1e-4, help="added to the covariance diagonal")
-        return parser
+        return add_settings_flags(parser, SlcaSettings)
 
     def __init__(self, backbone, loss, args, transform, dataset=None):
         super().__init__(backbone, loss, args, transform, dataset)
@@ -70,11 +79,11 @@ class Slca(ContinualModel):
         base = super().get_optimizer()
         body = [p for p in self.net.body.parameters() if p.requires_grad]
         head = [p for p in self.net.classifier.parameters() if p.requires_grad]
-        groups = [{"params": body, "lr": self.args.lr * self.args.slow_lr_ratio}, {"params": head, "lr": self.args.lr}]
+        groups = [{"params": body, "lr": self.args.lr * self.settings.slow_lr_ratio}, {"params": head, "lr": self.args.lr}]
         return type(base)([g for g in groups if g["params"]], **base.defaults)
 
     def begin_task(self, dataset) -> None:
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.opt, self.args.milestones, self.args.lr_decay)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.opt, self.settings.milestones, self.settings.lr_decay)
 
     def observe(self, inputs, labels, not_aug_inputs, epoch=None) -> float:
         return self.current_task_step(inputs, labels)
@@ -83,27 +92,27 @@ class Slca(ContinualModel):
         self.scheduler.step()
 
     def end_task(self, dataset) -> None:
-        max_batches = self.get_debug_iters() + 1 if self.args.debug_mode else None
         with eval_mode(self.net):
-            feats, labels = task_features(self.net.features, dataset, self.current_task, self.device, max_batches)
-            self.class_stats.update(class_gaussians(feats, labels, self.args.ca_cov_eps,
-                                                    diagonal=self.args.ca_covariance == "diag"))
-            if self.current_task > 0 and self.args.ca_epochs > 0:
-                self.align_classifier(dataset)
+            feats, labels = task_features(self.net.features, dataset, self.current_task, self.device)
+            self.class_stats.update(class_gaussians(feats, labels, self.settings.ca_cov_eps,
+                                                    diagonal=self.settings.ca_covariance == "diag"))
+            if self.current_task > 0 and self.settings.ca_epochs > 0:
+                with seeding.seeded_for(self.args, self.current_task, "align", self.device):
+                    self.align_classifier(dataset)
 
     def align_classifier(self, dataset) -> None:
         """Train the classifier on features sampled from the class Gaussians of all seen classes."""
-        head = self.net.classifier
-        opt = torch.optim.SGD(head.parameters(), lr=self.args.ca_lr, momentum=0.9, weight_decay=5e-4)
+        head, s = self.net.classifier, self.settings
+        opt = torch.optim.SGD(head.parameters(), lr=s.ca_lr, momentum=0.9, weight_decay=5e-4)
         bounds = [dataset.get_offsets(t) for t in range(self.current_task + 1)]
-        batch = self.args.ca_samples_per_class
+        batch = s.ca_samples_per_class
 
         def logits(feats: torch.Tensor) -> torch.Tensor:
             out = head(feats)[:, :self.n_seen_classes]
-            return task_logit_norm(out, bounds, self.args.ca_logit_norm) if self.args.ca_logit_norm > 0 else out
+            return task_logit_norm(out, bounds, s.ca_logit_norm) if s.ca_logit_norm > 0 else out
 
         align_classifier(opt, logits, lambda: sample_gaussians(self.class_stats, batch, self.cholesky_cache),
-                         self.args.ca_epochs, batch, self.device)
+                         s.ca_epochs, batch, self.device)
 
     def checkpoint_state(self) -> dict[str, Any]:
         stats = {c: torch.stack((m, v)) if v.dim() == 1 else {"mean": m, "cov": v} for c, (m, v) in

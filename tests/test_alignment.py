@@ -10,7 +10,7 @@ from models.feature_utils.alignment import shuffled_batches
 from models.feature_utils.features import sample_gaussians
 from models.second_order_utils.heads import IncrementalHead
 from models.second_order_utils.pretuning import DiagonalGMM, StackedGMM, align_classifier
-from models.slca import Slca, task_logit_norm
+from models.slca import Slca, SlcaSettings, task_logit_norm
 
 
 def old_slca_alignment(head, class_stats, n_seen, bounds, epochs, lr, batch, temperature, device):
@@ -73,11 +73,11 @@ def test_slca_alignment_is_unchanged():
         ref = nn.Linear(5, 8)
         ref.load_state_dict(head.state_dict())
         stats = class_stats(6, 5, diagonal)
-        args = argparse.Namespace(ca_lr=0.05, ca_epochs=3, ca_samples_per_class=7, ca_logit_norm=temperature)
+        settings = SlcaSettings(ca_lr=0.05, ca_epochs=3, ca_samples_per_class=7, ca_logit_norm=temperature)
         model = Slca.__new__(Slca)
         nn.Module.__init__(model)
         model.net = argparse.Namespace(classifier=head)
-        model.args, model.class_stats, model.cholesky_cache = args, stats, {}
+        model.settings, model.class_stats, model.cholesky_cache = settings, stats, {}
         model.n_seen_classes, model.device = 6, torch.device("cpu")
         dataset = argparse.Namespace(get_offsets=lambda t: (3 * t, 3 * t + 3))
         model.current_task = 1

@@ -181,8 +181,10 @@ def test_edit_command_keeps_and_drops_modules(tmp_path, capsys):
     assert report["weights"] == pytest.approx([0, 0, 1 / 3])
     printed = capsys.readouterr().out
     assert "target class-IL mean" in printed and "control class-IL mean" in printed
-    assert edit.main(["--checkpoint", ckpt, "--keep", "5"]) == 2
-    assert not os.path.exists(str(tmp_path / "nothing.json"))
+    bad_out, bad_plot = tmp_path / "nothing.json", tmp_path / "nothing.png"
+    assert edit.main(["--checkpoint", ckpt, "--keep", "5", "--out", str(bad_out), "--plot", str(bad_plot)]) == 2
+    assert "task indices must lie in 0..2" in capsys.readouterr().err
+    assert not bad_out.exists() and not bad_plot.exists()  # a refused edit writes nothing
 
 
 def test_debug_mode_and_top_k_fisher_run(tmp_path):

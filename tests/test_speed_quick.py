@@ -28,11 +28,31 @@ def test_benchmark_reports_every_figure(figures, capsys):
     assert figures["device"] == "cpu" and "train_mfu" not in figures  # MFU only on a GPU
     assert figures["fisher_classes_task1"] == 2 and figures["fisher_classes"] == 20  # first and last task
     assert figures["fisher_images"] == 12
+    # each ratio is of the times it names (a swapped or stale time would break these)
+    assert figures["ita_step_ratio"] == figures["ita_step_task10_s"] / figures["ita_step_task1_s"]
+    assert figures["iel_step_ratio"] == figures["iel_step_task10_s"] / figures["iel_step_task1_s"]
+    assert figures["merged_eval_ratio"] == figures["eval_plain_s"] / figures["eval_merged_s"]
+    if "vbs_speedup" in figures:
+        assert figures["vbs_speedup"] == figures["vbs_accumulate_s"] / figures["vbs_batched_s"]
     speed.print_table(figures)
     out = capsys.readouterr().out
     assert "Fisher, 2 classes, ours (exact)" in out and "Fisher, 20 classes, ours (exact)" in out
     assert "phases at task10" in out and "host syncs per step" in out
     json.dumps(figures)
+
+
+def test_the_timers_measure_the_function_they_time():
+    """Every figure comes from speed.timed/interleaved: a slow and a fast function must come out in that order,
+    with the median (not the sum or the first call) of the repeats."""
+    import time
+
+    import torch
+    durations = iter([0.2, 0.02, 0.02])
+    median, last = speed.timed(lambda: time.sleep(next(durations)) or "done", torch.device("cpu"), repeats=3)
+    assert last == "done" and 0.02 <= median < 0.1
+    times = speed.interleaved({"slow": lambda: time.sleep(0.06), "fast": lambda: time.sleep(0.01)},
+                              torch.device("cpu"), repeats=3)
+    assert times["slow"] >= 0.06 and 0.01 <= times["fast"] < times["slow"]
 
 
 def test_exact_fisher_matches_the_per_class_loop(figures):

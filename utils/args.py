@@ -151,6 +151,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                           "meaning: 10 = 10%%; a value below 1 is a fraction, 0.1 = 10%%)")
     exp.add_argument("--validation_mode", type=str, default="current", choices=["current", "complete"],
                      help="validation loaders hold the current task's classes, or all classes seen so far")
+    exp.add_argument("--joint", type=parse_bool, default=False, nargs="?", const=True,
+                     help="train jointly on all the data: the run becomes one task with every class (every domain)")
     exp.add_argument("--precision", type=str, default=None, choices=["fp32", "bf16"],
                      help="bf16 runs forward passes under autocast (training and evaluation); "
                           "default: what --code_optimization implies (fp32 below 2)")
@@ -188,7 +190,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     add_run_flag(mgmt, "--non_verbose", type=parse_bool, default=False, nargs="?", const=True,
                       help="no progress bars")
     mgmt.add_argument("--debug_mode", type=parse_bool, default=False, nargs="?", const=True,
-                      help="run only a few batches per epoch and per evaluation (smoke tests)")
+                      help="smoke test: every pass over data (epoch, test loader, statistics pass) sees at most 4 images")
     mgmt.add_argument("--enable_other_metrics", type=parse_bool, default=False, nargs="?", const=True,
                       help="also compute forward transfer (needs an evaluation of the untrained model)")
     add_run_flag(mgmt, "--traceback", type=parse_bool, default=False, nargs="?", const=True,

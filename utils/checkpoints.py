@@ -1,9 +1,10 @@
 """Checkpoints: atomic, checksummed, loaded with ``weights_only=True``; resume after the last complete task.
 
 Layout: ``<checkpoint_path>/<run name>/task_<k>.pt`` holds the state after tasks 0..k-1 were
-trained and evaluated (k = tasks done). Each file is ``{"payload": bytes, "sha256": str}``;
-the payload is the ``torch.save`` of the state dict, so a truncated or corrupted file is
-detected and the previous good one is used.
+trained and evaluated (k = tasks done). Each file is a 72-byte header (``MAGIC`` and the hex sha256
+of the rest) followed by the ``torch.save`` of the state, streamed to disk while it is hashed (no
+in-memory copy); a truncated or corrupted file is detected and the previous good one is used.
+Models leave their frozen pretrained weights out of the state (:mod:`utils.frozen_weights`).
 """
 from __future__ import annotations
 
@@ -23,7 +24,10 @@ from utils.args import changes_results, result_args
 from utils.errors import UserError
 from utils.io import atomic_write
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+MAGIC = b"CLCKPT02"
+HEADER = len(MAGIC) + 64
+CHUNK = 1 << 20
 
 
 def run_name(args: argparse.Namespace) -> str:
@@ -87,32 +91,86 @@ def _python_state() -> list:
     return [version, torch.tensor(internal, dtype=torch.int64), gauss_next]
 
 
+class _HashingWriter:
+    """A write-only stream that hashes what it passes on to ``fh``."""
+
+    def __init__(self, fh: Any):
+        self.fh, self.sha = fh, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        return self.fh.write(data)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+class _Window(io.RawIOBase):
+    """A read-only, seekable view of ``fh`` from byte ``start`` on (``torch.load`` of the payload in place)."""
+
+    def __init__(self, fh: Any, start: int):
+        super().__init__()
+        self.fh, self.start = fh, start
+        self.fh.seek(start)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        return self.fh.readinto(buffer)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            offset += self.start
+        return self.fh.seek(offset, whence) - self.start
+
+    def tell(self) -> int:
+        return self.fh.tell() - self.start
+
+
 def save_checkpoint(path: str, state: dict[str, Any]) -> None:
-    """Atomically write ``state`` (tensors and plain types) with its sha256."""
-    buffer = io.BytesIO()
-    torch.save({**state, "format_version": FORMAT_VERSION}, buffer)
-    payload = buffer.getvalue()
-    wrapper = io.BytesIO()
-    torch.save({"payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
-                "sha256": hashlib.sha256(payload).hexdigest()}, wrapper)
-    atomic_write(path, lambda fh: fh.write(wrapper.getvalue()), binary=True)
+    """Atomically write ``state`` (tensors and plain types), streamed and hashed on the way to disk."""
+    def write(fh: Any) -> None:
+        fh.write(MAGIC + b"0" * 64)
+        writer = _HashingWriter(fh)
+        torch.save({**state, "format_version": FORMAT_VERSION}, writer)
+        end = fh.tell()
+        fh.seek(len(MAGIC))
+        fh.write(writer.sha.hexdigest().encode())
+        fh.seek(end)
+
+    atomic_write(path, write, binary=True)
+
+
+def _file_sha256(fh: Any) -> str:
+    sha = hashlib.sha256()
+    for chunk in iter(lambda: fh.read(CHUNK), b""):
+        sha.update(chunk)
+    return sha.hexdigest()
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:
     """Read and verify a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
     try:
-        wrapper = torch.load(path, map_location="cpu", weights_only=True)
-        payload = wrapper["payload"].numpy().tobytes()
-        if hashlib.sha256(payload).hexdigest() != wrapper["sha256"]:
-            raise ValueError("checksum mismatch")
-        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+        with open(path, "rb") as fh:
+            header = fh.read(HEADER)
+            if len(header) != HEADER or not header.startswith(MAGIC):
+                raise ValueError("no checkpoint header")
+            if _file_sha256(fh) != header[len(MAGIC):].decode("ascii", "replace"):
+                raise ValueError("checksum mismatch")
+            state = torch.load(io.BufferedReader(_Window(fh, HEADER), CHUNK), map_location="cpu",
+                               weights_only=True)
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} does not exist") from None
     except Exception as exc:  # truncated zip, bad pickle, wrong structure, checksum
         raise UserError(f"checkpoint {path} is corrupt or not a checkpoint of this framework "
                         f"({type(exc).__name__}: {str(exc)[:80]})") from None
-    if state.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"checkpoint {path} has format {state.get('format_version')}, expected {FORMAT_VERSION}")
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        version = state.get("format_version") if isinstance(state, dict) else None
+        raise UserError(f"checkpoint {path} has format {version}, expected {FORMAT_VERSION}")
     return state
 
 
@@ -138,14 +196,14 @@ def latest_checkpoint(folder: str) -> Optional[tuple[str, dict[str, Any]]]:
 
 
 def is_framework_checkpoint(path: str) -> bool:
-    """True for a file written by :func:`save_checkpoint` (a ``payload``/``sha256`` wrapper)."""
+    """True for a file written by :func:`save_checkpoint` (it starts with ``MAGIC``; only the header is read)."""
     try:
-        wrapper = torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as fh:
+            return fh.read(len(MAGIC)) == MAGIC
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} does not exist") from None
-    except Exception:
+    except OSError:
         return False
-    return isinstance(wrapper, dict) and "payload" in wrapper and "sha256" in wrapper
 
 
 def read_foreign_weights(path: str) -> dict[str, torch.Tensor]:

@@ -173,13 +173,18 @@ class ShardedBatchSampler(Sampler[list[int]]):
     BatchNorm in training mode never sees a batch of one. If it is the only batch of the pass
     it is kept when every rank gets a sample and dropped otherwise (every rank must take part
     in every step); a pass of a single sample in one process serves it twice in one batch.
+
+    ``sample_seeds``: items are ``(index, seed)`` pairs, the seed a function of (``seed``, pass, index)
+    only, for datasets that seed each sample's augmentation (:class:`datasets.utils.sources.TaskDataset`).
     """
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False):
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False,
+                 sample_seeds: bool = False):
         self.n, self.batch_size, self.shuffle, self.seed, self.drop_last = n, batch_size, shuffle, seed, drop_last
+        self.sample_seeds = sample_seeds
         self.passes = 0
 
-    def _batches(self, order: list[int]) -> Iterator[list[int]]:
+    def _slices(self, order: list[int]) -> Iterator[list[int]]:
         w, r = world_size(), rank()
         batches = [order[start:start + self.batch_size] for start in range(0, self.n, self.batch_size)]
         if batches and len(batches[-1]) < self.batch_size:
@@ -197,43 +202,40 @@ class ShardedBatchSampler(Sampler[list[int]]):
             lo = r * size + min(r, extra)
             yield batch[lo:lo + size + (1 if r < extra else 0)]
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def _batches(self, order: list[int], pass_index: int) -> Iterator[list]:
+        from utils.seeding import derive_seed  # (utils.seeding imports this module)
+        for mine in self._slices(order):
+            yield [(i, derive_seed(self.seed, pass_index, f"sample{i}")) for i in mine] if self.sample_seeds else mine
+
+    def __iter__(self) -> Iterator[list]:
+        # a generator: the pass counts only once iteration starts (a multi-worker DataLoader makes and
+        # discards one iterator before the one it uses, which must not skip a pass)
+        pass_index = self.passes
+        self.passes += 1
         if self.shuffle:
             g = torch.Generator()
-            g.manual_seed(self.seed + self.passes)
+            g.manual_seed(self.seed + pass_index)
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
-        self.passes += 1
-        return self._batches(order)
+        yield from self._batches(order, pass_index)
 
     def __len__(self) -> int:
-        return sum(1 for _ in self._batches(list(range(self.n))))
+        return sum(1 for _ in self._slices(list(range(self.n))))
 
 
 class ShardSampler(Sampler[int]):
-    """Rank ``r`` of ``w`` takes items ``r, r+w, ...`` of a (seeded, per-epoch) permutation, without padding.
+    """Evaluation shards: rank ``r`` of ``w`` takes items ``r, r+w, ...`` in order, without padding.
 
     Unlike ``DistributedSampler`` no sample is repeated, so summed evaluation counts equal a
-    single-process evaluation exactly, and the union of the training shards is one epoch.
+    single-process evaluation exactly.
     """
 
-    def __init__(self, n: int, shuffle: bool, seed: int = 0):
-        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _order(self) -> list[int]:
-        if not self.shuffle:
-            return list(range(self.n))
-        g = torch.Generator()
-        g.manual_seed(self.seed + self.epoch)
-        return torch.randperm(self.n, generator=g).tolist()
+    def __init__(self, n: int):
+        self.n = n
 
     def __iter__(self) -> Iterator[int]:
-        self.epoch += 1  # a fresh order per pass, identical on every rank
-        return iter(self._order()[rank()::world_size()])
+        return iter(range(rank(), self.n, world_size()))
 
     def __len__(self) -> int:
         return len(range(rank(), self.n, world_size()))

@@ -10,10 +10,12 @@ from utils import distributed
 from utils.killpoints import kill_point
 from utils.modes import eval_mode
 
+TASK_IL_SETTINGS = ("class-il", "task-il")
+
 
 @torch.no_grad()
-def accuracy_on_loader(model: Any, loader: DataLoader, task_range: tuple[int, int], n_visible: int,
-                       max_batches: Optional[int] = None) -> tuple[float, float]:
+def accuracy_on_loader(model: Any, loader: DataLoader, task_range: tuple[int, int],
+                       n_visible: int) -> tuple[float, float]:
     """(class-IL, task-IL) accuracy in % on one task's loader.
 
     Class-IL: argmax over the logits of the ``n_visible`` classes seen so far. Task-IL: argmax
@@ -21,9 +23,7 @@ def accuracy_on_loader(model: Any, loader: DataLoader, task_range: tuple[int, in
     """
     start, end = task_range
     correct_cil = correct_til = total = 0
-    for i, batch in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
+    for batch in loader:
         inputs, labels = batch[0].to(model.device, non_blocking=True), batch[1].to(model.device)
         with model.autocast():
             logits = model(inputs)
@@ -42,14 +42,22 @@ def accuracy_on_loader(model: Any, loader: DataLoader, task_range: tuple[int, in
     return 100.0 * correct_cil / total, 100.0 * correct_til / total
 
 
-def evaluate(model: Any, dataset: Any, tasks: Optional[Iterable[int]] = None, n_visible: Optional[int] = None,
-             debug: bool = False) -> tuple[list[float], list[float]]:
+def reports_task_il(dataset: Any) -> bool:
+    """Whether task-IL accuracy means something for ``dataset`` (its tasks have disjoint label ranges)."""
+    return getattr(dataset, "SETTING", "class-il") in TASK_IL_SETTINGS
+
+
+def evaluate(model: Any, dataset: Any, tasks: Optional[Iterable[int]] = None,
+             n_visible: Optional[int] = None) -> tuple[list[float], list[float]]:
     """Accuracy on each task's test set, as two lists in %: (class-IL, task-IL).
+
+    Task-IL is reported only where tasks hold different classes (``class-il``/``task-il`` settings). In the
+    ``domain-il`` and ``general-continual`` settings every task has all the classes, so the task identity
+    selects nothing: the second list is empty (Mammoth prints a single "Domain-IL" accuracy there).
 
     By default: the test loaders built so far, with the classes of all seen tasks visible.
     ``tasks``/``n_visible`` evaluate other tasks (e.g. future ones for forward transfer).
     """
-    max_batches = model.get_debug_iters() + 1 if debug else None
     if tasks is None:
         loaders = list(enumerate(dataset.test_loaders))
         n_visible = dataset.get_offsets(len(dataset.test_loaders) - 1)[1] if n_visible is None else n_visible
@@ -59,10 +67,10 @@ def evaluate(model: Any, dataset: Any, tasks: Optional[Iterable[int]] = None, n_
     with eval_mode(model):
         for task, loader in loaders:
             a, b = accuracy_on_loader(model, loader, dataset.get_offsets(task),
-                                      n_visible if n_visible is not None else dataset.get_offsets(task)[1],
-                                      max_batches)
+                                      n_visible if n_visible is not None else dataset.get_offsets(task)[1])
             cil.append(a)
-            til.append(b)
+            if reports_task_il(dataset):
+                til.append(b)
             if tasks is None and len(cil) == 1:
                 kill_point("eval", len(loaders))  # test hook: mid-evaluation after task len(loaders)
     return cil, til

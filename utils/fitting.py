@@ -91,8 +91,7 @@ class TaskFitting:
         if self.scheduler is not None and self.args.scheduler_mode == "epoch":
             self.scheduler.step()
         if self.args.fitting_mode == "early_stopping" and (epoch + 1) % self.args.early_stopping_freq == 0:
-            self._check(validation_metric(self.model, self.dataset, self.args.early_stopping_metric,
-                                          self.args.debug_mode))
+            self._check(validation_metric(self.model, self.dataset, self.args.early_stopping_metric))
 
     def _check(self, value: float) -> None:
         eps = self.args.early_stopping_epsilon
@@ -112,7 +111,7 @@ class TaskFitting:
 
 
 @torch.no_grad()
-def validation_metric(model: Any, dataset: Any, metric: str, debug: bool = False) -> float:
+def validation_metric(model: Any, dataset: Any, metric: str) -> float:
     """Mean cross-entropy (over the seen classes) or class-IL accuracy (%) on the current task's validation split."""
     loader = dataset.test_loaders[-1]
     n_visible = dataset.get_offsets()[1]
@@ -120,9 +119,7 @@ def validation_metric(model: Any, dataset: Any, metric: str, debug: bool = False
     model.eval()
     total, loss_sum, correct = 0, 0.0, 0
     try:
-        for i, batch in enumerate(loader):
-            if debug and i > model.get_debug_iters():
-                break
+        for batch in loader:
             x, y = batch[0].to(model.device), batch[1].to(model.device)
             with model.autocast():
                 logits = model(x)[:, :n_visible].float()

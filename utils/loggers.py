@@ -26,8 +26,11 @@ SUMMARY_KEYS = ("final_class_il", "final_task_il", "forgetting", "forgetting_tas
 def task_scalars(matrix_class_il: Sequence[Sequence[float]], matrix_task_il: Sequence[Sequence[float]],
                  task: int) -> dict[str, float]:
     """The scalars logged after ``task`` (0-based) from the accuracy matrices (rows = tasks done)."""
-    cil, til = list(matrix_class_il[task]), list(matrix_task_il[task])
-    out = {"RESULT_class_mean_accs": sum(cil) / len(cil), "RESULT_task_mean_accs": sum(til) / len(til)}
+    cil = list(matrix_class_il[task])
+    til = list(matrix_task_il[task]) if len(matrix_task_il) > task else []  # none in domain-il/general-continual
+    out = {"RESULT_class_mean_accs": sum(cil) / len(cil)}
+    if til:
+        out["RESULT_task_mean_accs"] = sum(til) / len(til)
     out.update({f"RESULT_class_acc_{j}": float(v) for j, v in enumerate(cil)})
     out.update({f"RESULT_task_acc_{j}": float(v) for j, v in enumerate(til)})
     return out

@@ -10,10 +10,11 @@ from tqdm import tqdm
 
 from utils import distributed, metrics
 from utils.errors import UserError
-from utils.evaluate import evaluate
+from utils.evaluate import evaluate, reports_task_il
 from utils.fitting import TaskFitting
 from utils.killpoints import kill_point
 from utils.loss_monitor import LossMonitor
+from utils.protocols import LoopDataset, LoopModel, LoopSettings
 from utils.stopping import check_stop
 
 
@@ -62,7 +63,8 @@ class RunRecord:
         }
         if self.untrained_class_il:
             out["fwt"] = metrics.forward_transfer(self.before_task_class_il, self.untrained_class_il)
-            out["fwt_task_il"] = metrics.forward_transfer(self.before_task_task_il, self.untrained_task_il)
+            out["fwt_task_il"] = metrics.forward_transfer(self.before_task_task_il, self.untrained_task_il) \
+                if self.untrained_task_il else None
         return out
 
 
@@ -77,20 +79,20 @@ def print_task_table(record: RunRecord, out=sys.stdout) -> None:
     print(f"\nAccuracy after task {t + 1} (class-IL, % per task):", file=out)
     for i, row in enumerate(R):
         print(f"  after task {i + 1:2d}: {_fmt(row)}   | mean {metrics.average_accuracy(row):6.2f}", file=out)
-    print(f"  mean class-IL {metrics.average_accuracy(R[-1]):.2f}   mean task-IL "
-          f"{metrics.average_accuracy(Rt[-1]):.2f}", file=out, flush=True)
+    task_il = f"{metrics.average_accuracy(Rt[-1]):.2f}" if Rt else "not reported (every task has all classes)"
+    print(f"  mean class-IL {metrics.average_accuracy(R[-1]):.2f}   mean task-IL {task_il}", file=out, flush=True)
 
 
-def _untrained_accuracy(model: Any, dataset: Any, debug: bool) -> tuple[list[float], list[float]]:
+def _untrained_accuracy(model: Any, dataset: Any) -> tuple[list[float], list[float]]:
     cil, til = [], []
     for j in range(dataset.N_TASKS):
-        a, b = evaluate(model, dataset, tasks=[j], n_visible=dataset.get_offsets(j)[1], debug=debug)
+        a, b = evaluate(model, dataset, tasks=[j], n_visible=dataset.get_offsets(j)[1])
         cil.append(a[0])
-        til.append(b[0])
+        til.extend(b[:1])  # empty where task-IL is not reported (domain-il, general-continual)
     return cil, til
 
 
-def run_epochs(model: Any, dataset: Any, args: Any, train_loader: Any, task: int) -> None:
+def run_epochs(model: LoopModel, dataset: LoopDataset, args: LoopSettings, train_loader: Any, task: int) -> None:
     """The standard epochs of one task (``ContinualModel.train_task``'s default): per epoch
     ``meta_begin_epoch`` -> ``meta_observe`` on every batch of ``train_loader`` -> ``meta_end_epoch``.
 
@@ -106,8 +108,6 @@ def run_epochs(model: Any, dataset: Any, args: Any, train_loader: Any, task: int
         monitor = LossMonitor(task, epoch)
         distributed_run = distributed.world_size() > 1
         for step, (inputs, labels, not_aug_inputs, *extra) in enumerate(bar):
-            if args.debug_mode and step > model.get_debug_iters():
-                break
             inputs = inputs.to(model.device, non_blocking=True)
             labels = labels.to(model.device, non_blocking=True).long()
             not_aug_inputs = not_aug_inputs.to(model.device, non_blocking=True)
@@ -127,14 +127,14 @@ def run_epochs(model: Any, dataset: Any, args: Any, train_loader: Any, task: int
         model.meta_end_epoch(epoch, dataset)
         fitting.after_epoch(epoch)
         if args.eval_epochs and (epoch + 1) % args.eval_epochs == 0 and hasattr(model, "epoch_evaluations"):
-            cil, til = evaluate(model, dataset, debug=args.debug_mode)
+            cil, til = evaluate(model, dataset)
             model.epoch_evaluations.append({"task": task, "epoch": epoch, "class_il": cil, "task_il": til})
             if distributed.is_main_process():
                 print(f"task {task + 1} epoch {epoch + 1}: class-IL {metrics.average_accuracy(cil):.2f} "
                       f"task-IL {metrics.average_accuracy(til):.2f}", flush=True)
 
 
-def future_accuracy(model: Any, dataset: Any, debug: bool) -> list[float]:
+def future_accuracy(model: Any, dataset: Any) -> list[float]:
     """``--eval_future``: class-IL accuracy (all classes visible) of ``model.future_forward`` on the future tasks."""
     future = list(range(dataset.c_task + 1, dataset.N_TASKS))
     if not future:
@@ -150,7 +150,7 @@ def future_accuracy(model: Any, dataset: Any, debug: bool) -> list[float]:
         def __call__(self, x: Any) -> Any:
             return self.inner.future_forward(x)
 
-    return evaluate(Future(model), dataset, tasks=future, n_visible=dataset.N_CLASSES, debug=debug)[0]
+    return evaluate(Future(model), dataset, tasks=future, n_visible=dataset.N_CLASSES)[0]
 
 
 def skip_tasks(model: Any, dataset: Any, args: Any, record: RunRecord, until: int) -> None:
@@ -169,14 +169,14 @@ def skip_tasks(model: Any, dataset: Any, args: Any, record: RunRecord, until: in
         dataset.get_data_loaders()
         model.meta_begin_task(dataset)
         model.meta_end_task(dataset)
-        accs = evaluate(model, dataset, debug=args.debug_mode)
+        accs = evaluate(model, dataset)
         model.meta_end_eval(dataset, accs)
         record.accuracy_matrix_class_il.append(accs[0])
         record.accuracy_matrix_task_il.append(accs[1])
         record.task_timings.append({"train_seconds": 0.0, "eval_seconds": 0.0})
 
 
-def train(model: Any, dataset: Any, args: Any, record: Optional[RunRecord] = None,
+def train(model: LoopModel, dataset: LoopDataset, args: LoopSettings, record: Optional[RunRecord] = None,
           on_task_end: Optional[Callable[[RunRecord], None]] = None) -> RunRecord:
     """Train tasks ``record.tasks_done .. N_TASKS-1`` (or up to ``--stop_after``) and evaluate after each.
 
@@ -190,7 +190,7 @@ def train(model: Any, dataset: Any, args: Any, record: Optional[RunRecord] = Non
     n_tasks = dataset.N_TASKS
     last = min(n_tasks, args.stop_after) if args.stop_after else n_tasks
     if args.enable_other_metrics and not record.untrained_class_il:
-        record.untrained_class_il, record.untrained_task_il = _untrained_accuracy(model, dataset, args.debug_mode)
+        record.untrained_class_il, record.untrained_task_il = _untrained_accuracy(model, dataset)
     if args.start_from is not None:
         skip_tasks(model, dataset, args, record, args.start_from)
     quiet = bool(args.non_verbose) or not distributed.is_main_process()
@@ -200,11 +200,11 @@ def train(model: Any, dataset: Any, args: Any, record: Optional[RunRecord] = Non
         if args.enable_other_metrics:
             before = (None, None)
             if task > 0:
-                a, b = evaluate(model, dataset, tasks=[task], n_visible=dataset.get_offsets(task)[1],
-                                debug=args.debug_mode)
-                before = (a[0], b[0])
+                a, b = evaluate(model, dataset, tasks=[task], n_visible=dataset.get_offsets(task)[1])
+                before = (a[0], b[0] if b else None)
             record.before_task_class_il.append(before[0])
-            record.before_task_task_il.append(before[1])
+            if reports_task_il(dataset):
+                record.before_task_task_il.append(before[1])
         model.net.train()
         model.meta_begin_task(dataset)
         distributed.average_gradients_before_step(model.opt)  # a no-op in a single process
@@ -216,14 +216,15 @@ def train(model: Any, dataset: Any, args: Any, record: Optional[RunRecord] = Non
         model.meta_end_task(dataset)
         train_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        accs = evaluate(model, dataset, debug=args.debug_mode)
+        accs = evaluate(model, dataset)
         eval_seconds = time.perf_counter() - start
         model.meta_end_eval(dataset, accs)
         record.accuracy_matrix_class_il.append(accs[0])
-        record.accuracy_matrix_task_il.append(accs[1])
+        if reports_task_il(dataset):
+            record.accuracy_matrix_task_il.append(accs[1])
         record.task_timings.append({"train_seconds": train_seconds, "eval_seconds": eval_seconds})
         if args.eval_future:
-            record.future_accuracy_class_il.append(future_accuracy(model, dataset, args.debug_mode))
+            record.future_accuracy_class_il.append(future_accuracy(model, dataset))
         if distributed.is_main_process():
             print_task_table(record)
         if on_task_end is not None:

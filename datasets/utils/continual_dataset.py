@@ -10,12 +10,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
+from datasets.utils.debug import debug_cap
 from datasets.utils.labels import cached_noisy_labels, labelled_mask
 from datasets.utils.scenario import ClassIncrementalScenario
 from datasets.utils.sources import ImageSource, TaskDataset, seed_worker
 from datasets.utils.transforms import build_transform
 from mammoth_compat.dataset import MammothDatasetAPI
-from utils import distributed
+from utils import distributed, seeding
 from utils.errors import UserError
 
 PREFETCH_BATCHES = 4  # batches each loader worker prepares ahead
@@ -99,6 +100,7 @@ class ContinualDataset(MammothDatasetAPI):
     build_not_aug = True  # the model sets False when it never reads the not-augmented view (no double decode)
     DEFAULTS: dict[str, Any] = {}
     IN_CHANS: int = 3
+    SHUFFLE_TRAIN: bool = True  # False: a stream whose order is the benchmark (general-continual)
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
@@ -106,10 +108,15 @@ class ContinualDataset(MammothDatasetAPI):
             setattr(self, key, tuple(value) if key in ("SIZE", "MEAN", "STD") else value)
         self._configure()
         self._check_channels()
-        self.scenario = ClassIncrementalScenario.build(self.N_CLASSES_PER_TASK, self.N_TASKS,
-                                                       permute=bool(args.permute_classes), seed=args.seed)
+        self.n_domains = self.N_TASKS  # tasks before --joint collapses them
+        if getattr(args, "joint", False):
+            self._collapse_to_one_task()
+        self.scenario = self.build_scenario()
         class_seq, task_seq = getattr(args, "custom_class_order", None), getattr(args, "custom_task_order", None)
         if class_seq or task_seq:
+            if not hasattr(self.scenario, "reorder"):
+                raise UserError(f"{self.NAME}: --custom_class_order/--custom_task_order need a class-incremental "
+                                f"dataset (this one is {self.SETTING})")
             try:
                 self.scenario = self.scenario.reorder(class_seq, task_seq)
             except ValueError as exc:
@@ -121,6 +128,7 @@ class ContinualDataset(MammothDatasetAPI):
                             f"make N_CLASSES equal to the sum of N_CLASSES_PER_TASK in the dataset config")
         self.N_CLASSES = self.scenario.n_classes
         self.c_task = -1
+        self._shuffled_loaders: dict[int, int] = {}  # task -> shuffled loaders made for it (seeds their order)
         self.train_loader: Optional[DataLoader] = None
         self.test_loaders: list[DataLoader] = []
         self._splits: Optional[tuple[ImageSource, ImageSource]] = None
@@ -181,6 +189,17 @@ class ContinualDataset(MammothDatasetAPI):
 
     def get_loss(self) -> Callable:
         return F.cross_entropy
+
+    def build_scenario(self) -> Any:
+        """The label layout of the tasks: disjoint class ranges (class-IL/task-IL) unless overridden."""
+        return ClassIncrementalScenario.build(self.N_CLASSES_PER_TASK, self.N_TASKS,
+                                              permute=bool(self.args.permute_classes), seed=self.args.seed)
+
+    def _collapse_to_one_task(self) -> None:
+        """``--joint 1`` (Mammoth's meaning): one task holding every class, trained on all the data at once."""
+        per_task = self.N_CLASSES_PER_TASK
+        total = per_task * self.N_TASKS if isinstance(per_task, (int, np.integer)) else sum(per_task)
+        self.N_CLASSES_PER_TASK, self.N_TASKS = int(total), 1
 
     # ----- provided -------------------------------------------------------------------------------
     @property
@@ -259,25 +278,36 @@ class ContinualDataset(MammothDatasetAPI):
 
     def make_loader(self, dataset: torch.utils.data.Dataset, shuffle: bool,
                     batch_size: Optional[int] = None) -> DataLoader:
-        """A seeded loader: the shuffle order derives from the global torch RNG (saved in checkpoints)."""
+        """A seeded loader, identical on every rank whatever the shard sizes and ``--num_workers``.
+
+        A shuffled loader's order and each sample's augmentation come from the stream (seed, task,
+        ``loader<n>``) (n-th shuffled loader of the task): a sample's augmentation depends only on its index
+        and the pass, never on which rank or worker loads it; the global RNGs are not touched.
+        """
         if batch_size is None and not shuffle:  # evaluation: larger batches, same results
             batch_size = getattr(self.args, "eval_batch_size", None) or max(self.args.batch_size, 128)
         batch_size = batch_size or self.args.batch_size
         workers = default_num_workers() if self.args.num_workers is None else self.args.num_workers
         device = str(getattr(self.args, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu"))
+        task = max(self.c_task, 0)
+        n = self._shuffled_loaders.get(task, 0) if shuffle else 0
+        seed = seeding.derive_seed(seeding.run_seed(self.args), task, f"loader{n}" if shuffle else "test_loader")
+        if getattr(self.args, "debug_mode", False):  # the single place where --debug_mode caps a pass
+            dataset = debug_cap(dataset, shuffle, seed)
         common = dict(num_workers=workers, worker_init_fn=seed_worker if workers else None,
                       pin_memory=device.startswith("cuda") and torch.cuda.is_available(),
                       # train loaders are iterated once per epoch: keep their workers; test loaders are kept for
                       # the whole run (one per task), persistent workers there would pile up idle processes
                       persistent_workers=bool(workers) and shuffle,
-                      prefetch_factor=PREFETCH_BATCHES if workers else None)
-        if shuffle:  # one RNG draw per train loader; test loaders draw nothing (extra evaluations change nothing)
-            seed = int(torch.randint(0, 2 ** 62, (1,)).item())
+                      prefetch_factor=PREFETCH_BATCHES if workers else None,
+                      generator=torch.Generator().manual_seed(seed))  # workers' base seed: not the global RNG
+        if shuffle:
+            self._shuffled_loaders[task] = n + 1
             sampler = distributed.ShardedBatchSampler(len(dataset), batch_size, shuffle=True, seed=seed,
-                                                      drop_last=bool(self.args.drop_last))
+                                                      drop_last=bool(self.args.drop_last), sample_seeds=True)
             return DataLoader(dataset, batch_sampler=sampler, **common)
         if distributed.world_size() > 1:  # each rank evaluates a disjoint shard; counts are summed
-            return DataLoader(dataset, batch_size=batch_size, sampler=distributed.ShardSampler(len(dataset), False),
+            return DataLoader(dataset, batch_size=batch_size, sampler=distributed.ShardSampler(len(dataset)),
                               **common)
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, **common)
 
@@ -290,7 +320,8 @@ class ContinualDataset(MammothDatasetAPI):
         if len(train_ds) == 0:
             raise UserError(f"{self.NAME}: task {self.c_task} has no training images (classes "
                             f"{self.get_offsets()}); check the class split")
-        self.train_loader = self.make_loader(train_ds, shuffle=True)
+        shuffle = self.SHUFFLE_TRAIN or bool(getattr(self.args, "joint", False))
+        self.train_loader = self.make_loader(train_ds, shuffle=shuffle, batch_size=self.args.batch_size)
         test_loader = self.make_loader(self.test_dataset(self.c_task), shuffle=False)
         self.test_loaders.append(test_loader)
         return self.train_loader, test_loader

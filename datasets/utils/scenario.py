@@ -98,3 +98,34 @@ class ClassIncrementalScenario:
             per_task = [self.classes_per_task[t] for t in tasks]
         identity = bool((order == np.arange(n)).all())
         return ClassIncrementalScenario(tuple(per_task), None if identity else tuple(int(i) for i in order))
+
+@dataclass(frozen=True)
+class SharedLabelScenario:
+    """Domain-IL and general-continual: every task holds the same ``n_classes`` labels (Mammoth's offsets are
+    ``(0, N_CLASSES_PER_TASK)`` for every task); what changes between tasks is the input distribution."""
+
+    n_tasks: int
+    n_classes: int
+    class_order: Optional[tuple[int, ...]] = None
+
+    @classmethod
+    def build(cls, n_classes: int, n_tasks: int, permute: bool = False,
+              seed: Optional[int] = None) -> "SharedLabelScenario":
+        order = tuple(int(i) for i in np.random.RandomState(seed).permutation(n_classes)) if permute else None
+        return cls(int(n_tasks), int(n_classes), order)
+
+    @property
+    def classes_per_task(self) -> tuple[int, ...]:
+        return (self.n_classes,) * self.n_tasks
+
+    def offsets(self, task: int) -> tuple[int, int]:
+        if not 0 <= task < self.n_tasks:
+            raise IndexError(f"task {task} out of range [0, {self.n_tasks})")
+        return 0, self.n_classes
+
+    def task_of_label(self, label: int) -> int:
+        return 0
+
+    def relabel(self, labels: np.ndarray) -> np.ndarray:
+        labels = np.asarray(labels, dtype=np.int64)
+        return labels if self.class_order is None else np.asarray(self.class_order, dtype=np.int64)[labels]

@@ -10,6 +10,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from utils.errors import UserError
+from utils.seeding import seeded
 
 
 @dataclass
@@ -66,15 +67,25 @@ class TaskDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i):
+        """Item ``i``; ``i = (position, seed)`` draws the augmentation from ``seed`` alone (the global RNGs
+        are seeded for it and restored), so it does not depend on the rank, worker or earlier items."""
+        seed = None
+        if isinstance(i, (tuple, list)):
+            i, seed = i
         index = int(self.indices[i])
         img = self.source.image(index)
         label = int(self.source.targets[index])
+        if seed is None:
+            image = self.transform(img)
+        else:
+            with seeded(int(seed)):
+                image = self.transform(img)
         if self.not_aug_transform is None:
-            return self.transform(img), label
+            return image, label
         if self.extra_targets is not None:
-            return self.transform(img), label, self.not_aug_transform(img), int(self.extra_targets[index])
-        return self.transform(img), label, self.not_aug_transform(img)
+            return image, label, self.not_aug_transform(img), int(self.extra_targets[index])
+        return image, label, self.not_aug_transform(img)
 
 
 def seed_worker(worker_id: int) -> None:

@@ -11,15 +11,13 @@ from utils import distributed
 
 @torch.no_grad()
 def task_features(features: Callable[[torch.Tensor], torch.Tensor], dataset: Any, task: int,
-                  device: torch.device, max_batches: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """``features(x)`` of every training image of ``task`` with the test transform (no augmentation),
     in a fixed order (no random draws): (N, D) float32 and (N,) labels, on ``device``."""
     train, _ = dataset.splits
     data = TaskDataset(train, dataset.task_indices(train, task), dataset.get_test_transform())
     feats, labels = [], []
-    for i, (x, y) in enumerate(dataset.make_loader(data, shuffle=False)):
-        if max_batches is not None and i >= max_batches:
-            break
+    for x, y in dataset.make_loader(data, shuffle=False):
         feats.append(features(x.to(device)).float())
         labels.append(y.to(device).long())
     return torch.cat(feats), torch.cat(labels)
@@ -63,8 +61,8 @@ def sample_gaussians(stats: dict[int, tuple[torch.Tensor, torch.Tensor]], per_cl
 
 
 def gathered_task_features(features: Callable[[torch.Tensor], torch.Tensor], dataset: Any, task: int,
-                           device: torch.device, max_batches: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                           device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`task_features` of every rank concatenated (under ``--distributed ddp`` each rank's test-style
     loader holds a shard); in a single process the same as :func:`task_features`."""
-    feats, labels = task_features(features, dataset, task, device, max_batches)
+    feats, labels = task_features(features, dataset, task, device)
     return distributed.all_gather_cat(feats), distributed.all_gather_cat(labels)

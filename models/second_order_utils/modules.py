@@ -242,9 +242,6 @@ class ModulePool:
             past = past_sums.get(name)
             layer.set_composition(None if past is None else w * past, task, w)
 
-    def dense_deltas(self, task: int) -> dict[str, torch.Tensor]:
-        return {name: layer.dense_delta(task) for name, layer in self.layers.items()}
-
 
 def uniform_weights(n_tasks: int) -> list[float]:
     return [1.0 / n_tasks] * n_tasks

@@ -57,12 +57,6 @@ def iel_penalty_grad(delta: torch.Tensor, past_sum: Optional[torch.Tensor], fish
     return beta * grad
 
 
-def omega(task_vectors: Sequence[torch.Tensor], weights: Sequence[float], fisher: torch.Tensor) -> torch.Tensor:
-    """Theorem 1 gap: 1/2 sum_t w_t (tau_t - tau_bar)^T diag(F) (tau_t - tau_bar)."""
-    mean = sum(w * tau for w, tau in zip(weights, task_vectors))
-    return 0.5 * sum(w * (fisher * (tau - mean).pow(2)).sum() for w, tau in zip(weights, task_vectors))
-
-
 def head_regularizer(params: Sequence[torch.Tensor], targets: Sequence[torch.Tensor],
                      fishers: Sequence[torch.Tensor], n_samples: int, lambda_fisher: float,
                      lambda_l2: float, eps: float = EPS) -> torch.Tensor:

@@ -28,30 +28,12 @@ class DiagonalGMM:
     means: torch.Tensor
     variances: torch.Tensor
 
-    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
-        return gmm_log_likelihood(x, self.weights, self.means, self.variances)
-
-    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Per-component counts from a multinomial over the weights, then Gaussian samples."""
-        comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        noise = torch.randn(n, self.means.shape[1], generator=generator, dtype=self.means.dtype,
-                            device=self.means.device)
-        return self.means[comp] + noise * self.variances[comp].sqrt()
-
     def state(self) -> dict[str, torch.Tensor]:
         return {"weights": self.weights, "means": self.means, "variances": self.variances}
 
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor]) -> "DiagonalGMM":
         return cls(state["weights"].float(), state["means"].float(), state["variances"].float())
-
-
-def gmm_log_likelihood(x: torch.Tensor, weights: torch.Tensor, means: torch.Tensor,
-                       variances: torch.Tensor) -> torch.Tensor:
-    """log sum_k pi_k N(x; mu_k, diag sigma_k^2), with -1/2 sum_d [log(2 pi sigma^2) + (x-mu)^2/sigma^2]."""
-    diff2 = (x[:, None, :] - means[None]).pow(2) / variances[None]  # (N, K, D)
-    comp = -0.5 * (diff2.sum(-1) + torch.log(variances).sum(-1)[None] + means.shape[1] * LOG_2PI)
-    return torch.logsumexp(comp + torch.log(weights)[None], dim=1)
 
 
 def _batches(n: int, batch_size: int, generator: Optional[torch.Generator] = None) -> list[torch.Tensor]:

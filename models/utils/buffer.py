@@ -6,7 +6,7 @@ from typing import Any, Callable, Optional
 import torch
 from torchvision import transforms
 
-from utils import distributed
+from utils import distributed, seeding
 from utils.args import add_rehearsal_args  # noqa: F401 - re-exported for the models
 
 FIELDS = ("examples", "labels", "logits", "task_labels")
@@ -29,17 +29,19 @@ class Buffer:
     """Fixed-size reservoir of examples (non-augmented images), labels, optional logits and task ids.
 
     Every example of the stream has the same probability ``buffer_size / num_seen`` of being
-    stored. Randomness comes from the global torch RNG (saved in checkpoints), so a resumed
-    run draws the same samples as an uninterrupted one.
+    stored. With ``seed`` (what the models pass: the run's seed) the reservoir and the replay draws
+    (indices and the augmentation of each replayed example) come from two generators seeded from
+    (seed, "reservoir"/"replay"), saved in checkpoints: a resumed run draws the same samples as an
+    uninterrupted one, and every DDP rank the same ones. Without ``seed`` the global torch RNG is used.
 
     Under ``--distributed ddp`` every rank offers the whole global batch (gathered from all
-    ranks, in rank order) to its reservoir with a generator seeded identically on all ranks,
-    so the buffers stay identical across ranks (and rank 0's checkpoint holds the buffer).
+    ranks, in rank order) to its reservoir, so the buffers stay identical across ranks (and rank
+    0's checkpoint holds the buffer).
     """
 
     FIELDS: tuple[str, ...] = FIELDS  # stored tensors; ``examples`` first
 
-    def __init__(self, buffer_size: int):
+    def __init__(self, buffer_size: int, seed: Optional[int] = None):
         if buffer_size < 1:
             raise ValueError("buffer_size must be >= 1")
         self.buffer_size = buffer_size
@@ -48,7 +50,11 @@ class Buffer:
         self.labels: Optional[torch.Tensor] = None
         self.logits: Optional[torch.Tensor] = None
         self.task_labels: Optional[torch.Tensor] = None
-        self.generator: Optional[torch.Generator] = None  # shared-seed reservoir RNG, only under DDP
+        self.generator: Optional[torch.Generator] = None  # reservoir RNG (same on every rank)
+        self.replay_generator: Optional[torch.Generator] = None  # replay indices and augmentation seeds
+        if seed is not None:
+            self.generator = seeding.generator(seed, 0, "reservoir")
+            self.replay_generator = seeding.generator(seed, 0, "replay")
         for name in self.FIELDS[len(FIELDS):]:  # fields a subclass adds
             setattr(self, name, None)
 
@@ -69,14 +75,15 @@ class Buffer:
         setattr(self, name, torch.zeros((self.buffer_size, *like.shape[1:]), dtype=dtype, device=like.device))
 
     @torch.no_grad()
-    def add_data(self, examples: torch.Tensor, labels: torch.Tensor, logits: Optional[torch.Tensor] = None,
+    def add_data(self, examples: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                 logits: Optional[torch.Tensor] = None,
                  task_labels: Optional[torch.Tensor] = None) -> None:
         """Offer each example of a batch to the reservoir."""
         self._add({"examples": examples, "labels": labels, "logits": logits, "task_labels": task_labels})
 
     def _add(self, given: dict[str, Optional[torch.Tensor]]) -> None:
         """Offer each example of ``given['examples']`` (with its other fields) to the reservoir."""
-        generator = None
+        generator = self.generator
         if distributed.is_distributed():
             given = {k: None if v is None else distributed.all_gather_cat(v.contiguous()) for k, v in given.items()}
             generator = self._distributed_generator()
@@ -101,10 +108,18 @@ class Buffer:
         n = len(self)
         if n == 0:
             raise RuntimeError("the buffer is empty")
-        choice = torch.randperm(n)[:min(size, n)]
+        gen = self.replay_generator
+        choice = torch.randperm(n, generator=gen)[:min(size, n)]
         examples = self.examples[choice]
-        if transform is not None:
+        if transform is not None and gen is None:
             examples = torch.stack([transform(e.cpu()) for e in examples])
+        elif transform is not None:  # each example's augmentation from its own seed: no global RNG consumed
+            seeds = torch.randint(0, 2 ** 62, (len(examples),), generator=gen).tolist()
+            augmented = []
+            for e, seed in zip(examples, seeds):
+                with seeding.seeded(seed):
+                    augmented.append(transform(e.cpu()))
+            examples = torch.stack(augmented)
         out = [examples]
         out += [getattr(self, name)[choice] for name in self.FIELDS[1:] if getattr(self, name) is not None]
         if device is not None:
@@ -121,6 +136,8 @@ class Buffer:
         state.update({name: getattr(self, name).cpu() for name in self.FIELDS if getattr(self, name) is not None})
         if self.generator is not None:
             state["generator"] = self.generator.get_state()
+        if self.replay_generator is not None:
+            state["replay_generator"] = self.replay_generator.get_state()
         return state
 
     def load_state_dict(self, state: dict[str, Any], device: Optional[torch.device] = None) -> None:
@@ -130,6 +147,9 @@ class Buffer:
         if "generator" in state:
             self.generator = torch.Generator()
             self.generator.set_state(state["generator"])
+        if "replay_generator" in state:
+            self.replay_generator = torch.Generator()
+            self.replay_generator.set_state(state["replay_generator"])
         for name in self.FIELDS:
             value = state.get(name)
             setattr(self, name, None if value is None else value.to(device or value.device))

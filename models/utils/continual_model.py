@@ -12,6 +12,8 @@ from backbone import ContinualBackbone
 from mammoth_compat.model import MammothModelAPI, filter_keywords, uses_not_aug
 from models.utils.buffer import Buffer
 from utils import distributed
+from utils.frozen_weights import PretrainedIndex
+from utils.settings import settings_from_args
 from utils.optimization import COMPILE_LEVEL, apply_matmul_precision, compiled
 from utils.training import run_epochs
 
@@ -38,9 +40,10 @@ class ContinualModel(MammothModelAPI, nn.Module):
     NAME: str = ""
     COMPATIBILITY: list[str] = []
     DEFAULTS: dict[str, Any] = {}   # parser defaults of this model (override dataset defaults)
-    AVAIL_OPTIMS = ("sgd", "adam", "adamw")
     # None: the method supports --distributed ddp; otherwise the reason it does not (a one-line error)
     DDP_UNSUPPORTED: Optional[str] = None
+    # the method's typed settings (a dataclass of utils.settings fields), built once into self.settings
+    SETTINGS: Optional[type] = None
     # True: observe reads the not-augmented view (otherwise the loaders never build it). Undeclared (a model file
     # written for Mammoth): decided from observe's code (mammoth_compat.model.uses_not_aug)
     USES_NOT_AUG = False
@@ -54,6 +57,7 @@ class ContinualModel(MammothModelAPI, nn.Module):
         self.net = backbone
         self.loss = loss
         self.args = args
+        self.settings: Any = settings_from_args(self.SETTINGS, args) if self.SETTINGS is not None else None
         self.original_transform = transform
         self.dataset = dataset
         self.device = torch.device("cpu")
@@ -65,6 +69,7 @@ class ContinualModel(MammothModelAPI, nn.Module):
         apply_matmul_precision(self.code_optimization)
         if dataset is not None:
             dataset.build_not_aug = uses_not_aug(type(self), ContinualModel)
+        self.pretrained_index = PretrainedIndex(backbone)  # hashes of the initial weights (lean checkpoints)
 
     # ----- hooks to override ----------------------------------------------------------------------
     @staticmethod
@@ -244,3 +249,13 @@ class ContinualModel(MammothModelAPI, nn.Module):
         buffer = getattr(self, "buffer", None)
         if isinstance(buffer, Buffer) and "buffer" in state:
             buffer.load_state_dict(state["buffer"], getattr(buffer, "device", None) or self.device)
+
+    def lean_checkpoint_state(self) -> dict[str, Any]:
+        """:meth:`checkpoint_state` without the tensors that still equal the pretrained backbone (their hash
+        is kept); what is written to checkpoint files."""
+        return self.pretrained_index.strip(self.checkpoint_state())
+
+    def load_lean_checkpoint_state(self, state: dict[str, Any], dataset: Any, where: str = "") -> None:
+        """Restore a :meth:`lean_checkpoint_state` on a freshly built model with the same pretrained weights
+        (another backbone: a one-line :class:`UserError`)."""
+        self.load_checkpoint_state(self.pretrained_index.fill(state, where), dataset)

@@ -1,0 +1,42 @@
+"""``--debug_mode 1``: every pass over data sees at most :data:`DEBUG_IMAGES` images.
+
+The cap lives in one place, :meth:`ContinualDataset.make_loader`, which every loader of the
+framework goes through (training epochs, evaluation, and the statistics passes of the methods:
+second_order's features/probe/Fisher, EWC's Fisher, joint's union, SLCA/RanPAC features). It counts
+*images*, not batches, so a pass costs the same few forward passes whatever ``--batch_size`` or
+``--stats_batch_size`` is. Mammoth's debug mode instead stops after ~6 batches of any size.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+
+DEBUG_IMAGES = 4
+
+
+class CappedDataset(Subset):
+    """A :class:`Subset` that also forwards ``(position, seed)`` items (seeded per-sample augmentation)."""
+
+    def __getitem__(self, i):
+        if isinstance(i, tuple):
+            position, seed = i
+            return self.dataset[(self.indices[position], seed)]
+        return super().__getitem__(i)
+
+
+def debug_cap(dataset: Dataset, shuffle: bool, seed: Optional[int] = None,
+              limit: int = DEBUG_IMAGES) -> Dataset:
+    """``dataset`` cut to ``limit`` items: a seeded random subset for shuffled (training/statistics) passes,
+    the first items for test passes. Unchanged when it is already that small."""
+    n = len(dataset)
+    if n <= limit:
+        return dataset
+    if shuffle:
+        g = torch.Generator().manual_seed(int(seed or 0))
+        keep = np.sort(torch.randperm(n, generator=g)[:limit].numpy())
+    else:
+        keep = np.arange(limit)
+    return CappedDataset(dataset, keep.tolist())

@@ -1,0 +1,64 @@
+"""Typed per-method settings (utils/settings.py) and the loop's protocols (utils/protocols.py)."""
+import dataclasses
+
+import pytest
+import torch
+
+from app.config import parse_args
+from app.experiment import build_experiment
+from models import MODELS
+from tests.conftest import make_npz, tiny_run_args
+from utils.args import RUN_FLAGS, positive_int
+from utils.protocols import LoopDataset, LoopModel
+from utils.settings import add_settings_flags, setting, settings_from_args
+
+BASE = ["--dataset", "seq-cifar10", "--lr", "0.1"]
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS.names() if MODELS.get(n).SETTINGS is not None])
+def test_each_settings_field_is_a_flag_and_arrives_typed(name):
+    cls = MODELS.get(name)
+    args = parse_args(["--model", name, *BASE])
+    settings = settings_from_args(cls.SETTINGS, args)
+    for f in dataclasses.fields(cls.SETTINGS):
+        assert getattr(settings, f.name) == f.metadata["default"], f.name  # the flag's default
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(settings, dataclasses.fields(cls.SETTINGS)[0].name, 0)
+
+
+def test_converted_models_are_found():
+    assert {"slca", "ranpac", "ewc-on", "lwf-mc"} <= {n for n in MODELS.names() if MODELS.get(n).SETTINGS}
+
+
+def test_command_line_values_reach_model_settings(tmp_path):
+    path = make_npz(str(tmp_path / "d.npz"))
+    args = parse_args(["--model", "slca", *tiny_run_args(path, tmp_path), "--ca_epochs", "3",
+                       "--milestones", "4,2", "--ca_covariance", "diag"])
+    model = build_experiment(args, torch.device("cpu")).model
+    assert (model.settings.ca_epochs, model.settings.milestones, model.settings.ca_covariance) == (3, [2, 4], "diag")
+    assert model.args.ca_epochs == 3  # self.args stays (Mammoth's model files use it)
+    assert isinstance(model, LoopModel) and isinstance(build_experiment(args).dataset, LoopDataset)
+
+
+def test_declaration_errors_and_run_flags():
+    import argparse
+
+    @dataclasses.dataclass(frozen=True)
+    class Good:
+        chunk: int = setting(8, positive_int, "chunk size", changes_results=False)
+        items: list = setting([1], list, "a list default is copied per instance")
+
+    parser = argparse.ArgumentParser()
+    add_settings_flags(parser, Good)
+    assert "chunk" in RUN_FLAGS
+    a, b = Good(), Good()
+    assert a.items == [1] and a.items is not b.items
+    assert settings_from_args(Good, parser.parse_args(["--chunk", "3"])).chunk == 3
+
+    @dataclasses.dataclass
+    class Bad:
+        x: int = 1
+
+    with pytest.raises(TypeError, match="utils.settings.setting"):
+        add_settings_flags(argparse.ArgumentParser(), Bad)
+    assert settings_from_args(Good, argparse.Namespace(items=[2])) == Good(chunk=8, items=[2])  # defaults fill in
