@@ -4,7 +4,8 @@
     python -m app.edit --checkpoint PATH --drop 2        # unlearning: leave task 2's module out
 
 The dataset, backbone and model are rebuilt from the checkpoint's arguments. Every task's test set is
-evaluated with the full composition (all modules, uniform weights) and with the edited one. Targets
+evaluated with the full composition (all modules, uniform weights), with the edited one and with theta0
+and the same heads (every module dropped), which shows what the modules contribute. Targets
 are the kept tasks (``--keep``) or the dropped ones (``--drop``); the other tasks are the controls.
 Weights are 1/|kept| over the kept modules; ``--raw_weights`` keeps the reference's 1/T (docs §9 Q3).
 """
@@ -76,6 +77,8 @@ def evaluate_edit(model: Any, dataset: Any, keep: Optional[list[int]] = None, dr
     model.eval_task_weights = weights
     try:
         edited = evaluate(model, dataset)
+        model.eval_task_weights = [0.0] * n_tasks  # theta0 with the same heads: every module dropped
+        theta0 = evaluate(model, dataset)
     finally:
         model.eval_task_weights = None
         model.compose_eval()
@@ -84,10 +87,13 @@ def evaluate_edit(model: Any, dataset: Any, keep: Optional[list[int]] = None, dr
         return sum(values[t] for t in tasks) / len(tasks) if tasks else None
 
     controls = [t for t in range(n_tasks) if t not in targets]
+    all_tasks = list(range(n_tasks))
     return {"mode": "keep" if keep is not None else "drop", "kept": kept, "targets": targets,
             "controls": controls, "weights": weights, "raw_weights": raw_weights,
             "full_class_il": full[0], "full_task_il": full[1], "edited_class_il": edited[0],
-            "edited_task_il": edited[1],
+            "edited_task_il": edited[1], "theta0_class_il": theta0[0], "theta0_task_il": theta0[1],
+            "mean_class_il": {"full": mean(full[0], all_tasks), "edited": mean(edited[0], all_tasks),
+                              "theta0": mean(theta0[0], all_tasks)},
             "target_class_il": {"full": mean(full[0], targets), "edited": mean(edited[0], targets)},
             "control_class_il": {"full": mean(full[0], controls), "edited": mean(edited[0], controls)}}
 
@@ -104,17 +110,21 @@ def edit_plot_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    lines = [f"{'task':>4s} {'role':>8s} {'weight':>7s} {'full CIL':>9s} {'edited CIL':>11s} "
-             f"{'full TIL':>9s} {'edited TIL':>11s}"]
+    lines = [f"{'task':>4s} {'role':>8s} {'weight':>7s} {'full CIL':>9s} {'edited CIL':>11s} {'theta0 CIL':>11s} "
+             f"{'full TIL':>9s} {'edited TIL':>11s} {'theta0 TIL':>11s}"]
     for t in range(len(report["weights"])):
         role = "target" if t in report["targets"] else "control"
         lines.append(f"{t:4d} {role:>8s} {report['weights'][t]:7.3f} {report['full_class_il'][t]:9.2f} "
-                     f"{report['edited_class_il'][t]:11.2f} {report['full_task_il'][t]:9.2f} "
-                     f"{report['edited_task_il'][t]:11.2f}")
+                     f"{report['edited_class_il'][t]:11.2f} {report['theta0_class_il'][t]:11.2f} "
+                     f"{report['full_task_il'][t]:9.2f} {report['edited_task_il'][t]:11.2f} "
+                     f"{report['theta0_task_il'][t]:11.2f}")
     for name in ("target", "control"):
         acc = report[f"{name}_class_il"]
         if acc["full"] is not None:
             lines.append(f"{name} class-IL mean: full {acc['full']:.2f} -> edited {acc['edited']:.2f}")
+    acc = report["mean_class_il"]
+    lines.append(f"theta0 with the same heads (every module dropped): class-IL mean {acc['theta0']:.2f}; "
+                 f"the modules add {acc['full'] - acc['theta0']:+.2f} points (full {acc['full']:.2f})")
     return "\n".join(lines)
 
 

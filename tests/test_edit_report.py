@@ -1,11 +1,13 @@
-"""The module-editing command writes its target/control table as JSON and as a plot."""
+"""The module-editing command writes its target/control table (and theta0 with the same heads) as JSON and a plot."""
 import json
 
 import pytest
+import torch
 
 from tests.test_second_order_model import argv_for
 from app import edit
 from app.runner import run
+from utils.evaluate import evaluate
 
 
 def test_edit_writes_table_and_plot(tmp_path, capsys):
@@ -16,8 +18,26 @@ def test_edit_writes_table_and_plot(tmp_path, capsys):
     assert edit.main(["--checkpoint", ckpt, "--drop", "1", "--out", str(out), "--plot", str(png)]) == 0
     report = json.load(open(out))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert f"plot: {png}" in capsys.readouterr().out
     rows = edit.edit_plot_rows(report)
     assert [r["name"] for r in rows] == ["target", "control"]
     assert rows[0]["edited"] == pytest.approx(report["edited_class_il"][1])  # the single dropped task
     assert rows[1]["full"] == pytest.approx((report["full_class_il"][0] + report["full_class_il"][2]) / 2)
+    printed = capsys.readouterr().out
+    assert f"plot: {png}" in printed
+    # theta0 with the same heads: checked against a model whose task modules are zeroed by hand
+    _, dataset, model, _ = edit.load_model(ckpt, "cpu")
+    with torch.no_grad():
+        for layer in model.pool.layers.values():
+            for delta in layer.deltas:
+                for p in delta.parameters():
+                    p.zero_()
+        model.compose_eval()
+        reference = evaluate(model, dataset)
+    assert report["theta0_class_il"] == pytest.approx(reference[0])
+    assert report["theta0_task_il"] == pytest.approx(reference[1])
+    assert report["theta0_class_il"] != report["full_class_il"]  # the trained modules do change the predictions
+    means = report["mean_class_il"]
+    assert means["theta0"] == pytest.approx(sum(reference[0]) / 3)
+    assert means["full"] == pytest.approx(sum(report["full_class_il"]) / 3)
+    assert (f"theta0 with the same heads (every module dropped): class-IL mean {means['theta0']:.2f}; the modules "
+            f"add {means['full'] - means['theta0']:+.2f} points") in printed
