@@ -44,8 +44,8 @@ def test_sigterm_stops_at_a_safe_point_and_resume_equals_uninterrupted(tmp_path)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: stopped by SIGTERM after 1 finished task(s); "
                                                    "checkpoints of finished tasks are in "), err
-    assert lines[0].endswith("rerun with --resume")
-    run_dir = folder / "ckpt" / task_files(folder / "ckpt")[0]
+    assert "rerun with --resume" in lines[0]  # (the paused state, when saved, is named after it)
+    run_dir = folder / "ckpt" / [d for d in task_files(folder / "ckpt") if d != "paused"][0]  # paused/: the interrupted state
     assert task_files(run_dir) == ["task_1.pt"]  # complete (hash-checked on load), nothing half-written
     assert checkpoints.load_checkpoint(str(run_dir / "task_1.pt"))["tasks_done"] == 1
     assert not (folder / "res" / "r.json").exists()
