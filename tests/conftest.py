@@ -45,6 +45,32 @@ def make_npz(path: str, n_classes: int = 4, per_class: int = 6, size: int = 8, c
     return path
 
 
+SECOND_ORDER_FAST = ["--num_epochs_pretuning", "1", "--num_epochs_align_pretuning", "1",
+                     "--num_samples_align_pretuning", "8", "--batch_size_align_pretuning", "8"]
+# flags that keep a model's tiny run fast; every registered model is in the matrix below, with [] if not listed
+EXTRA_FLAGS = {
+    "ita": [*SECOND_ORDER_FAST, "--alpha_ita", "1"],
+    "iel": [*SECOND_ORDER_FAST, "--beta_iel", "1"],
+    "second_order": SECOND_ORDER_FAST,
+    "ewc_on": ["--e_lambda", "10"],
+    "lwf_mc": [],
+    "er": ["--buffer_size", "8", "--minibatch_size", "3"],
+    "der": ["--buffer_size", "8"],
+    "derpp": ["--buffer_size", "8"],
+    "l2p": ["--pool_size", "4", "--top_k", "2", "--prompt_length", "2", "--lr", "0.01"],
+    "coda_prompt": ["--pool_size", "6", "--prompt_length", "2", "--lr", "0.01"],
+    "slca": ["--ca_samples_per_class", "8", "--ca_epochs", "2"],
+    "ranpac": ["--rp_size", "64"],
+    "task_arithmetic": [],
+    "simplecil": [],
+    "dualprompt": ["--g_prompt_layers", "0", "--e_prompt_layers", "0", "--g_prompt_length", "2",
+                   "--e_prompt_length", "2", "--lr", "0.01"],
+    "tmc": ["--lr", "0.01"],
+    "inflora": ["--inflora_rank", "2", "--lr", "0.01"],
+    "seed": ["--num_experts", "2", "--seed_cov_eps", "0.01"],
+}
+
+
 @pytest.fixture
 def tiny_npz(tmp_path) -> str:
     return make_npz(str(tmp_path / "tiny.npz"))

@@ -14,7 +14,7 @@ from backbone import get_backbone
 from benchmarks.compare import merge_flags
 from datasets import get_dataset
 from models import MODELS, get_model_class
-from tests.conftest import make_npz, tiny_run_args
+from tests.conftest import EXTRA_FLAGS, make_npz, tiny_run_args
 from tests.device_mode import (DefaultDeviceMode, on_default_device, plain,
                                 stray_tensors)
 from app.config import parse_args
@@ -22,20 +22,13 @@ from utils.device_audit import misplaced_tensors
 from app.experiment import set_random_seed
 from utils.training import RunRecord, train
 
-SO_FAST = ["--num_epochs_pretuning", "1", "--num_epochs_align_pretuning", "1", "--num_samples_align_pretuning", "8",
-           "--batch_size_align_pretuning", "8", "--alpha_ita", "1", "--beta_iel", "1"]
-EXTRA = {
-    "ewc-on": ["--e_lambda", "10"],
-    "er": ["--buffer_size", "8", "--minibatch_size", "3"],
-    "derpp": ["--buffer_size", "8"],
-    "l2p": ["--pool_size", "4", "--top_k", "2", "--prompt_length", "2", "--lr", "0.01"],
-    "coda-prompt": ["--pool_size", "6", "--prompt_length", "2", "--lr", "0.01"],
-    "slca": ["--ca_samples_per_class", "8", "--ca_epochs", "2"],
-    "ranpac": ["--rp_size", "16"],
-    "ita": SO_FAST, "iel": [*SO_FAST, "--tuning_style", "ia3"],  # the three module types, both modes, bf16
-    "second-order": [*SO_FAST, "--tuning_style", "full", "--use_iel", "1", "--precision", "bf16"],
-}
-CASES = [(name, EXTRA.get(name, [])) for name in MODELS.names()]
+# the tiny-run flags of every model (one table, shared with the end-to-end matrix), plus the module types, both
+# modes and bf16 for the second-order family
+DEVICE_FLAGS = {**EXTRA_FLAGS, "iel": [*EXTRA_FLAGS["iel"], "--tuning_style", "ia3"],
+                "second_order": [*EXTRA_FLAGS["second_order"], "--alpha_ita", "1", "--beta_iel", "1",
+                                 "--tuning_style", "full", "--use_iel", "1", "--precision", "bf16"]}
+NAMES = sorted({MODELS.get(name).NAME: name for name in MODELS.names()}.values())  # one case per model, not per alias
+CASES = [(name, DEVICE_FLAGS.get(MODELS.get(name).NAME, [])) for name in NAMES]
 
 
 @pytest.fixture(scope="module")
