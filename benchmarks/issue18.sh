@@ -25,6 +25,8 @@ declare -A EXTRA=(
   [ita]="$CHEAP --fisher_mc_classes 1 --alpha_ita 1 --init_head_from_pretuned 1"
   [iel]="$CHEAP --fisher_mc_classes 1 --beta_iel 1 --init_head_from_pretuned 1"
   [ita_exact]="$CHEAP --fisher_mc_classes all --alpha_ita 1 --init_head_from_pretuned 1"
+  [ita_l2]="$CHEAP --fisher_mc_classes 1 --alpha_ita 1 --init_head_from_pretuned 1 --simple_reg_weight_cls 0.45"
+  [iel_l2]="$CHEAP --fisher_mc_classes 1 --beta_iel 1 --init_head_from_pretuned 1 --simple_reg_weight_cls 0.45"
 )
 
 run_dataset() {  # $1 label, $2 data file, $3 n_tasks
@@ -37,7 +39,7 @@ run_dataset() {  # $1 label, $2 data file, $3 n_tasks
   $RUN -m benchmarks.compare --dataset seq-custom --backbone efficientnet_lite0 --models "$MODELS" --seeds 1 \
     --out "$out" "${extras[@]}" \
     -- --data_path "$2" --n_tasks "$3" --img_size 64 --normalization half --n_epochs 1 --plots 0
-  for m in ita_old ita iel ita_exact; do
+  for m in ita_old ita iel ita_exact ita_l2 iel_l2; do
     local ckpt="checkpoints/${ck}_$m/task_$3.pt" json="$out/components_$m.json"
     if [ -f "$ckpt" ] && [ ! -f "$json" ]; then
       $RUN -m benchmarks.components --checkpoint "$ckpt" --drops "${DROPS:-0}" --out "$json"
