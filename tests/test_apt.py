@@ -198,6 +198,16 @@ def test_edit_command_drops_a_prompt_and_its_classes(data, tmp_path):
     report = json.load(open(out))
     assert report["weights"] == [0.5, 0.0, 0.5] and report["targets"] == [1]
     assert report["edited_class_il"][1] == 0.0  # exact unlearning: task 1's classes are gone with its prompt
+    # the editing benchmark's protocol on the same checkpoint: a kept-alone prompt predicts only its classes
+    from app.edit import load_model
+    from benchmarks.editing import run_protocol
+    _, dataset, model, _ = load_model(str(ckpts[-1]), "cpu")
+    records = {r["edit"]: r for r in run_protocol(model, dataset, raw_weights=False)}
+    assert records["keep all"]["per_task_after"] == records["keep all"]["per_task_before"]
+    for t in range(3):
+        assert records[f"keep {t}"]["control_after"] == 0.0 and records[f"drop {t}"]["target_after"] == 0.0
+        assert records[f"keep {t}"]["per_task_after"][t] >= records["keep all"]["per_task_before"][t]
+    assert records["theta0 (all dropped)"]["target_after"] is not None
 
 
 def test_cnn_backbone_is_a_one_line_error(data, tmp_path, capsys):
