@@ -18,8 +18,8 @@ TRAIN_PER_CLASS, TEST_PER_CLASS = 20, 30
 # dataset -> (pre-tuning alone: class-IL >= sgd + this; ITA: task-IL >= sgd's + this). Measured (seed 0):
 # cifar10 sgd 8.33 / 50.33 (class-IL / task-IL), ITA 19.67 / 65.67, pre-tuning alone 30.33 class-IL;
 # mnist sgd 14.67 / 58.33, ITA 10.00 / 76.33, pre-tuning alone 40.33: class-IL gaps +22.0 / +25.7, task-IL
-# gaps +15.3 / +18.0, asserted with a safety factor of about 2. ITA's own class-IL is not asserted above sgd: on MNIST it is below
-# (its trained heads are not calibrated across tasks; docs/second_order.md, issue 18).
+# gaps +15.3 / +18.0, asserted with a safety factor of about 2. ITA's own class-IL is not asserted above sgd:
+# on MNIST it is below (its trained heads are not calibrated across tasks; docs/second_order.md, issue 18).
 MARGINS = {"cifar10": (10.0, 7.0), "mnist": (10.0, 7.0)}
 
 
