@@ -284,10 +284,8 @@ def add_run_management_args(mgmt: Any) -> None:
 
 def add_rehearsal_args(parser: argparse.ArgumentParser) -> None:
     """``--buffer_size`` (required by rehearsal methods) and ``--minibatch_size`` (default: the batch size)."""
-    parser.add_argument("--buffer_size", type=none_or(positive_int), default=None,
-                        help="number of stored examples (required for rehearsal methods)")
-    parser.add_argument("--minibatch_size", type=none_or(positive_int), default=None,
-                        help="replayed examples per step (default: --batch_size)")
+    from utils.settings import RehearsalSettings, add_settings_flags  # utils.settings builds on this module
+    add_settings_flags(parser, RehearsalSettings)
 
 
 # Mammoth's parser helpers, for model files written for Mammoth (see mammoth_compat.args)

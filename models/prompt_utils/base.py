@@ -1,13 +1,32 @@
 """Shared skeleton of the prompt methods: a frozen timm ViT, trainable prompts and head."""
 from __future__ import annotations
 
-from typing import Iterable
+import argparse
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 
 from models.prompt_utils.vit_prompting import require_vit
 from models.utils.continual_model import ContinualModel
+from utils.args import nonneg_float
+from utils.settings import setting
+
+
+def parse_layers(text: str) -> list[int]:
+    """``0,1,2`` -> sorted distinct non-negative ViT block indices."""
+    try:
+        layers = sorted({int(v) for v in str(text).split(",") if v.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated block indices like 0,1,2,3,4, got '{text}'") from None
+    if not layers or layers[0] < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative block indices like 0,1,2,3,4, got '{text}'")
+    return layers
+
+
+def pull_constraint_setting(default: float) -> Any:
+    """``--pull_constraint_coeff`` (l2p and dualprompt, each with its own default)."""
+    return setting(default, nonneg_float, "weight of the key-query pull constraint")
 
 
 class PromptedViTModel(ContinualModel):
