@@ -34,7 +34,7 @@ class CodaPrompt(PromptedViTModel):
 
     def __init__(self, backbone, loss, args, transform, dataset=None):
         super().__init__(backbone, loss, args, transform, dataset)
-        n_tasks = dataset.N_TASKS if dataset is not None else 1
+        n_tasks = dataset.n_tasks if dataset is not None else 1
         s = self.settings
         self.layers = [i for i in s.prompt_layers if i < len(self.vit.blocks)]
         if not self.layers:

@@ -57,7 +57,7 @@ class DualPrompt(PromptedViTModel):
         self.e_layers = [i for i in s.e_prompt_layers if i < depth]
         if not self.e_layers:
             raise UserError(f"--e_prompt_layers {s.e_prompt_layers}: the ViT has only {depth} blocks")
-        n_tasks = dataset.N_TASKS if dataset is not None else 1
+        n_tasks = dataset.n_tasks if dataset is not None else 1
         pool_size = s.e_pool_size or n_tasks
         if pool_size < n_tasks:
             raise UserError(f"--e_pool_size {pool_size} must be at least the number of tasks {n_tasks}")

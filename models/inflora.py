@@ -55,7 +55,7 @@ class InfLoRA(ContinualModel):
             self.layers[f"blocks.{i}.attn.qkv"] = block.attn.qkv
         self.pool = ModulePool(self.layers)
         self.memories = {name: SubspaceMemory(layer.d_in) for name, layer in self.layers.items()}
-        self.n_tasks_total = dataset.N_TASKS if dataset is not None else 1
+        self.n_tasks_total = dataset.n_tasks if dataset is not None else 1
 
     def get_parameters(self):
         params = list(self.net.classifier.parameters())

@@ -50,7 +50,7 @@ class Seed(ContinualModel):
         self.register_buffer("means", torch.zeros(K, C, D))
         self.register_buffer("chols", torch.zeros(K, C, D, D))
         self.register_buffer("known", torch.zeros(K, C, dtype=torch.bool))
-        self.register_buffer("expert_of_task", torch.full((dataset.N_TASKS if dataset is not None else 1,), -1))
+        self.register_buffer("expert_of_task", torch.full((dataset.n_tasks if dataset is not None else 1,), -1))
         self.requires_grad_(False)
         self.teacher: nn.Module | None = None
         self.selected = -1
