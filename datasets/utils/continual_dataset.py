@@ -14,7 +14,7 @@ from datasets.utils.debug import debug_cap
 from datasets.utils.labels import cached_noisy_labels, labelled_mask
 from datasets.utils.scenario import ClassIncrementalScenario
 from datasets.utils.sources import ImageSource, TaskDataset, seed_worker
-from datasets.utils.structure import STRUCTURE_KEYS, INSTANCE_NAMES, check_structure, declared_structure, install_views  # noqa: F401 - re-exported
+from datasets.utils.structure import INSTANCE_NAMES, declared_structure, install_views
 from datasets.utils.transforms import build_transform
 from mammoth_compat.dataset import MammothDatasetAPI
 from utils import distributed, seeding
