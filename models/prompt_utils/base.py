@@ -1,7 +1,6 @@
 """Shared skeleton of the prompt methods: a frozen timm ViT, trainable prompts and head."""
 from __future__ import annotations
 
-import argparse
 from typing import Any, Iterable
 
 import torch
@@ -9,19 +8,11 @@ from torch import nn
 
 from models.prompt_utils.vit_prompting import require_vit
 from models.utils.continual_model import ContinualModel
-from utils.args import nonneg_float
+from utils.args import index_list, nonneg_float
 from utils.settings import setting
 
 
-def parse_layers(text: str) -> list[int]:
-    """``0,1,2`` -> sorted distinct non-negative ViT block indices."""
-    try:
-        layers = sorted({int(v) for v in str(text).split(",") if v.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated block indices like 0,1,2,3,4, got '{text}'") from None
-    if not layers or layers[0] < 0:
-        raise argparse.ArgumentTypeError(f"expected non-negative block indices like 0,1,2,3,4, got '{text}'")
-    return layers
+parse_layers = index_list("block indices", "0,1,2,3,4")  # ViT blocks, sorted, without repeats
 
 
 def pull_constraint_setting(default: float) -> Any:
