@@ -6,8 +6,8 @@ from datasets.utils.class_folders import ClassFolderDataset
 
 class SequentialCropDisease(ClassFolderDataset):
     """CropDisease from ``<base_path>/cropdisease/`` (``train/<class>/`` + ``test/<class>/``, 35 classes, or one
-    ``<class>/`` tree), downloaded from ``aimagelab-ta/cropdisease``.
-    ``--dataset_config second_order_ta`` gives the ITA/IEL setting."""
+    ``<class>/`` tree, or the image lists ``{train,test}.json`` + ``images/`` of Mammoth's mirror), downloaded
+    from ``aimagelab-ta/cropdisease``. ``--dataset_config second_order_ta`` gives the ITA/IEL setting."""
 
     NAME = "seq-cropdisease"
     SETTING = "class-il"
@@ -17,3 +17,6 @@ class SequentialCropDisease(ClassFolderDataset):
     FOLDER = "cropdisease"
     HF_REPO = "aimagelab-ta/cropdisease"
     TEST_RESIZE = 224
+    MANIFESTS = ("train.json", "test.json")  # the layout of Mammoth's OneDrive mirror
+    MANIFEST_KEYS = ("data", "labels")
+    MANIFEST_IMAGE_DIR = "images"

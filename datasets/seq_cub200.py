@@ -32,7 +32,7 @@ class SequentialCUB200(ContinualDataset):
 
     @staticmethod
     def get_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        add_onedrive_arg(parser)
+        add_onedrive_arg(parser, "seq-cub200")
         return parser
 
     def load(self) -> tuple[ImageSource, ImageSource]:

@@ -6,7 +6,8 @@ from datasets.utils.class_folders import ClassFolderDataset
 
 class SequentialRESISC45(ClassFolderDataset):
     """RESISC45 from ``<base_path>/NWPU-RESISC45/`` (the official ``<class>/<class>_NNN.jpg`` tree, or
-    ``train/`` + ``test/``), downloaded from ``aimagelab-ta/resisc45``."""
+    ``train/`` + ``test/``, or the image lists ``resisc45_{train,test}.yaml`` of Mammoth's mirror), downloaded
+    from ``aimagelab-ta/resisc45``."""
 
     NAME = "seq-resisc45"
     SETTING = "class-il"
@@ -16,3 +17,5 @@ class SequentialRESISC45(ClassFolderDataset):
     FOLDER = "NWPU-RESISC45"
     HF_REPO = "aimagelab-ta/resisc45"
     TEST_RESIZE = (256, 256)
+    MANIFESTS = ("resisc45_train.yaml", "resisc45_test.yaml")  # the layout of Mammoth's OneDrive mirror
+    MANIFEST_KEYS = ("data", "targets")
