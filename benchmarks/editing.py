@@ -29,7 +29,7 @@ from benchmarks.compare import exit_code, merge_flags, parse_extras, parse_with_
 from utils.args import parse_bool
 from utils.errors import UserError
 
-EDITABLE = ("ita", "iel", "tmc", "second_order")
+EDITABLE = ("ita", "iel", "tmc", "second_order", "apt")
 
 
 def edits(n_tasks: int) -> list[tuple[str, str, list[int], list[int]]]:
