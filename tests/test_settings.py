@@ -31,7 +31,7 @@ def test_every_model_with_own_flags_has_typed_settings():
     import argparse
     typed = {n for n in MODELS.names() if MODELS.get(n).SETTINGS}
     assert {"slca", "ranpac", "ewc-on", "lwf-mc", "er", "der", "derpp", "l2p", "dualprompt", "coda-prompt", "inflora",
-            "seed", "simplecil"} <= typed
+            "seed", "simplecil", "apt"} <= typed
     for name in typed:
         cls = MODELS.get(name)
         parser = argparse.ArgumentParser()
