@@ -38,7 +38,7 @@ def test_example_counts_are_exact_for_unequal_tasks(tmp_path):
     def spy(ds):
         original(ds)
         seen.append(({k: v.clone() for k, v in model.fisher_past.items()}, sum(model.task_counts),
-                     dict(model._penalty_fisher)))
+                     dict(model.stats.penalty_fisher)))
     model.begin_task = spy
     train(model, dataset, args)
     assert model.task_counts == [6, 12, 18]
@@ -59,7 +59,7 @@ def test_every_step_uses_exactly_virtual_bs_n_micro_batches(tmp_path, tail, grou
     original = model.optimizer_step
 
     def spy():
-        steps.append(model._accumulated)
+        steps.append(model.vbatches.accumulated)
         original()
     model.optimizer_step = spy
     model.net.classifier.register_forward_hook(
