@@ -115,8 +115,8 @@ class SecondOrder(ContinualModel):
         self.composition.use_eval(self.eval_task_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training and self.composition.state != "eval":
-            self.compose_eval()
+        if not self.training and not self.composition.is_eval(self.eval_task_weights):
+            self.compose_eval()  # after training, or after new eval_task_weights (editing)
         return self.net(x)
 
     # ----- task start -----------------------------------------------------------------------------

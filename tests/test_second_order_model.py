@@ -192,3 +192,29 @@ def test_debug_mode_and_top_k_fisher_run(tmp_path):
                          "--fisher_mc_classes", "1", "--tuning_style", "ia3"),
                "--results_file", str(tmp_path / "r.json")])
     assert res["complete"] and len(res["accuracy_matrix_class_il"]) == 2
+
+
+def test_compositions_are_switched_by_the_hooks_not_by_train(tmp_path):
+    """No merge hidden in train()/eval(): the evaluation forward merges, observe goes back to the training weights."""
+    args, dataset, model = build(argv_for(tmp_path, "--alpha_ita", "1", "--vbs_mode", "accumulate"))
+    assert type(model).train is torch.nn.Module.train
+    dataset.get_data_loaders()
+    model.meta_begin_task(dataset)
+    layers = list(model.pool.layers.values())
+    assert model.composition.state == "train" and all(l.train_task == 0 for l in layers)
+    x, y, nx = next(iter(dataset.train_loader))
+    model.eval()
+    assert model.composition.state == "train"  # eval() alone changes nothing
+    merged = model(x)
+    assert model.composition.state == "eval" and all(l.train_task is None and l._weight is not None for l in layers)
+    model.train()
+    model.meta_begin_epoch(0, dataset)
+    model.meta_observe(x, y, nx)
+    assert model.composition.state == "train" and all(l.train_task == 0 and l._weight is None for l in layers)
+    model.meta_end_task(dataset)
+    assert model.composition.state == "eval"
+    model.eval()
+    after = model(x)
+    assert not torch.equal(after, merged)  # the step changed tau_0 and the head
+    model.pool.train_individual(0)  # theta0 + tau_0 unmerged: the same function as the merged 1-task average
+    assert torch.allclose(model.net(x), after, atol=1e-5)

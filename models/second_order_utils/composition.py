@@ -25,6 +25,7 @@ class Composition:
     def __init__(self, pool: ModulePool):
         self.pool = pool
         self.state: Optional[str] = None
+        self.eval_weights: Optional[list[float]] = None  # the weights merged by the last use_eval (None: uniform)
 
     def use_base(self) -> None:
         """Plain theta0."""
@@ -42,4 +43,8 @@ class Composition:
     def use_eval(self, weights: Optional[Sequence[float]] = None) -> None:
         """Merge theta0 + sum_s w_s tau_s into the weights (``weights`` None: uniform 1/T)."""
         self.pool.compose(list(weights) if weights else uniform_weights(self.pool.n_tasks))
-        self.state = EVAL
+        self.state, self.eval_weights = EVAL, (list(weights) if weights else None)
+
+    def is_eval(self, weights: Optional[Sequence[float]] = None) -> bool:
+        """Whether the evaluation composition with ``weights`` (None: uniform) is the one applied now."""
+        return self.state == EVAL and self.eval_weights == (list(weights) if weights else None)
