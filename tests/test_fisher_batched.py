@@ -93,3 +93,15 @@ def test_auto_class_batch_is_the_loop_on_a_cpu_and_fills_rows_on_cuda():
     assert auto_class_batch(torch.device("cpu"), 8) == 1
     assert auto_class_batch(torch.device("cuda"), 8) == fisher_mod.CLASS_BATCH_ROWS // 8
     assert auto_class_batch(torch.device("cuda"), 4 * fisher_mod.CLASS_BATCH_ROWS) == 1
+
+
+def test_fisher_class_batch_flag_reaches_the_models_fisher(tmp_path):
+    from tests.test_second_order_model import argv_for, build
+    fishers = {}
+    for class_batch in ("1", "3"):
+        args, dataset, model = build(argv_for(tmp_path, "--alpha_ita", "1", "--fisher_class_batch", class_batch,
+                                              n_classes=6, n_tasks=1))
+        dataset.get_data_loaders()
+        model.meta_begin_task(dataset)
+        fishers[class_batch] = model.stats.fisher_current
+    assert fishers["1"] and rel_err(fishers["3"], fishers["1"]) <= 1e-5

@@ -218,3 +218,15 @@ def test_compositions_are_switched_by_the_hooks_not_by_train(tmp_path):
     assert not torch.equal(after, merged)  # the step changed tau_0 and the head
     model.pool.train_individual(0)  # theta0 + tau_0 unmerged: the same function as the merged 1-task average
     assert torch.allclose(model.net(x), after, atol=1e-5)
+
+
+def test_settings_are_typed_and_read_from_the_flags(tmp_path):
+    from models.second_order_utils.flags import SecondOrderSettings
+    args, _, model = build(argv_for(tmp_path, "--alpha_ita", "0.5", "--fisher_class_batch", "3", "--clip_grad", "none",
+                                    "--fisher_mc_classes", "all", "--tuning_style", "ia3", model="ita"))
+    s = model.settings
+    assert isinstance(s, SecondOrderSettings) and model.stats.settings is s
+    assert (s.alpha_ita, s.fisher_class_batch, s.clip_grad, s.fisher_mc_classes, s.tuning_style, s.use_iel) == \
+        (0.5, 3, None, None, "ia3", False)
+    assert model.adapter_strength == 0.5 and model.head_strength == 0.5 and model.decoupled
+    assert build(argv_for(tmp_path, model="iel"))[2].settings.use_iel is True
