@@ -89,6 +89,26 @@ def test_cuda_out_of_memory_halves_the_class_chunk(monkeypatch):
     assert rel_err(batched, loop) <= 1e-5
 
 
+def test_an_op_vmap_cannot_batch_falls_back_to_one_class_at_a_time(monkeypatch):
+    net, layers = adapted(tiny_vit)
+    x = torch.randn(5, 3, 8, 8)
+    loop, _ = network_fisher(net, layers, [x[:3], x[3:]])
+    batched_calls = []
+    original = torch.autograd.grad
+
+    def no_batching_rule(*args, **kwargs):
+        if kwargs.get("is_grads_batched"):
+            batched_calls.append(1)
+            raise RuntimeError("Batching rule not implemented for aten::some_attention_backward")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", no_batching_rule)
+    with pytest.warns(UserWarning, match="one by one"):
+        fallback, _ = network_fisher(net, layers, [x[:3], x[3:]], class_batch=5)
+    assert len(batched_calls) == 1  # tried once; the second batch goes straight to the per-class loop
+    assert rel_err(fallback, loop) <= 1e-5
+
+
 def test_auto_class_batch_is_the_loop_on_a_cpu_and_fills_rows_on_cuda():
     assert auto_class_batch(torch.device("cpu"), 8) == 1
     assert auto_class_batch(torch.device("cuda"), 8) == fisher_mod.CLASS_BATCH_ROWS // 8

@@ -12,6 +12,7 @@ layers' outputs; equal to the loop up to fp32 rounding).
 """
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, Optional
 
@@ -134,7 +135,8 @@ class FisherHooks:
     def backward_batched(self, scores: list[torch.Tensor], chunk: int) -> int:
         """The class backward passes of ``scores`` (0-d tensors of the last forward), ``chunk`` at a time in one
         vmapped backward to the captured layers' outputs; their per-sample squares added to ``self.sums``.
-        On a CUDA out-of-memory error the chunk is halved and retried; returns the chunk that fitted."""
+        On a CUDA out-of-memory error the chunk is halved and retried; an op without a vmap rule (a RuntimeError)
+        sends the remaining classes one by one. Returns the chunk that worked (1 after such an error)."""
         outputs = [out for _, _, _, out in self.captured]
         if not outputs or not scores:
             return chunk
@@ -142,15 +144,26 @@ class FisherHooks:
         start, n = 0, len(scores)
         while start < n:
             k = min(chunk, n - start)
-            select = torch.zeros(k, n, dtype=stacked.dtype, device=stacked.device)
-            select[:, start:start + k].fill_diagonal_(1.0)  # row j picks score start + j
             try:
-                grads = torch.autograd.grad(stacked, outputs, grad_outputs=select, is_grads_batched=True,
-                                            retain_graph=True, allow_unused=True)
+                if chunk == 1:  # one class: a plain backward, its gradients given a class dimension of 1
+                    grads = [None if g is None else g.unsqueeze(0) for g in torch.autograd.grad(
+                        scores[start], outputs, retain_graph=True, allow_unused=True)]
+                else:
+                    select = torch.zeros(k, n, dtype=stacked.dtype, device=stacked.device)
+                    select[:, start:start + k].fill_diagonal_(1.0)  # row j picks score start + j
+                    grads = torch.autograd.grad(stacked, outputs, grad_outputs=select, is_grads_batched=True,
+                                                retain_graph=True, allow_unused=True)
             except torch.cuda.OutOfMemoryError:
                 if chunk == 1:
                     raise
                 chunk = max(1, chunk // 2)
+                continue
+            except RuntimeError as error:  # e.g. an attention kernel whose backward vmap cannot batch
+                if chunk == 1:
+                    raise
+                warnings.warn(f"vmapped Fisher backward failed ({str(error).splitlines()[0]}); "
+                              f"backpropagating the classes one by one")
+                chunk = 1
                 continue
             for (name, layer, x, _), g in zip(self.captured, grads):
                 if g is not None:
