@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import os
 import resource
 import statistics
@@ -25,7 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from backbone import get_backbone  # noqa: E402
-from models.second_order_utils.fisher import FisherHooks, network_fisher  # noqa: E402
+from models.second_order_utils.fisher import CLASS_BATCH_ROWS, FisherHooks, network_fisher  # noqa: E402
 from app.config import parse_args  # noqa: E402
 from app.experiment import build_experiment  # noqa: E402
 from utils.io import write_json  # noqa: E402
@@ -101,7 +102,7 @@ def fisher_errors(ours: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -
 def fisher_figures(model, images: torch.Tensor, batch_size: int, sampled: int, device: torch.device) -> dict:
     """Exact Fisher (ours vs the loop) and the sampled-label estimator at theta0 with the pre-tuned head."""
     model.net.eval()
-    model.pool.use_base()
+    model.composition.use_base()  # observe recomposes the training weights afterwards
     n_seen = model.n_seen_classes
 
     def logits(x):
@@ -114,6 +115,10 @@ def fisher_figures(model, images: torch.Tensor, batch_size: int, sampled: int, d
     mem_loop = peak_memory_mb(device)
     t_ours, ours = timed(ours_fn, device)
     mem_ours = peak_memory_mb(device)
+    # the class backward passes vmapped (is_grads_batched), as many classes as CLASS_BATCH_ROWS (image, class) pairs
+    class_batch = min(n_seen, max(2, CLASS_BATCH_ROWS // batch_size))
+    t_batched, batched = timed(lambda: network_fisher(logits, model.pool.layers, images.split(batch_size),
+                                                      class_batch=class_batch)[0], device)
     gen = torch.Generator().manual_seed(0)
     t_approx, approx = timed(lambda: network_fisher(logits, model.pool.layers, images.split(batch_size),
                                                      sampled_labels=sampled, generator=gen)[0], device)
@@ -132,7 +137,9 @@ def fisher_figures(model, images: torch.Tensor, batch_size: int, sampled: int, d
             "approx_fisher_samples": sampled, "approx_fisher_speedup": t_ours / t_approx,
             "approx_fisher_rel_err": approx_err, "fisher_loop_img_s": n / t_loop, "fisher_ours_img_s": n / t_ours,
             "fisher_approx_img_s": n / t_approx, "fisher_loop_peak_mb": mem_loop, "fisher_ours_peak_mb": mem_ours,
-            **precisions}
+            "fisher_class_batch": class_batch, "fisher_batched_s": t_batched, "fisher_batched_img_s": n / t_batched,
+            "fisher_batched_speedup": t_loop / t_batched, "fisher_batched_vs_ours": t_ours / t_batched,
+            "fisher_batched_rel_err": fisher_errors(batched, ours)[1], **precisions}
 
 
 def step_fn(model, batches: list, device: torch.device, **arg_overrides) -> Callable[[], None]:
@@ -141,14 +148,12 @@ def step_fn(model, batches: list, device: torch.device, **arg_overrides) -> Call
     model.train()
 
     def one():
-        saved = {k: getattr(model.args, k) for k in arg_overrides}
-        for k, v in arg_overrides.items():
-            setattr(model.args, k, v)
+        saved = model.settings
+        model.settings = dataclasses.replace(saved, **arg_overrides)  # e.g. virtual_bs_n, vbs_mode
         model.epoch_iteration = 0
         for x, y, nx in batches:
             model.meta_observe(x, y, nx)  # under --precision bf16: autocast, as in training
-        for k, v in saved.items():
-            setattr(model.args, k, v)
+        model.settings = saved
     one()  # warm-up
     return one
 
@@ -177,7 +182,7 @@ def run_tasks(argv: list[str], repeats: int, on_task: Optional[Callable] = None)
     device = model.device
     times: dict[Any, Any] = {"phases": {}, "flops": {}, "begin_task_s": {}}
     phases = PhaseTimer(model, device)
-    for t in range(dataset.N_TASKS):
+    for t in range(dataset.n_tasks):
         loader, _ = dataset.get_data_loaders()
         if t == 0:
             times["loader_images_per_s"], times["loader_images"] = loader_images_per_s(dataset)
@@ -187,7 +192,7 @@ def run_tasks(argv: list[str], repeats: int, on_task: Optional[Callable] = None)
         times["begin_task_s"][t] = time.perf_counter() - start
         times["phases"][t] = dict(phases.seconds[t])
         phases.task = None
-        if t in (0, dataset.N_TASKS - 1):  # FLOPs of the begin_task phases, re-run on a copy
+        if t in (0, dataset.n_tasks - 1):  # FLOPs of the begin_task phases, re-run on a copy
             times["flops"][t] = phase_flops(model, dataset)
         print(f"[{args.model}] task {t + 1}: begin_task {times['begin_task_s'][t]:.1f} s", file=sys.stderr,
               flush=True)
@@ -208,7 +213,7 @@ def run_tasks(argv: list[str], repeats: int, on_task: Optional[Callable] = None)
             times["step_flops"] = step_flops(model, batch, device)
             times["host_syncs_per_step"] = count_host_syncs(model, batch, device)
             times["train_images"] = len(dataset.train_dataset(t))
-        if t == dataset.N_TASKS - 1:
+        if t == dataset.n_tasks - 1:
             last_step = step_fn(model, [next(iter(loader))], device)
             both = interleaved({"first": first_step, "last": last_step}, device, max(repeats, STEP_REPEATS))
             times[0], times[t] = both["first"], both["last"]
@@ -227,7 +232,7 @@ def benchmark(common: list[str], fisher_images: int, fisher_batch: int, sampled:
     fisher_batches: dict = {}
 
     def at_task(t, model, dataset):
-        if t in (0, dataset.N_TASKS - 1):  # 10 seen classes, then all of them (where the Fisher costs most)
+        if t in (0, dataset.n_tasks - 1):  # 10 seen classes, then all of them (where the Fisher costs most)
             n = min(fisher_images, len(dataset.train_dataset(t)))
             images = torch.stack([dataset.train_dataset(t)[i][0] for i in range(n)]).to(model.device)
             figures = fisher_figures(model, images, fisher_batch, sampled, model.device)
@@ -239,7 +244,7 @@ def benchmark(common: list[str], fisher_images: int, fisher_batch: int, sampled:
     out.update(fisher_batches)
     device = model.device
     out["device"] = str(device) if device.type != "cuda" else torch.cuda.get_device_name(device)
-    last = dataset.N_TASKS - 1
+    last = dataset.n_tasks - 1
     out.update(ita_step_task1_s=ita[0], ita_step_task10_s=ita[last], ita_step_ratio=ita[last] / ita[0],
                train_img_s=ita["images_0"] / ita[0], train_peak_mb=peak_memory_mb(device))
     if "vbs" in ita:
@@ -253,7 +258,7 @@ def benchmark(common: list[str], fisher_images: int, fisher_batch: int, sampled:
     args = model.args
     x = torch.stack([dataset.test_dataset(0)[i][0] for i in range(min(64, len(dataset.test_dataset(0))))]).to(device)
     model.eval()
-    plain = get_backbone(args, dataset.N_CLASSES, dataset.img_size, dataset.IN_CHANS).to(device).eval()
+    plain = get_backbone(args, dataset.n_classes, dataset.img_size, dataset.in_chans).to(device).eval()
     with torch.no_grad():
         model(x), plain(x)  # warm-up (and the merge)
         merged_times, plain_times = [], []
@@ -294,6 +299,10 @@ def print_table(res: dict) -> None:
                  (f"Fisher{at}, ours (exact)", res["fisher_ours_s" + suffix], res["fisher_ours_img_s" + suffix],
                   f"x{res['fisher_speedup' + suffix]:.2f} vs loop, max rel. err "
                   f"{res['fisher_max_rel_err' + suffix]:.1e}"),
+                 (f"Fisher{at}, ours, {res['fisher_class_batch' + suffix]} classes per vmapped backward",
+                  res["fisher_batched_s" + suffix], res["fisher_batched_img_s" + suffix],
+                  f"x{res['fisher_batched_speedup' + suffix]:.2f} vs loop, x{res['fisher_batched_vs_ours' + suffix]:.2f} "
+                  f"vs one by one, rel. err {res['fisher_batched_rel_err' + suffix]:.1e}"),
                  (f"Fisher{at}, sampled labels (k={res['approx_fisher_samples']})", res["fisher_approx_s" + suffix],
                   res["fisher_approx_img_s" + suffix], f"x{res['approx_fisher_speedup' + suffix]:.2f} vs exact, "
                                                        f"rel. err {res['approx_fisher_rel_err' + suffix]:.3f}")]
