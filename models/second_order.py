@@ -413,10 +413,14 @@ class SecondOrder(ContinualModel):
         self.compose_eval()
 
     def checkpoint_state(self) -> dict[str, Any]:
-        return {"model": self.state_dict(), "current_task": self.current_task,
-                "head_sizes": self.net.classifier.sizes, "fisher_past": dict(self.fisher_past),
-                "task_counts": list(self.task_counts),
-                "gmms": {str(c): g.state() for c, g in self.gmms.items()}}
+        """The modules and heads; plus, while tasks remain, what only later tasks read (Fisher sums, counts,
+        GMMs: 0.32 GiB on ViT-B/16). After the dataset's last task nothing reads them and they are left out."""
+        state = {"model": self.state_dict(), "current_task": self.current_task,
+                 "head_sizes": self.net.classifier.sizes}
+        if self.dataset is None or self.current_task < self.dataset.N_TASKS:
+            state.update(fisher_past=dict(self.fisher_past), task_counts=list(self.task_counts),
+                         gmms={str(c): g.state() for c, g in self.gmms.items()})
+        return state
 
     def load_checkpoint_state(self, state: dict[str, Any], dataset) -> None:
         for size in state["head_sizes"][len(self.net.classifier.sizes):]:
@@ -425,10 +429,11 @@ class SecondOrder(ContinualModel):
             self.pool.add_task()
         self.load_state_dict(state["model"])
         self.current_task = int(state["current_task"])
-        self.fisher_past = {k: v.to(self.device) for k, v in state["fisher_past"].items()}
-        self.task_counts = [int(n) for n in state["task_counts"]]
+        # absent after the last task (nothing left to train reads them)
+        self.fisher_past = {k: v.to(self.device) for k, v in state.get("fisher_past", {}).items()}
+        self.task_counts = [int(n) for n in state.get("task_counts", [])]
         self.gmms = {int(c): DiagonalGMM.from_state({k: v.to(self.device) for k, v in g.items()})
-                     for c, g in state["gmms"].items()}
+                     for c, g in state.get("gmms", {}).items()}
         self.pool.set_trainable(None)
         self.net.classifier.requires_grad_(False)
         self.pretuned_head.requires_grad_(False)
