@@ -102,6 +102,7 @@ def one_run(data: str, precision: str, seed: int, workdir: str, img_size: int, e
         res = run(argv)
     fishers = task_fishers(os.path.join(workdir, "ckpt", tag))
     return {"precision": precision, "seed": seed, "final_class_il": float(res["final_class_il"]),
+            "tasks_done": int(res["tasks_done"]),
             "fisher_seconds": timer.seconds, "run_seconds": time.perf_counter() - start, "fishers": fishers}
 
 
@@ -157,7 +158,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                       "run_seconds_mean": statistics.mean(r["run_seconds"] for r in mine)}
     best, eligible = verdict(summary)
     print(f"\n{'precision':9s} {'Fisher rel err':>14s} {'class-IL (mean +- std)':>23s} {'Fisher s':>9s} {'run s':>7s}"
-          f"   ({device}, seeds {' '.join(map(str, opts.seeds))})")
+          f"   ({device}, seeds {' '.join(map(str, opts.seeds))}, {runs[0]['tasks_done']} tasks)")
     for p, s in summary.items():
         print(f"{p:9s} {s['fisher_rel_err']:14.2e} {s['class_il_mean']:14.2f} +- {s['class_il_std']:4.2f} "
               f"{s['fisher_seconds_mean']:9.1f} {s['run_seconds_mean']:7.0f}")
