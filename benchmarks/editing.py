@@ -31,7 +31,7 @@ from benchmarks.compare import merge_flags, parse_extras
 from utils.args import parse_bool
 from utils.errors import UserError
 
-EDITABLE = ("ita", "iel", "tmc", "second_order")
+EDITABLE = ("ita", "iel", "tmc", "second_order", "apt")
 
 
 def edits(n_tasks: int) -> list[tuple[str, str, list[int], list[int]]]:

@@ -40,16 +40,17 @@ MAX_REL_ERR, MAX_CIL_DROP = 1e-2, 0.2  # the rule of issue 14
 
 
 class FisherTimer:
-    """Sums the wall-clock seconds of ``SecondOrder._compute_fisher`` (patched on the class, restored on exit)."""
+    """Sums the wall-clock seconds of ``TaskStatistics.compute_fisher`` (second_order's Fisher pass; patched on
+    the class, restored on exit)."""
 
     def __init__(self) -> None:
-        from models.second_order import SecondOrder
-        self.cls, self.seconds = SecondOrder, 0.0
-        if not hasattr(SecondOrder, "_compute_fisher"):
-            raise RuntimeError("SecondOrder._compute_fisher not found: update benchmarks/fisher_precision.py")
+        from models.second_order_utils.task_stats import TaskStatistics
+        self.cls, self.seconds = TaskStatistics, 0.0
+        if not hasattr(TaskStatistics, "compute_fisher"):
+            raise RuntimeError("TaskStatistics.compute_fisher not found: update benchmarks/fisher_precision.py")
 
     def __enter__(self) -> "FisherTimer":
-        original = self.original = self.cls._compute_fisher
+        original = self.original = self.cls.compute_fisher
         timer = self
 
         def timed(model: Any, *args: Any, **kwargs: Any) -> Any:
@@ -58,11 +59,11 @@ class FisherTimer:
                 return original(model, *args, **kwargs)
             finally:
                 timer.seconds += time.perf_counter() - start
-        self.cls._compute_fisher = timed
+        self.cls.compute_fisher = timed
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.cls._compute_fisher = self.original
+        self.cls.compute_fisher = self.original
 
 
 def task_fishers(folder: str) -> list[torch.Tensor]:
