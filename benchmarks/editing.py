@@ -53,24 +53,123 @@ def _mean(values: list[float], tasks: list[int]) -> Optional[float]:
     return sum(values[t] for t in tasks) / len(tasks) if tasks else None
 
 
+INPUT_CACHE_BYTES = 1 << 30  # test inputs are kept in memory across the edits up to this size
+
+
+def cached_loaders(loaders: list[Any], limit: int = INPUT_CACHE_BYTES) -> list[Any]:
+    """Each test loader as a list of its (inputs, labels) batches, transformed once instead of once per edit
+    (the test transform is deterministic); the loaders themselves when the inputs would exceed ``limit`` bytes."""
+    batches, total = [], 0
+    for loader in loaders:
+        kept = []
+        for batch in loader:
+            total += batch[0].numel() * batch[0].element_size()
+            if total > limit:
+                return list(loaders)
+            kept.append((batch[0], batch[1]))
+        batches.append(kept)
+    return batches
+
+
+def linear_feature_accuracy(model: Any, terms: list[tuple[Any, list[Any], Any]], weights: list[float],
+                            n_visible: int) -> list[float]:
+    """Class-IL accuracy (%) per task of ``head(base + sum_t w_t term_t)`` from cached feature terms."""
+    import torch
+
+    accuracies = []
+    for base, per_task, labels in terms:
+        feats = base.clone()
+        for w, term in zip(weights, per_task):
+            if w != 0:
+                feats += w * term
+        with model.autocast():
+            logits = model.net.classifier(feats)
+        predicted = logits[:, :n_visible].float().argmax(dim=1)
+        accuracies.append(100.0 * (predicted == labels).sum().item() / max(labels.numel(), 1))
+    return accuracies
+
+
+class EditEvaluator:
+    """Class-IL accuracy per task of the composition with given module weights (None: the model's own), each
+    distinct weight vector evaluated once. Test inputs are transformed once. A model whose features are linear
+    in the composition weights (``task_feature_terms``: TMC's tangent features) is run once per test batch and
+    every edit is a weighted sum of its cached per-task feature terms followed by the head."""
+
+    def __init__(self, model: Any, dataset: Any):
+        self.model, self.dataset = model, dataset
+        self.n_tasks = model.pool.n_tasks
+        self.loaders = cached_loaders(dataset.test_loaders)
+        self.n_visible = dataset.get_offsets(len(dataset.test_loaders) - 1)[1]
+        self.terms: Optional[list[tuple[Any, list[Any], Any]]] = None
+        self.passes = 0  # evaluations of the network over the whole test set (for tests and the log)
+        self._memo: dict[tuple[float, ...], list[float]] = {}
+
+    def _full_weights(self) -> tuple[float, ...]:
+        return tuple(self.model.composition_weights()) if hasattr(self.model, "composition_weights") else \
+            tuple(1.0 / self.n_tasks for _ in range(self.n_tasks))
+
+    def accuracy(self, weights: Optional[list[float]]) -> list[float]:
+        key = self._full_weights() if weights is None else tuple(float(w) for w in weights)
+        if key not in self._memo:
+            self._memo[key] = self._evaluate(list(key) if weights is not None else None)
+        return list(self._memo[key])
+
+    def _evaluate(self, weights: Optional[list[float]]) -> list[float]:
+        import torch
+
+        from utils.evaluate import evaluate
+        from utils.modes import eval_mode
+
+        model = self.model
+        if hasattr(model, "task_feature_terms"):
+            if self.terms is None:
+                with eval_mode(model), torch.no_grad():
+                    self.terms = [self._terms(loader) for loader in self.loaders]
+                self.passes += 1
+            with eval_mode(model), torch.no_grad():
+                return linear_feature_accuracy(model, self.terms, weights or list(self._full_weights()),
+                                               self.n_visible)
+        model.eval_task_weights = weights
+        model.compose_eval()
+        original = self.dataset.test_loaders
+        self.dataset.test_loaders = self.loaders
+        try:
+            accuracies, _ = evaluate(model, self.dataset)
+        finally:
+            self.dataset.test_loaders = original
+        self.passes += 1
+        return accuracies
+
+    def _terms(self, loader: Any) -> tuple[Any, list[Any], Any]:
+        import torch
+
+        bases, per_task, labels = [], [[] for _ in range(self.n_tasks)], []
+        for batch in loader:
+            inputs = batch[0].to(self.model.device)
+            with self.model.autocast():
+                base, terms = self.model.task_feature_terms(inputs)
+            bases.append(base.float())
+            for t, term in enumerate(terms):
+                per_task[t].append(term.float())
+            labels.append(batch[1].to(self.model.device))
+        return torch.cat(bases), [torch.cat(chunks) for chunks in per_task], torch.cat(labels)
+
+
 def run_protocol(model: Any, dataset: Any, raw_weights: bool) -> list[dict[str, Any]]:
     """One record per edit: target/control class-IL accuracy before (full composition) and after."""
     import torch
 
     from app.edit import edit_weights
-    from utils.evaluate import evaluate
 
     n_tasks = model.pool.n_tasks
     records = []
+    evaluator = EditEvaluator(model, dataset)
     with torch.no_grad():
-        model.eval_task_weights = None
-        full, _ = evaluate(model, dataset)
         try:
+            full = evaluator.accuracy(None)
             for name, kind, targets, kept in edits(n_tasks):
                 weights = edit_weights(n_tasks, kept, raw_weights) if kept else [0.0] * n_tasks
-                model.eval_task_weights = weights
-                model.compose_eval()
-                edited, _ = evaluate(model, dataset)
+                edited = evaluator.accuracy(weights)
                 controls = [t for t in range(n_tasks) if t not in targets]
                 records.append({"edit": name, "kind": kind, "targets": targets, "weights": weights,
                                 "target_before": _mean(full, targets), "target_after": _mean(edited, targets),
@@ -79,6 +178,7 @@ def run_protocol(model: Any, dataset: Any, raw_weights: bool) -> list[dict[str, 
         finally:
             model.eval_task_weights = None
             model.compose_eval()
+    print(f"[editing] {len(records)} edits, {evaluator.passes} passes over the test set", flush=True)
     return records
 
 
