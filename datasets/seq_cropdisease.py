@@ -6,7 +6,7 @@ import os
 from typing import Callable
 
 from datasets.utils.download import add_onedrive_arg, ensure_data, hf_snapshot, with_onedrive_fallback
-from datasets.utils.folders import folders_with_split, has_class_folders
+from datasets.utils.folders import folders_with_split, has_class_folders, manifest_splits
 from datasets.utils.image_dataset import IMAGENET_MEAN, IMAGENET_STD, OpListDataset, resize_crop, rrc_flip
 from datasets.utils.sources import ImageSource
 
@@ -28,7 +28,7 @@ class SequentialCropDisease(OpListDataset):
 
     @staticmethod
     def get_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        add_onedrive_arg(parser)
+        add_onedrive_arg(parser, "seq-cropdisease")
         return parser
 
     def load(self) -> tuple[ImageSource, ImageSource]:
@@ -38,9 +38,15 @@ class SequentialCropDisease(OpListDataset):
             with_onedrive_fallback(lambda: hf_snapshot(HF_REPO, root), getattr(self.args, "onedrive_url", None),
                                    os.path.join(root, "cropdisease.zip"), root)
 
-        ensure_data(lambda: has_class_folders(root), fetch, self.NAME,
+        manifests = ("train.json", "test.json")  # the layout of Mammoth's OneDrive mirror
+        has_manifests = lambda: all(os.path.isfile(os.path.join(root, m)) for m in manifests)
+        ensure_data(lambda: has_manifests() or has_class_folders(root), fetch, self.NAME,
                     f"train/<class>/ and test/<class>/ image folders (35 classes) in {root}/")
-        train, test, self.CLASS_NAMES = folders_with_split(root, self.N_CLASSES, self.NAME)
+        if has_manifests():
+            train, test, self.CLASS_NAMES = manifest_splits(root, manifests, ("data", "labels"), self.N_CLASSES,
+                                                            self.NAME, image_dir="images")
+        else:
+            train, test, self.CLASS_NAMES = folders_with_split(root, self.N_CLASSES, self.NAME)
         return train, test
 
     def train_ops(self) -> list[Callable]:

@@ -31,7 +31,7 @@ class SequentialCUB200(OpListDataset):
 
     @staticmethod
     def get_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        add_onedrive_arg(parser)
+        add_onedrive_arg(parser, "seq-cub200")
         return parser
 
     def load(self) -> tuple[ImageSource, ImageSource]:

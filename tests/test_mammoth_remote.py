@@ -181,4 +181,44 @@ def test_cropdisease_mirror_and_error_without_one(monkeypatch, tmp_path):
     train, test = ds.splits
     assert len(train) == 35 and len(test) == 35
     with pytest.raises(UserError, match="data not found and download failed"):
-        dataset_for(tmp_path / "other", "--dataset", "seq-resisc45").splits
+        dataset_for(tmp_path / "other", "--dataset", "seq-resisc45", "--onedrive_url", "none").splits
+
+
+def _png(color) -> bytes:
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("dataset, n_classes", [("seq-cropdisease", 35), ("seq-resisc45", 45)])
+def test_default_mirror_is_mammoths_and_its_manifest_layout_is_read(dataset, n_classes, monkeypatch, tmp_path):
+    """No --onedrive_url: Mammoth's own link is tried, and its archive layout (an image list in JSON for
+    CropDisease, in YAML for RESISC45, one top folder) is read with the labels it lists."""
+    import json
+
+    import yaml
+    from datasets.utils.download import MAMMOTH_ONEDRIVE
+    files, tables = {}, {}
+    for split in ("train", "test"):
+        paths = [f"{c:02d}_name/{split}_{c}.png" for c in range(n_classes)]
+        labels = [(c * 2) % n_classes for c in range(n_classes)]  # labels not in folder order: read, not inferred
+        for p, y in zip(paths, labels):
+            files[p] = _png((y, 0, 0))
+        tables[split] = (paths, labels)
+    if dataset == "seq-cropdisease":
+        archive = {f"cropdisease/images/{p}": v for p, v in files.items()}
+        for split, (paths, labels) in tables.items():
+            archive[f"cropdisease/{split}.json"] = json.dumps({"data": paths, "labels": labels})
+    else:
+        archive = {f"NWPU-RESISC45/{p}": v for p, v in files.items()}
+        for split, (paths, labels) in tables.items():
+            archive[f"NWPU-RESISC45/resisc45_{split}.yaml"] = yaml.safe_dump({"data": paths, "targets": labels})
+    calls = fake_onedrive(monkeypatch, zip_bytes(archive))
+    ds = dataset_for(tmp_path, "--dataset", dataset)
+    train, test = ds.splits
+    assert calls == [MAMMOTH_ONEDRIVE[dataset]]
+    assert len(train) == n_classes and len(test) == n_classes
+    assert train.targets.tolist() == tables["train"][1]
+    assert [train.image(i).getpixel((0, 0))[0] for i in range(3)] == tables["train"][1][:3]  # the right files
+    assert ds.CLASS_NAMES[(3 * 2) % n_classes] == "03_name"

@@ -300,9 +300,23 @@ def with_onedrive_fallback(primary: Callable[[], None], url: Optional[str], arch
             raise DownloadError(f"{str(exc).rstrip('.')}; the OneDrive mirror failed too: {fallback}") from None
 
 
-def add_onedrive_arg(parser: Any) -> None:
-    """``--onedrive_url``: the SharePoint/OneDrive zip used when the Hugging Face download fails."""
+# Mammoth's own mirrors of the datasets it hosts on OneDrive/SharePoint (the links of its dataset files), used
+# when the Hugging Face download fails; ``--onedrive_url none`` turns the fallback off.
+MAMMOTH_ONEDRIVE = {
+    "seq-cub200": '<iframe src="https://onedrive.live.com/embed?cid=D3924A2D106E0039&resid=D3924A2D106E0039%21110'
+                  '&authkey=AIEfi5nlRyY1yaE" width="98" height="120" frameborder="0" scrolling="no"></iframe>',
+    "seq-cropdisease": "https://unimore365-my.sharepoint.com/:u:/g/personal/215580_unimore_it/"
+                       "EZUaXKQUAVBPrhjHTUdflDEBNu0YiPWrdpAdDhnEU4nD2A?e=GPrCYF",
+    "seq-resisc45": "https://unimore365-my.sharepoint.com/:u:/g/personal/215580_unimore_it/"
+                    "EbxMu5z5HbVIkG9qFCGbg7ABDRZvpBEA8uqVC-Em9HYVug?e=Cfc4Yc",
+}
+
+
+def add_onedrive_arg(parser: Any, dataset: str) -> None:
+    """``--onedrive_url``: the SharePoint/OneDrive archive used when the Hugging Face download fails (default:
+    Mammoth's mirror of ``dataset``)."""
     from utils.args import add_run_flag  # where the data comes from does not change results
-    add_run_flag(parser, "--onedrive_url", type=lambda v: None if v.lower() in ("none", "null") else v, default=None,
-                        help="SharePoint/OneDrive link of the dataset zip (Mammoth's mirror), tried when the "
-                             "Hugging Face download fails")
+    add_run_flag(parser, "--onedrive_url", type=lambda v: None if v.lower() in ("none", "null") else v,
+                 default=MAMMOTH_ONEDRIVE[dataset],
+                 help="SharePoint/OneDrive link of the dataset archive, tried when the Hugging Face download "
+                      "fails (default: Mammoth's mirror; 'none' to turn the fallback off)")

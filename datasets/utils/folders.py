@@ -102,3 +102,41 @@ def folders_with_split(root: str, n_classes: int, dataset: str,
 def has_class_folders(root: str) -> bool:
     """True when ``root`` holds ``train/`` + ``test/`` or at least one class folder with images."""
     return os.path.isdir(root) and (has_train_test_folders(root) or bool(class_tree(root)))
+
+
+def read_manifest(path: str, paths_key: str, labels_key: str) -> tuple[list[str], list[int]]:
+    """Image paths and labels listed in a JSON or YAML manifest (the layout of Mammoth's OneDrive mirrors)."""
+    import json
+
+    import yaml
+    try:
+        with open(path) as fh:
+            table = json.load(fh) if path.endswith(".json") else yaml.safe_load(fh)
+        paths, labels = [str(p) for p in table[paths_key]], [int(y) for y in table[labels_key]]
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
+        raise UserError(f"cannot read the image list {path} ({type(exc).__name__}: {exc}); delete the dataset "
+                        f"folder to download it again") from None
+    if len(paths) != len(labels):
+        raise UserError(f"{path} lists {len(paths)} images but {len(labels)} labels; delete the dataset folder "
+                        f"to download it again")
+    return paths, labels
+
+
+def manifest_splits(root: str, manifests: tuple[str, str], keys: tuple[str, str], n_classes: int, dataset: str,
+                    image_dir: str = "") -> tuple[ImageSource, ImageSource, list[str]]:
+    """Train and test :class:`ImageSource` from two manifests in ``root`` (paths relative to ``root/image_dir``).
+
+    Class names are the images' parent folders when each label has one (``<class>/<image>``), else ``class_<i>``."""
+    splits, folder_of = [], {}
+    for name in manifests:
+        paths, labels = read_manifest(os.path.join(root, name), *keys)
+        bad = sorted({y for y in labels if not 0 <= y < n_classes})
+        if bad:
+            raise UserError(f"{dataset}: {name} has label {bad[0]}, outside 0..{n_classes - 1}; delete the dataset "
+                            f"folder to download it again")
+        for p, y in zip(paths, labels):
+            folder_of.setdefault(y, set()).add(os.path.basename(os.path.dirname(p)))
+        splits.append(source(os.path.join(root, image_dir), paths, labels))
+    names = [next(iter(folder_of[i])) if len(folder_of.get(i, ())) == 1 and next(iter(folder_of[i])) else
+             f"class_{i}" for i in range(n_classes)]
+    return splits[0], splits[1], names
