@@ -25,6 +25,7 @@ import glob
 import io
 import os
 import sys
+import time
 from typing import Any, Optional
 
 from benchmarks.compare import merge_flags, parse_extras
@@ -163,6 +164,7 @@ def run_protocol(model: Any, dataset: Any, raw_weights: bool) -> list[dict[str, 
 
     n_tasks = model.pool.n_tasks
     records = []
+    started = time.perf_counter()
     evaluator = EditEvaluator(model, dataset)
     with torch.no_grad():
         try:
@@ -178,7 +180,8 @@ def run_protocol(model: Any, dataset: Any, raw_weights: bool) -> list[dict[str, 
         finally:
             model.eval_task_weights = None
             model.compose_eval()
-    print(f"[editing] {len(records)} edits, {evaluator.passes} passes over the test set", flush=True)
+    print(f"[editing] {len(records)} edits, {evaluator.passes} passes over the test set, "
+          f"{time.perf_counter() - started:.0f} s", flush=True)
     return records
 
 
