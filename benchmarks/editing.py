@@ -165,6 +165,7 @@ def run_protocol(model: Any, dataset: Any, raw_weights: bool) -> list[dict[str, 
     n_tasks = model.pool.n_tasks
     records = []
     started = time.perf_counter()
+    model.eval_task_weights = None  # "before" is the model's own full composition
     evaluator = EditEvaluator(model, dataset)
     with torch.no_grad():
         try:
