@@ -23,6 +23,7 @@ import argparse
 import csv
 import glob
 import io
+import json
 import os
 import sys
 import time
@@ -31,6 +32,7 @@ from typing import Any, Optional
 from benchmarks.compare import merge_flags, parse_extras
 from utils.args import parse_bool
 from utils.errors import UserError
+from utils.io import write_json
 
 EDITABLE = ("ita", "iel", "tmc", "second_order")
 
@@ -253,6 +255,23 @@ def last_checkpoint(folder: str) -> Optional[str]:
     return files[-1] if files else None
 
 
+def records_path(out: str, method: str) -> str:
+    return os.path.join(out, "records", f"{method}.json")
+
+
+def saved_records(out: str, method: str, checkpoint: str, raw_weights: bool) -> Optional[list[dict[str, Any]]]:
+    """The protocol's records of an earlier run on the same checkpoint file (unchanged since) and weighting."""
+    try:
+        with open(records_path(out, method)) as fh:
+            saved = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if saved.get("checkpoint") != os.path.abspath(checkpoint) or saved.get("raw_weights") != raw_weights \
+            or os.path.getmtime(records_path(out, method)) < os.path.getmtime(checkpoint):
+        return None
+    return saved.get("records")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.editing", description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="ita,iel,tmc", help=f"comma-separated, from {', '.join(EDITABLE)}")
@@ -260,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--extra", action="append", default=[], help="'METHOD:--flag value ...' (repeatable)")
     parser.add_argument("--raw_weights", type=parse_bool, default=False, help="kept modules weigh 1/T, not 1/|kept|")
     parser.add_argument("--out", default="benchmarks/out/editing", help="output folder (git-ignored by default)")
-    parser.add_argument("--reuse", type=parse_bool, default=True, help="reuse checkpoints already in --out")
+    parser.add_argument("--reuse", type=parse_bool, default=True,
+                        help="reuse checkpoints and finished edits (<out>/records/<method>.json) already in --out")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: auto)")
     return parser
 
@@ -296,9 +316,14 @@ def editing(argv: Optional[list[str]] = None) -> dict[str, str]:
             path = last_checkpoint(folder)
             if path is None:
                 raise UserError(f"{method}: the run wrote no checkpoint in {folder}")
-        print(f"[editing] {method}: editing {path}", flush=True)
-        _, dataset, model, _ = load_model(path, args.device)
-        results[method] = run_protocol(model, dataset, args.raw_weights)
+        results[method] = saved_records(args.out, method, path, args.raw_weights) if args.reuse else None
+        if results[method] is None:
+            print(f"[editing] {method}: editing {path}", flush=True)
+            _, dataset, model, _ = load_model(path, args.device)
+            results[method] = run_protocol(model, dataset, args.raw_weights)
+            write_json(records_path(args.out, method), {"checkpoint": os.path.abspath(path),
+                                                        "raw_weights": args.raw_weights,
+                                                        "records": results[method]})
     paths = write_outputs(results, args.out)
     for kind, path in paths.items():
         print(f"{kind}: {path}")

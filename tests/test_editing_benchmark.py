@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import pytest
 
@@ -51,8 +52,16 @@ def test_editing_runs_trains_edits_and_reuses(trained, capsys):
     markdown = open(paths["markdown"]).read()
     assert "| tmc | drop one task (mean over tasks) |" in markdown and "| ita | theta0 (all dropped) |" in markdown
     capsys.readouterr()
-    editing(argv)  # checkpoints are reused: nothing is trained again
-    assert "python main.py" not in capsys.readouterr().out
+    before = open(paths["csv"]).read()
+    editing(argv)  # checkpoints and finished edits are reused: nothing is trained or evaluated again
+    log = capsys.readouterr().out
+    assert "python main.py" not in log and "passes over the test set" not in log
+    assert open(paths["csv"]).read() == before
+    os.utime(out / "records" / "tmc.json", (0, 0))  # older than its checkpoint: the edits of tmc are redone
+    editing(argv)
+    log = capsys.readouterr().out
+    assert log.count("passes over the test set") == 1 and "tmc: editing" in log
+    assert open(paths["csv"]).read() == before
     with pytest.raises(UserError, match="'sgd' cannot be edited"):
         editing(["--methods", "sgd"])
 
