@@ -1,4 +1,4 @@
-"""Edit a trained ``second_order`` (ITA/IEL) or ``tmc`` model by composing a subset of its task modules.
+"""Edit a trained ``second_order`` (ITA/IEL), ``tmc`` or ``apt`` model by composing a subset of its task modules.
 
     python -m app.edit --checkpoint PATH --keep 0,3      # specialization: compose tasks 0 and 3 only
     python -m app.edit --checkpoint PATH --drop 2        # unlearning: leave task 2's module out
@@ -42,7 +42,7 @@ def load_model(checkpoint: str, device: Optional[str] = None) -> tuple[Any, Any,
     args = parse_args(["--model", saved["model"], "--dataset", saved["dataset"], "--non_verbose"],
                       checkpoint_args=saved)
     if not hasattr(get_model_class(args.model), "compose_eval"):
-        raise UserError(f"{checkpoint} holds a '{args.model}' model; editing needs second_order, ita, iel or tmc")
+        raise UserError(f"{checkpoint} holds a '{args.model}' model; editing needs second_order, ita, iel, tmc or apt")
     experiment = build_experiment(args, get_device(device))
     dataset, model = experiment.dataset, experiment.model
     for _ in range(int(state["tasks_done"])):

@@ -5,7 +5,7 @@
 
 Flags after ``--`` (and any flag compare does not know) are passed to every run. Per-method flags
 go in ``--extra "derpp:--buffer_size 200 --alpha 0.1"`` (repeatable); they override shared ones.
-Prompt methods (``l2p``, ``coda_prompt``) need a ViT: they run on ``--vit_backbone`` with
+ViT-only methods (``VIT_METHODS``) need a ViT: they run on ``--vit_backbone`` with
 ``--vit_args`` instead of ``--backbone``/``--backbone_args``. Results JSONs go to
 ``<out>/results/<model>/seed<k>.json`` (a complete one is reused with ``--reuse 1``); the table and
 plot are written by :func:`app.report.build_report` (``report.md``, ``report.csv``, ``report.png``).
@@ -25,7 +25,7 @@ from utils.errors import UserError
 
 # Flags a method needs that a shared command line may not give (the shared flags and --extra win).
 METHOD_DEFAULTS = {"er": "--buffer_size 200", "der": "--buffer_size 200", "derpp": "--buffer_size 200"}
-VIT_METHODS = ("l2p", "coda_prompt", "dualprompt", "inflora")
+VIT_METHODS = ("l2p", "coda_prompt", "dualprompt", "inflora", "apt")
 
 
 def parse_models(spec: str) -> list[tuple[str, str]]:

@@ -34,7 +34,7 @@ from utils.args import parse_bool
 from utils.errors import UserError
 from utils.io import write_json
 
-EDITABLE = ("ita", "iel", "tmc", "second_order")
+EDITABLE = ("ita", "iel", "tmc", "second_order", "apt")
 
 
 def edits(n_tasks: int) -> list[tuple[str, str, list[int], list[int]]]:

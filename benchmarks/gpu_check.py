@@ -53,8 +53,8 @@ LINES = {"ita": ["--model", "ita", "--dataset", "seq-cifar100-224", "--model_con
          "iel": ["--model", "iel", "--dataset", "seq-cifar100-224", "--model_config", "best"]}
 HUB_NAME = "timm/vit_base_patch16_224.augreg_in21k"
 CPU_ARCH = "vit_tiny_patch16_224:depth=1,patch_size=32,embed_dim=96"
-PHASES = {"_extract_features": "features", "_fit_gmms": "gmms", "_pretune": "pretuning",
-          "_compute_fisher": "fisher", "meta_observe": "training", "end_task": "end_task"}
+PHASES = {"stats.extract_features": "features", "stats.fit_gmms": "gmms", "stats.pretune": "pretuning",
+          "stats.compute_fisher": "fisher", "meta_observe": "training", "end_task": "end_task"}
 
 
 def write_cifar100(npz_path: str, base_path: str) -> str:
@@ -103,9 +103,13 @@ class PhaseTimer:
         import torch
         self.seconds: dict[str, float] = defaultdict(float)
         self._sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-        for method, phase in PHASES.items():
-            if hasattr(model, method):
-                setattr(model, method, self._timed(getattr(model, method), phase))
+        for path, phase in PHASES.items():  # "owner.method": a method of model.owner (e.g. its statistics)
+            *owners, method = path.split(".")
+            owner = model
+            for name in owners:
+                owner = getattr(owner, name, None)
+            if owner is not None and hasattr(owner, method):
+                setattr(owner, method, self._timed(getattr(owner, method), phase))
 
     def _timed(self, fn: Callable, phase: str) -> Callable:
         def wrapped(*args, **kwargs):

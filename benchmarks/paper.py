@@ -4,8 +4,8 @@
 
 Porrello et al. (ICLR 2025) Table 1: Split CIFAR-100 (10 x 10), ViT-B/16 pre-trained on IN-21k, final
 class-IL accuracy. Every row runs ``main.py --model M --dataset D --model_config best`` plus the row's own
-flags (DER++'s buffer of 1000, the ITA/IEL variant) for each seed; APT is listed with the paper's number and
-"not available" (the method could not be identified, docs/baselines.md). Flags after ``--`` (and flags this
+flags (DER++'s buffer of 1000, the ITA/IEL variant) for each seed (APT is A-la-carte Prompt Tuning, ``apt``;
+a row whose model is None would be listed as "not available"). Flags after ``--`` (and flags this
 command does not know) go to every run and override the rows' (e.g. ``--num_workers 8``; the tests pass a
 tiny ViT and tiny data this way); ``--extra "MODEL:--flag v"`` or ``--extra "ROW_FOLDER:--flag v"`` adds flags
 to the runs of one model or one row. Results go to ``<out>/results/<row>/seed<k>.json``; complete ones are
@@ -38,7 +38,7 @@ TABLES: dict[str, dict[str, list[tuple[str, Optional[str], list[str], float]]]] 
     ("L2P", "l2p", [], 87.32),
     ("CODA-Prompt", "coda_prompt", [], 86.48),
     ("SEED", "seed", [], 83.39),
-    ("APT", None, [], 86.19),
+    ("APT", "apt", [], 86.19),
     ("InfLoRA", "inflora", [], 87.17),
     ("TMC", "tmc", [], 78.42),
     ("ITA-FFT", "second_order", ["--use_iel", "0", "--tuning_style", "full"], 89.38),

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 PHASES = ("features", "gmm_fits", "probe_alignment", "fisher")
-METHODS = {"_extract_features": "features", "_fit_gmms": "gmm_fits", "_pretune": "probe_alignment",
-           "_compute_fisher": "fisher"}
+# methods of the model's TaskStatistics (models/second_order_utils/task_stats.py) -> phase
+METHODS = {"extract_features": "features", "fit_gmms": "gmm_fits", "pretune": "probe_alignment",
+           "compute_fisher": "fisher"}
 SYNCING = ("item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy", "nonzero", "__format__")
 TORCH_DIR = os.path.dirname(torch.__file__)
 LOADER_BATCHES = 30  # batches read to measure the loader
@@ -27,8 +28,8 @@ def _sync(device: torch.device) -> None:
 
 
 class PhaseTimer:
-    """Wraps the model's phase methods (on the instance) and adds their wall time per task; a phase called inside
-    another (the probe's feature re-extraction) counts to the outer one."""
+    """Wraps the phase methods of the model's statistics object (on the instance) and adds their wall time per task;
+    a phase called inside another (the probe's feature re-extraction) counts to the outer one."""
 
     def __init__(self, model: Any, device: torch.device):
         self.model, self.device = model, device
@@ -36,7 +37,7 @@ class PhaseTimer:
         self.task: Optional[int] = None
         self._depth = 0
         for name, phase in METHODS.items():
-            setattr(model, name, self._wrap(getattr(model, name), phase))
+            setattr(model.stats, name, self._wrap(getattr(model.stats, name), phase))
 
     def start_task(self, task: int) -> None:
         self.task = task
@@ -59,7 +60,7 @@ class PhaseTimer:
 
     def remove(self) -> None:
         for name in METHODS:
-            self.model.__dict__.pop(name, None)
+            self.model.stats.__dict__.pop(name, None)
 
 
 class _RngGuard:
@@ -86,23 +87,23 @@ def phase_flops(model: Any, dataset: Any) -> dict[str, float]:
     out: dict[str, float] = {}
     with _RngGuard():
         m = copy.deepcopy(model)
+        stats = m.stats
         for name in METHODS:
-            m.__dict__.pop(name, None)  # the copy runs its own methods, not the timer's wrappers
-        cls = type(m)
+            stats.__dict__.pop(name, None)  # the copy runs its own methods, not the timer's wrappers
         was_training = m.net.training
         m.net.eval()
-        m.pool.use_base()
+        m.composition.use_base()
         with FlopCounterMode(display=False) as counter, torch.no_grad():
-            feats, labels = cls._extract_features(m, dataset)
+            feats, labels = stats.extract_features(dataset)
         out["features"] = float(counter.get_total_flops())
         with FlopCounterMode(display=False) as counter:
-            cls._fit_gmms(m, feats, labels, m.n_past_classes, m.n_seen_classes)
+            stats.fit_gmms(feats, labels)
         out["gmm_fits"] = float(counter.get_total_flops())
         with FlopCounterMode(display=False) as counter:
-            cls._pretune(m, dataset, feats, labels)
+            stats.pretune(dataset, feats, labels)
         out["probe_alignment"] = float(counter.get_total_flops())
         with FlopCounterMode(display=False) as counter:
-            cls._compute_fisher(m, dataset)
+            stats.compute_fisher(dataset)
         out["fisher"] = float(counter.get_total_flops())
         m.net.train(was_training)
         del m

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import os
 import resource
 import statistics
@@ -25,7 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from backbone import get_backbone  # noqa: E402
-from models.second_order_utils.fisher import FisherHooks, network_fisher  # noqa: E402
+from models.second_order_utils.fisher import CLASS_BATCH_ROWS, FisherHooks, network_fisher  # noqa: E402
 from app.config import parse_args  # noqa: E402
 from app.experiment import build_experiment  # noqa: E402
 from utils.io import write_json  # noqa: E402
@@ -101,7 +102,7 @@ def fisher_errors(ours: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -
 def fisher_figures(model, images: torch.Tensor, batch_size: int, sampled: int, device: torch.device) -> dict:
     """Exact Fisher (ours vs the loop) and the sampled-label estimator at theta0 with the pre-tuned head."""
     model.net.eval()
-    model.pool.use_base()
+    model.composition.use_base()  # observe recomposes the training weights afterwards
     n_seen = model.n_seen_classes
 
     def logits(x):
@@ -114,6 +115,10 @@ def fisher_figures(model, images: torch.Tensor, batch_size: int, sampled: int, d
     mem_loop = peak_memory_mb(device)
     t_ours, ours = timed(ours_fn, device)
     mem_ours = peak_memory_mb(device)
+    # the class backward passes vmapped (is_grads_batched), as many classes as CLASS_BATCH_ROWS (image, class) pairs
+    class_batch = min(n_seen, max(2, CLASS_BATCH_ROWS // batch_size))
+    t_batched, batched = timed(lambda: network_fisher(logits, model.pool.layers, images.split(batch_size),
+                                                      class_batch=class_batch)[0], device)
     gen = torch.Generator().manual_seed(0)
     t_approx, approx = timed(lambda: network_fisher(logits, model.pool.layers, images.split(batch_size),
                                                      sampled_labels=sampled, generator=gen)[0], device)
@@ -132,7 +137,9 @@ def fisher_figures(model, images: torch.Tensor, batch_size: int, sampled: int, d
             "approx_fisher_samples": sampled, "approx_fisher_speedup": t_ours / t_approx,
             "approx_fisher_rel_err": approx_err, "fisher_loop_img_s": n / t_loop, "fisher_ours_img_s": n / t_ours,
             "fisher_approx_img_s": n / t_approx, "fisher_loop_peak_mb": mem_loop, "fisher_ours_peak_mb": mem_ours,
-            **precisions}
+            "fisher_class_batch": class_batch, "fisher_batched_s": t_batched, "fisher_batched_img_s": n / t_batched,
+            "fisher_batched_speedup": t_loop / t_batched, "fisher_batched_vs_ours": t_ours / t_batched,
+            "fisher_batched_rel_err": fisher_errors(batched, ours)[1], **precisions}
 
 
 def step_fn(model, batches: list, device: torch.device, **arg_overrides) -> Callable[[], None]:
@@ -141,14 +148,12 @@ def step_fn(model, batches: list, device: torch.device, **arg_overrides) -> Call
     model.train()
 
     def one():
-        saved = {k: getattr(model.args, k) for k in arg_overrides}
-        for k, v in arg_overrides.items():
-            setattr(model.args, k, v)
+        saved = model.settings
+        model.settings = dataclasses.replace(saved, **arg_overrides)  # e.g. virtual_bs_n, vbs_mode
         model.epoch_iteration = 0
         for x, y, nx in batches:
             model.meta_observe(x, y, nx)  # under --precision bf16: autocast, as in training
-        for k, v in saved.items():
-            setattr(model.args, k, v)
+        model.settings = saved
     one()  # warm-up
     return one
 
@@ -294,6 +299,10 @@ def print_table(res: dict) -> None:
                  (f"Fisher{at}, ours (exact)", res["fisher_ours_s" + suffix], res["fisher_ours_img_s" + suffix],
                   f"x{res['fisher_speedup' + suffix]:.2f} vs loop, max rel. err "
                   f"{res['fisher_max_rel_err' + suffix]:.1e}"),
+                 (f"Fisher{at}, ours, {res['fisher_class_batch' + suffix]} classes per vmapped backward",
+                  res["fisher_batched_s" + suffix], res["fisher_batched_img_s" + suffix],
+                  f"x{res['fisher_batched_speedup' + suffix]:.2f} vs loop, x{res['fisher_batched_vs_ours' + suffix]:.2f} "
+                  f"vs one by one, rel. err {res['fisher_batched_rel_err' + suffix]:.1e}"),
                  (f"Fisher{at}, sampled labels (k={res['approx_fisher_samples']})", res["fisher_approx_s" + suffix],
                   res["fisher_approx_img_s" + suffix], f"x{res['approx_fisher_speedup' + suffix]:.2f} vs exact, "
                                                        f"rel. err {res['approx_fisher_rel_err' + suffix]:.3f}")]

@@ -68,6 +68,7 @@ EXTRA_FLAGS = {
     "tmc": ["--lr", "0.01"],
     "inflora": ["--inflora_rank", "2", "--lr", "0.01"],
     "seed": ["--num_experts", "2", "--seed_cov_eps", "0.01"],
+    "apt": ["--prompt_length", "1", "--memory_length", "2", "--lr", "0.01"],
 }
 
 

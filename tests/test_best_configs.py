@@ -10,7 +10,7 @@ from app.config import parse_args
 from tests.conftest import ROOT
 
 BASELINES = ["sgd", "er", "derpp", "ewc_on", "lwf_mc", "l2p", "coda_prompt", "slca", "ranpac",
-             "task_arithmetic", "joint"]
+             "task_arithmetic", "joint", "apt"]
 
 
 def _as_text(value) -> str:

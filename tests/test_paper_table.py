@@ -19,7 +19,7 @@ EXTRAS = ["--extra", "second_order:--num_epochs_pretuning 1 --num_epochs_align_p
           "--extra", "coda_prompt:--pool_size 4", "--extra", "seed:--num_experts 2"]
 
 
-RUN = ["Finetune", "DER++ (buffer 1000)", "L2P", "ITA-FFT", "IEL-(IA)3"]  # a subset keeps the test short
+RUN = ["Finetune", "DER++ (buffer 1000)", "L2P", "APT", "ITA-FFT", "IEL-(IA)3"]  # a subset keeps the test short
 
 
 def test_table1_end_to_end_on_tiny_data(tmp_path, capsys):
@@ -52,7 +52,7 @@ def test_table1_end_to_end_on_tiny_data(tmp_path, capsys):
     ita = json.load(open(out / "results" / "ita_fft" / "seed0.json"))["args"]
     assert (ita["use_iel"], ita["tuning_style"]) == (False, "full")
     markdown = open(paths["markdown"]).read()
-    assert "| ITA-LoRA | second_order | 89.96 | not run |" in markdown and "| APT | – | 86.19 | not available" in markdown
+    assert "| ITA-LoRA | second_order | 89.96 | not run |" in markdown and "| APT | apt | 86.19 | " in markdown
     assert os.path.getsize(paths["png"]) > 1000
     # resumable: a second call reuses every complete result and runs nothing
     capsys.readouterr()

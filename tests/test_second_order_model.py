@@ -38,7 +38,7 @@ def test_example_counts_are_exact_for_unequal_tasks(tmp_path):
     def spy(ds):
         original(ds)
         seen.append(({k: v.clone() for k, v in model.fisher_past.items()}, sum(model.task_counts),
-                     dict(model._penalty_fisher)))
+                     dict(model.stats.penalty_fisher)))
     model.begin_task = spy
     train(model, dataset, args)
     assert model.task_counts == [6, 12, 18]
@@ -59,7 +59,7 @@ def test_every_step_uses_exactly_virtual_bs_n_micro_batches(tmp_path, tail, grou
     original = model.optimizer_step
 
     def spy():
-        steps.append(model._accumulated)
+        steps.append(model.vbatches.accumulated)
         original()
     model.optimizer_step = spy
     model.net.classifier.register_forward_hook(
@@ -192,3 +192,41 @@ def test_debug_mode_and_top_k_fisher_run(tmp_path):
                          "--fisher_mc_classes", "1", "--tuning_style", "ia3"),
                "--results_file", str(tmp_path / "r.json")])
     assert res["complete"] and len(res["accuracy_matrix_class_il"]) == 2
+
+
+def test_compositions_are_switched_by_the_hooks_not_by_train(tmp_path):
+    """No merge hidden in train()/eval(): the evaluation forward merges, observe goes back to the training weights."""
+    args, dataset, model = build(argv_for(tmp_path, "--alpha_ita", "1", "--vbs_mode", "accumulate"))
+    assert type(model).train is torch.nn.Module.train
+    dataset.get_data_loaders()
+    model.meta_begin_task(dataset)
+    layers = list(model.pool.layers.values())
+    assert model.composition.state == "train" and all(l.train_task == 0 for l in layers)
+    x, y, nx = next(iter(dataset.train_loader))
+    model.eval()
+    assert model.composition.state == "train"  # eval() alone changes nothing
+    merged = model(x)
+    assert model.composition.state == "eval" and all(l.train_task is None and l._weight is not None for l in layers)
+    model.train()
+    model.meta_begin_epoch(0, dataset)
+    model.meta_observe(x, y, nx)
+    assert model.composition.state == "train" and all(l.train_task == 0 and l._weight is None for l in layers)
+    model.meta_end_task(dataset)
+    assert model.composition.state == "eval"
+    model.eval()
+    after = model(x)
+    assert not torch.equal(after, merged)  # the step changed tau_0 and the head
+    model.pool.train_individual(0)  # theta0 + tau_0 unmerged: the same function as the merged 1-task average
+    assert torch.allclose(model.net(x), after, atol=1e-5)
+
+
+def test_settings_are_typed_and_read_from_the_flags(tmp_path):
+    from models.second_order_utils.flags import SecondOrderSettings
+    args, _, model = build(argv_for(tmp_path, "--alpha_ita", "0.5", "--fisher_class_batch", "3", "--clip_grad", "none",
+                                    "--fisher_mc_classes", "all", "--tuning_style", "ia3", model="ita"))
+    s = model.settings
+    assert isinstance(s, SecondOrderSettings) and model.stats.settings is s
+    assert (s.alpha_ita, s.fisher_class_batch, s.clip_grad, s.fisher_mc_classes, s.tuning_style, s.use_iel) == \
+        (0.5, 3, None, None, "ia3", False)
+    assert model.adapter_strength == 0.5 and model.head_strength == 0.5 and model.decoupled
+    assert build(argv_for(tmp_path, model="iel"))[2].settings.use_iel is True

@@ -21,7 +21,8 @@ def test_each_settings_field_is_a_flag_and_arrives_typed(name):
     args = parse_args(["--model", name, *BASE])
     settings = settings_from_args(cls.SETTINGS, args)
     for f in dataclasses.fields(cls.SETTINGS):
-        assert getattr(settings, f.name) == f.metadata["default"], f.name  # the flag's default
+        expected = cls.DEFAULTS.get(f.name, f.metadata["default"])  # the flag's default (or the model's, e.g. iel)
+        assert getattr(settings, f.name) == expected, f.name
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(settings, dataclasses.fields(cls.SETTINGS)[0].name, 0)
 

@@ -62,6 +62,8 @@ def test_exact_fisher_matches_the_per_class_loop(figures):
         assert 0 < figures["approx_fisher_rel_err" + suffix] < 2
         assert figures["fisher_rel_err_tf32" + suffix] <= 1e-6  # no TF32 on a CPU: the same numbers
         assert 0 < figures["fisher_rel_err_bf16" + suffix] <= 3e-2
+        assert figures["fisher_class_batch" + suffix] >= 2  # the vmapped class backward: the same Fisher
+        assert figures["fisher_batched_rel_err" + suffix] <= 1e-5 and figures["fisher_batched_speedup" + suffix] > 0
 
 
 def test_phases_cover_begin_task_and_flops_scale_with_classes(figures):

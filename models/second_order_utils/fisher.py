@@ -2,12 +2,17 @@
 
 F[W] = sum_x sum_c p_c(x) (d log p_c(x) / dW)^2, element-wise, for the dense weight W of every
 adapted layer. One forward per batch, one backward per class (of the seen classes, or the top-k
-of ``fisher_mc_classes``); per-sample gradients are formed inside tensor hooks on the layers'
-outputs (sum over tokens / pixels of g_out (x) x_in), squared and accumulated. The result is
+of ``fisher_mc_classes``); per-sample gradients are formed from the layers' output gradients
+(sum over tokens / pixels of g_out (x) x_in), squared and accumulated. The result is
 independent of the batch size, so large batches cut the cost without changing the values.
+
+The class backward passes run one by one (``class_batch=1``: tensor hooks on the layers' outputs) or
+``class_batch`` at a time in one vmapped backward (``torch.autograd.grad(..., is_grads_batched=True)`` to the
+layers' outputs; equal to the loop up to fp32 rounding).
 """
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, Optional
 
@@ -84,19 +89,88 @@ def pairwise_sq_grads(g: torch.Tensor, x: torch.Tensor, is_conv: bool) -> torch.
     return gg.t() @ xx
 
 
+def class_batched_sq_grads(inputs: torch.Tensor, grad_out: torch.Tensor, is_conv: bool,
+                           stride: tuple[int, int] = (1, 1), dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """sum_k sum_b (dL_kb/dW)^2 for ``grad_out`` holding k classes' output gradients (k, *output shape): the
+    classes are folded into the output dimension, so a group of them is one batched product per sample."""
+    k = grad_out.shape[0]
+    n_out = grad_out.shape[2] if is_conv else grad_out.shape[-1]
+    n_in = inputs.shape[1] if is_conv else inputs.shape[-1]
+    group = max(1, CHUNK_ELEMENTS // max(1, n_out * n_in))
+    total: Optional[torch.Tensor] = None
+    for start in range(0, k, group):
+        g = grad_out[start:start + group]
+        kk = g.shape[0]
+        if is_conv:  # (kk, B, O, H, W) -> (B, kk*O, H, W)
+            folded = g.transpose(0, 1).reshape(g.shape[1], kk * n_out, *g.shape[3:])
+        else:  # (kk, B, ..., O) -> (B, ..., kk*O)
+            folded = g.movedim(0, -2).reshape(*g.shape[1:-1], kk * n_out)
+        part = per_sample_sq_grads(inputs, folded, is_conv, stride, dtype).view(kk, n_out, n_in).sum(0)
+        total = part if total is None else total + part
+    assert total is not None
+    return total
+
+
 class FisherHooks:
     """Context manager: while active, every backward through an adapted layer adds its per-sample
-    squared weight gradients to ``self.sums[name]``.
+    squared weight gradients to ``self.sums[name]`` (``batched=False``); with ``batched=True`` the layers'
+    inputs and outputs are kept in ``self.captured`` instead, for :meth:`backward_batched`.
 
     The input of the first adapted layer reached by the forward (whose input does not require grad)
     is made a leaf (``self.leaves``): backward passes stop there, nothing upstream is differentiated.
     """
 
-    def __init__(self, layers: dict[str, AdaptedLayer], dtype: torch.dtype = torch.float32):
-        self.layers, self.dtype = layers, dtype
+    def __init__(self, layers: dict[str, AdaptedLayer], dtype: torch.dtype = torch.float32, batched: bool = False):
+        self.layers, self.dtype, self.batched = layers, dtype, batched
         self.sums = {n: torch.zeros(l.d_out, l.d_in, device=l.base.weight.device) for n, l in layers.items()}
         self.leaves: list[torch.Tensor] = []
+        self.captured: list[tuple[str, AdaptedLayer, torch.Tensor, torch.Tensor]] = []  # name, layer, input, output
         self._handles: list = []
+
+    def clear(self) -> None:
+        """Forget the last forward's leaves and captured layers (call before each forward)."""
+        self.leaves.clear()
+        self.captured.clear()
+
+    def backward_batched(self, scores: list[torch.Tensor], chunk: int) -> int:
+        """The class backward passes of ``scores`` (0-d tensors of the last forward), ``chunk`` at a time in one
+        vmapped backward to the captured layers' outputs; their per-sample squares added to ``self.sums``.
+        On a CUDA out-of-memory error the chunk is halved and retried; an op without a vmap rule (a RuntimeError)
+        sends the remaining classes one by one. Returns the chunk that worked (1 after such an error)."""
+        outputs = [out for _, _, _, out in self.captured]
+        if not outputs or not scores:
+            return chunk
+        stacked = torch.stack(scores)
+        start, n = 0, len(scores)
+        while start < n:
+            k = min(chunk, n - start)
+            try:
+                if chunk == 1:  # one class: a plain backward, its gradients given a class dimension of 1
+                    grads = [None if g is None else g.unsqueeze(0) for g in torch.autograd.grad(
+                        scores[start], outputs, retain_graph=True, allow_unused=True)]
+                else:
+                    select = torch.zeros(k, n, dtype=stacked.dtype, device=stacked.device)
+                    select[:, start:start + k].fill_diagonal_(1.0)  # row j picks score start + j
+                    grads = torch.autograd.grad(stacked, outputs, grad_outputs=select, is_grads_batched=True,
+                                                retain_graph=True, allow_unused=True)
+            except torch.cuda.OutOfMemoryError:
+                if chunk == 1:
+                    raise
+                chunk = max(1, chunk // 2)
+                continue
+            except RuntimeError as error:  # e.g. an attention kernel whose backward vmap cannot batch
+                if chunk == 1:
+                    raise
+                warnings.warn(f"vmapped Fisher backward failed ({str(error).splitlines()[0]}); "
+                              f"backpropagating the classes one by one")
+                chunk = 1
+                continue
+            for (name, layer, x, _), g in zip(self.captured, grads):
+                if g is not None:
+                    stride = layer.base.stride if layer.is_conv else (1, 1)
+                    self.sums[name] += class_batched_sq_grads(x, g.detach(), layer.is_conv, stride, self.dtype)
+            start += k
+        return chunk
 
     def __enter__(self) -> "FisherHooks":
         for name, layer in self.layers.items():
@@ -122,6 +196,9 @@ class FisherHooks:
             if not output.requires_grad:
                 return
             x = args[0].detach()
+            if self.batched:
+                self.captured.append((name, layer, x, output))
+                return
 
             def grad_hook(grad: torch.Tensor) -> None:
                 stride = layer.base.stride if layer.is_conv else (1, 1)
@@ -178,7 +255,7 @@ def class_scores(logp: torch.Tensor, probs: torch.Tensor, mc_classes: Optional[i
 def network_fisher(forward: Callable[[torch.Tensor], torch.Tensor], layers: dict[str, AdaptedLayer],
                    batches: Iterable[torch.Tensor], mc_classes: Optional[int] = None,
                    sampled_labels: Optional[int] = None, generator: Optional[torch.Generator] = None,
-                   precision: str = "fp32", mc_group: Optional[int] = None,
+                   precision: str = "fp32", mc_group: Optional[int] = None, class_batch: Optional[int] = 1,
                    ) -> tuple[dict[str, torch.Tensor], int]:
     """Fisher sums of every adapted layer's weight over ``batches`` and the number of samples.
 
@@ -189,14 +266,20 @@ def network_fisher(forward: Callable[[torch.Tensor], torch.Tensor], layers: dict
     sum, biased); the result does not depend on how ``batches`` is cut.
     ``sampled_labels=k`` (the *sampled-label* estimator, unbiased): k backwards per batch, each of
     sum_b log p_{y_b}(x_b) / sqrt(k) with y_b drawn from the model's prediction p(x_b).
+    ``class_batch``: backward passes per vmapped backward (1: one by one; None: :func:`auto_class_batch`); the
+    values equal the loop's up to fp32 rounding.
     """
     n = 0
     if mc_classes is not None and mc_group and not sampled_labels:
         batches = regroup(batches, mc_group)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    fitted = None  # the class chunk that fitted after a CUDA out-of-memory error
     with FisherHooks(layers, dtype) as hooks:
         for x in batches:
-            hooks.leaves.clear()
+            hooks.clear()
+            chunk = class_batch if class_batch is not None else auto_class_batch(x.device, x.shape[0])
+            chunk = chunk if fitted is None else min(chunk, fitted)
+            hooks.batched = chunk > 1
             with fisher_precision(precision, x.device):
                 logits = forward(x)
             logp = F.log_softmax(logits.float(), dim=1)
@@ -209,10 +292,26 @@ def network_fisher(forward: Callable[[torch.Tensor], torch.Tensor], layers: dict
             else:
                 scores = class_scores(logp, probs, mc_classes, mc_group)
             with fisher_precision(precision, x.device):
-                for i, score in enumerate(scores):
-                    torch.autograd.grad(score, hooks.leaves, retain_graph=i < len(scores) - 1)
+                if hooks.batched:
+                    done = hooks.backward_batched(scores, chunk)
+                    fitted = done if done < chunk else fitted
+                else:
+                    for i, score in enumerate(scores):
+                        torch.autograd.grad(score, hooks.leaves, retain_graph=i < len(scores) - 1)
             n += x.shape[0]
     return hooks.sums, n
+
+
+CLASS_BATCH_ROWS = 512  # auto on CUDA: (image, class) pairs per vmapped class backward
+
+
+def auto_class_batch(device: torch.device, batch_size: int) -> int:
+    """Class backward passes per vmapped backward: on CUDA enough classes for ``CLASS_BATCH_ROWS`` (image, class)
+    pairs per backward (1 once a batch alone is that large); on a CPU 1, the per-class loop (docs/speed.md: the
+    vmapped backward is slower there)."""
+    if device.type != "cuda":
+        return 1
+    return max(1, CLASS_BATCH_ROWS // max(1, batch_size))
 
 
 def reduce_fisher(sums: dict[str, torch.Tensor], n: int) -> tuple[dict[str, torch.Tensor], int]:

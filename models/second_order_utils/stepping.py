@@ -1,20 +1,103 @@
-"""The penalty step of ITA/IEL without host synchronisations (docs/speed.md, "host syncs").
+"""How ITA/IEL step: micro-batches grouped into virtual batches, and the penalty step without host
+synchronisations (docs/speed.md, "host syncs").
 
-Everything here stays on the device: the closed-form penalty gradients of all layers are formed with
+:class:`VirtualBatches` groups ``--virtual_bs_n`` micro-batches into one optimizer step (``--vbs_mode batched``: one
+forward/backward over their concatenation; ``accumulate``: one per micro-batch; the same gradient).
+
+In the penalty step everything stays on the device: the closed-form penalty gradients of all layers are formed with
 ``torch._foreach_*`` ops, the per-tensor norm clip is branch-free (a scale ``min(1, c / (||g|| + 1e-6))``), the
 penalty *value* (a dense reduction per layer) is computed only when ``with_value`` (logging steps) and returned as a
 0-d tensor, never as a Python float.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional, Union
 
 import torch
+import torch.nn.functional as F
 
 from models.second_order_utils import penalties as pen
 from models.second_order_utils.modules import ModulePool
 
 Pairs = list[tuple[torch.nn.Parameter, torch.Tensor]]
+MicroBatch = tuple[torch.Tensor, torch.Tensor]
+Loss = Union[torch.Tensor, float]
+
+
+def group_size(index: int, n_batches: int, virtual_bs_n: int, tail: str, debug_mode: bool = False) -> int:
+    """Micro-batches in the optimizer step that micro-batch ``index`` (of ``n_batches`` in the epoch) belongs to;
+    0: skipped (a tail micro-batch under ``tail='drop'``)."""
+    vbs = virtual_bs_n
+    if debug_mode:  # the capped epoch may be shorter than one virtual batch: still take a step
+        vbs = min(vbs, n_batches)
+    full = (n_batches // vbs) * vbs
+    if index < full:
+        return vbs
+    return 0 if tail == "drop" else n_batches - full
+
+
+def group_backward(logits_fn: Callable[[torch.Tensor], torch.Tensor], micro_batches: list[MicroBatch],
+                   group: int) -> torch.Tensor:
+    """Backward of (1/group) sum_g mean CE(micro-batch g) over ``micro_batches`` (some or all of a step's
+    ``group``) in one pass over their concatenation; returns the mean of their mean CEs (a detached 0-d
+    tensor on the device)."""
+    if len(micro_batches) == 1:
+        inputs, labels = micro_batches[0]
+        loss = F.cross_entropy(logits_fn(inputs).float(), labels)
+        (loss / group).backward()
+        return loss.detach()
+    sizes = [len(y) for _, y in micro_batches]
+    inputs = torch.cat([x for x, _ in micro_batches])
+    labels = torch.cat([y for _, y in micro_batches])
+    weights = torch.cat([torch.full((n,), 1.0 / (group * n), device=labels.device) for n in sizes])
+    losses = F.cross_entropy(logits_fn(inputs).float(), labels, reduction="none")
+    loss = (losses * weights).sum()
+    loss.backward()
+    return loss.detach() * (group / len(sizes))
+
+
+class VirtualBatches:
+    """The micro-batches of the open optimizer step: ``accumulated`` counts those whose gradient is in ``.grad``,
+    ``pending`` holds those not yet run (``batched`` mode), ``group`` is the open step's size."""
+
+    def __init__(self) -> None:
+        self.accumulated = 0
+        self.pending: list[MicroBatch] = []
+        self.group = 1
+        self.last_loss: Loss = 0.0
+
+    def reset(self) -> None:
+        self.accumulated, self.pending = 0, []
+
+    def observe(self, inputs: torch.Tensor, labels: torch.Tensor, group: int, mode: str,
+                backward: Callable[[list[MicroBatch], int], torch.Tensor], step: Callable[[], None],
+                zero_grad: Callable[[], None]) -> Loss:
+        """Add one micro-batch of a step of ``group``; ``step()`` once the group is complete.
+
+        ``batched`` keeps the group's micro-batches and runs them as one large batch at the group's last one
+        (``backward(micro_batches, group)``; on a CUDA out-of-memory error: one by one); until then it returns the
+        previous step's loss. ``accumulate`` runs a backward per micro-batch."""
+        self.group = group
+        if mode == "accumulate" or group == 1:
+            loss = backward([(inputs, labels)], group)
+            self.accumulated += 1
+            if self.accumulated == group:
+                step()
+                self.accumulated = 0
+            return loss
+        self.pending.append((inputs, labels))
+        if len(self.pending) < group:
+            return self.last_loss
+        self.accumulated = group
+        try:
+            self.last_loss = backward(self.pending, group)
+        except torch.cuda.OutOfMemoryError:  # too large for one pass: accumulate this group instead
+            zero_grad()
+            self.last_loss = torch.stack([backward([mb], group) for mb in self.pending]).mean()
+        self.pending = []
+        step()
+        self.accumulated = 0
+        return self.last_loss
 
 
 def clip_per_tensor_(grads: list[torch.Tensor], max_norm: Optional[float]) -> list[torch.Tensor]:
@@ -59,6 +142,17 @@ def adapter_penalty_grads(pool: ModulePool, task: int, fisher: dict[str, torch.T
             module = pool.layers[n].deltas[task]
             pairs.extend(zip(module.parameters(), module.grads_from_dense(grad, pool.layers[n].w0)))
     return pairs, value
+
+
+def head_penalty_grads(head: torch.nn.Linear, target: torch.nn.Linear, fisher: tuple[torch.Tensor, torch.Tensor],
+                       n: int, strength: float, l2: float) -> tuple[Pairs, torch.Tensor]:
+    """Gradient of the head regulariser (Fisher-weighted pull of ``head`` to the pre-tuned ``target`` plus an L2
+    term, :func:`penalties.head_regularizer`) for the head's weight and bias, and its value (detached)."""
+    params = [head.weight, head.bias]
+    with torch.enable_grad():
+        value = pen.head_regularizer(params, [target.weight, target.bias], list(fisher), n, strength, l2)
+        grads = torch.autograd.grad(value, params)
+    return list(zip(params, grads)), value.detach()
 
 
 def apply_penalty_(pairs: Pairs, max_norm: Optional[float], decoupled: bool, lr_scale: float) -> None:
