@@ -17,7 +17,7 @@ import yaml
 
 from backbone import BACKBONES, add_backbone_args
 from datasets import DATASETS
-from datasets.utils.continual_dataset import STRUCTURE_KEYS, check_structure
+from datasets.utils.structure import STRUCTURE_KEYS, check_structure
 from mammoth_compat.args import call_get_parser
 from models import MODELS
 from utils.args import add_common_args, changes_results

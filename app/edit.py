@@ -17,17 +17,11 @@ from typing import Any, Optional
 
 import torch
 
+from utils.args import index_list
 from utils.errors import UserError
 
 
-def parse_task_list(text: str) -> list[int]:
-    try:
-        values = sorted({int(v) for v in str(text).split(",") if v.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected task indices like 0,3, got '{text}'") from None
-    if not values or values[0] < 0:
-        raise argparse.ArgumentTypeError(f"expected task indices >= 0 like 0,3, got '{text}'")
-    return values
+parse_task_list = index_list("task indices", "0,3")
 
 
 def load_model(checkpoint: str, device: Optional[str] = None) -> tuple[Any, Any, Any, dict]:

@@ -67,7 +67,7 @@ def check_compatibility(model_cls: Any, dataset: Any) -> None:
 def check_every_task_has_data(dataset: Any) -> None:
     """Fail before training (not at task k) when a task of the split has no training images."""
     train, _ = dataset.splits
-    for task in range(dataset.N_TASKS):
+    for task in range(dataset.n_tasks):
         if len(dataset.task_indices(train, task)) == 0:
             start, end = dataset.get_offsets(task)
             raise UserError(f"{dataset.NAME}: task {task + 1} (classes {start}-{end - 1}) has no training images; "
@@ -95,7 +95,7 @@ def build_experiment(args: argparse.Namespace, device: Optional[torch.device] = 
                         f"run it in a single process")
     if before_model is not None:
         before_model(dataset)
-    backbone = get_backbone(args, dataset.N_CLASSES, dataset.img_size, dataset.IN_CHANS)
+    backbone = get_backbone(args, dataset.n_classes, dataset.img_size, dataset.in_chans)
     model = model_cls(backbone, dataset.get_loss(), args, dataset.get_transform(), dataset=dataset).to(device)
     distributed.broadcast_module(model)  # identical replicas even if construction drew different numbers
     return Experiment(args=args, dataset=dataset, model=model, device=device)

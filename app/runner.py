@@ -75,8 +75,8 @@ def _restore(model: Any, dataset: Any, path: str, state: dict[str, Any], device:
     """Load a checkpoint into ``model``/``dataset``/the RNGs; return the record of the finished tasks."""
     try:
         record = RunRecord.from_dict(state["record"])
-        if record.tasks_done > dataset.N_TASKS:
-            raise ValueError(f"it has {record.tasks_done} finished tasks, the dataset only {dataset.N_TASKS}")
+        if record.tasks_done > dataset.n_tasks:
+            raise ValueError(f"it has {record.tasks_done} finished tasks, the dataset only {dataset.n_tasks}")
         for _ in range(record.tasks_done):  # rebuild the test loaders of the finished tasks
             dataset.get_data_loaders()
         model.load_lean_checkpoint_state(state["model_state"], dataset, path)
@@ -86,7 +86,7 @@ def _restore(model: Any, dataset: Any, path: str, state: dict[str, Any], device:
                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
                         f"use the arguments it was made with") from None
     model.to(device)
-    print(f"resumed from {path}: {record.tasks_done} of {dataset.N_TASKS} tasks done", file=sys.stderr)
+    print(f"resumed from {path}: {record.tasks_done} of {dataset.n_tasks} tasks done", file=sys.stderr)
     return record
 
 
@@ -253,7 +253,7 @@ def _task_end_callback(experiment: Experiment, trackers: list, main_process: boo
     args, model = experiment.args, experiment.model
 
     def end_of_task(rec: RunRecord) -> None:
-        final = rec.tasks_done == experiment.dataset.N_TASKS
+        final = rec.tasks_done == experiment.dataset.n_tasks
         if (args.savecheck == "task" or (args.savecheck == "last" and final)) and main_process:
             checkpoints.save_checkpoint(checkpoints.checkpoint_path(args, rec.tasks_done), {
                 "args": {k: v for k, v in vars(args).items()}, "model_state": model.lean_checkpoint_state(),
@@ -268,8 +268,8 @@ def collect_results(experiment: Experiment, record: RunRecord, seconds: float) -
     """The results JSON's content: arguments, accuracy matrices, summary metrics, timings, environment."""
     dataset, device = experiment.dataset, experiment.device
     timings = {"per_task": record.task_timings, "total_seconds": seconds}
-    return {"args": vars(experiment.args), "setting": dataset.SETTING, "n_tasks": dataset.N_TASKS,
-            "tasks_done": record.tasks_done, "complete": record.tasks_done == dataset.N_TASKS,
+    return {"args": vars(experiment.args), "setting": dataset.SETTING, "n_tasks": dataset.n_tasks,
+            "tasks_done": record.tasks_done, "complete": record.tasks_done == dataset.n_tasks,
             "class_order": list(dataset.scenario.class_order) if dataset.scenario.class_order else None,
             "accuracy_matrix_class_il": record.accuracy_matrix_class_il,
             "accuracy_matrix_task_il": record.accuracy_matrix_task_il, **record.summary(),

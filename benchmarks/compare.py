@@ -18,7 +18,7 @@ import os
 import shlex
 import sys
 import traceback
-from typing import Optional
+from typing import Callable, Optional
 
 from utils.args import nonneg_int, parse_bool, positive_int
 from utils.errors import UserError
@@ -121,6 +121,35 @@ def run_jobs(jobs: list[tuple[str, int, list[str]]], out: str, reuse: bool, tag:
     return result_files, failures
 
 
+def parse_with_shared(parser: argparse.ArgumentParser, argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]]:
+    """The script's own flags, and the flags for every run: the ones the script does not know and those after
+    ``--`` (``argv`` defaults to the command line)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    shared: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, shared = argv[:cut], argv[cut + 1:]
+    args, unknown = parser.parse_known_args(argv)
+    return args, unknown + shared
+
+
+def print_outcome(tag: str, paths: dict[str, str], failures: list[str]) -> None:
+    """The failed runs (stderr), then the files written."""
+    for failure in failures:
+        print(f"[{tag}] FAILED {failure}", file=sys.stderr)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+
+
+def exit_code(run: Callable[[], int]) -> int:
+    """``run()``'s exit code; a ``UserError`` prints its one-line message and gives its code (2)."""
+    try:
+        return run()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True)
@@ -140,14 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def compare(argv: Optional[list[str]] = None) -> tuple[dict[str, str], list[str]]:
     """Run every (method, seed) and build the report; returns the report paths and the failed runs."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, shared = argv[:cut], argv[cut + 1:]
-    else:
-        shared = []
-    args, unknown = build_parser().parse_known_args(argv)
-    shared = unknown + shared
+    args, shared = parse_with_shared(build_parser(), argv)
     entries = parse_models(args.models)
     extras = parse_extras(args.extra)
     stray = sorted(set(extras) - {label for label, _ in entries})
@@ -161,20 +183,12 @@ def compare(argv: Optional[list[str]] = None) -> tuple[dict[str, str], list[str]
     if not result_files:
         raise UserError("every run failed: " + "; ".join(failures))
     paths = build_report(result_files, args.out)
-    for failure in failures:
-        print(f"[compare] FAILED {failure}", file=sys.stderr)
-    for kind, path in paths.items():
-        print(f"{kind}: {path}")
+    print_outcome("compare", paths, failures)
     return paths, failures
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    try:
-        _, failures = compare(argv)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 1 if failures else 0
+    return exit_code(lambda: 1 if compare(argv)[1] else 0)
 
 
 if __name__ == "__main__":

@@ -20,16 +20,14 @@ summary table), ``editing.csv`` (every edit) and ``editing.png`` (the summary as
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
-import io
 import json
 import os
 import sys
 import time
 from typing import Any, Optional
 
-from benchmarks.compare import merge_flags, parse_extras
+from benchmarks.compare import exit_code, merge_flags, parse_extras, parse_with_shared, print_outcome
 from utils.args import parse_bool
 from utils.errors import UserError
 from utils.io import write_json
@@ -207,35 +205,25 @@ def _cell(value: Optional[float]) -> str:
 
 
 def write_outputs(results: dict[str, list[dict[str, Any]]], out: str) -> dict[str, str]:
-    from utils.io import atomic_write
     from utils.plots import plot_edit_table
+    from utils.tables import csv_text, markdown_table, number, write_tables
 
-    lines = ["# Editing (specialization and unlearning by composing task modules)", "",
-             "Class-IL accuracy (%); before = all modules composed, after = the edit.", "",
-             "| method | edit | target before | target after | control before | control after |",
-             "|---|---|---|---|---|---|"]
-    plot_rows = []
+    values = ("target_before", "target_after", "control_before", "control_after")
+    summary, plot_rows = [], []
     for method, records in results.items():
         for row in summary_rows(method, records):
-            lines.append(f"| {method} | {row['edit']} | {_cell(row['target_before'])} | {_cell(row['target_after'])} "
-                         f"| {_cell(row['control_before'])} | {_cell(row['control_after'])} |")
+            summary.append([method, row["edit"], *(_cell(row[k]) for k in values)])
             if row["kind"] in ("specialize-single", "unlearn", "theta0"):
                 plot_rows.append({"name": f"{method}: {row['edit'].split(' (')[0]}",
-                                  **{k: row[k] for k in ("target_before", "target_after", "control_before",
-                                                         "control_after") if row[k] is not None}})
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["method", "edit", "kind", "targets", "target_before", "target_after", "control_before",
-                     "control_after"])
-    for method, records in results.items():
-        for r in records:
-            writer.writerow([method, r["edit"], r["kind"], " ".join(map(str, r["targets"])),
-                             *("" if r[k] is None else repr(r[k]) for k in ("target_before", "target_after",
-                                                                             "control_before", "control_after"))])
-    paths = {"markdown": os.path.join(out, "editing.md"), "csv": os.path.join(out, "editing.csv"),
-             "png": os.path.join(out, "editing.png")}
-    atomic_write(paths["markdown"], lambda fh: fh.write("\n".join(lines) + "\n"))
-    atomic_write(paths["csv"], lambda fh: fh.write(buffer.getvalue()))
+                                  **{k: row[k] for k in values if row[k] is not None}})
+    lines = ["# Editing (specialization and unlearning by composing task modules)", "",
+             "Class-IL accuracy (%); before = all modules composed, after = the edit.", ""]
+    lines += markdown_table(["method", "edit", "target before", "target after", "control before", "control after"],
+                            summary)
+    table = csv_text(["method", "edit", "kind", "targets", *values], [
+        [method, r["edit"], r["kind"], " ".join(map(str, r["targets"])), *(number(r[k]) for k in values)]
+        for method, records in results.items() for r in records])
+    paths = write_tables(os.path.join(out, "editing"), lines, table)
     plot_edit_table(plot_rows, paths["png"], title="Editing: target/control class-IL before and after")
     return paths
 
@@ -286,13 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def editing(argv: Optional[list[str]] = None) -> dict[str, str]:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    shared: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, shared = argv[:cut], argv[cut + 1:]
-    args, unknown = build_parser().parse_known_args(argv)
-    shared = unknown + shared
+    args, shared = parse_with_shared(build_parser(), argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in EDITABLE]
     if bad:
@@ -325,18 +307,15 @@ def editing(argv: Optional[list[str]] = None) -> dict[str, str]:
                                                         "raw_weights": args.raw_weights,
                                                         "records": results[method]})
     paths = write_outputs(results, args.out)
-    for kind, path in paths.items():
-        print(f"{kind}: {path}")
+    print_outcome("editing", paths, [])
     return paths
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    try:
+    def run() -> int:
         editing(argv)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
+        return 0
+    return exit_code(run)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,13 @@ reused (``--reuse 1``), so an interrupted table continues where it stopped. Writ
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import os
 import re
 import sys
 from typing import Optional
 
-from benchmarks.compare import merge_flags, parse_extras, result_path, run_jobs
+from benchmarks.compare import (exit_code, merge_flags, parse_extras, parse_with_shared, print_outcome, result_path,
+                                run_jobs)
 from utils.args import nonneg_int, parse_bool, positive_int
 from utils.errors import UserError
 
@@ -103,7 +102,7 @@ def write_table(rows: list[tuple[str, Optional[str], list[str], float]], out: st
                 failed: set[str], title: str) -> dict[str, str]:
     """``paper_table<N>.md/.csv/.png`` in ``out``: the paper's number beside the measured mean ± std."""
     from app.report import mean_std
-    from utils.io import atomic_write
+    from utils.tables import csv_text, markdown_table, number, write_tables
 
     records = []
     for row, model, _, paper in rows:
@@ -113,25 +112,15 @@ def write_table(rows: list[tuple[str, Optional[str], list[str], float]], out: st
             "not run" if not values else ""
         records.append({"method": row, "model": model or "", "paper": paper, "mean": mean, "std": std,
                         "seeds": found, "status": status})
-    stem = os.path.join(out, f"paper_table{title}")
     lines = [f"# Porrello et al. Table {title}: paper vs measured", "",
-             "Final class-IL accuracy (%); measured = mean ± sample std over the seeds listed.", "",
-             "| method | model | paper | measured | Δ (measured − paper) | seeds |", "|---|---|---|---|---|---|"]
-    for r in records:
-        cell = r["status"] or f"{r['mean']:.2f} ± {r['std']:.2f}"
-        delta = "" if r["status"] else f"{r['mean'] - r['paper']:+.2f}"
-        lines.append(f"| {r['method']} | {r['model'] or '–'} | {r['paper']:.2f} | {cell} | {delta} | "
-                     f"{', '.join(map(str, r['seeds']))} |")
-    markdown = "\n".join(lines) + "\n"
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["method", "model", "paper", "measured_mean", "measured_std", "n_seeds", "status"])
-    for r in records:
-        writer.writerow([r["method"], r["model"], r["paper"], "" if r["status"] else repr(r["mean"]),
-                         "" if r["status"] else repr(r["std"]), len(r["seeds"]), r["status"]])
-    paths = {"markdown": stem + ".md", "csv": stem + ".csv", "png": stem + ".png"}
-    atomic_write(paths["markdown"], lambda fh: fh.write(markdown))
-    atomic_write(paths["csv"], lambda fh: fh.write(buffer.getvalue()))
+             "Final class-IL accuracy (%); measured = mean ± sample std over the seeds listed.", ""]
+    lines += markdown_table(["method", "model", "paper", "measured", "Δ (measured − paper)", "seeds"], [
+        [r["method"], r["model"] or "–", f"{r['paper']:.2f}", r["status"] or f"{r['mean']:.2f} ± {r['std']:.2f}",
+         "" if r["status"] else f"{r['mean'] - r['paper']:+.2f}", ", ".join(map(str, r["seeds"]))] for r in records])
+    table = csv_text(["method", "model", "paper", "measured_mean", "measured_std", "n_seeds", "status"], [
+        [r["method"], r["model"], r["paper"], number(None if r["status"] else r["mean"]),
+         number(None if r["status"] else r["std"]), len(r["seeds"]), r["status"]] for r in records])
+    paths = write_tables(os.path.join(out, f"paper_table{title}"), lines, table)
     plot_paper_vs_measured(records, paths["png"])
     return paths
 
@@ -162,13 +151,7 @@ def plot_paper_vs_measured(records: list[dict], path: str) -> None:
 
 def paper(argv: Optional[list[str]] = None) -> tuple[dict[str, str], list[str]]:
     """Run every row x seed of the table (reusing complete results), then write the table; (paths, failures)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    shared: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, shared = argv[:cut], argv[cut + 1:]
-    args, unknown = build_parser().parse_known_args(argv)
-    shared = unknown + shared
+    args, shared = parse_with_shared(build_parser(), argv)
     rows = table_rows(args.table, args.dataset, args.rows)
     extras = parse_extras(args.extra)
     every = TABLES[args.table][args.dataset]
@@ -191,20 +174,12 @@ def paper(argv: Optional[list[str]] = None) -> tuple[dict[str, str], list[str]]:
     _, failures = run_jobs(jobs, args.out, args.reuse, "paper")
     failed = {row for row, *_ in rows if any(f.startswith(f"{row_dir(row)} seed") for f in failures)}
     paths = write_table(every, args.out, seeds, failed, args.table)  # every row: --rows only limits what runs
-    for failure in failures:
-        print(f"[paper] FAILED {failure}", file=sys.stderr)
-    for kind, path in paths.items():
-        print(f"{kind}: {path}")
+    print_outcome("paper", paths, failures)
     return paths, failures
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    try:
-        _, failures = paper(argv)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 1 if failures else 0
+    return exit_code(lambda: 1 if paper(argv)[1] else 0)
 
 
 if __name__ == "__main__":

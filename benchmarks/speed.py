@@ -182,7 +182,7 @@ def run_tasks(argv: list[str], repeats: int, on_task: Optional[Callable] = None)
     device = model.device
     times: dict[Any, Any] = {"phases": {}, "flops": {}, "begin_task_s": {}}
     phases = PhaseTimer(model, device)
-    for t in range(dataset.N_TASKS):
+    for t in range(dataset.n_tasks):
         loader, _ = dataset.get_data_loaders()
         if t == 0:
             times["loader_images_per_s"], times["loader_images"] = loader_images_per_s(dataset)
@@ -192,7 +192,7 @@ def run_tasks(argv: list[str], repeats: int, on_task: Optional[Callable] = None)
         times["begin_task_s"][t] = time.perf_counter() - start
         times["phases"][t] = dict(phases.seconds[t])
         phases.task = None
-        if t in (0, dataset.N_TASKS - 1):  # FLOPs of the begin_task phases, re-run on a copy
+        if t in (0, dataset.n_tasks - 1):  # FLOPs of the begin_task phases, re-run on a copy
             times["flops"][t] = phase_flops(model, dataset)
         print(f"[{args.model}] task {t + 1}: begin_task {times['begin_task_s'][t]:.1f} s", file=sys.stderr,
               flush=True)
@@ -213,7 +213,7 @@ def run_tasks(argv: list[str], repeats: int, on_task: Optional[Callable] = None)
             times["step_flops"] = step_flops(model, batch, device)
             times["host_syncs_per_step"] = count_host_syncs(model, batch, device)
             times["train_images"] = len(dataset.train_dataset(t))
-        if t == dataset.N_TASKS - 1:
+        if t == dataset.n_tasks - 1:
             last_step = step_fn(model, [next(iter(loader))], device)
             both = interleaved({"first": first_step, "last": last_step}, device, max(repeats, STEP_REPEATS))
             times[0], times[t] = both["first"], both["last"]
@@ -232,7 +232,7 @@ def benchmark(common: list[str], fisher_images: int, fisher_batch: int, sampled:
     fisher_batches: dict = {}
 
     def at_task(t, model, dataset):
-        if t in (0, dataset.N_TASKS - 1):  # 10 seen classes, then all of them (where the Fisher costs most)
+        if t in (0, dataset.n_tasks - 1):  # 10 seen classes, then all of them (where the Fisher costs most)
             n = min(fisher_images, len(dataset.train_dataset(t)))
             images = torch.stack([dataset.train_dataset(t)[i][0] for i in range(n)]).to(model.device)
             figures = fisher_figures(model, images, fisher_batch, sampled, model.device)
@@ -244,7 +244,7 @@ def benchmark(common: list[str], fisher_images: int, fisher_batch: int, sampled:
     out.update(fisher_batches)
     device = model.device
     out["device"] = str(device) if device.type != "cuda" else torch.cuda.get_device_name(device)
-    last = dataset.N_TASKS - 1
+    last = dataset.n_tasks - 1
     out.update(ita_step_task1_s=ita[0], ita_step_task10_s=ita[last], ita_step_ratio=ita[last] / ita[0],
                train_img_s=ita["images_0"] / ita[0], train_peak_mb=peak_memory_mb(device))
     if "vbs" in ita:
@@ -258,7 +258,7 @@ def benchmark(common: list[str], fisher_images: int, fisher_batch: int, sampled:
     args = model.args
     x = torch.stack([dataset.test_dataset(0)[i][0] for i in range(min(64, len(dataset.test_dataset(0))))]).to(device)
     model.eval()
-    plain = get_backbone(args, dataset.N_CLASSES, dataset.img_size, dataset.IN_CHANS).to(device).eval()
+    plain = get_backbone(args, dataset.n_classes, dataset.img_size, dataset.in_chans).to(device).eval()
     with torch.no_grad():
         model(x), plain(x)  # warm-up (and the merge)
         merged_times, plain_times = [], []

@@ -24,7 +24,7 @@ import sys
 import traceback
 from typing import Any, Optional
 
-from benchmarks.compare import is_complete, merge_flags, split_flags
+from benchmarks.compare import exit_code, is_complete, merge_flags, parse_with_shared, split_flags
 from utils.args import parse_bool, percentage
 from utils.errors import UserError
 
@@ -112,13 +112,7 @@ def _run_once(command: list[str], path: str, reuse: bool, what: str, failures: l
 
 def sweep(argv: Optional[list[str]] = None) -> dict[str, Any]:
     """Run the grid on the validation split, the best setting on the test split; returns the summary."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    shared: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, shared = argv[:cut], argv[cut + 1:]
-    args, unknown = build_parser().parse_known_args(argv)
-    shared = unknown + shared
+    args, shared = parse_with_shared(build_parser(), argv)
     settings = grid_settings(parse_grid(args.grid))
     passed = {flag for flag, _ in split_flags(shared)}
     for flag in ("--validation", "--results_file", "--model"):
@@ -152,15 +146,17 @@ def sweep(argv: Optional[list[str]] = None) -> dict[str, Any]:
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
+    from utils.tables import markdown_table
+
     lines = [f"# Sweep of {summary['model']}: {summary['grid']}", "",
              f"Selected on a {summary['validation_percent']:g}% validation split of the training data "
-             "(final class-IL); the chosen setting was then trained on all training data and tested.", "",
-             "| setting | validation class-IL | validation task-IL | chosen |", "|---|---|---|---|"]
+             "(final class-IL); the chosen setting was then trained on all training data and tested.", ""]
+    rows = []
     for row in summary["rows"]:
         cil, til = row.get("validation_class_il"), row.get("validation_task_il")
         cells = ("failed", "failed") if cil is None else (f"{cil:.2f}", f"{til:.2f}")
-        chosen = "yes" if row["label"] == summary["chosen_label"] else ""
-        lines.append(f"| {row['label']} | {cells[0]} | {cells[1]} | {chosen} |")
+        rows.append([row["label"], *cells, "yes" if row["label"] == summary["chosen_label"] else ""])
+    lines += markdown_table(["setting", "validation class-IL", "validation task-IL", "chosen"], rows)
     lines.append("")
     if "test_class_il" in summary:
         lines.append(f"Test accuracy of {summary['chosen_label']}: class-IL {summary['test_class_il']:.2f}, "
@@ -172,21 +168,19 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 
 
 def write_summary(summary: dict[str, Any], out: str) -> None:
-    from utils.io import atomic_write, write_json
+    from utils.io import write_json
+    from utils.tables import write_tables
 
     write_json(os.path.join(out, "sweep.json"), summary)
-    text = summary_markdown(summary)
-    atomic_write(os.path.join(out, "sweep.md"), lambda fh: fh.write(text))
+    write_tables(os.path.join(out, "sweep"), [summary_markdown(summary).rstrip("\n")])
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    try:
+    def run() -> int:
         summary = sweep(argv)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print(summary_markdown(summary))
-    return 1 if summary["failures"] or "test_class_il" not in summary else 0
+        print(summary_markdown(summary))
+        return 1 if summary["failures"] or "test_class_il" not in summary else 0
+    return exit_code(run)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from datasets.utils.continual_dataset import ContinualDataset
 from datasets.utils.domain_il import Rotation
-from datasets.utils.mnist import load_mnist_like
+from datasets.utils.mnist import MnistLike
 from datasets.utils.scenario import SharedLabelScenario
 from datasets.utils.sources import ImageSource
 from utils.errors import UserError
@@ -67,16 +67,14 @@ class RotatedStream(Dataset):
         return self.transform(img), label, self.not_aug_transform(img)
 
 
-class MNIST360(ContinualDataset):
+class MNIST360(MnistLike, ContinualDataset):
     """Reads ``<base_path>/MNIST/raw/`` like ``seq-mnist`` (digit 9 is left out, as in the benchmark)."""
 
     NAME = "mnist-360"
     SETTING = "general-continual"
     N_TASKS = 1
     N_CLASSES_PER_TASK = N_DIGITS
-    SIZE = (28, 28)
-    IN_CHANS = 1
-    DEFAULTS = {"backbone": "mnistmlp", "n_epochs": 1, "batch_size": 16}
+    DEFAULTS = {**MnistLike.DEFAULTS, "batch_size": 16}
     CLASS_NAMES = [str(d) for d in range(N_DIGITS)]
     SHUFFLE_TRAIN = False
 
@@ -92,10 +90,9 @@ class MNIST360(ContinualDataset):
         """Already one task: ``--joint 1`` only shuffles the stream (i.i.d. training on the same images)."""
 
     def load(self) -> tuple[ImageSource, ImageSource]:
-        data = load_mnist_like("mnist", self.args.base_path)
-        self.data_source = data.source
-        keep = [np.flatnonzero(src.targets < N_DIGITS) for src in (data.train, data.test)]
-        return data.train.subset(keep[0]), data.test.subset(keep[1])
+        train, test = super().load()
+        keep = [np.flatnonzero(src.targets < N_DIGITS) for src in (train, test)]
+        return train.subset(keep[0]), test.subset(keep[1])
 
     @property
     def _seed(self) -> int:

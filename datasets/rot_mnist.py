@@ -4,11 +4,10 @@ from __future__ import annotations
 from typing import Callable
 
 from datasets.utils.domain_il import DomainILDataset, Rotation, domain_rng
-from datasets.utils.mnist import load_mnist_like
-from datasets.utils.sources import ImageSource
+from datasets.utils.mnist import MnistLike
 
 
-class RotatedMNIST(DomainILDataset):
+class RotatedMNIST(MnistLike, DomainILDataset):
     """Task ``t``: all of MNIST rotated by an angle drawn uniformly in [0, 180) degrees from (seed, t).
 
     Reads ``<base_path>/MNIST/raw/`` like ``seq-mnist``."""
@@ -16,17 +15,9 @@ class RotatedMNIST(DomainILDataset):
     NAME = "rot-mnist"
     N_TASKS = 20
     N_CLASSES_PER_TASK = 10
-    SIZE = (28, 28)
-    IN_CHANS = 1
-    DEFAULTS = {"backbone": "mnistmlp", "n_epochs": 1, "batch_size": 128}
-    CLASS_NAMES = [str(d) for d in range(10)]
+    DEFAULTS = {**MnistLike.DEFAULTS, "batch_size": 128}
     MAX_DEGREES = 180.0
     DOMAIN_ON_PIL = True  # PIL's rotation: ~100x cheaper than the tensor's affine grid on a CPU
-
-    def load(self) -> tuple[ImageSource, ImageSource]:
-        data = load_mnist_like("mnist", self.args.base_path)
-        self.data_source = data.source
-        return data.train, data.test
 
     def angle(self, domain: int) -> float:
         return float(domain_rng(self.args.seed, domain).uniform(0.0, self.MAX_DEGREES))

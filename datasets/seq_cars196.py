@@ -8,14 +8,14 @@ from torchvision import transforms
 
 from datasets.utils.arrays import read_class_names, read_pt_split
 from datasets.utils.download import DownloadError, ensure_data, hf_file, record_sidecar
-from datasets.utils.image_dataset import OpListDataset
+from datasets.utils.continual_dataset import ContinualDataset
 from datasets.utils.sources import ImageSource
 
 HF_REPO = "aimagelab-ta/cars196"
 FILES = ("train_images.pt", "train_labels.pt", "test_images.pt", "test_labels.pt")
 
 
-class SequentialCars196(OpListDataset):
+class SequentialCars196(ContinualDataset):
     """Cars-196 from ``<base_path>/cars196/{train,test}_{images,labels}.pt`` (uint8 (N, 3, 224, 224) images,
     short side resized to 224 and centre-cropped), fetched file by file from ``aimagelab-ta/cars196``."""
 
@@ -46,7 +46,7 @@ class SequentialCars196(OpListDataset):
                     f"{', '.join(FILES)} in {root}/ (from huggingface.co/datasets/{HF_REPO})")
         names = read_class_names(root)
         if names is not None:
-            self.CLASS_NAMES = names
+            self.class_names = names
         return read_pt_split(paths[0], paths[1]), read_pt_split(paths[2], paths[3])
 
     def train_ops(self) -> list[Callable]:

@@ -1,6 +1,8 @@
 """Sequential CIFAR-10: 5 tasks x 2 classes, 32x32 (Mammoth's ``seq-cifar10``)."""
 from __future__ import annotations
 
+from typing import Callable
+
 from torchvision import transforms
 
 from datasets.utils.cifar import load_cifar
@@ -24,8 +26,5 @@ class SequentialCIFAR10(ContinualDataset):
     def load(self) -> tuple[ImageSource, ImageSource]:
         return load_cifar("cifar10", self.args.base_path)
 
-    def get_transform(self):
-        if self.TRANSFORM is not None:
-            return super().get_transform()
-        return transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                                   transforms.ToTensor(), self.get_normalization_transform()])
+    def train_ops(self) -> list[Callable]:
+        return [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]

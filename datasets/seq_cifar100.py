@@ -6,11 +6,11 @@ from typing import Callable
 from torchvision import transforms
 
 from datasets.utils.cifar import CIFAR100_CLASSES, load_cifar
-from datasets.utils.image_dataset import OpListDataset
+from datasets.utils.continual_dataset import ContinualDataset
 from datasets.utils.sources import ImageSource
 
 
-class SequentialCIFAR100(OpListDataset):
+class SequentialCIFAR100(ContinualDataset):
     """CIFAR-100 in 10 class-incremental tasks (configs ``5tasks``, ``20tasks``).
 
     Reads ``<base_path>/CIFAR100/cifar-100-python/{train,test}``; classes in the official

@@ -9,12 +9,13 @@ from torchvision import transforms
 
 from datasets.utils.cifar import CIFAR100_CLASSES, load_cifar
 from datasets.utils.gpu_augment import DeviceAugmentedLoader, DeviceRRCFlip, rrc_flip_spec
-from datasets.utils.image_dataset import BICUBIC, IMAGENET_MEAN, IMAGENET_STD, OpListDataset, rrc_flip
+from datasets.utils.continual_dataset import ContinualDataset
+from datasets.utils.transforms import BICUBIC, IMAGENET_MEAN, IMAGENET_STD, rrc_flip
 from datasets.utils.sources import ImageSource
 from utils import seeding
 
 
-class SequentialCIFAR100224(OpListDataset):
+class SequentialCIFAR100224(ContinualDataset):
     """CIFAR-100, 10 x 10 classes, upsampled from 32x32 to 224x224 by the transforms.
 
     ``datasets/configs/seq-cifar100-224/default.yaml`` is applied automatically;
@@ -75,7 +76,7 @@ class SequentialCIFAR100224(OpListDataset):
         """The device pipeline equivalent to the train transform (None: the transform has other ops)."""
         if self.strong():
             return None
-        return rrc_flip_spec(None if self.TRANSFORM is None else list(self.TRANSFORM), self.MEAN, self.STD)
+        return rrc_flip_spec(None if self.train_transform_spec is None else list(self.train_transform_spec), self.mean, self.std)
 
     def strong(self) -> bool:
         return getattr(self.args, "transform_type", "weak") == "strong"

@@ -7,11 +7,11 @@ from torchvision import transforms
 
 from datasets.seq_cifar10 import SequentialCIFAR10
 from datasets.utils.cifar import load_cifar
-from datasets.utils.image_dataset import OpListDataset
+from datasets.utils.continual_dataset import ContinualDataset
 from datasets.utils.sources import ImageSource
 
 
-class SequentialCIFAR10224(OpListDataset):
+class SequentialCIFAR10224(ContinualDataset):
     """CIFAR-10, 5 x 2 classes, upsampled from 32x32 to 224x224 by the transforms (Resize 224, RandomCrop 224
     with padding 28, horizontal flip; test: Resize 224), CIFAR-10 normalisation. The ``not_aug`` images stay
     32x32. Reads ``<base_path>/CIFAR10/cifar-10-batches-py`` like ``seq-cifar10``."""

@@ -9,14 +9,15 @@ from torchvision import transforms
 
 from datasets.utils.arrays import read_npz_split
 from datasets.utils.download import add_onedrive_arg, ensure_data, hf_snapshot, record_sidecar, with_onedrive_fallback
-from datasets.utils.image_dataset import BICUBIC, IMAGENET_MEAN, IMAGENET_STD, OpListDataset, resize_crop
+from datasets.utils.continual_dataset import ContinualDataset
+from datasets.utils.transforms import BICUBIC, IMAGENET_MEAN, IMAGENET_STD, resize_crop
 from datasets.utils.sources import ImageSource
 
 HF_REPO = "aimagelab-ta/cub200"
 FILES = ("train_data.npz", "test_data.npz")
 
 
-class SequentialCUB200(OpListDataset):
+class SequentialCUB200(ContinualDataset):
     """CUB-200 from ``<base_path>/CUB200/{train,test}_data.npz`` (arrays ``data`` uint8 NHWC, ``targets``,
     optionally ``classes``), downloaded from the Hugging Face dataset ``aimagelab-ta/cub200``, else from the
     OneDrive zip given by ``--onedrive_url`` (Mammoth's mirror)."""
@@ -49,7 +50,7 @@ class SequentialCUB200(OpListDataset):
                     f"{' and '.join(FILES)} in {root}/ (from huggingface.co/datasets/{HF_REPO})")
         (train, names), (test, _) = read_npz_split(paths[0]), read_npz_split(paths[1])
         if names is not None:
-            self.CLASS_NAMES = names
+            self.class_names = names
         return train, test
 
     def train_ops(self) -> list[Callable]:

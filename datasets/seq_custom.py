@@ -12,11 +12,11 @@ from torchvision import transforms
 
 from datasets.utils.arrays import check_npz_fits, npz_headers
 from datasets.utils.continual_dataset import ContinualDataset
+from datasets.utils.folders import IMAGE_EXTENSIONS, train_test_folders
 from datasets.utils.sources import ImageSource
 from utils.args import none_or, parse_bool, positive_int
 from utils.errors import UserError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".tif", ".tiff", ".webp")
 NORMALIZATIONS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
                   "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), "none": None, "dataset": None}
 
@@ -123,34 +123,16 @@ def read_image_folder(root: str) -> tuple[ImageSource, ImageSource, list[str]]:
     for split in ("train", "test"):
         if not os.path.isdir(os.path.join(root, split)):
             raise UserError(f"{root} must contain train/ and test/ folders with one sub-folder per class")
-    folders = sorted((d for d in os.scandir(os.path.join(root, "train")) if d.is_dir()), key=lambda d: d.name)
-    classes = [d.name for d in folders
-               if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in os.listdir(d.path))]
+    folders = sorted(e.name for e in os.scandir(os.path.join(root, "train")) if e.is_dir())
+    train, test, classes = train_test_folders(root, "seq-custom")
     if not classes:
         raise UserError(f"{root}/train has no class folders with images ({', '.join(IMAGE_EXTENSIONS)}); "
                         f"put each class's images in {root}/train/<class>/")
     if len(classes) < len(folders):
-        empty = sorted({d.name for d in folders} - set(classes))
+        empty = sorted(set(folders) - set(classes))
         print(f"note: {root}/train: class folders without images are ignored: {', '.join(empty[:5])}"
               f"{', ...' if len(empty) > 5 else ''}", file=sys.stderr)
-    index = {c: i for i, c in enumerate(classes)}
-    splits = []
-    for split in ("train", "test"):
-        paths, labels = [], []
-        for entry in sorted(os.scandir(os.path.join(root, split)), key=lambda e: e.name):
-            if not entry.is_dir():
-                continue
-            if entry.name not in index:
-                if not any(f.lower().endswith(IMAGE_EXTENSIONS) for f in os.listdir(entry.path)):
-                    continue
-                raise UserError(f"{root}/{split}/{entry.name} is not a class of {root}/train (no training images); "
-                                f"add training images for it or remove the folder")
-            for f in sorted(os.listdir(entry.path)):
-                if f.lower().endswith(IMAGE_EXTENSIONS):
-                    paths.append(os.path.join(entry.path, f))
-                    labels.append(index[entry.name])
-        splits.append(ImageSource(paths, np.asarray(labels, dtype=np.int64)))
-    return splits[0], splits[1], classes
+    return train, test, classes
 
 
 class SequentialCustom(ContinualDataset):
@@ -205,17 +187,17 @@ class SequentialCustom(ContinualDataset):
                 raise UserError(f"--n_tasks {n_tasks} exceeds the {n_classes} classes of {path}")
             base, extra = divmod(n_classes, n_tasks)
             per_task = [base + (1 if t < extra else 0) for t in range(n_tasks)]
-        self.N_TASKS, self.N_CLASSES_PER_TASK = len(per_task), per_task
+        self.n_tasks, self.n_classes_per_task = len(per_task), per_task
         size = self.args.img_size or (native if native > 0 else int(train.data.shape[1]))
-        self.SIZE = (size, size)
+        self.size = (size, size)
         self._native = native
-        self.IN_CHANS = 1 if (isinstance(train.data, np.ndarray) and (train.data.ndim == 3 or train.data.shape[3] == 1)) else 3
-        self.CLASS_NAMES = names
+        self.in_chans = 1 if (isinstance(train.data, np.ndarray) and (train.data.ndim == 3 or train.data.shape[3] == 1)) else 3
+        self.class_names = names
         if self.args.normalization == "dataset" and isinstance(train.data, np.ndarray):
-            self.MEAN, self.STD = channel_stats(train.data, self.IN_CHANS)
+            self.mean, self.std = channel_stats(train.data, self.in_chans)
         elif NORMALIZATIONS.get(self.args.normalization):
             mean, std = NORMALIZATIONS[self.args.normalization]
-            self.MEAN, self.STD = mean[:self.IN_CHANS], std[:self.IN_CHANS]
+            self.mean, self.std = mean[:self.in_chans], std[:self.in_chans]
 
     def load(self) -> tuple[ImageSource, ImageSource]:
         return self._raw
@@ -226,19 +208,11 @@ class SequentialCustom(ContinualDataset):
             return [transforms.Resize(size), transforms.CenterCrop(size)]
         return [] if size == self._native else [transforms.Resize((size, size))]
 
-    def get_transform(self) -> Callable:
-        if self.TRANSFORM is not None:
-            return super().get_transform()
+    def train_ops(self) -> list[Callable]:
         size = self.img_size
         augment = [transforms.RandomCrop(size, padding=size // 8), transforms.RandomHorizontalFlip()] \
             if self.args.augment else []
-        return transforms.Compose(self._resize() + augment + [transforms.ToTensor(),
-                                                              self.get_normalization_transform()])
+        return self._resize() + augment
 
-    def get_test_transform(self) -> Callable:
-        if self.TEST_TRANSFORM is not None:
-            return super().get_test_transform()
-        return transforms.Compose(self._resize() + [transforms.ToTensor(), self.get_normalization_transform()])
-
-    def get_not_aug_transform(self) -> Callable:
-        return transforms.Compose(self._resize() + [transforms.ToTensor()])
+    def test_ops(self) -> list[Callable]:
+        return self._resize()

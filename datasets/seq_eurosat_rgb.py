@@ -7,7 +7,8 @@ from typing import Callable
 
 from datasets.utils.download import download_and_extract, ensure_data, hf_file
 from datasets.utils.folders import source
-from datasets.utils.image_dataset import CLIP_MEAN, CLIP_STD, OpListDataset, resize_crop, rrc_flip
+from datasets.utils.continual_dataset import ContinualDataset
+from datasets.utils.transforms import CLIP_MEAN, CLIP_STD, resize_crop, rrc_flip
 from datasets.utils.sources import ImageSource
 from utils.errors import UserError
 
@@ -31,7 +32,7 @@ def read_split_json(path: str) -> dict[str, list[tuple[str, int, str]]]:
     return parsed
 
 
-class SequentialEuroSatRgb(OpListDataset):
+class SequentialEuroSatRgb(ContinualDataset):
     """EuroSAT RGB with the fixed split of ``<base_path>/eurosat/split.json`` (train/val/test entries
     ``[relative_path, label, class_name]``); images under ``<base_path>/eurosat/2750/<Class>/``."""
 
@@ -67,9 +68,9 @@ class SequentialEuroSatRgb(OpListDataset):
         names: dict[int, str] = {}
         for entries in split.values():
             names.update({label: cls for _, label, cls in entries})
-        if sorted(names) != list(range(self.N_CLASSES)):
-            raise UserError(f"{split_path}: labels {sorted(names)} are not 0..{self.N_CLASSES - 1}")
-        self.CLASS_NAMES = [names[i] for i in range(self.N_CLASSES)]
+        if sorted(names) != list(range(self.n_classes)):
+            raise UserError(f"{split_path}: labels {sorted(names)} are not 0..{self.n_classes - 1}")
+        self.class_names = [names[i] for i in range(self.n_classes)]
         sources = []
         for key in ("train", "test"):
             paths = [p for p, _, _ in split[key]]

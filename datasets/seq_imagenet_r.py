@@ -16,7 +16,8 @@ import yaml
 
 from datasets.utils.download import download_and_extract, ensure_data
 from datasets.utils.folders import check_class_count, class_tree, seeded_split, source
-from datasets.utils.image_dataset import OpListDataset, resize_crop, rrc_flip
+from datasets.utils.continual_dataset import ContinualDataset
+from datasets.utils.transforms import resize_crop, rrc_flip
 from datasets.utils.sources import ImageSource
 from utils.args import none_or
 from utils.errors import UserError
@@ -45,7 +46,7 @@ def read_mammoth_split(path: str) -> tuple[list[str], list[int]]:
     return paths, targets
 
 
-class SequentialImageNetR(OpListDataset):
+class SequentialImageNetR(ContinualDataset):
     """ImageNet-R under ``<base_path>/imagenet-r/<wnid>/*.jpg`` (the official archive's layout)."""
 
     NAME = "seq-imagenet-r"
@@ -75,8 +76,8 @@ class SequentialImageNetR(OpListDataset):
         if split_dir:
             return self._mammoth_split(root, split_dir)
         tree = class_tree(root)
-        check_class_count(tree, self.N_CLASSES, root, self.NAME)
-        self.CLASS_NAMES = sorted(tree)
+        check_class_count(tree, self.n_classes, root, self.NAME)
+        self.class_names = sorted(tree)
         train_p, train_y, test_p, test_y = seeded_split(tree, self.TEST_FRACTION, seed=0)
         return source(root, train_p, train_y), source(root, test_p, test_y)
 

@@ -8,7 +8,8 @@ from torchvision import transforms
 
 from datasets.utils.download import download_and_extract, download_file, ensure_data
 from datasets.utils.folders import class_tree, check_class_count, source
-from datasets.utils.image_dataset import BICUBIC, IMAGENET_MEAN, IMAGENET_STD, OpListDataset, resize_crop
+from datasets.utils.continual_dataset import ContinualDataset
+from datasets.utils.transforms import BICUBIC, IMAGENET_MEAN, IMAGENET_STD, resize_crop
 from datasets.utils.sources import ImageSource
 from utils.errors import UserError
 
@@ -38,7 +39,7 @@ def read_split_list(path: str, images: str, index: dict[str, int]) -> tuple[list
     return paths, labels
 
 
-class SequentialMIT67(OpListDataset):
+class SequentialMIT67(ContinualDataset):
     """MIT-67 with the official split: ``<base_path>/MIT67/Images/<class>/*.jpg`` and
     ``<base_path>/MIT67/{Train,Test}Images.txt`` (80 + 20 images per class)."""
 
@@ -66,10 +67,10 @@ class SequentialMIT67(OpListDataset):
 
         ensure_data(present, fetch, self.NAME, f"Images/<class>/*.jpg, TrainImages.txt and TestImages.txt in {root}/")
         tree = class_tree(images)
-        check_class_count(tree, self.N_CLASSES, images, self.NAME)
+        check_class_count(tree, self.n_classes, images, self.NAME)
         classes = sorted(tree)
         index = {c: i for i, c in enumerate(classes)}
-        self.CLASS_NAMES = classes
+        self.class_names = classes
         train = read_split_list(lists["TrainImages.txt"], images, index)
         test = read_split_list(lists["TestImages.txt"], images, index)
         return source(images, *train), source(images, *test)

@@ -9,16 +9,16 @@ class MammothDatasetAPI:
     ``get_backbone``, ``get_iters`` (values of this run's configuration)."""
 
     args: Any
-    MEAN: Optional[tuple[float, ...]]
-    STD: Optional[tuple[float, ...]]
+    mean: Optional[tuple[float, ...]]  # the run's MEAN/STD
+    std: Optional[tuple[float, ...]]
     DEFAULTS: dict[str, Any]
 
     def get_denormalization_transform(self) -> Callable:
         """Inverse of :meth:`get_normalization_transform` on tensors (identity without MEAN/STD)."""
         from mammoth_compat.transforms import DeNormalize
-        if self.MEAN is None:
+        if self.mean is None:
             return lambda x: x
-        return DeNormalize(self.MEAN, self.STD)
+        return DeNormalize(self.mean, self.std)
 
     def get_epochs(self) -> int:
         return int(self.args.n_epochs)

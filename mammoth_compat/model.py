@@ -35,7 +35,7 @@ class MammothModelAPI:
 
     @property
     def N_CLASSES(self) -> int:  # noqa: N802 - Mammoth's name
-        return int(self._dataset_attr("N_CLASSES"))
+        return int(self._dataset_attr("n_classes"))
 
     @property
     def num_classes(self) -> int:
@@ -43,7 +43,7 @@ class MammothModelAPI:
 
     @property
     def N_TASKS(self) -> int:  # noqa: N802
-        return int(self._dataset_attr("N_TASKS"))
+        return int(self._dataset_attr("n_tasks"))
 
     @property
     def n_tasks(self) -> int:
@@ -55,8 +55,8 @@ class MammothModelAPI:
 
     @property
     def cpt(self) -> int | list[int]:
-        """Classes per task (``N_CLASSES_PER_TASK``: an int, or a list when tasks differ)."""
-        return self._dataset_attr("N_CLASSES_PER_TASK")
+        """Classes per task (the run's ``N_CLASSES_PER_TASK``: an int, or a list when tasks differ)."""
+        return self._dataset_attr("n_classes_per_task")
 
     @property
     def classes_per_task(self) -> int | list[int]:

@@ -10,6 +10,7 @@ block's input (``norm1`` and the ``qkv`` projection) as keys/values only; they h
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 from models.prompt_utils.base import PromptedViTModel
 from models.prompt_utils.vit_prompting import cls_features, embed_tokens
 from utils.args import nonneg_int, positive_int
+from utils.settings import setting
 
 
 def class_token_embedding(vit: VisionTransformer) -> Optional[torch.Tensor]:
@@ -135,6 +137,12 @@ def structured_forward(vit: VisionTransformer, images: torch.Tensor, tokens: Seq
     return vit.norm(xb), [xp[:, i * length:(i + 1) * length] for i in range(len(tokens))]
 
 
+@dataclass(frozen=True)
+class AptSettings:
+    prompt_length: int = setting(1, positive_int, "prompt tokens per task (their mean output feeds the task's head)")
+    memory_length: int = setting(5, nonneg_int, "memory tokens per task in every block (0: shallow prompt only)")
+
+
 class APT(PromptedViTModel):
     """A-la-carte Prompt Tuning: task t trains only its prompt (tokens + per-block memory) and its head
     with CE on its own classes, on the frozen ViT under structured attention. Prediction: the ensemble
@@ -145,23 +153,17 @@ class APT(PromptedViTModel):
 
     NAME = "apt"
     COMPATIBILITY = ["class-il", "task-il"]
-
-    @staticmethod
-    def get_parser(parser):
-        parser.add_argument("--prompt_length", type=positive_int, default=1,
-                            help="prompt tokens per task (their mean output feeds the task's head)")
-        parser.add_argument("--memory_length", type=nonneg_int, default=5,
-                            help="memory tokens per task in every block (0: shallow prompt only)")
-        return parser
+    SETTINGS = AptSettings
+    settings: AptSettings
 
     def __init__(self, backbone, loss, args, transform, dataset=None):
         super().__init__(backbone, loss, args, transform, dataset)
         self.net.classifier.requires_grad_(False)  # unused: every task has its own head
         n_classes = self.net.classifier.out_features
-        self.offsets = [dataset.get_offsets(t) for t in range(dataset.N_TASKS)] if dataset is not None \
+        self.offsets = [dataset.get_offsets(t) for t in range(dataset.n_tasks)] if dataset is not None \
             else [(0, n_classes)]
-        self.pool = TaskPrompts([end - start for start, end in self.offsets], args.prompt_length,
-                                args.memory_length, len(self.vit.blocks), self.vit.embed_dim,
+        self.pool = TaskPrompts([end - start for start, end in self.offsets], self.settings.prompt_length,
+                                self.settings.memory_length, len(self.vit.blocks), self.vit.embed_dim,
                                 class_token_embedding(self.vit))
         self.n_classes = n_classes
         self.eval_task_weights: Optional[list[float]] = None  # editing: weights of the composition

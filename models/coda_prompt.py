@@ -1,25 +1,24 @@
 """``coda_prompt``: CODA-Prompt (Smith et al., CVPR 2023) on any timm ViT backbone."""
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
 import torch
 
-from models.prompt_utils.base import PromptedViTModel
+from models.prompt_utils.base import PromptedViTModel, parse_layers
 from models.prompt_utils.pools import CodaComponents
 from models.prompt_utils.vit_prompting import cls_features, embed_tokens, run_blocks
 from utils.args import positive_int
 from utils.errors import UserError
+from utils.settings import setting
 
 
-def parse_layers(text: str) -> list[int]:
-    try:
-        layers = sorted({int(v) for v in str(text).split(",") if v.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated block indices like 0,1,2,3,4, got '{text}'") from None
-    if not layers or layers[0] < 0:
-        raise argparse.ArgumentTypeError(f"expected non-negative block indices like 0,1,2,3,4, got '{text}'")
-    return layers
+@dataclass(frozen=True)
+class CodaPromptSettings:
+    pool_size: int = setting(100, positive_int, "components per layer (all tasks)")
+    prompt_length: int = setting(8, positive_int, "tokens per component (even: half keys, half values)")
+    prompt_layers: list[int] = setting([0, 1, 2, 3, 4], parse_layers,
+                                       "ViT blocks that get prefixes (indices beyond the depth are ignored)")
 
 
 class CodaPrompt(PromptedViTModel):
@@ -30,25 +29,19 @@ class CodaPrompt(PromptedViTModel):
 
     NAME = "coda_prompt"
     COMPATIBILITY = ["class-il", "task-il"]
-
-    @staticmethod
-    def get_parser(parser):
-        parser.add_argument("--pool_size", type=positive_int, default=100, help="components per layer (all tasks)")
-        parser.add_argument("--prompt_length", type=positive_int, default=8,
-                            help="tokens per component (even: half keys, half values)")
-        parser.add_argument("--prompt_layers", type=parse_layers, default=[0, 1, 2, 3, 4],
-                            help="ViT blocks that get prefixes (indices beyond the depth are ignored)")
-        return parser
+    SETTINGS = CodaPromptSettings
+    settings: CodaPromptSettings
 
     def __init__(self, backbone, loss, args, transform, dataset=None):
         super().__init__(backbone, loss, args, transform, dataset)
-        n_tasks = dataset.N_TASKS if dataset is not None else 1
-        self.layers = [i for i in args.prompt_layers if i < len(self.vit.blocks)]
+        n_tasks = dataset.n_tasks if dataset is not None else 1
+        s = self.settings
+        self.layers = [i for i in s.prompt_layers if i < len(self.vit.blocks)]
         if not self.layers:
-            raise UserError(f"--prompt_layers {args.prompt_layers}: the ViT has only {len(self.vit.blocks)} blocks")
+            raise UserError(f"--prompt_layers {s.prompt_layers}: the ViT has only {len(self.vit.blocks)} blocks")
         try:
-            self.components = CodaComponents(len(self.layers), args.pool_size, args.prompt_length,
-                                             self.vit.embed_dim, n_tasks)
+            self.components = CodaComponents(len(self.layers), s.pool_size, s.prompt_length, self.vit.embed_dim,
+                                             n_tasks)
         except ValueError as exc:
             raise UserError(f"coda_prompt: {exc}") from None
 

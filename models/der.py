@@ -1,11 +1,19 @@
 """``der``: Dark Experience Replay (Buzzega et al., NeurIPS 2020; Mammoth's ``der``)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from models.er import Er
+from models.er import Er, ErSettings
 from utils.args import nonneg_float
+from utils.settings import setting
+
+
+@dataclass(frozen=True)
+class DerSettings(ErSettings):
+    alpha: float = setting(0.1, nonneg_float, "weight of the logit-matching MSE")
 
 
 class Der(Er):
@@ -16,17 +24,13 @@ class Der(Er):
     NAME = "der"
     COMPATIBILITY = ["class-il", "domain-il", "task-il", "general-continual"]
     STORES_LABELS = False
-
-    @staticmethod
-    def get_parser(parser):
-        Er.get_parser(parser)
-        parser.add_argument("--alpha", type=nonneg_float, default=0.1, help="weight of the logit-matching MSE")
-        return parser
+    SETTINGS = DerSettings
+    settings: DerSettings
 
     def replay_loss(self) -> torch.Tensor:
         """``alpha`` * MSE(logits of a replayed batch, their stored logits)."""
         buf_inputs, *_, buf_logits = self.sample_buffer()
-        return self.args.alpha * F.mse_loss(self.net(buf_inputs), buf_logits)
+        return self.settings.alpha * F.mse_loss(self.net(buf_inputs), buf_logits)
 
     def observe(self, inputs, labels, not_aug_inputs, epoch=None) -> float:
         self.opt.zero_grad(set_to_none=True)

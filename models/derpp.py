@@ -1,10 +1,18 @@
 """``derpp``: Dark Experience Replay++ (Mammoth's ``derpp``)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from models.der import Der
+from models.der import Der, DerSettings
 from utils.args import nonneg_float
+from utils.settings import setting
+
+
+@dataclass(frozen=True)
+class DerppSettings(DerSettings):
+    beta: float = setting(0.5, nonneg_float, "weight of the CE on buffer labels")
 
 
 class Derpp(Der):
@@ -14,16 +22,12 @@ class Derpp(Der):
     NAME = "derpp"
     STORES_LABELS = True
     USES_NOT_AUG = True  # the buffer stores the not-augmented images
-
-    @staticmethod
-    def get_parser(parser):
-        Der.get_parser(parser)
-        parser.add_argument("--beta", type=nonneg_float, default=0.5, help="weight of the CE on buffer labels")
-        return parser
+    SETTINGS = DerppSettings
+    settings: DerppSettings
 
     def replay_loss(self) -> torch.Tensor:
         loss = super().replay_loss()
-        if self.args.beta:
+        if self.settings.beta:
             buf_inputs, buf_labels, _ = self.sample_buffer()
-            loss = loss + self.args.beta * self.loss(self.net(buf_inputs), buf_labels)
+            loss = loss + self.settings.beta * self.loss(self.net(buf_inputs), buf_labels)
         return loss

@@ -1,17 +1,18 @@
 """``dualprompt``: DualPrompt (Wang et al., ECCV 2022) on any timm ViT backbone."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import nn
 
-from models.coda_prompt import parse_layers
-from models.prompt_utils.base import PromptedViTModel
+from models.prompt_utils.base import PromptedViTModel, parse_layers, pull_constraint_setting
 from models.prompt_utils.pools import PromptPool
 from models.prompt_utils.vit_prompting import cls_features, embed_tokens, run_blocks
-from utils.args import nonneg_float, parse_bool, positive_int
+from utils.args import none_or, parse_bool, positive_int
 from utils.errors import UserError
+from utils.settings import setting
 
 
 def layer_prefixes(prompts: torch.Tensor, layers: list[int],
@@ -19,6 +20,19 @@ def layer_prefixes(prompts: torch.Tensor, layers: list[int],
     """Per block: (key, value) prefixes (B, length, D) from prompts (B, n_layers * 2 * length, D)."""
     per_layer = prompts.reshape(prompts.shape[0], len(layers), 2, length, prompts.shape[-1])
     return {layer: (per_layer[:, i, 0], per_layer[:, i, 1]) for i, layer in enumerate(layers)}
+
+
+@dataclass(frozen=True)
+class DualPromptSettings:
+    g_prompt_length: int = setting(5, positive_int, "G-prompt tokens per key/value")
+    g_prompt_layers: list[int] = setting([0, 1], parse_layers, "blocks with the G-prompt")
+    e_prompt_length: int = setting(5, positive_int, "E-prompt tokens per key/value")
+    e_prompt_layers: list[int] = setting([2, 3, 4], parse_layers, "blocks with E-prompts")
+    e_pool_size: Optional[int] = setting(None, none_or(positive_int), "number of E-prompts (None: the number of tasks)")
+    pull_constraint_coeff: float = pull_constraint_setting(1.0)
+    e_prompt_init_previous: bool = setting(True, parse_bool,
+                                           "start each task's E-prompt from the previous task's (official "
+                                           "shared_prompt_pool)")
 
 
 class DualPrompt(PromptedViTModel):
@@ -32,35 +46,24 @@ class DualPrompt(PromptedViTModel):
 
     NAME = "dualprompt"
     COMPATIBILITY = ["class-il", "task-il"]
-
-    @staticmethod
-    def get_parser(parser):
-        parser.add_argument("--g_prompt_length", type=positive_int, default=5, help="G-prompt tokens per key/value")
-        parser.add_argument("--g_prompt_layers", type=parse_layers, default=[0, 1], help="blocks with the G-prompt")
-        parser.add_argument("--e_prompt_length", type=positive_int, default=5, help="E-prompt tokens per key/value")
-        parser.add_argument("--e_prompt_layers", type=parse_layers, default=[2, 3, 4], help="blocks with E-prompts")
-        parser.add_argument("--e_pool_size", type=positive_int, default=None,
-                            help="number of E-prompts (default: the number of tasks)")
-        parser.add_argument("--pull_constraint_coeff", type=nonneg_float, default=1.0,
-                            help="weight of the key-query pull constraint")
-        parser.add_argument("--e_prompt_init_previous", type=parse_bool, default=True,
-                            help="start each task's E-prompt from the previous task's (official shared_prompt_pool)")
-        return parser
+    SETTINGS = DualPromptSettings
+    settings: DualPromptSettings
 
     def __init__(self, backbone, loss, args, transform, dataset=None):
         super().__init__(backbone, loss, args, transform, dataset)
         depth, dim = len(self.vit.blocks), self.vit.embed_dim
-        self.g_layers = [i for i in args.g_prompt_layers if i < depth]
-        self.e_layers = [i for i in args.e_prompt_layers if i < depth]
+        s = self.settings
+        self.g_layers = [i for i in s.g_prompt_layers if i < depth]
+        self.e_layers = [i for i in s.e_prompt_layers if i < depth]
         if not self.e_layers:
-            raise UserError(f"--e_prompt_layers {args.e_prompt_layers}: the ViT has only {depth} blocks")
-        n_tasks = dataset.N_TASKS if dataset is not None else 1
-        pool_size = args.e_pool_size or n_tasks
+            raise UserError(f"--e_prompt_layers {s.e_prompt_layers}: the ViT has only {depth} blocks")
+        n_tasks = dataset.n_tasks if dataset is not None else 1
+        pool_size = s.e_pool_size or n_tasks
         if pool_size < n_tasks:
             raise UserError(f"--e_pool_size {pool_size} must be at least the number of tasks {n_tasks}")
-        self.g_prompt = nn.Parameter(torch.empty(len(self.g_layers), 2, args.g_prompt_length, dim).uniform_(-1, 1)) \
+        self.g_prompt = nn.Parameter(torch.empty(len(self.g_layers), 2, s.g_prompt_length, dim).uniform_(-1, 1)) \
             if self.g_layers else None
-        self.e_pool = PromptPool(pool_size, len(self.e_layers) * 2 * args.e_prompt_length, dim, top_k=1)
+        self.e_pool = PromptPool(pool_size, len(self.e_layers) * 2 * s.e_prompt_length, dim, top_k=1)
 
     def prompt_modules(self):
         return [self.e_pool]
@@ -71,7 +74,7 @@ class DualPrompt(PromptedViTModel):
     @torch.no_grad()
     def begin_task(self, dataset) -> None:
         t = self.current_task
-        if t > 0 and self.args.e_prompt_init_previous and t < self.e_pool.prompts.shape[0]:
+        if t > 0 and self.settings.e_prompt_init_previous and t < self.e_pool.prompts.shape[0]:
             self.e_pool.prompts[t] = self.e_pool.prompts[t - 1]
 
     def select(self, query: torch.Tensor, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +91,7 @@ class DualPrompt(PromptedViTModel):
     def block_prefixes(self, x: torch.Tensor, train: bool) -> tuple[list[Optional[tuple]], torch.Tensor]:
         """The (key, value) prefixes of every block and the pull term."""
         idx, pull = self.select(self.query(x), train)
-        e = layer_prefixes(self.e_pool.prompts[idx].to(x.dtype), self.e_layers, self.args.e_prompt_length)
+        e = layer_prefixes(self.e_pool.prompts[idx].to(x.dtype), self.e_layers, self.settings.e_prompt_length)
         prefixes: list[Optional[tuple]] = [None] * len(self.vit.blocks)
         for layer, (k, v) in e.items():
             prefixes[layer] = (k, v)
@@ -104,4 +107,4 @@ class DualPrompt(PromptedViTModel):
     def prompted_logits(self, x, train):
         prefixes, pull = self.block_prefixes(x, train)
         tokens = run_blocks(self.vit, embed_tokens(self.vit, x), prefixes)
-        return self.net.classifier(cls_features(self.vit, tokens)), -self.args.pull_constraint_coeff * pull
+        return self.net.classifier(cls_features(self.vit, tokens)), -self.settings.pull_constraint_coeff * pull

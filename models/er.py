@@ -5,10 +5,13 @@ from typing import Any
 
 import torch
 
-from models.utils.buffer import Buffer, add_rehearsal_args, replay_transform
+from models.utils.buffer import Buffer, replay_transform
 from models.utils.continual_model import ContinualModel
 from utils import seeding
 from utils.errors import UserError
+from utils.settings import RehearsalSettings
+
+ErSettings = RehearsalSettings  # --buffer_size, --minibatch_size
 
 
 class Er(ContinualModel):
@@ -18,23 +21,20 @@ class Er(ContinualModel):
     NAME = "er"
     COMPATIBILITY = ["class-il", "domain-il", "task-il", "general-continual"]
     USES_NOT_AUG = True  # the buffer stores the not-augmented images
-
-    @staticmethod
-    def get_parser(parser):
-        add_rehearsal_args(parser)
-        return parser
+    SETTINGS = ErSettings
+    settings: ErSettings
 
     def __init__(self, backbone, loss, args, transform, dataset=None):
         super().__init__(backbone, loss, args, transform, dataset)
-        if args.buffer_size is None:
+        if self.settings.buffer_size is None:
             raise UserError(f"{self.NAME} is a rehearsal method: give --buffer_size N (e.g. --buffer_size 200)")
-        self.buffer = Buffer(args.buffer_size, seed=seeding.run_seed(args))
+        self.buffer = Buffer(self.settings.buffer_size, seed=seeding.run_seed(args))
         self.replay_transform = replay_transform(dataset) if dataset is not None else None
 
     @property
     def minibatch_size(self) -> int:
         """``--minibatch_size``, or ``--batch_size`` when it is unset."""
-        return self.args.minibatch_size or self.args.batch_size
+        return self.settings.minibatch_size or self.args.batch_size
 
     def sample_buffer(self) -> tuple[torch.Tensor, ...]:
         """An augmented replay batch on the model's device."""

@@ -14,7 +14,7 @@ from models.utils.continual_model import ContinualModel
 from utils import distributed
 from utils.args import _ranged, nonneg_float, positive_int
 from utils.modes import eval_mode
-from utils.settings import add_settings_flags, setting
+from utils.settings import setting
 
 closed_unit_interval = _ranged(float, "a number in [0, 1]", lambda v: 0.0 <= v <= 1.0)
 
@@ -68,10 +68,6 @@ class EwcOn(ContinualModel):
     COMPATIBILITY = ["class-il", "domain-il", "task-il"]
     SETTINGS = EwcOnSettings
     settings: EwcOnSettings
-
-    @staticmethod
-    def get_parser(parser):
-        return add_settings_flags(parser, EwcOnSettings)
 
     def __init__(self, backbone, loss, args, transform, dataset=None):
         super().__init__(backbone, loss, args, transform, dataset)

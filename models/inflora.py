@@ -1,6 +1,7 @@
 """``inflora``: Interference-free LoRA (Liang & Li, CVPR 2024) on any timm ViT backbone."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -15,6 +16,14 @@ from utils import distributed
 from utils.args import positive_int, unit_interval
 from utils.errors import UserError
 from utils.modes import eval_mode
+from utils.settings import setting
+
+
+@dataclass(frozen=True)
+class InfLoRASettings:
+    inflora_rank: int = setting(10, positive_int, "rank of each task's branch")
+    inflora_lamb: float = setting(0.95, unit_interval, "GPM energy threshold after the first task")
+    inflora_lame: float = setting(1.0, float, "GPM energy threshold the schedule reaches after the last task")
 
 
 class InfLoRA(ContinualModel):
@@ -30,15 +39,8 @@ class InfLoRA(ContinualModel):
     NAME = "inflora"
     COMPATIBILITY = ["class-il", "task-il"]
     DEFAULTS = {"optimizer": "adam"}
-
-    @staticmethod
-    def get_parser(parser):
-        parser.add_argument("--inflora_rank", type=positive_int, default=10, help="rank of each task's branch")
-        parser.add_argument("--inflora_lamb", type=unit_interval, default=0.95,
-                            help="GPM energy threshold after the first task")
-        parser.add_argument("--inflora_lame", type=float, default=1.0,
-                            help="GPM energy threshold the schedule reaches after the last task")
-        return parser
+    SETTINGS = InfLoRASettings
+    settings: InfLoRASettings
 
     def __init__(self, backbone, loss, args, transform, dataset=None):
         super().__init__(backbone, loss, args, transform, dataset)
@@ -49,11 +51,11 @@ class InfLoRA(ContinualModel):
         self.vit.requires_grad_(False)
         self.layers: dict[str, AdaptedLayer] = {}
         for i, block in enumerate(self.vit.blocks):
-            block.attn.qkv = AdaptedLayer(block.attn.qkv, "lora", args.inflora_rank)
+            block.attn.qkv = AdaptedLayer(block.attn.qkv, "lora", self.settings.inflora_rank)
             self.layers[f"blocks.{i}.attn.qkv"] = block.attn.qkv
         self.pool = ModulePool(self.layers)
         self.memories = {name: SubspaceMemory(layer.d_in) for name, layer in self.layers.items()}
-        self.n_tasks_total = dataset.N_TASKS if dataset is not None else 1
+        self.n_tasks_total = dataset.n_tasks if dataset is not None else 1
 
     def get_parameters(self):
         params = list(self.net.classifier.parameters())
@@ -105,7 +107,8 @@ class InfLoRA(ContinualModel):
         t = self.current_task
         self.pool.set_trainable(None)
         self.use_tasks(t + 1)
-        threshold = self.args.inflora_lamb + (self.args.inflora_lame - self.args.inflora_lamb) * t / self.n_tasks_total
+        s = self.settings
+        threshold = s.inflora_lamb + (s.inflora_lame - s.inflora_lamb) * t / self.n_tasks_total
         grams = self.input_grams(dataset)
         for name, memory in self.memories.items():
             memory.update(grams[name], min(threshold, 1.0))

@@ -5,11 +5,11 @@ import copy
 
 from datasets.utils.debug import SeededConcatDataset
 
-from models.utils.continual_model import ContinualModel
+from models.sgd import Sgd
 from utils.training import run_epochs
 
 
-class Joint(ContinualModel):
+class Joint(Sgd):
     """Non-continual reference: at task t the network is reset to its initial weights and trained
     for ``n_epochs`` on the union of the training sets of tasks 0..t, with live augmentation. The
     accuracy after the last task is the joint-training upper bound.
@@ -28,10 +28,3 @@ class Joint(ContinualModel):
         self.opt = self.get_optimizer()
         union = SeededConcatDataset([dataset.train_dataset(t) for t in range(self.current_task + 1)])
         run_epochs(self, dataset, self.args, dataset.make_loader(union, shuffle=True), task)
-
-    def observe(self, inputs, labels, not_aug_inputs, epoch=None) -> float:
-        self.opt.zero_grad(set_to_none=True)
-        loss = self.loss(self.net(inputs), labels)
-        loss.backward()
-        self.opt.step()
-        return loss.item()

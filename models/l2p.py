@@ -1,13 +1,26 @@
 """``l2p``: Learning to Prompt (Wang et al., CVPR 2022) on any timm ViT backbone."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from models.prompt_utils.base import PromptedViTModel
+from models.prompt_utils.base import PromptedViTModel, pull_constraint_setting
 from models.prompt_utils.pools import PromptPool
 from models.prompt_utils.vit_prompting import embed_tokens, run_blocks
-from utils.args import nonneg_float, parse_bool, positive_int
+from utils.args import parse_bool, positive_int
 from utils.errors import UserError
+from utils.settings import setting
+
+
+@dataclass(frozen=True)
+class L2PSettings:
+    pool_size: int = setting(10, positive_int, "number of prompts in the pool")
+    prompt_length: int = setting(5, positive_int, "tokens per prompt")
+    top_k: int = setting(5, positive_int, "prompts selected per image")
+    pull_constraint_coeff: float = pull_constraint_setting(0.1)
+    batchwise_prompt: bool = setting(False, parse_bool,
+                                     "at test time use the top_k prompts most chosen in the batch (majority vote)")
 
 
 class L2P(PromptedViTModel):
@@ -18,34 +31,26 @@ class L2P(PromptedViTModel):
 
     NAME = "l2p"
     COMPATIBILITY = ["class-il", "domain-il", "task-il", "general-continual"]
-
-    @staticmethod
-    def get_parser(parser):
-        parser.add_argument("--pool_size", type=positive_int, default=10, help="number of prompts in the pool")
-        parser.add_argument("--prompt_length", type=positive_int, default=5, help="tokens per prompt")
-        parser.add_argument("--top_k", type=positive_int, default=5, help="prompts selected per image")
-        parser.add_argument("--pull_constraint_coeff", type=nonneg_float, default=0.1,
-                            help="weight of the key-query pull constraint")
-        parser.add_argument("--batchwise_prompt", type=parse_bool, default=False,
-                            help="at test time use the top_k prompts most chosen in the batch (majority vote)")
-        return parser
+    SETTINGS = L2PSettings
+    settings: L2PSettings
 
     def __init__(self, backbone, loss, args, transform, dataset=None):
         super().__init__(backbone, loss, args, transform, dataset)
-        if args.top_k > args.pool_size:
-            raise UserError(f"--top_k {args.top_k} exceeds --pool_size {args.pool_size}")
-        self.pool = PromptPool(args.pool_size, args.prompt_length, self.vit.embed_dim, args.top_k)
+        s = self.settings
+        if s.top_k > s.pool_size:
+            raise UserError(f"--top_k {s.top_k} exceeds --pool_size {s.pool_size}")
+        self.pool = PromptPool(s.pool_size, s.prompt_length, self.vit.embed_dim, s.top_k)
 
     def prompt_modules(self):
         return [self.pool]
 
     def prompted_features(self, x: torch.Tensor, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean output of the prompt tokens (B, D) and the pull term."""
-        prompts, pull = self.pool(self.query(x), batchwise=bool(self.args.batchwise_prompt) and not train)
+        prompts, pull = self.pool(self.query(x), batchwise=self.settings.batchwise_prompt and not train)
         tokens = torch.cat((prompts.to(x.dtype), embed_tokens(self.vit, x)), dim=1)
         tokens = run_blocks(self.vit, tokens)
         return tokens[:, :prompts.shape[1]].mean(dim=1), pull
 
     def prompted_logits(self, x, train):
         features, pull = self.prompted_features(x, train)
-        return self.net.classifier(features), -self.args.pull_constraint_coeff * pull
+        return self.net.classifier(features), -self.settings.pull_constraint_coeff * pull

@@ -11,7 +11,7 @@ from torch import nn
 
 from models.utils.continual_model import ContinualModel
 from utils.args import nonneg_float
-from utils.settings import add_settings_flags, setting
+from utils.settings import setting
 
 
 def lwf_mc_targets(labels: torch.Tensor, old_logits: Optional[torch.Tensor], n_past: int, n_seen: int) -> torch.Tensor:
@@ -38,10 +38,6 @@ class LwfMc(ContinualModel):
 
     SETTINGS = LwfMcSettings
     settings: LwfMcSettings
-
-    @staticmethod
-    def get_parser(parser):
-        return add_settings_flags(parser, LwfMcSettings)
 
     def __init__(self, backbone, loss, args, transform, dataset=None):
         super().__init__(backbone, loss, args, transform, dataset)

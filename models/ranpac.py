@@ -12,7 +12,7 @@ from models.utils.continual_model import ContinualModel
 from utils import seeding
 from utils.args import none_or, parse_bool, positive_float, positive_int
 from utils.modes import eval_mode
-from utils.settings import add_settings_flags, setting
+from utils.settings import setting
 
 RIDGE_CANDIDATES = tuple(10.0 ** e for e in range(-8, 14))
 
@@ -62,10 +62,6 @@ class RanPAC(ContinualModel):
 
     SETTINGS = RanPACSettings
     settings: RanPACSettings
-
-    @staticmethod
-    def get_parser(parser):
-        return add_settings_flags(parser, RanPACSettings)
 
     def __init__(self, backbone, loss, args, transform, dataset=None):
         super().__init__(backbone, loss, args, transform, dataset)

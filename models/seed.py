@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -13,6 +14,16 @@ from models.feature_utils.gaussians import ensemble_log_probs, gaussian_log_prob
 from models.utils.continual_model import ContinualModel
 from utils.args import positive_float, positive_int, unit_interval
 from utils.modes import eval_mode
+from utils.settings import setting
+
+
+@dataclass(frozen=True)
+class SeedSettings:
+    num_experts: int = setting(5, positive_int, "number of experts K")
+    seed_alpha: float = setting(0.99, unit_interval,
+                                "weight of the feature distillation when fine-tuning an expert (CE gets 1 - alpha)")
+    seed_tau: float = setting(1.0, positive_float, "temperature of the ensemble softmax")
+    seed_cov_eps: float = setting(1e-4, positive_float, "added to the diagonal of each class covariance")
 
 
 class Seed(ContinualModel):
@@ -28,26 +39,18 @@ class Seed(ContinualModel):
 
     NAME = "seed"
     COMPATIBILITY = ["class-il", "task-il"]
-
-    @staticmethod
-    def get_parser(parser):
-        parser.add_argument("--num_experts", type=positive_int, default=5, help="number of experts K")
-        parser.add_argument("--seed_alpha", type=unit_interval, default=0.99,
-                            help="weight of the feature distillation when fine-tuning an expert (CE gets 1 - alpha)")
-        parser.add_argument("--seed_tau", type=positive_float, default=1.0, help="temperature of the ensemble softmax")
-        parser.add_argument("--seed_cov_eps", type=positive_float, default=1e-4,
-                            help="added to the diagonal of each class covariance")
-        return parser
+    SETTINGS = SeedSettings
+    settings: SeedSettings
 
     def __init__(self, backbone, loss, args, transform, dataset=None):
         super().__init__(backbone, loss, args, transform, dataset)
-        K, D, C = args.num_experts, backbone.feature_dim, backbone.classifier.out_features
+        K, D, C = self.settings.num_experts, backbone.feature_dim, backbone.classifier.out_features
         self.experts = nn.ModuleList([backbone.body] + [copy.deepcopy(backbone.body) for _ in range(K - 1)])
         self.heads = nn.ModuleList([nn.Linear(D, C) for _ in range(K)])
         self.register_buffer("means", torch.zeros(K, C, D))
         self.register_buffer("chols", torch.zeros(K, C, D, D))
         self.register_buffer("known", torch.zeros(K, C, dtype=torch.bool))
-        self.register_buffer("expert_of_task", torch.full((dataset.N_TASKS if dataset is not None else 1,), -1))
+        self.register_buffer("expert_of_task", torch.full((dataset.n_tasks if dataset is not None else 1,), -1))
         self.requires_grad_(False)
         self.teacher: nn.Module | None = None
         self.selected = -1
@@ -70,7 +73,7 @@ class Seed(ContinualModel):
         with eval_mode(self):
             feats, labels = gathered_task_features(lambda x: self.expert_features(e, x), dataset, self.current_task,
                                                    self.device)
-        return class_gaussians(feats, labels, self.args.seed_cov_eps)
+        return class_gaussians(feats, labels, self.settings.seed_cov_eps)
 
     def select_expert(self, dataset) -> int:
         """Expert t while experts are left; then the one with the largest mean KL between new classes."""
@@ -98,7 +101,8 @@ class Seed(ContinualModel):
         if self.teacher is not None:
             with torch.no_grad():
                 old = self.teacher(inputs)
-            loss = (1 - self.args.seed_alpha) * loss + self.args.seed_alpha * F.mse_loss(feats, old)
+            alpha = self.settings.seed_alpha
+            loss = (1 - alpha) * loss + alpha * F.mse_loss(feats, old)
         loss.backward()
         self.opt.step()
         return loss.item()
@@ -123,7 +127,7 @@ class Seed(ContinualModel):
             feats = self.expert_features(e, x).float()
             for c in self.known[e].nonzero()[:, 0].tolist():
                 ll[i, :, c] = gaussian_log_prob(feats, self.means[e, c], self.chols[e, c])
-        return ensemble_log_probs(ll, self.known[experts], self.args.seed_tau)
+        return ensemble_log_probs(ll, self.known[experts], self.settings.seed_tau)
 
     def load_checkpoint_state(self, state: dict[str, Any], dataset: Any) -> None:
         super().load_checkpoint_state(state, dataset)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -11,6 +12,13 @@ from models.feature_utils.features import gathered_task_features
 from models.utils.continual_model import ContinualModel
 from utils.args import parse_bool
 from utils.modes import eval_mode
+from utils.settings import setting
+
+
+@dataclass(frozen=True)
+class SimpleCILSettings:
+    aper_adapt: bool = setting(False, parse_bool,
+                               "APER: fine-tune a copy of the network on the first task and concatenate its features")
 
 
 def class_prototypes(feats: torch.Tensor, labels: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,18 +44,14 @@ class SimpleCIL(ContinualModel):
     NAME = "simplecil"
     ALIASES = ("aper",)
     COMPATIBILITY = ["class-il", "task-il"]
-
-    @staticmethod
-    def get_parser(parser):
-        parser.add_argument("--aper_adapt", type=parse_bool, default=False,
-                            help="APER: fine-tune a copy of the network on the first task and concatenate its features")
-        return parser
+    SETTINGS = SimpleCILSettings
+    settings: SimpleCILSettings
 
     def __init__(self, backbone, loss, args, transform, dataset=None):
         super().__init__(backbone, loss, args, transform, dataset)
         self.net.requires_grad_(False)
-        self.adapted = copy.deepcopy(backbone).requires_grad_(True) if args.aper_adapt else None
-        dim = backbone.feature_dim * (2 if args.aper_adapt else 1)
+        self.adapted = copy.deepcopy(backbone).requires_grad_(True) if self.settings.aper_adapt else None
+        dim = backbone.feature_dim * (2 if self.settings.aper_adapt else 1)
         n_classes = backbone.classifier.out_features
         self.register_buffer("proto_sums", torch.zeros(n_classes, dim, dtype=torch.float64))
         self.register_buffer("proto_counts", torch.zeros(n_classes, dtype=torch.float64))

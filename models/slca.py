@@ -13,7 +13,7 @@ from models.utils.continual_model import ContinualModel
 from utils import seeding
 from utils.args import nonneg_float, nonneg_int, positive_float, positive_int
 from utils.modes import eval_mode
-from utils.settings import add_settings_flags, setting
+from utils.settings import setting
 
 
 def parse_milestones(text: str) -> list[int]:
@@ -62,10 +62,6 @@ class Slca(ContinualModel):
     DEFAULTS = {"optim_mom": 0.9}
     SETTINGS = SlcaSettings
     settings: SlcaSettings
-
-    @staticmethod
-    def get_parser(parser):
-        return add_settings_flags(parser, SlcaSettings)
 
     def __init__(self, backbone, loss, args, transform, dataset=None):
         super().__init__(backbone, loss, args, transform, dataset)

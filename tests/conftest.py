@@ -83,3 +83,12 @@ def tiny_run_args(data_path: str, tmp_path, *extra: str, n_tasks: int = 2) -> li
             "--embed_dim", "32", "--depth", "1", "--num_heads", "2", "--lr", "0.05", "--n_epochs", "1",
             "--batch_size", "4", "--seed", "0", "--non_verbose", "--base_path", str(tmp_path / "data"),
             "--checkpoint_path", str(tmp_path / "ckpt"), *extra]
+
+
+def pytest_runtest_logreport(report) -> None:
+    """With ``CL_TEST_TIMINGS=FILE``, append each test phase's seconds as it finishes (a suite cut short still
+    tells where the time went)."""
+    path = os.environ.get("CL_TEST_TIMINGS")
+    if path and report.when in ("setup", "call", "teardown"):
+        with open(path, "a") as fh:
+            fh.write(f"{report.duration:.2f}\t{report.when}\t{report.outcome}\t{report.nodeid}\n")

@@ -153,3 +153,24 @@ def test_cifar_reader_refuses_code_in_pickles(tmp_path):
         pickle.dump({"data": Evil(), "labels": []}, fh)
     with pytest.raises(UserError, match="corrupt CIFAR file"):
         dataset_for("--dataset", "seq-cifar10", "--base_path", str(tmp_path)).splits
+
+
+def test_per_instance_structure_never_changes_the_class_attributes(tmp_path):
+    """A dataset config, --joint and seq-custom's data set the instance's lower-case values; the UPPER_CASE
+    class attributes (Mammoth's API) keep their declarations, and on an instance they read the run's value."""
+    from datasets.seq_cifar100 import SequentialCIFAR100
+    from datasets.seq_custom import SequentialCustom
+    from datasets.rot_mnist import RotatedMNIST
+    args = parse_args(["--model", "sgd", "--lr", "0.1", "--dataset", "seq-cifar100", "--dataset_config", "5tasks"])
+    ds = get_dataset(args)
+    assert (ds.n_tasks, ds.n_classes_per_task, ds.N_TASKS) == (5, 20, 5)
+    assert (SequentialCIFAR100.N_TASKS, SequentialCIFAR100.N_CLASSES_PER_TASK) == (10, 10)
+    assert SequentialCIFAR100.CLASS_NAMES is not ds.class_names and ds.class_names == SequentialCIFAR100.CLASS_NAMES
+    ds.N_TASKS = 7  # a Mammoth dataset file's assignment sets the run's value
+    assert ds.n_tasks == 7 and SequentialCIFAR100.N_TASKS == 10 and get_dataset(args).n_tasks == 5
+    joint = get_dataset(parse_args(["--model", "sgd", "--lr", "0.1", "--dataset", "rot-mnist", "--joint", "1"]))
+    assert (joint.N_TASKS, joint.n_domains, RotatedMNIST.N_TASKS) == (1, 20, 20)
+    path = make_npz(str(tmp_path / "d.npz"), n_classes=6, per_class=4, size=8)
+    custom = dataset_for("--dataset", "seq-custom", "--data_path", path, "--n_tasks", "3")
+    assert (custom.n_tasks, custom.size, custom.in_chans) == (3, (8, 8), 3)
+    assert (SequentialCustom.N_TASKS, SequentialCustom.SIZE, SequentialCustom.MEAN) == (0, (32, 32), None)

@@ -28,3 +28,28 @@ def test_readme_method_runs_from_the_command_line(tmp_path):
         _cached_scan.cache_clear()
     assert res["complete"] and res["args"]["my_weight"] == 0.5
     assert [len(row) for row in res["accuracy_matrix_class_il"]] == [1, 2]
+
+
+def test_readme_benchmark_runs_from_the_command_line(tmp_path):
+    from app.runner import run
+    from utils.registry import _cached_scan
+    text = open(os.path.join(ROOT, "README.md")).read()
+    section = text[text.index("### Adding a benchmark"):text.index("## Tests")]
+    path = os.path.join(ROOT, "datasets", "seq_my_data.py")
+    assert not os.path.exists(path)
+    with open(path, "w") as fh:
+        fh.write(re.search(r"```python\n(.*?)```", section, re.S).group(1))
+    try:
+        _cached_scan.cache_clear()
+        os.makedirs(tmp_path / "data")
+        make_npz(str(tmp_path / "data" / "my_data.npz"))
+        argv = tiny_run_args("unused", tmp_path, "--plots", "0", "--results_file", str(tmp_path / "r.json"))
+        argv = argv[argv.index("--backbone"):]  # the README's dataset instead of seq-custom
+        res = run(["--model", "sgd", "--dataset", "seq-my-data", *argv])
+        from datasets import get_dataset_class
+        assert get_dataset_class("seq-my-data").N_TASKS == 2
+    finally:
+        os.remove(path)
+        _cached_scan.cache_clear()
+    assert res["complete"] and res["args"]["dataset"] == "seq-my-data"
+    assert [len(row) for row in res["accuracy_matrix_class_il"]] == [1, 2]

@@ -27,8 +27,22 @@ def test_each_settings_field_is_a_flag_and_arrives_typed(name):
         setattr(settings, dataclasses.fields(cls.SETTINGS)[0].name, 0)
 
 
-def test_converted_models_are_found():
-    assert {"slca", "ranpac", "ewc-on", "lwf-mc"} <= {n for n in MODELS.names() if MODELS.get(n).SETTINGS}
+def test_every_model_with_own_flags_has_typed_settings():
+    """A model's flags are exactly its settings' fields (no flag added beside the dataclass)."""
+    import argparse
+    typed = {n for n in MODELS.names() if MODELS.get(n).SETTINGS}
+    assert {"slca", "ranpac", "ewc-on", "lwf-mc", "er", "der", "derpp", "l2p", "dualprompt", "coda-prompt", "inflora",
+            "seed", "simplecil", "apt"} <= typed
+    for name in typed:
+        cls = MODELS.get(name)
+        parser = argparse.ArgumentParser()
+        cls.get_parser(parser)
+        flags = {a.dest for a in parser._actions if a.dest != "help"}
+        assert flags >= {f.name for f in dataclasses.fields(cls.SETTINGS)}, name
+    for name in ("sgd", "joint", "task-arithmetic", "tmc"):  # no method flags: nothing to type
+        parser = argparse.ArgumentParser()
+        MODELS.get(name).get_parser(parser)
+        assert [a.dest for a in parser._actions] == ["help"], name
 
 
 def test_command_line_values_reach_model_settings(tmp_path):

@@ -91,6 +91,21 @@ def int_list(value: str | list) -> list[int]:
         return [int(v) for v in items]
     except (TypeError, ValueError):
         raise argparse.ArgumentTypeError(f"expected integers separated by commas, got '{value}'") from None
+
+
+def index_list(what: str, example: str) -> Callable[[str], list[int]]:
+    """A parser of comma-separated indices >= 0 (``what``, e.g. ``example``), returned sorted without repeats."""
+    def parse(text: str) -> list[int]:
+        try:
+            values = sorted({int(v) for v in str(text).split(",") if v.strip()})
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what} like {example}, got '{text}'") from None
+        if not values or values[0] < 0:
+            raise argparse.ArgumentTypeError(f"expected {what} >= 0 like {example}, got '{text}'")
+        return values
+    return parse
+
+
 unit_interval = _ranged(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
 seed_int = _ranged(int, "a seed in [0, 2**32 - 1]", lambda v: 0 <= v < 2 ** 32)  # numpy's seed range
 
@@ -284,10 +299,8 @@ def add_run_management_args(mgmt: Any) -> None:
 
 def add_rehearsal_args(parser: argparse.ArgumentParser) -> None:
     """``--buffer_size`` (required by rehearsal methods) and ``--minibatch_size`` (default: the batch size)."""
-    parser.add_argument("--buffer_size", type=none_or(positive_int), default=None,
-                        help="number of stored examples (required for rehearsal methods)")
-    parser.add_argument("--minibatch_size", type=none_or(positive_int), default=None,
-                        help="replayed examples per step (default: --batch_size)")
+    from utils.settings import RehearsalSettings, add_settings_flags  # utils.settings builds on this module
+    add_settings_flags(parser, RehearsalSettings)
 
 
 # Mammoth's parser helpers, for model files written for Mammoth (see mammoth_compat.args)

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 @runtime_checkable
 class LoopDataset(Protocol):
     """A continual benchmark as the loop sees it: tasks, their class ranges and loaders."""
-    N_TASKS: int
+    n_tasks: int  # this run's number of tasks
     test_loaders: list[DataLoader]
 
     def get_data_loaders(self) -> tuple[DataLoader, DataLoader]: ...

@@ -58,9 +58,9 @@ def check_run_memory(args: Any, dataset: Any) -> None:
     are not estimated.
     """
     train, test = dataset.splits
-    n_train_max = max(len(dataset.task_indices(train, t)) for t in range(dataset.N_TASKS))
-    n_test_max = max(len(dataset.task_indices(test, t, cumulative=True)) for t in range(dataset.N_TASKS))
-    channels, img_size = int(dataset.IN_CHANS), int(dataset.img_size)
+    n_train_max = max(len(dataset.task_indices(train, t)) for t in range(dataset.n_tasks))
+    n_test_max = max(len(dataset.task_indices(test, t, cumulative=True)) for t in range(dataset.n_tasks))
+    channels, img_size = int(dataset.in_chans), int(dataset.img_size)
     image = channels * img_size * img_size * FLOAT_BYTES
     shape = f"{channels}x{img_size}x{img_size}"
     size_flag = "--img_size" if getattr(args, "img_size", None) else "the dataset's image size"

@@ -86,7 +86,7 @@ def print_task_table(record: RunRecord, out=None) -> None:
 
 def _untrained_accuracy(model: Any, dataset: Any) -> tuple[list[float], list[float]]:
     cil, til = [], []
-    for j in range(dataset.N_TASKS):
+    for j in range(dataset.n_tasks):
         a, b = evaluate(model, dataset, tasks=[j], n_visible=dataset.get_offsets(j)[1])
         cil.append(a[0])
         til.extend(b[:1])  # empty where task-IL is not reported (domain-il, general-continual)
@@ -137,7 +137,7 @@ def run_epochs(model: LoopModel, dataset: LoopDataset, args: LoopSettings, train
 
 def future_accuracy(model: Any, dataset: Any) -> list[float]:
     """``--eval_future``: class-IL accuracy (all classes visible) of ``model.future_forward`` on the future tasks."""
-    future = list(range(dataset.c_task + 1, dataset.N_TASKS))
+    future = list(range(dataset.c_task + 1, dataset.n_tasks))
     if not future:
         return []
 
@@ -151,14 +151,14 @@ def future_accuracy(model: Any, dataset: Any) -> list[float]:
         def __call__(self, x: Any) -> Any:
             return self.inner.future_forward(x)
 
-    return evaluate(Future(model), dataset, tasks=future, n_visible=dataset.N_CLASSES)[0]
+    return evaluate(Future(model), dataset, tasks=future, n_visible=dataset.n_classes)[0]
 
 
 def skip_tasks(model: Any, dataset: Any, args: Any, record: RunRecord, until: int) -> None:
     """``--start_from``: tasks ``record.tasks_done .. until-1`` run begin_task/end_task without training,
     then are evaluated (so the accuracy matrix keeps one row per task)."""
-    if until > dataset.N_TASKS:
-        raise UserError(f"--start_from {until} exceeds the {dataset.N_TASKS} tasks of {dataset.NAME}")
+    if until > dataset.n_tasks:
+        raise UserError(f"--start_from {until} exceeds the {dataset.n_tasks} tasks of {dataset.NAME}")
     if until < record.tasks_done:
         raise UserError(f"--start_from {until} is before the {record.tasks_done} task(s) the checkpoint already "
                         f"finished; omit it to continue after them")
@@ -188,7 +188,7 @@ def train(model: LoopModel, dataset: LoopDataset, args: LoopSettings, record: Op
     if args.eval_future and not callable(getattr(model, "future_forward", None)):
         raise UserError(f"--eval_future needs a model with future_forward (Mammoth's FutureModel, e.g. a zero-shot "
                         f"model); {args.model} has none")
-    n_tasks = dataset.N_TASKS
+    n_tasks = dataset.n_tasks
     last = min(n_tasks, args.stop_after) if args.stop_after else n_tasks
     if args.enable_other_metrics and not record.untrained_class_il:
         record.untrained_class_il, record.untrained_task_il = _untrained_accuracy(model, dataset)

@@ -14,6 +14,7 @@ from datasets.utils.debug import debug_cap
 from datasets.utils.labels import cached_noisy_labels, labelled_mask
 from datasets.utils.scenario import ClassIncrementalScenario
 from datasets.utils.sources import ImageSource, TaskDataset, seed_worker
+from datasets.utils.structure import INSTANCE_NAMES, declared_structure, install_views
 from datasets.utils.transforms import build_transform
 from mammoth_compat.dataset import MammothDatasetAPI
 from utils import distributed, seeding
@@ -38,77 +39,60 @@ def no_view(img: Any) -> torch.Tensor:
     return torch.zeros(0)
 
 
-STRUCTURE_KEYS = ("N_TASKS", "N_CLASSES_PER_TASK", "N_CLASSES", "SIZE", "MEAN", "STD", "TRANSFORM", "TEST_TRANSFORM")
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def _numbers(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value)
-
-
-def check_structure(structure: dict[str, Any], where: str) -> None:
-    """Types and ranges of dataset-config structure keys (channel counts are checked by the dataset)."""
-    def bad(key: str, expected: str) -> UserError:
-        return UserError(f"{key} in {where} must be {expected}, got {structure[key]!r:.80}")
-    for key in ("N_TASKS", "N_CLASSES"):
-        if key in structure and not _positive_int(structure[key]):
-            raise bad(key, "an integer >= 1")
-    per_task = structure.get("N_CLASSES_PER_TASK")
-    if "N_CLASSES_PER_TASK" in structure and not (_positive_int(per_task) or (
-            isinstance(per_task, list) and per_task and all(_positive_int(v) for v in per_task))):
-        raise bad("N_CLASSES_PER_TASK", "an integer >= 1 or a list of them (one per task)")
-    size = structure.get("SIZE")
-    if "SIZE" in structure and not (_positive_int(size) or (isinstance(size, list) and len(size) == 2 and all(
-            _positive_int(v) for v in size))):
-        raise bad("SIZE", "an image size: an integer >= 1 or a list [height, width]")
-    for key in ("MEAN", "STD"):
-        if key in structure and not _numbers(structure[key]):
-            raise bad(key, "a list of numbers, one per image channel, e.g. [0.5, 0.5, 0.5]")
-    if "STD" in structure and min(structure["STD"]) <= 0:
-        raise bad("STD", "a list of numbers > 0 (images are divided by it)")
-    if ("MEAN" in structure) != ("STD" in structure) or len(structure.get("MEAN", [])) != len(structure.get("STD", [])):
-        raise UserError(f"MEAN and STD in {where} must be given together with one value per channel each, got "
-                        f"MEAN {structure.get('MEAN')!r:.40} and STD {structure.get('STD')!r:.40}")
-    for key in ("TRANSFORM", "TEST_TRANSFORM"):
-        if key in structure and not isinstance(structure[key], list):
-            raise bad(key, "a list of torchvision transforms, e.g. [ToTensor, {Normalize: {mean: [...], std: [...]}}]")
-
-
 class ContinualDataset(MammothDatasetAPI):
     """A benchmark split into tasks of disjoint classes.
 
     Subclasses set ``NAME``, ``SETTING``, ``N_TASKS``, ``N_CLASSES_PER_TASK`` (int or list),
-    ``SIZE`` (H, W), optionally ``MEAN``/``STD`` and ``DEFAULTS`` (parser defaults such as
-    ``backbone``, ``n_epochs``, ``batch_size``), and implement :meth:`load` plus the transforms.
+    ``SIZE`` (H, W), optionally ``MEAN``/``STD``, ``CLASS_NAMES`` and ``DEFAULTS`` (parser defaults such as
+    ``backbone``, ``n_epochs``, ``batch_size``), implement :meth:`load`, and declare their transforms as
+    op lists (:meth:`train_ops`, :meth:`test_ops`: PIL ops before ``ToTensor`` and the normalisation).
     The data is loaded once; :meth:`get_data_loaders` then hands out one task at a time.
-    Dataset YAML structure keys override the class attributes on the instance only.
+    The run's values live in lower-case attributes (``n_tasks``, ``n_classes_per_task``, ``n_classes``,
+    ``size``, ``mean``, ``std``, ``class_names``, ``in_chans``, ``train_transform_spec``/``test_transform_spec``:
+    a dataset YAML's ``TRANSFORM``/``TEST_TRANSFORM``); the UPPER_CASE class attributes are never changed
+    (see :mod:`datasets.utils.structure`).
     """
 
     NAME: str = ""
     SETTING: str = "class-il"
     N_TASKS: int = 0
     N_CLASSES_PER_TASK: int | list[int] = 0
+    N_CLASSES: Optional[int] = None  # derived from N_CLASSES_PER_TASK when not declared
     SIZE: tuple[int, int] = (32, 32)
     MEAN: Optional[tuple[float, ...]] = None
     STD: Optional[tuple[float, ...]] = None
     TRANSFORM: Optional[list] = None
     TEST_TRANSFORM: Optional[list] = None
+    CLASS_NAMES: Optional[list[str]] = None
+    IN_CHANS: int = 3
     build_not_aug = True  # the model sets False when it never reads the not-augmented view (no double decode)
     DEFAULTS: dict[str, Any] = {}
-    IN_CHANS: int = 3
     SHUFFLE_TRAIN: bool = True  # False: a stream whose order is the benchmark (general-continual)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        install_views(cls)
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
+        self.n_tasks: int = 0
+        self.n_classes_per_task: int | list[int] = 0
+        self.n_classes: Optional[int] = None
+        self.size: tuple[int, int] = (32, 32)
+        self.mean: Optional[tuple[float, ...]] = None
+        self.std: Optional[tuple[float, ...]] = None
+        self.train_transform_spec: Optional[list] = None
+        self.test_transform_spec: Optional[list] = None
+        self.class_names: Optional[list[str]] = None
+        self.in_chans: int = 3
+        vars(self).update(declared_structure(type(self)))
         for key, value in (getattr(args, "dataset_structure", None) or {}).items():
-            setattr(self, key, tuple(value) if key in ("SIZE", "MEAN", "STD") else value)
+            if key == "SIZE" and isinstance(value, int):
+                value = (value, value)
+            setattr(self, INSTANCE_NAMES[key], tuple(value) if key in ("SIZE", "MEAN", "STD") else value)
         self._configure()
         self._check_channels()
-        self.n_domains = self.N_TASKS  # tasks before --joint collapses them
+        self.n_domains = self.n_tasks  # tasks before --joint collapses them
         if getattr(args, "joint", False):
             self._collapse_to_one_task()
         self.scenario = self.build_scenario()
@@ -121,12 +105,12 @@ class ContinualDataset(MammothDatasetAPI):
                 self.scenario = self.scenario.reorder(class_seq, task_seq)
             except ValueError as exc:
                 raise UserError(f"{self.NAME}: {exc}") from None
-            self.N_CLASSES_PER_TASK = list(self.scenario.classes_per_task)
-        declared = getattr(self, "N_CLASSES", None)
+            self.n_classes_per_task = list(self.scenario.classes_per_task)
+        declared = self.n_classes
         if declared is not None and declared != self.scenario.n_classes:
             raise UserError(f"{self.NAME}: N_CLASSES={declared} but the tasks hold {self.scenario.n_classes} classes; "
                             f"make N_CLASSES equal to the sum of N_CLASSES_PER_TASK in the dataset config")
-        self.N_CLASSES = self.scenario.n_classes
+        self.n_classes = self.scenario.n_classes
         self.c_task = -1
         self._shuffled_loaders: dict[int, int] = {}  # task -> shuffled loaders made for it (seeds their order)
         self.train_loader: Optional[DataLoader] = None
@@ -145,15 +129,15 @@ class ContinualDataset(MammothDatasetAPI):
         where = f"the {self.NAME} dataset config" + (f" '{self.args.dataset_config}'"
                                                      if getattr(self.args, "dataset_config", None) else "")
         for key in ("MEAN", "STD"):
-            value = getattr(self, key, None)
-            if value is not None and len(value) != self.IN_CHANS:
-                raise UserError(f"{key} of {where} has {len(value)} values but the images have {self.IN_CHANS} "
+            value = getattr(self, INSTANCE_NAMES[key])
+            if value is not None and len(value) != self.in_chans:
+                raise UserError(f"{key} of {where} has {len(value)} values but the images have {self.in_chans} "
                                 f"channel(s); give one value per channel")
         for key in ("TRANSFORM", "TEST_TRANSFORM"):
-            if getattr(self, key, None) is not None:
-                build_transform(list(getattr(self, key)), f"{key} of {where}", channels=self.IN_CHANS)
+            if getattr(self, INSTANCE_NAMES[key]) is not None:
+                build_transform(list(getattr(self, INSTANCE_NAMES[key])), f"{key} of {where}", channels=self.in_chans)
 
-    # ----- to implement ---------------------------------------------------------------------------
+    # ----- to implement (load, and the transforms' op lists) -----------------------------------------
     @staticmethod
     def get_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         """Add the dataset's own flags (none by default)."""
@@ -166,45 +150,58 @@ class ContinualDataset(MammothDatasetAPI):
         """Read (download if needed) the train and test splits with their original labels."""
         raise NotImplementedError
 
+    def train_ops(self) -> list[Callable]:
+        """Training augmentation: PIL ops applied before ``ToTensor`` and the normalisation."""
+        return []
+
+    def test_ops(self) -> list[Callable]:
+        """Test-time PIL ops (resize, crop) before ``ToTensor`` and the normalisation."""
+        return []
+
+    def not_aug_ops(self) -> list[Callable]:
+        """PIL ops of the 'not augmented' view (default: the test ops, so images of any size batch together)."""
+        return self.test_ops()
+
+    # ----- transforms (from the op lists, or a dataset YAML's TRANSFORM/TEST_TRANSFORM) ---------------
     def get_transform(self) -> Callable:
         """Train-time transform (PIL -> normalised tensor)."""
-        if self.TRANSFORM is not None:
-            return build_transform(list(self.TRANSFORM), f"{self.NAME} TRANSFORM")
-        return transforms.Compose([transforms.ToTensor(), self.get_normalization_transform()])
+        if self.train_transform_spec is not None:
+            return build_transform(list(self.train_transform_spec), f"{self.NAME} TRANSFORM")
+        return transforms.Compose(self.train_ops() + [transforms.ToTensor(), self.get_normalization_transform()])
 
     def get_test_transform(self) -> Callable:
         """Test-time transform (PIL -> normalised tensor)."""
-        if self.TEST_TRANSFORM is not None:
-            return build_transform(list(self.TEST_TRANSFORM), f"{self.NAME} TEST_TRANSFORM")
-        return transforms.Compose([transforms.ToTensor(), self.get_normalization_transform()])
+        if self.test_transform_spec is not None:
+            return build_transform(list(self.test_transform_spec), f"{self.NAME} TEST_TRANSFORM")
+        return transforms.Compose(self.test_ops() + [transforms.ToTensor(), self.get_normalization_transform()])
 
     def get_not_aug_transform(self) -> Callable:
         """The 'not augmented' view returned with each train sample (an unnormalised tensor)."""
-        return transforms.ToTensor()
+        return transforms.Compose(self.not_aug_ops() + [transforms.ToTensor()])
 
     def get_normalization_transform(self) -> Callable:
-        if self.MEAN is None:
+        if self.mean is None:
             return transforms.Lambda(lambda x: x)
-        return transforms.Normalize(self.MEAN, self.STD)
+        return transforms.Normalize(self.mean, self.std)
 
     def get_loss(self) -> Callable:
         return F.cross_entropy
 
     def build_scenario(self) -> Any:
         """The label layout of the tasks: disjoint class ranges (class-IL/task-IL) unless overridden."""
-        return ClassIncrementalScenario.build(self.N_CLASSES_PER_TASK, self.N_TASKS,
+        return ClassIncrementalScenario.build(self.n_classes_per_task, self.n_tasks,
                                               permute=bool(self.args.permute_classes), seed=self.args.seed)
 
     def _collapse_to_one_task(self) -> None:
         """``--joint 1`` (Mammoth's meaning): one task holding every class, trained on all the data at once."""
-        per_task = self.N_CLASSES_PER_TASK
-        total = per_task * self.N_TASKS if isinstance(per_task, (int, np.integer)) else sum(per_task)
-        self.N_CLASSES_PER_TASK, self.N_TASKS = int(total), 1
+        per_task = self.n_classes_per_task
+        total = per_task * self.n_tasks if isinstance(per_task, (int, np.integer)) else sum(per_task)
+        self.n_classes_per_task, self.n_tasks = int(total), 1
 
     # ----- provided -------------------------------------------------------------------------------
     @property
     def img_size(self) -> int:
-        return int(self.SIZE[0])
+        return int(self.size[0])
 
     def get_offsets(self, task: Optional[int] = None) -> tuple[int, int]:
         """``(start, end)`` label range of ``task`` (default: the current task)."""
@@ -216,8 +213,8 @@ class ContinualDataset(MammothDatasetAPI):
         if self._splits is None:
             train, test = self.load()
             for name, src in (("train", train), ("test", test)):
-                if len(src) and (src.targets.min() < 0 or src.targets.max() >= self.N_CLASSES):
-                    raise UserError(f"{self.NAME}: {name} labels must lie in [0, {self.N_CLASSES}), found "
+                if len(src) and (src.targets.min() < 0 or src.targets.max() >= self.n_classes):
+                    raise UserError(f"{self.NAME}: {name} labels must lie in [0, {self.n_classes}), found "
                                     f"[{src.targets.min()}, {src.targets.max()}]; check the data or --n_tasks")
             train = ImageSource(train.data, self.scenario.relabel(train.targets))
             test = ImageSource(test.data, self.scenario.relabel(test.targets))
@@ -225,7 +222,7 @@ class ContinualDataset(MammothDatasetAPI):
                 train, test = self._validation_split(train, self.args.validation)
             if getattr(self.args, "noise_rate", 0):
                 self._true_train_targets = train.targets
-                noisy = cached_noisy_labels(self.scenario.original_labels(train.targets), self.N_CLASSES, self.args,
+                noisy = cached_noisy_labels(self.scenario.original_labels(train.targets), self.n_classes, self.args,
                                             self.NAME)
                 train = ImageSource(train.data, self.scenario.relabel(noisy))
             self._splits = (train, test)
@@ -313,8 +310,8 @@ class ContinualDataset(MammothDatasetAPI):
 
     def get_data_loaders(self) -> tuple[DataLoader, DataLoader]:
         """Advance to the next task: its train loader and its test loader (appended to ``test_loaders``)."""
-        if self.c_task + 1 >= self.N_TASKS:
-            raise RuntimeError(f"{self.NAME} has only {self.N_TASKS} tasks")
+        if self.c_task + 1 >= self.n_tasks:
+            raise RuntimeError(f"{self.NAME} has only {self.n_tasks} tasks")
         self.c_task += 1
         train_ds = self.train_dataset(self.c_task)
         if len(train_ds) == 0:
@@ -328,7 +325,7 @@ class ContinualDataset(MammothDatasetAPI):
 
     def get_class_names(self) -> Optional[list[str]]:
         """Class names in scenario order, if the dataset has them."""
-        names = getattr(self, "CLASS_NAMES", None)
+        names = self.class_names
         if names is None:
             return None
         if self.scenario.class_order is None:
@@ -337,3 +334,4 @@ class ContinualDataset(MammothDatasetAPI):
         for old, new in enumerate(self.scenario.class_order):
             ordered[new] = names[old]
         return ordered
+install_views(ContinualDataset)

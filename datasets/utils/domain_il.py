@@ -61,11 +61,11 @@ class DomainILDataset(ContinualDataset):
     DOMAIN_ON_PIL = False  # True: the domain transform takes the PIL image (before ToTensor), else the tensor
 
     def build_scenario(self) -> SharedLabelScenario:
-        return SharedLabelScenario.build(int(self.N_CLASSES_PER_TASK), self.N_TASKS,
+        return SharedLabelScenario.build(int(self.n_classes_per_task), self.n_tasks,
                                          permute=bool(self.args.permute_classes), seed=self.args.seed)
 
     def _collapse_to_one_task(self) -> None:
-        self.N_TASKS = 1  # same classes; the single task gathers every domain
+        self.n_tasks = 1  # same classes; the single task gathers every domain
 
     def domain_transform(self, domain: int) -> Callable:
         """The fixed transform of domain ``domain``: on the PIL image (``DOMAIN_ON_PIL``) or the (C, H, W) tensor."""

@@ -66,14 +66,18 @@ def source(root: str, relative_paths: Sequence[str], labels: Sequence[int]) -> I
     return ImageSource([os.path.join(root, p) for p in relative_paths], np.asarray(labels, dtype=np.int64))
 
 
-def train_test_folders(root: str, n_classes: int, dataset: str) -> tuple[ImageSource, ImageSource, list[str]]:
-    """``root/train/<class>/`` and ``root/test/<class>/`` with ``n_classes`` classes (ids in sorted name order)."""
+def train_test_folders(root: str, dataset: str,
+                       n_classes: Optional[int] = None) -> tuple[ImageSource, ImageSource, list[str]]:
+    """``root/train/<class>/`` and ``root/test/<class>/`` (ids in sorted class-name order); with ``n_classes``,
+    exactly that many training class folders. A test class must be a training class."""
     trees = {split: class_tree(os.path.join(root, split)) for split in ("train", "test")}
-    check_class_count(trees["train"], n_classes, os.path.join(root, "train"), dataset)
+    if n_classes is not None:
+        check_class_count(trees["train"], n_classes, os.path.join(root, "train"), dataset)
     classes = sorted(trees["train"])
     extra = sorted(set(trees["test"]) - set(classes))
     if extra:
-        raise UserError(f"{dataset}: {root}/test/{extra[0]} is not a class of {root}/train; the data is inconsistent")
+        raise UserError(f"{dataset}: {root}/test/{extra[0]} is not a class of {root}/train (no training images); "
+                        f"add training images for it or remove the folder")
     index = {c: i for i, c in enumerate(classes)}
     splits = []
     for split in ("train", "test"):
@@ -92,7 +96,7 @@ def folders_with_split(root: str, n_classes: int, dataset: str,
                        test_fraction: float = 0.2) -> tuple[ImageSource, ImageSource, list[str]]:
     """``root/train|test/<class>/`` when present, else ``root/<class>/`` split by :func:`seeded_split` (seed 0)."""
     if has_train_test_folders(root):
-        return train_test_folders(root, n_classes, dataset)
+        return train_test_folders(root, dataset, n_classes)
     tree = class_tree(root)
     check_class_count(tree, n_classes, root, dataset)
     train_p, train_y, test_p, test_y = seeded_split(tree, test_fraction, seed=0)

@@ -13,7 +13,7 @@ import gzip
 import os
 import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -167,3 +167,21 @@ def load_mnist_like(name: str, base_path: str) -> MnistData:
                         f"{', '.join(s + '.gz' for s in IDX_FILES)} in {folder}/{extra}")
     print(f"[{name}] data source: {source}", file=sys.stderr)
     return MnistData(found[0], found[1], source)
+
+
+class MnistLike:
+    """Mixin of the MNIST-format benchmarks (before the ``ContinualDataset`` base in the class list): 28x28
+    grayscale images with ten classes, read by :func:`load_mnist_like` from ``<base_path>/<SOURCE's folder>/raw/``;
+    the source used is kept in ``data_source``."""
+
+    SOURCE = "mnist"  # a key of SPECS
+    SIZE = (28, 28)
+    IN_CHANS = 1
+    CLASS_NAMES = [str(d) for d in range(10)]
+    DEFAULTS = {"backbone": "mnistmlp", "n_epochs": 1, "batch_size": 64}
+    args: Any
+
+    def load(self) -> tuple[ImageSource, ImageSource]:
+        data = load_mnist_like(self.SOURCE, self.args.base_path)
+        self.data_source = data.source
+        return data.train, data.test

@@ -1,11 +1,27 @@
-"""Transforms from YAML specs: a list of torchvision op names, each bare or ``{Name: {kwargs}}``."""
+"""Transforms: the op lists datasets declare (:func:`rrc_flip`, :func:`resize_crop`, the usual statistics), and
+the same from YAML specs (a list of torchvision op names, each bare or ``{Name: {kwargs}}``)."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from torchvision import transforms
+from torchvision.transforms import InterpolationMode
 
 from utils.errors import UserError
+
+BICUBIC = InterpolationMode.BICUBIC
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+def rrc_flip(size: int = 224, scale: tuple[float, float] = (0.08, 1.0)) -> list[Callable]:
+    """RandomResizedCrop (bicubic) + horizontal flip, the usual ViT training augmentation."""
+    return [transforms.RandomResizedCrop(size, scale=scale, interpolation=BICUBIC), transforms.RandomHorizontalFlip()]
+
+
+def resize_crop(resize: int | tuple[int, int], crop: int = 224) -> list[Callable]:
+    """Bicubic Resize then CenterCrop, the usual ViT test pipeline."""
+    return [transforms.Resize(resize, interpolation=BICUBIC), transforms.CenterCrop(crop)]
 
 
 def _check_normalize(kwargs: dict, where: str, channels: Optional[int]) -> None:

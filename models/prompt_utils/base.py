@@ -1,13 +1,23 @@
 """Shared skeleton of the prompt methods: a frozen timm ViT, trainable prompts and head."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 
 from models.prompt_utils.vit_prompting import require_vit
 from models.utils.continual_model import ContinualModel
+from utils.args import index_list, nonneg_float
+from utils.settings import setting
+
+
+parse_layers = index_list("block indices", "0,1,2,3,4")  # ViT blocks, sorted, without repeats
+
+
+def pull_constraint_setting(default: float) -> Any:
+    """``--pull_constraint_coeff`` (l2p and dualprompt, each with its own default)."""
+    return setting(default, nonneg_float, "weight of the key-query pull constraint")
 
 
 class PromptedViTModel(ContinualModel):

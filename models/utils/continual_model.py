@@ -13,7 +13,7 @@ from mammoth_compat.model import MammothModelAPI, filter_keywords, uses_not_aug
 from models.utils.buffer import Buffer
 from utils import distributed
 from utils.frozen_weights import PretrainedIndex
-from utils.settings import settings_from_args
+from utils.settings import add_settings_flags, settings_from_args
 from utils.optimization import COMPILE_LEVEL, apply_matmul_precision, compiled
 from utils.training import run_epochs
 
@@ -72,10 +72,10 @@ class ContinualModel(MammothModelAPI, nn.Module):
         self.pretrained_index = PretrainedIndex(backbone)  # hashes of the initial weights (lean checkpoints)
 
     # ----- hooks to override ----------------------------------------------------------------------
-    @staticmethod
-    def get_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        """Add the method's own flags."""
-        return parser
+    @classmethod
+    def get_parser(cls, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        """Add the method's own flags: one per field of ``SETTINGS`` (none without it)."""
+        return add_settings_flags(parser, cls.SETTINGS) if cls.SETTINGS is not None else parser
 
     def begin_task(self, dataset: Any) -> None:
         """Called before training on a task (counters and ``self.opt`` are already set)."""
