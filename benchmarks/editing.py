@@ -15,7 +15,9 @@ Each method is trained once (flags after ``--`` go to every run, ``--extra "ita:
 
 Target = the edited tasks (kept or dropped; every task for theta0), control = the others; class-IL
 accuracy (%) of the full composition ("before") and the edited one ("after"). Writes ``editing.md`` (the
-summary table), ``editing.csv`` (every edit) and ``editing.png`` (the summary as grouped bars).
+summary table), ``editing.csv`` (every edit) and ``editing.png`` (the summary as grouped bars). Each distinct
+composition is evaluated once (TMC: from per-task tangent features, see ``EditEvaluator``); a method's finished
+edits are kept in ``<out>/records/<method>.json`` and reused like its checkpoint.
 """
 from __future__ import annotations
 
