@@ -243,8 +243,13 @@ class SecondOrder(ContinualModel):
         self.compose_eval()
 
     def checkpoint_state(self) -> dict[str, Any]:
-        return {"model": self.state_dict(), "current_task": self.current_task,
-                "head_sizes": self.net.classifier.sizes, **self.stats.state()}
+        """The modules and heads; plus, while tasks remain, what only later tasks read (Fisher sums, counts,
+        GMMs: 0.32 GiB on ViT-B/16). After the dataset's last task nothing reads them and they are left out."""
+        state = {"model": self.state_dict(), "current_task": self.current_task,
+                 "head_sizes": self.net.classifier.sizes}
+        if self.dataset is None or self.current_task < self.dataset.N_TASKS:
+            state.update(self.stats.state())
+        return state
 
     def load_checkpoint_state(self, state: dict[str, Any], dataset) -> None:
         for size in state["head_sizes"][len(self.net.classifier.sizes):]:
@@ -253,7 +258,7 @@ class SecondOrder(ContinualModel):
             self.pool.add_task()
         self.load_state_dict(state["model"])
         self.current_task = int(state["current_task"])
-        self.stats.load_state(state)
+        self.stats.load_state(state)  # (no Fisher sums, counts or GMMs after the last task: nothing reads them)
         self.pool.set_trainable(None)
         self.net.classifier.requires_grad_(False)
         self.pretuned_head.requires_grad_(False)

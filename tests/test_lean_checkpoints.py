@@ -68,9 +68,15 @@ def test_second_order_checkpoint_leaves_out_the_backbone_and_resumes(tmp_path, c
     assert ["model", "net.body.patch_embed.proj.weight"] in omitted
     assert not [k for k in weights if k.startswith("net.body.") and ".deltas." not in k]  # whole body frozen
     assert any(".deltas.0." in k for k in weights) and "net.classifier.heads.0.weight" in weights
+    assert set(state["model_state"]["fisher_past"]) and len(state["model_state"]["gmms"]) == 2  # task 2 reads them
     # --loadcheck of task 1 continues exactly as the uninterrupted run
     again = run([*base, "--loadcheck", str(ckpt), "--results_file", str(tmp_path / "a.json")])
     assert again["accuracy_matrix_class_il"] == full["accuracy_matrix_class_il"]
+    # after the last task nothing reads the Fisher sums or GMMs: left out, and the finished run still loads
+    last = tmp_path / "ckpt" / "lean" / "task_2.pt"
+    assert not {"fisher_past", "gmms", "task_counts"} & set(checkpoints.load_checkpoint(str(last))["model_state"])
+    done = run([*base, "--loadcheck", str(last), "--results_file", str(tmp_path / "l.json")])
+    assert done["accuracy_matrix_class_il"] == full["accuracy_matrix_class_il"] and done["complete"]
     # other pretrained weights (the tiny ViT's random init depends on --seed): refused in one line
     other_seed = [a if a != "0" or base[i - 1] != "--seed" else "1" for i, a in enumerate(base)]
     capsys.readouterr()
@@ -92,6 +98,14 @@ def test_checkpoint_size_benchmark_counts_the_bytes_a_file_holds(tmp_path):
     omitted = [index.tensors[i] for _, i in lean["pretrained"]["omitted"]]
     omitted_bytes = sum(t.numel() * t.element_size() for t in omitted)
     assert omitted_bytes > 0.8 * row["pretrained_bytes"]  # all but the replaced classifier
-    saved = row["previous_bytes_per_task"][-1] - row["lean_bytes_per_task"][-1]
+    saved = row["previous_bytes_per_task"][0] - row["lean_bytes_per_task"][0]  # task 1 of 2: Fisher kept
     assert omitted_bytes < saved < omitted_bytes + 1000 * len(omitted)  # plus each entry's zip and pickle overhead
-    assert row["lean_bytes_per_task"][1] > row["lean_bytes_per_task"][0]  # a task's modules, Fisher, GMMs
+    # after the last task the Fisher sums and GMMs (read only by later tasks) are left out as well
+    assert "fisher_past" not in lean and "gmms" not in lean and "task_counts" not in lean
+    model = row["model"]
+    fisher_bytes = sum(t.numel() * t.element_size() for t in model.fisher_past.values())
+    gmm_bytes = sum(t.numel() * t.element_size() for g in model.gmms.values() for t in g.state().values())
+    dropped = row["previous_bytes_per_task"][-1] - row["lean_bytes_per_task"][-1] - saved
+    entries = len(model.fisher_past) + 3 * len(model.gmms)
+    assert fisher_bytes + gmm_bytes < dropped < fisher_bytes + gmm_bytes + 1000 * entries
+    assert row["lean_bytes_per_task"][1] < row["lean_bytes_per_task"][0]

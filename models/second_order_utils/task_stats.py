@@ -195,7 +195,8 @@ class TaskStatistics:
 
     def load_state(self, state: dict[str, Any]) -> None:
         device = self.device
-        self.fisher_past = {k: v.to(device) for k, v in state["fisher_past"].items()}
-        self.task_counts = [int(n) for n in state["task_counts"]]
+        # absent from the checkpoint after the dataset's last task (SecondOrder.checkpoint_state)
+        self.fisher_past = {k: v.to(device) for k, v in state.get("fisher_past", {}).items()}
+        self.task_counts = [int(n) for n in state.get("task_counts", [])]
         self.gmms = {int(c): DiagonalGMM.from_state({k: v.to(device) for k, v in g.items()})
-                     for c, g in state["gmms"].items()}
+                     for c, g in state.get("gmms", {}).items()}
