@@ -18,7 +18,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m app.demo --data $(SHARED)/data/cifar100_mini.npz
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider -n auto --maxprocesses 8 tests
 
 clean:
 	rm -rf $(VENV) data/results checkpoints

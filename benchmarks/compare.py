@@ -5,7 +5,7 @@
 
 Flags after ``--`` (and any flag compare does not know) are passed to every run. Per-method flags
 go in ``--extra "derpp:--buffer_size 200 --alpha 0.1"`` (repeatable); they override shared ones.
-Prompt methods (``l2p``, ``coda_prompt``) need a ViT: they run on ``--vit_backbone`` with
+ViT-only methods (``VIT_METHODS``) need a ViT: they run on ``--vit_backbone`` with
 ``--vit_args`` instead of ``--backbone``/``--backbone_args``. Results JSONs go to
 ``<out>/results/<model>/seed<k>.json`` (a complete one is reused with ``--reuse 1``); the table and
 plot are written by :func:`app.report.build_report` (``report.md``, ``report.csv``, ``report.png``).
@@ -23,9 +23,9 @@ from typing import Callable, Optional
 from utils.args import nonneg_int, parse_bool, positive_int
 from utils.errors import UserError
 
-# Flags a method needs that a shared command line would not give (the user's --extra wins).
-METHOD_DEFAULTS = {"er": "--buffer_size 200", "derpp": "--buffer_size 200"}
-VIT_METHODS = ("l2p", "coda_prompt", "dualprompt", "inflora")
+# Flags a method needs that a shared command line may not give (the shared flags and --extra win).
+METHOD_DEFAULTS = {"er": "--buffer_size 200", "der": "--buffer_size 200", "derpp": "--buffer_size 200"}
+VIT_METHODS = ("l2p", "coda_prompt", "dualprompt", "inflora", "apt")
 
 
 def parse_models(spec: str) -> list[tuple[str, str]]:
@@ -84,8 +84,8 @@ def run_argv(model: str, seed: int, args: argparse.Namespace, shared: list[str],
     vit = model in VIT_METHODS
     backbone = ["--backbone", args.vit_backbone] if vit else (["--backbone", args.backbone] if args.backbone else [])
     backbone_args = shlex.split(args.vit_args if vit else args.backbone_args)
-    return merge_flags(["--model", model, "--dataset", args.dataset], backbone, backbone_args, shared,
-                       shlex.split(METHOD_DEFAULTS.get(model, "")), extras.get(label or model, []),
+    return merge_flags(["--model", model, "--dataset", args.dataset], backbone, backbone_args,
+                       shlex.split(METHOD_DEFAULTS.get(model, "")), shared, extras.get(label or model, []),
                        ["--seed", str(seed), "--results_file", results_file, "--non_verbose", "1"])
 
 

@@ -15,19 +15,24 @@ Each method is trained once (flags after ``--`` go to every run, ``--extra "ita:
 
 Target = the edited tasks (kept or dropped; every task for theta0), control = the others; class-IL
 accuracy (%) of the full composition ("before") and the edited one ("after"). Writes ``editing.md`` (the
-summary table), ``editing.csv`` (every edit) and ``editing.png`` (the summary as grouped bars).
+summary table), ``editing.csv`` (every edit) and ``editing.png`` (the summary as grouped bars). Each distinct
+composition is evaluated once (TMC: from per-task tangent features, see ``EditEvaluator``); a method's finished
+edits are kept in ``<out>/records/<method>.json`` and reused like its checkpoint.
 """
 from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import sys
+import time
 from typing import Any, Optional
 
 from benchmarks.compare import exit_code, merge_flags, parse_extras, parse_with_shared, print_outcome
 from utils.args import parse_bool
 from utils.errors import UserError
+from utils.io import write_json
 
 EDITABLE = ("ita", "iel", "tmc", "second_order", "apt")
 
@@ -51,24 +56,125 @@ def _mean(values: list[float], tasks: list[int]) -> Optional[float]:
     return sum(values[t] for t in tasks) / len(tasks) if tasks else None
 
 
+INPUT_CACHE_BYTES = 1 << 30  # test inputs are kept in memory across the edits up to this size
+
+
+def cached_loaders(loaders: list[Any], limit: int = INPUT_CACHE_BYTES) -> list[Any]:
+    """Each test loader as a list of its (inputs, labels) batches, transformed once instead of once per edit
+    (the test transform is deterministic); the loaders themselves when the inputs would exceed ``limit`` bytes."""
+    batches, total = [], 0
+    for loader in loaders:
+        kept = []
+        for batch in loader:
+            total += batch[0].numel() * batch[0].element_size()
+            if total > limit:
+                return list(loaders)
+            kept.append((batch[0], batch[1]))
+        batches.append(kept)
+    return batches
+
+
+def linear_feature_accuracy(model: Any, terms: list[tuple[Any, list[Any], Any]], weights: list[float],
+                            n_visible: int) -> list[float]:
+    """Class-IL accuracy (%) per task of ``head(base + sum_t w_t term_t)`` from cached feature terms."""
+    import torch
+
+    accuracies = []
+    for base, per_task, labels in terms:
+        feats = base.clone()
+        for w, term in zip(weights, per_task):
+            if w != 0:
+                feats += w * term
+        with model.autocast():
+            logits = model.net.classifier(feats)
+        predicted = logits[:, :n_visible].float().argmax(dim=1)
+        accuracies.append(100.0 * (predicted == labels).sum().item() / max(labels.numel(), 1))
+    return accuracies
+
+
+class EditEvaluator:
+    """Class-IL accuracy per task of the composition with given module weights (None: the model's own), each
+    distinct weight vector evaluated once. Test inputs are transformed once. A model whose features are linear
+    in the composition weights (``task_feature_terms``: TMC's tangent features) is run once per test batch and
+    every edit is a weighted sum of its cached per-task feature terms followed by the head."""
+
+    def __init__(self, model: Any, dataset: Any):
+        self.model, self.dataset = model, dataset
+        self.n_tasks = model.pool.n_tasks
+        self.loaders = cached_loaders(dataset.test_loaders)
+        self.n_visible = dataset.get_offsets(len(dataset.test_loaders) - 1)[1]
+        self.terms: Optional[list[tuple[Any, list[Any], Any]]] = None
+        self.passes = 0  # evaluations of the network over the whole test set (for tests and the log)
+        self._memo: dict[tuple[float, ...], list[float]] = {}
+
+    def _full_weights(self) -> tuple[float, ...]:
+        return tuple(self.model.composition_weights()) if hasattr(self.model, "composition_weights") else \
+            tuple(1.0 / self.n_tasks for _ in range(self.n_tasks))
+
+    def accuracy(self, weights: Optional[list[float]]) -> list[float]:
+        key = self._full_weights() if weights is None else tuple(float(w) for w in weights)
+        if key not in self._memo:
+            self._memo[key] = self._evaluate(list(key) if weights is not None else None)
+        return list(self._memo[key])
+
+    def _evaluate(self, weights: Optional[list[float]]) -> list[float]:
+        import torch
+
+        from utils.evaluate import evaluate
+        from utils.modes import eval_mode
+
+        model = self.model
+        if hasattr(model, "task_feature_terms"):
+            if self.terms is None:
+                with eval_mode(model), torch.no_grad():
+                    self.terms = [self._terms(loader) for loader in self.loaders]
+                self.passes += 1
+            with eval_mode(model), torch.no_grad():
+                return linear_feature_accuracy(model, self.terms, weights or list(self._full_weights()),
+                                               self.n_visible)
+        model.eval_task_weights = weights
+        model.compose_eval()
+        original = self.dataset.test_loaders
+        self.dataset.test_loaders = self.loaders
+        try:
+            accuracies, _ = evaluate(model, self.dataset)
+        finally:
+            self.dataset.test_loaders = original
+        self.passes += 1
+        return accuracies
+
+    def _terms(self, loader: Any) -> tuple[Any, list[Any], Any]:
+        import torch
+
+        bases, per_task, labels = [], [[] for _ in range(self.n_tasks)], []
+        for batch in loader:
+            inputs = batch[0].to(self.model.device)
+            with self.model.autocast():
+                base, terms = self.model.task_feature_terms(inputs)
+            bases.append(base.float())
+            for t, term in enumerate(terms):
+                per_task[t].append(term.float())
+            labels.append(batch[1].to(self.model.device))
+        return torch.cat(bases), [torch.cat(chunks) for chunks in per_task], torch.cat(labels)
+
+
 def run_protocol(model: Any, dataset: Any, raw_weights: bool) -> list[dict[str, Any]]:
     """One record per edit: target/control class-IL accuracy before (full composition) and after."""
     import torch
 
     from app.edit import edit_weights
-    from utils.evaluate import evaluate
 
     n_tasks = model.pool.n_tasks
     records = []
+    started = time.perf_counter()
+    model.eval_task_weights = None  # "before" is the model's own full composition
+    evaluator = EditEvaluator(model, dataset)
     with torch.no_grad():
-        model.eval_task_weights = None
-        full, _ = evaluate(model, dataset)
         try:
+            full = evaluator.accuracy(None)
             for name, kind, targets, kept in edits(n_tasks):
                 weights = edit_weights(n_tasks, kept, raw_weights) if kept else [0.0] * n_tasks
-                model.eval_task_weights = weights
-                model.compose_eval()
-                edited, _ = evaluate(model, dataset)
+                edited = evaluator.accuracy(weights)
                 controls = [t for t in range(n_tasks) if t not in targets]
                 records.append({"edit": name, "kind": kind, "targets": targets, "weights": weights,
                                 "target_before": _mean(full, targets), "target_after": _mean(edited, targets),
@@ -77,6 +183,8 @@ def run_protocol(model: Any, dataset: Any, raw_weights: bool) -> list[dict[str, 
         finally:
             model.eval_task_weights = None
             model.compose_eval()
+    print(f"[editing] {len(records)} edits, {evaluator.passes} passes over the test set, "
+          f"{time.perf_counter() - started:.0f} s", flush=True)
     return records
 
 
@@ -137,6 +245,23 @@ def last_checkpoint(folder: str) -> Optional[str]:
     return files[-1] if files else None
 
 
+def records_path(out: str, method: str) -> str:
+    return os.path.join(out, "records", f"{method}.json")
+
+
+def saved_records(out: str, method: str, checkpoint: str, raw_weights: bool) -> Optional[list[dict[str, Any]]]:
+    """The protocol's records of an earlier run on the same checkpoint file (unchanged since) and weighting."""
+    try:
+        with open(records_path(out, method)) as fh:
+            saved = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if saved.get("checkpoint") != os.path.abspath(checkpoint) or saved.get("raw_weights") != raw_weights \
+            or os.path.getmtime(records_path(out, method)) < os.path.getmtime(checkpoint):
+        return None
+    return saved.get("records")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.editing", description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="ita,iel,tmc", help=f"comma-separated, from {', '.join(EDITABLE)}")
@@ -144,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--extra", action="append", default=[], help="'METHOD:--flag value ...' (repeatable)")
     parser.add_argument("--raw_weights", type=parse_bool, default=False, help="kept modules weigh 1/T, not 1/|kept|")
     parser.add_argument("--out", default="benchmarks/out/editing", help="output folder (git-ignored by default)")
-    parser.add_argument("--reuse", type=parse_bool, default=True, help="reuse checkpoints already in --out")
+    parser.add_argument("--reuse", type=parse_bool, default=True,
+                        help="reuse checkpoints and finished edits (<out>/records/<method>.json) already in --out")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: auto)")
     return parser
 
@@ -174,9 +300,14 @@ def editing(argv: Optional[list[str]] = None) -> dict[str, str]:
             path = last_checkpoint(folder)
             if path is None:
                 raise UserError(f"{method}: the run wrote no checkpoint in {folder}")
-        print(f"[editing] {method}: editing {path}", flush=True)
-        _, dataset, model, _ = load_model(path, args.device)
-        results[method] = run_protocol(model, dataset, args.raw_weights)
+        results[method] = saved_records(args.out, method, path, args.raw_weights) if args.reuse else None
+        if results[method] is None:
+            print(f"[editing] {method}: editing {path}", flush=True)
+            _, dataset, model, _ = load_model(path, args.device)
+            results[method] = run_protocol(model, dataset, args.raw_weights)
+            write_json(records_path(args.out, method), {"checkpoint": os.path.abspath(path),
+                                                        "raw_weights": args.raw_weights,
+                                                        "records": results[method]})
     paths = write_outputs(results, args.out)
     print_outcome("editing", paths, [])
     return paths

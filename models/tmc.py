@@ -132,6 +132,18 @@ class TMC(ContinualModel):
         weights = self.composition_weights()
         self._composed, self._composed_weights = self.pool.compose(weights), tuple(weights)
 
+    def task_feature_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``(f(x; theta0), [J f(x; theta0) d_t for each task t])``. The features of the composition with
+        weights ``w`` are ``base + sum_t w_t term_t`` (linear in the tangent), so an editing protocol computes
+        these once per test batch and any number of compositions from them (``benchmarks.editing``)."""
+        self.net.body.eval()
+        base, terms = None, []
+        with torch.no_grad():
+            for tangent in self.pool.tangents:
+                base, term = linearized(self.net.body, x, tangent)
+                terms.append(term)
+        return base, terms
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pool.n_tasks == 0:
             return self.net(x)

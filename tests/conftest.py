@@ -14,10 +14,16 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["CL_NO_DOWNLOAD"] = "1"  # no test may reach the network
 os.environ.setdefault("CL_DEFAULT_NUM_WORKERS", "0")  # tiny data: worker processes would only cost start-up time
 _cache = tempfile.mkdtemp(prefix="cl-test-cache-")
-os.environ.setdefault("TORCH_HOME", os.path.join(_cache, "torch"))
-os.environ.setdefault("HF_HOME", os.path.join(_cache, "hf"))
+for _var, _sub in (("TORCH_HOME", "torch"), ("HF_HOME", "hf")):  # one cache per process: pytest -n workers
+    if os.environ.get("PYTEST_XDIST_WORKER") or _var not in os.environ:  # would share the controller's otherwise
+        os.environ[_var] = os.path.join(_cache, _sub)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest -n N: share the cores between the workers
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    os.environ["OMP_NUM_THREADS"] = _threads  # subprocesses (torchrun, main.py) too
+    import torch
+    torch.set_num_threads(int(_threads))
 
 
 def shared_file(name: str) -> str:

@@ -145,3 +145,16 @@ def test_ranpac_freezes_after_the_first_task_and_fits_the_ridge_head_on_all_task
         Y.append(F.one_hot(labels, dataset.N_CLASSES).double())
     H, Y = torch.cat(H), torch.cat(Y)
     torch.testing.assert_close(model.head, ridge_solution(H.t() @ H, H.t() @ Y, 0.5).float(), rtol=1e-4, atol=1e-5)
+
+
+def test_rehearsal_methods_get_a_buffer_unless_given():
+    from benchmarks.compare import build_parser, run_argv
+
+    args = build_parser().parse_args(["--dataset", "seq-custom", "--models", "er,der,derpp"])
+    for method in ("er", "der", "derpp"):
+        argv = run_argv(method, 0, args, [], {}, "r.json")
+        assert argv[argv.index("--buffer_size") + 1] == "200", method
+    argv = run_argv("der", 0, args, ["--buffer_size", "50"], {}, "r.json")  # the shared flags win
+    assert argv.count("--buffer_size") == 1 and argv[argv.index("--buffer_size") + 1] == "50"
+    argv = run_argv("der", 0, args, ["--buffer_size", "50"], {"der": ["--buffer_size", "20"]}, "r.json")
+    assert argv.count("--buffer_size") == 1 and argv[argv.index("--buffer_size") + 1] == "20"

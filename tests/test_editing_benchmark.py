@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import pytest
 
@@ -19,7 +20,10 @@ def test_edits_cover_the_protocol():
     assert edits(4)[-1] == ("theta0 (all dropped)", "theta0", [0, 1, 2, 3], [])
 
 
-def test_editing_runs_trains_edits_and_reuses(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """ITA and TMC trained on 3 tiny tasks and edited once: (out folder, argv, output paths)."""
+    tmp_path = tmp_path_factory.mktemp("editing")
     data = make_npz(str(tmp_path / "d.npz"), n_classes=6)
     out = tmp_path / "edit"
     shared = ["--dataset", "seq-custom", "--data_path", data, "--n_tasks", "3", "--backbone", "vit_tiny",
@@ -28,7 +32,11 @@ def test_editing_runs_trains_edits_and_reuses(tmp_path, capsys):
     fast = ("--num_epochs_pretuning 1 --num_epochs_align_pretuning 1 --num_samples_align_pretuning 8 "
             "--batch_size_align_pretuning 8 --alpha_ita 1")
     argv = ["--methods", "ita,tmc", "--out", str(out), "--extra", f"ita:{fast}", "--device", "cpu", "--", *shared]
-    paths = editing(argv)
+    return out, argv, editing(argv)
+
+
+def test_editing_runs_trains_edits_and_reuses(trained, capsys):
+    out, argv, paths = trained
     rows = list(csv.DictReader(open(paths["csv"])))
     assert len(rows) == 2 * len(edits(3))
     for method in ("ita", "tmc"):
@@ -44,7 +52,52 @@ def test_editing_runs_trains_edits_and_reuses(tmp_path, capsys):
     markdown = open(paths["markdown"]).read()
     assert "| tmc | drop one task (mean over tasks) |" in markdown and "| ita | theta0 (all dropped) |" in markdown
     capsys.readouterr()
-    editing(argv)  # checkpoints are reused: nothing is trained again
-    assert "python main.py" not in capsys.readouterr().out
+    before = open(paths["csv"]).read()
+    editing(argv)  # checkpoints and finished edits are reused: nothing is trained or evaluated again
+    log = capsys.readouterr().out
+    assert "python main.py" not in log and "passes over the test set" not in log
+    assert open(paths["csv"]).read() == before
+    os.utime(out / "records" / "tmc.json", (0, 0))  # older than its checkpoint: the edits of tmc are redone
+    editing(argv)
+    log = capsys.readouterr().out
+    assert log.count("passes over the test set") == 1 and "tmc: editing" in log
+    assert open(paths["csv"]).read() == before
     with pytest.raises(UserError, match="'sgd' cannot be edited"):
         editing(["--methods", "sgd"])
+
+
+def test_protocol_matches_direct_evaluation_with_fewer_passes(trained, capsys):
+    """The cached protocol (one pass per distinct composition; TMC from per-task tangent features) gives the
+    accuracies of evaluating every edit directly through the model, as the protocol did before."""
+    import torch
+
+    from app.edit import load_model
+    from benchmarks.editing import cached_loaders, last_checkpoint, run_protocol
+    from utils.evaluate import evaluate
+
+    out = trained[0]
+    for method, passes in (("ita", 8), ("tmc", 1)):  # 3 tasks: full, 3 singles, 3 drops, theta0; TMC: one
+        _, dataset, model, _ = load_model(last_checkpoint(str(out / "checkpoints" / method)), "cpu")
+        capsys.readouterr()
+        records = run_protocol(model, dataset, raw_weights=False)
+        assert f"{len(edits(3))} edits, {passes} passes" in capsys.readouterr().out
+        for record in records:
+            model.eval_task_weights = record["weights"]
+            model.compose_eval()
+            direct, _ = evaluate(model, dataset)
+            assert record["per_task_after"] == pytest.approx(direct, abs=1e-9), (method, record["edit"])
+        model.eval_task_weights = None
+        full, _ = evaluate(model, dataset)
+        assert records[0]["per_task_before"] == pytest.approx(full, abs=1e-9)
+        if method == "tmc":  # the features are linear in the tangent: base + sum_t w_t J d_t = f + J (sum w_t d_t)
+            x = next(iter(dataset.test_loaders[0]))[0]
+            base, terms = model.task_feature_terms(x)
+            weights = [0.5, 0.0, 0.25]
+            composed = model.pool.compose(weights)
+            with torch.no_grad():
+                expected = model.features_with(x, composed)
+            assert torch.allclose(base + sum(w * t for w, t in zip(weights, terms)), expected, atol=1e-5)
+            assert not torch.allclose(terms[0], torch.zeros_like(terms[0]))
+    assert cached_loaders(dataset.test_loaders, limit=0) == list(dataset.test_loaders)  # too big: streamed
+    cached = cached_loaders(dataset.test_loaders)
+    assert torch.equal(cached[1][0][0], next(iter(dataset.test_loaders[1]))[0])
