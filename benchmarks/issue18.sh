@@ -11,7 +11,8 @@ SHARED=${SHARED:-../shared/data}
 PY=${PY:-.venv/bin/python}
 RUN="env OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 CL_DEFAULT_NUM_WORKERS=0 nice -n 5 timeout 1200 $PY"
 # The demo's cheap pre-tuning (app/demo.py CHEAP) and head regulariser; "old" = the demo's ITA/IEL before
-# issue 18, "new" = the same with the trained heads started from the pre-tuned ones (--init_head_from_pretuned 1).
+# issue 18, "new" = the same with the trained heads started from the pre-tuned ones (--init_head_from_pretuned 1);
+# "_ca" = the demo's with the end-of-task alignment of the trained heads (--use_ca 1).
 CHEAP="--batch_size 16 --lr 0.001 --num_epochs_pretuning 1 --num_epochs_align_pretuning 5 \
 --num_samples_align_pretuning 32 --batch_size_align_pretuning 32 --stats_batch_size 256 \
 --req_weight_cls 0.01 --simple_reg_weight_cls 0.3"
@@ -27,6 +28,9 @@ declare -A EXTRA=(
   [ita_exact]="$CHEAP --fisher_mc_classes all --alpha_ita 1 --init_head_from_pretuned 1"
   [ita_l2]="$CHEAP --fisher_mc_classes 1 --alpha_ita 1 --init_head_from_pretuned 1 --simple_reg_weight_cls 0.45"
   [ita_learn]="$CHEAP --fisher_mc_classes 1 --alpha_ita 0.1 --lr 0.01 --n_epochs 3"
+  [ita_ca]="$CHEAP --fisher_mc_classes 1 --alpha_ita 1 --use_ca 1"
+  [iel_ca]="$CHEAP --fisher_mc_classes 1 --beta_iel 1 --use_ca 1"
+  [iel_old]="$CHEAP --fisher_mc_classes 1 --beta_iel 1"
   [iel_l2]="$CHEAP --fisher_mc_classes 1 --beta_iel 1 --init_head_from_pretuned 1 --simple_reg_weight_cls 0.45"
 )
 
@@ -40,7 +44,7 @@ run_dataset() {  # $1 label, $2 data file, $3 n_tasks
   $RUN -m benchmarks.compare --dataset seq-custom --backbone efficientnet_lite0 --models "$MODELS" --seeds 1 \
     --out "$out" "${extras[@]}" \
     -- --data_path "$2" --n_tasks "$3" --img_size 64 --normalization half --n_epochs 1 --plots 0
-  for m in ita_old ita iel ita_exact ita_l2 iel_l2 ita_learn; do
+  for m in ita_old ita iel ita_exact ita_l2 iel_l2 ita_learn ita_ca iel_ca iel_old; do
     local ckpt="checkpoints/${ck}_$m/task_$3.pt" json="$out/components_$m.json"
     if [ -f "$ckpt" ] && [ ! -f "$json" ]; then
       $RUN -m benchmarks.components --checkpoint "$ckpt" --drops "${DROPS:-0}" --out "$json"

@@ -241,6 +241,10 @@ class SecondOrder(ContinualModel):
         self._trainable, self._in_task = [], False
         self.opt = None
         self.compose_eval()
+        if self.settings.use_ca:  # opt-in: re-align the trained heads on the composition's features
+            set_eval(self._bn)
+            with eval_mode(self.net):
+                self.stats.align_trained_heads(dataset, self.net.classifier)
 
     def checkpoint_state(self) -> dict[str, Any]:
         """The modules and heads; plus, while tasks remain, what only later tasks read (Fisher sums, counts,

@@ -90,6 +90,11 @@ class SecondOrderSettings:
                                     choices=["fp32", "tf32", "bf16"])
     init_head_from_pretuned: bool = setting(False, parse_bool, "start each task's head from the pre-tuned head "
                                                                "instead of its random init")
+    use_ca: bool = setting(False, parse_bool, "end-of-task classifier alignment (the reference's older --use_ca): "
+                                              "after each task, fit GMMs of the new classes on the composed model's "
+                                              "features and re-align all trained heads on samples of every seen "
+                                              "class (as the pre-tuning alignment). 0 (default) is the published "
+                                              "method; docs/second_order.md has what it changes")
 
 
 def add_second_order_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

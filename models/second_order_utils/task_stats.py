@@ -42,6 +42,7 @@ class TaskStatistics:
         self.settings, self.args, self.autocast = settings, args, autocast
         # kept across tasks
         self.gmms: dict[int, DiagonalGMM] = {}
+        self.composed_gmms: dict[int, DiagonalGMM] = {}  # --use_ca: fitted on the composition at each task end
         self.fisher_past: dict[str, torch.Tensor] = {}  # sum of F_s over finished tasks, per layer
         self.task_counts: list[int] = []  # N_s: images in the Fisher pass of each finished task
         self.auto_stats_batch: Optional[int] = None
@@ -107,11 +108,13 @@ class TaskStatistics:
             feats, labels = distributed.all_gather_cat(feats), distributed.all_gather_cat(labels)
         return feats, labels
 
-    def fit_gmms(self, feats: torch.Tensor, labels: torch.Tensor) -> None:
-        """One GMM per class of the current task, on the model's device, classes split over DDP ranks and the
-        fits shared (models/second_order_utils/gmm.py)."""
+    def fit_gmms(self, feats: torch.Tensor, labels: torch.Tensor,
+                 into: Optional[dict[int, DiagonalGMM]] = None) -> None:
+        """One GMM per class of the current task (into ``gmms`` unless ``into``), on the model's device, classes
+        split over DDP ranks and the fits shared (models/second_order_utils/gmm.py)."""
         seed = 0 if self.args.seed is None else int(self.args.seed)
-        self.gmms.update(fit_gmms_distributed(feats, labels, list(range(self.start, self.end)), seed))
+        target = self.gmms if into is None else into
+        target.update(fit_gmms_distributed(feats, labels, list(range(self.start, self.end)), seed))
 
     def pretune(self, dataset: Any, feats: torch.Tensor, labels: torch.Tensor) -> None:
         """Linear probe of the new head, then alignment of all heads on GMM samples (frozen theta0)."""
@@ -180,6 +183,20 @@ class TaskStatistics:
             self.penalty_fisher = {name: pen.ita_fisher(self.fisher_past.get(name), n_past, f)
                                    for name, f in self.fisher_current.items()}
 
+    def align_trained_heads(self, dataset: Any, head: IncrementalHead) -> None:
+        """``--use_ca``: GMMs of the current task's classes on the features of the network as it is now (the caller
+        has composed it for evaluation), then all of ``head`` aligned on samples of every seen class's composed-model
+        GMMs, with the pre-tuning alignment's loss, epochs (+5t) and learning rate."""
+        s = self.settings
+        with torch.no_grad():
+            feats, labels = self.extract_features(dataset)
+        self.fit_gmms(feats, labels, into=self.composed_gmms)
+        with seeding.seeded_for(self.args, self.task, "end_task_alignment", self.device):
+            align_classifier(head, {c: g for c, g in self.composed_gmms.items() if c < self.end},
+                             s.num_epochs_align_pretuning + 5 * self.task, s.lr_align_pretuning,
+                             self.align_samples, s.batch_size_align_pretuning)
+        head.requires_grad_(False)
+
     # ----- across tasks ---------------------------------------------------------------------------
     def end_task(self) -> None:
         """Add F_t and N_t to the finished tasks' sums; forget the current task's Fisher."""
@@ -190,13 +207,17 @@ class TaskStatistics:
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps (the keys of the model's checkpoint state)."""
-        return {"fisher_past": dict(self.fisher_past), "task_counts": list(self.task_counts),
-                "gmms": {str(c): g.state() for c, g in self.gmms.items()}}
+        state = {"fisher_past": dict(self.fisher_past), "task_counts": list(self.task_counts),
+                 "gmms": {str(c): g.state() for c, g in self.gmms.items()}}
+        if self.composed_gmms:
+            state["composed_gmms"] = {str(c): g.state() for c, g in self.composed_gmms.items()}
+        return state
 
     def load_state(self, state: dict[str, Any]) -> None:
         device = self.device
         # absent from the checkpoint after the dataset's last task (SecondOrder.checkpoint_state)
         self.fisher_past = {k: v.to(device) for k, v in state.get("fisher_past", {}).items()}
         self.task_counts = [int(n) for n in state.get("task_counts", [])]
-        self.gmms = {int(c): DiagonalGMM.from_state({k: v.to(device) for k, v in g.items()})
-                     for c, g in state.get("gmms", {}).items()}
+        self.gmms, self.composed_gmms = ({int(c): DiagonalGMM.from_state({k: v.to(device) for k, v in g.items()})
+                                          for c, g in state.get(key, {}).items()}
+                                         for key in ("gmms", "composed_gmms"))
