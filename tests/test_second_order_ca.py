@@ -1,12 +1,9 @@
 """``--use_ca 1``: end-of-task classifier alignment of the trained heads on GMMs of the composed model's features."""
 import dataclasses
 
-import numpy as np
-import pytest
 import torch
 
 from tests.test_second_order_model import argv_for, build
-from app.runner import run
 from utils.training import train
 
 
@@ -68,13 +65,3 @@ def test_alignment_recalibrates_miscalibrated_heads(tmp_path):
     stats.align_trained_heads(model.dataset, model.net.classifier)
     assert accuracy() >= before - 0.1 and accuracy() > 0.6
 
-
-def test_resume_with_alignment_reproduces_the_run(tmp_path):
-    base = argv_for(tmp_path, "--alpha_ita", "1", "--use_ca", "1", n_classes=6, n_tasks=3)
-    full = run([*base, "--results_file", str(tmp_path / "full.json")])
-    part = [*base, "--savecheck", "task", "--ckpt_name", "ca"]
-    run([*part, "--stop_after", "1", "--results_file", str(tmp_path / "p.json")])
-    resumed = run([*part, "--resume", "--results_file", str(tmp_path / "r.json")])
-    assert resumed["accuracy_matrix_class_il"] == full["accuracy_matrix_class_il"]
-    assert resumed["accuracy_matrix_task_il"] == full["accuracy_matrix_task_il"]
-    assert np.isfinite(full["final_class_il"])

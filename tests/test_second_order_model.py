@@ -153,8 +153,9 @@ def test_iel_trains_the_average_and_evaluates_the_merged_model(tmp_path):
     assert not torch.allclose(model.net(x)[:, :4], merged[:, :4], atol=1e-4)
 
 
-def test_resume_reproduces_the_run(tmp_path):
-    base = argv_for(tmp_path, "--alpha_ita", "1", n_classes=6, n_tasks=3)
+@pytest.mark.parametrize("extra", [[], ["--use_ca", "1"]], ids=["published", "use_ca"])
+def test_resume_reproduces_the_run(tmp_path, extra):
+    base = argv_for(tmp_path, "--alpha_ita", "1", *extra, n_classes=6, n_tasks=3)
     full = run([*base, "--results_file", str(tmp_path / "full.json")])
     part = [*base, "--savecheck", "task", "--ckpt_name", "so"]
     run([*part, "--stop_after", "1", "--results_file", str(tmp_path / "p.json")])
