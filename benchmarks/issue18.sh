@@ -30,6 +30,8 @@ declare -A EXTRA=(
   [ita_learn]="$CHEAP --fisher_mc_classes 1 --alpha_ita 0.1 --lr 0.01 --n_epochs 3"
   [ita_ca]="$CHEAP --fisher_mc_classes 1 --alpha_ita 1 --use_ca 1"
   [iel_ca]="$CHEAP --fisher_mc_classes 1 --beta_iel 1 --use_ca 1"
+  [ita_ca_lr3]="$CHEAP --fisher_mc_classes 1 --alpha_ita 1 --use_ca 1 --lr 0.003 --n_epochs 2"
+  [ita_ca_lr10]="$CHEAP --fisher_mc_classes 1 --alpha_ita 1 --use_ca 1 --lr 0.01"
   [iel_old]="$CHEAP --fisher_mc_classes 1 --beta_iel 1"
   [iel_l2]="$CHEAP --fisher_mc_classes 1 --beta_iel 1 --init_head_from_pretuned 1 --simple_reg_weight_cls 0.45"
 )
@@ -44,7 +46,7 @@ run_dataset() {  # $1 label, $2 data file, $3 n_tasks
   $RUN -m benchmarks.compare --dataset seq-custom --backbone efficientnet_lite0 --models "$MODELS" --seeds 1 \
     --out "$out" "${extras[@]}" \
     -- --data_path "$2" --n_tasks "$3" --img_size 64 --normalization half --n_epochs 1 --plots 0
-  for m in ita_old ita iel ita_exact ita_l2 iel_l2 ita_learn ita_ca iel_ca iel_old; do
+  for m in ita_old ita iel ita_exact ita_l2 iel_l2 ita_learn ita_ca iel_ca iel_old ita_ca_lr3 ita_ca_lr10; do
     local ckpt="checkpoints/${ck}_$m/task_$3.pt" json="$out/components_$m.json"
     if [ -f "$ckpt" ] && [ ! -f "$json" ]; then
       $RUN -m benchmarks.components --checkpoint "$ckpt" --drops "${DROPS:-0}" --out "$json"

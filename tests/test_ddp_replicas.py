@@ -17,6 +17,7 @@ FAST = ["--num_epochs_pretuning", "1", "--num_epochs_align_pretuning", "1", "--n
 RUNS = {
     "ita": ["--model", "ita", "--alpha_ita", "1", *FAST],
     "iel": ["--model", "iel", "--beta_iel", "1", *FAST],
+    "ita_ca": ["--model", "ita", "--alpha_ita", "1", "--use_ca", "1", *FAST],  # end-of-task alignment
     "er": ["--model", "er", "--buffer_size", "5", "--minibatch_size", "3"],
     "sgd": ["--model", "sgd"],
 }
