@@ -12,10 +12,13 @@ PY=${PY:-.venv/bin/python}
 RUN="env OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 CL_DEFAULT_NUM_WORKERS=0 nice -n 5 timeout 1200 $PY"
 # The demo's cheap pre-tuning (app/demo.py CHEAP) and head regulariser; "old" = the demo's ITA/IEL before
 # issue 18, "new" = the same with the trained heads started from the pre-tuned ones (--init_head_from_pretuned 1);
-# "_ca" = the demo's with the end-of-task alignment of the trained heads (--use_ca 1).
+# "_ca" = the old demo's with the end-of-task alignment of the trained heads (--use_ca 1); "_demo" = app/demo.py's
+# settings now (ALIGN below).
 CHEAP="--batch_size 16 --lr 0.001 --num_epochs_pretuning 1 --num_epochs_align_pretuning 5 \
 --num_samples_align_pretuning 32 --batch_size_align_pretuning 32 --stats_batch_size 256 \
 --req_weight_cls 0.01 --simple_reg_weight_cls 0.3"
+# The demo's settings since issue 18 (app/demo.py): the published alignment samples/epochs and --use_ca 1.
+ALIGN="--num_epochs_align_pretuning 10 --num_samples_align_pretuning 256 --use_ca 1"
 MODELS=${MODELS:-sgd,simplecil,ita_old=ita,ita=ita,iel=iel,ita_exact=ita}
 
 declare -A EXTRA=(
@@ -30,8 +33,10 @@ declare -A EXTRA=(
   [ita_learn]="$CHEAP --fisher_mc_classes 1 --alpha_ita 0.1 --lr 0.01 --n_epochs 3"
   [ita_ca]="$CHEAP --fisher_mc_classes 1 --alpha_ita 1 --use_ca 1"
   [iel_ca]="$CHEAP --fisher_mc_classes 1 --beta_iel 1 --use_ca 1"
-  [ita_ca_lr3]="$CHEAP --fisher_mc_classes 1 --alpha_ita 1 --use_ca 1 --lr 0.003 --n_epochs 2"
-  [ita_ca_lr10]="$CHEAP --fisher_mc_classes 1 --alpha_ita 1 --use_ca 1 --lr 0.01"
+  [ita_demo]="$CHEAP $ALIGN --fisher_mc_classes 1 --alpha_ita 1"
+  [iel_demo]="$CHEAP $ALIGN --fisher_mc_classes 1 --beta_iel 1"
+  [ita_demo_lr3]="$CHEAP $ALIGN --fisher_mc_classes 1 --alpha_ita 1 --lr 0.003 --n_epochs 2"
+  [ita_demo_lr10]="$CHEAP $ALIGN --fisher_mc_classes 1 --alpha_ita 1 --lr 0.01"
   [iel_old]="$CHEAP --fisher_mc_classes 1 --beta_iel 1"
   [iel_l2]="$CHEAP --fisher_mc_classes 1 --beta_iel 1 --init_head_from_pretuned 1 --simple_reg_weight_cls 0.45"
 )
@@ -46,7 +51,7 @@ run_dataset() {  # $1 label, $2 data file, $3 n_tasks
   $RUN -m benchmarks.compare --dataset seq-custom --backbone efficientnet_lite0 --models "$MODELS" --seeds 1 \
     --out "$out" "${extras[@]}" \
     -- --data_path "$2" --n_tasks "$3" --img_size 64 --normalization half --n_epochs 1 --plots 0
-  for m in ita_old ita iel ita_exact ita_l2 iel_l2 ita_learn ita_ca iel_ca iel_old ita_ca_lr3 ita_ca_lr10; do
+  for m in ita_old ita iel ita_exact ita_l2 iel_l2 ita_learn ita_ca iel_ca iel_old ita_demo iel_demo ita_demo_lr3 ita_demo_lr10; do
     local ckpt="checkpoints/${ck}_$m/task_$3.pt" json="$out/components_$m.json"
     if [ -f "$ckpt" ] && [ ! -f "$json" ]; then
       $RUN -m benchmarks.components --checkpoint "$ckpt" --drops "${DROPS:-0}" --out "$json"
