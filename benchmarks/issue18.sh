@@ -35,6 +35,7 @@ declare -A EXTRA=(
   [iel_ca]="$CHEAP --fisher_mc_classes 1 --beta_iel 1 --use_ca 1"
   [ita_demo]="$CHEAP $ALIGN --fisher_mc_classes 1 --alpha_ita 1"
   [iel_demo]="$CHEAP $ALIGN --fisher_mc_classes 1 --beta_iel 1"
+  [ita_demo_exact]="$CHEAP $ALIGN --fisher_mc_classes all --alpha_ita 1"
   [ita_demo_lr3]="$CHEAP $ALIGN --fisher_mc_classes 1 --alpha_ita 1 --lr 0.003 --n_epochs 2"
   [ita_demo_lr10]="$CHEAP $ALIGN --fisher_mc_classes 1 --alpha_ita 1 --lr 0.01"
   [iel_old]="$CHEAP --fisher_mc_classes 1 --beta_iel 1"
@@ -51,7 +52,7 @@ run_dataset() {  # $1 label, $2 data file, $3 n_tasks
   $RUN -m benchmarks.compare --dataset seq-custom --backbone efficientnet_lite0 --models "$MODELS" --seeds 1 \
     --out "$out" "${extras[@]}" \
     -- --data_path "$2" --n_tasks "$3" --img_size 64 --normalization half --n_epochs 1 --plots 0
-  for m in ita_old ita iel ita_exact ita_l2 iel_l2 ita_learn ita_ca iel_ca iel_old ita_demo iel_demo ita_demo_lr3 ita_demo_lr10; do
+  for m in ita_old ita iel ita_exact ita_l2 iel_l2 ita_learn ita_ca iel_ca iel_old ita_demo iel_demo ita_demo_exact ita_demo_lr3 ita_demo_lr10; do
     local ckpt="checkpoints/${ck}_$m/task_$3.pt" json="$out/components_$m.json"
     if [ -f "$ckpt" ] && [ ! -f "$json" ]; then
       $RUN -m benchmarks.components --checkpoint "$ckpt" --drops "${DROPS:-0}" --out "$json"
