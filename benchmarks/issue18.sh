@@ -9,7 +9,7 @@ OUT=${OUT:-benchmarks/out/issue18}
 DATA=${DATA:-benchmarks/out/data}   # written by: python -m benchmarks.mini_data --out benchmarks/out/data
 SHARED=${SHARED:-../shared/data}
 PY=${PY:-.venv/bin/python}
-RUN="env OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 CL_DEFAULT_NUM_WORKERS=0 nice -n 5 timeout 1200 $PY"
+RUN="env OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 CL_DEFAULT_NUM_WORKERS=0 nice -n 5 timeout 3600 $PY"
 # The demo's cheap pre-tuning (app/demo.py CHEAP) and head regulariser; "old" = the demo's ITA/IEL before
 # issue 18, "new" = the same with the trained heads started from the pre-tuned ones (--init_head_from_pretuned 1);
 # "_ca" = the old demo's with the end-of-task alignment of the trained heads (--use_ca 1); "_demo" = app/demo.py's
