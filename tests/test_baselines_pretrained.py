@@ -271,6 +271,20 @@ def test_gaussian_log_prob_and_kl_match_torch_distributions():
     assert mean_pairwise_kl(list(zip(means, covs))) == pytest.approx(float(kl01 + kl10) / 2)
 
 
+def test_mean_pairwise_kl_equals_the_pairwise_brute_force_on_low_rank_class_statistics():
+    """The factorise-once form against gaussian_kl pair by pair, on SEED-like statistics: few samples per class
+    in a larger dimension (rank-deficient covariances + eps), different scales per dimension."""
+    torch.manual_seed(1)
+    D, n = 48, 6
+    stats = []
+    for c in range(n):
+        x = torch.randn(9, D) * torch.rand(D) * (c + 1) + c
+        stats.append((x.mean(0), torch.cov(x.t()) + 1e-3 * torch.eye(D)))
+    pairs = [gaussian_kl(*stats[i], *stats[j]) for i in range(n) for j in range(n) if i != j]
+    assert mean_pairwise_kl(stats) == pytest.approx(float(torch.stack(pairs).mean()), rel=1e-10)
+    assert mean_pairwise_kl(stats[:1]) == 0.0
+
+
 def test_seed_ensemble_by_hand():
     ll = torch.tensor([[[0.0, 1.0, -1.0]], [[2.0, 0.0, 0.0]]])   # (experts, samples, classes)
     known = torch.tensor([[True, True, True], [False, True, True]])
