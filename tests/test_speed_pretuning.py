@@ -101,6 +101,21 @@ def test_stacked_sampling_follows_each_class_mixture():
         assert torch.allclose(x.var(0), second - mean ** 2, rtol=0.1, atol=0.1)
 
 
+def test_stacked_sampling_is_bitwise_the_per_class_component_formula():
+    """The in-place gather equals ``means[c, k] + noise * std[c, k]`` drawn with the same generator state (the
+    multinomial over components, then the normal noise), classes with fewer components padded."""
+    gmms = make_gmms(4)
+    stacked = StackedGMM(gmms)
+    feats, labels = stacked.sample(11, torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    comp = torch.multinomial(stacked.weights, 11, replacement=True, generator=gen)
+    noise = torch.randn(4, 11, 6, generator=gen)
+    rows = torch.arange(4)[:, None]
+    expected = stacked.means[rows, comp] + noise * stacked.std[rows, comp]
+    assert torch.equal(feats, expected.reshape(44, 6)) and labels.tolist() == sum(([c] * 11 for c in range(4)), [])
+    assert len({len(g.weights) for g in gmms.values()}) > 1   # padding exercised
+
+
 def test_pairwise_fisher_product_equals_per_sample_gradients():
     from models.second_order_utils.fisher import pairwise_sq_grads
     gen = torch.Generator().manual_seed(0)
