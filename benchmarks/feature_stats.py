@@ -9,27 +9,13 @@ Prints each pair's seconds (median of ``--repeats``), the ratio, and the largest
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import torch
 
+from benchmarks.speed import timed
 from models.feature_utils.gaussians import gaussian_kl, mean_pairwise_kl
 from models.second_order_utils.pretuning import DiagonalGMM, StackedGMM
-
-
-def median_seconds(fn: Callable[[], Any], repeats: int, device: torch.device) -> tuple[float, Any]:
-    times, out = [], None
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
 
 
 def class_statistics(n_classes: int, dim: int, per_class: int, device: torch.device) -> list:
@@ -67,8 +53,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     n = len(stats)
     pairwise = (lambda: float(torch.stack([gaussian_kl(*stats[i], *stats[j])
                                            for i in range(n) for j in range(n) if i != j]).mean()))
-    t_ref, ref = median_seconds(pairwise, args.repeats, device)
-    t_new, new = median_seconds(lambda: mean_pairwise_kl(stats), args.repeats, device)
+    t_ref, ref = timed(pairwise, device, args.repeats)
+    t_new, new = timed(lambda: mean_pairwise_kl(stats), device, args.repeats)
     print(f"SEED mean pairwise KL, {n} classes, D={args.dim} ({device}):")
     print(f"  pair by pair {t_ref:.3f} s   factorised once {t_new:.3f} s   ratio {t_ref / t_new:.1f}x   "
           f"relative difference {abs(new - ref) / abs(ref):.1e}")
@@ -78,9 +64,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                            torch.rand(5, args.dim, generator=gen) + 0.1) for c in range(args.align_classes)}
     stacked = StackedGMM({c: DiagonalGMM(g.weights.to(device), g.means.to(device), g.variances.to(device))
                           for c, g in gmms.items()})
-    t_ref, ref = median_seconds(lambda: reference_sample(stacked, args.samples, 2), args.repeats, device)
-    t_new, (new, _) = median_seconds(
-        lambda: stacked.sample(args.samples, torch.Generator(device=device).manual_seed(2)), args.repeats, device)
+    t_ref, ref = timed(lambda: reference_sample(stacked, args.samples, 2), device, args.repeats)
+    t_new, (new, _) = timed(
+        lambda: stacked.sample(args.samples, torch.Generator(device=device).manual_seed(2)), device, args.repeats)
     print(f"GMM sampling, {args.align_classes} classes x {args.samples} samples, D={args.dim}:")
     print(f"  advanced indexing {t_ref:.3f} s   in place index_select {t_new:.3f} s   ratio {t_ref / t_new:.2f}x   "
           f"bitwise equal {torch.equal(new, ref)}")
