@@ -7,8 +7,9 @@ The settings below (shared with tests/test_second_order_real.py) are cheaper tha
 (one epoch, one probe epoch, the top-1 Fisher ``--fisher_mc_classes 1``) and re-align the trained heads at each
 task end (``--use_ca 1``). Measured 2026-11-29 on 2 idle cores: sgd 136 s; ITA with these settings is much
 slower than before ``--use_ca`` and the published alignment sizes (81 s then): still running after 9 min when
-stopped (the same ITA run single-threaded on a loaded machine took 1,984 s; the alignment's 256 samples x 10 + 5t
-epochs are the likely cost, not measured separately).
+stopped (the same ITA run single-threaded took 1,984 s on a loaded machine, 1,730 s at load 2). Profiled in
+docs/speed.md: the top-1 Fisher pass (about 37 s per task) and the two alignments, whose cost grows as
+(10 + 5t) epochs x 10(t + 1) classes (about 1,000 s of a whole run).
 """
 from __future__ import annotations
 
