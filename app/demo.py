@@ -5,11 +5,10 @@ frozen ImageNet EfficientNet-Lite0, penalised with the Fisher at theta0, compose
 CIFAR-100 mini subset as 10 tasks x 10 classes at 96 px, and prints both final class-IL accuracies.
 The settings below (shared with tests/test_second_order_real.py) are cheaper than the published ones
 (one epoch, one probe epoch, the top-1 Fisher ``--fisher_mc_classes 1``) and re-align the trained heads at each
-task end (``--use_ca 1``). Measured 2026-11-29 on 2 idle cores: sgd 136 s; ITA with these settings is much
-slower than before ``--use_ca`` and the published alignment sizes (81 s then): still running after 9 min when
-stopped (the same ITA run single-threaded took 1,984 s on a loaded machine, 1,730 s at load 2). Profiled in
+task end (``--use_ca 1``). Measured 2026-11-29 from a fresh clone on 2 idle cores: sgd 141 s, ITA 1,119 s
+(81 s before ``--use_ca`` and the published alignment sizes); ``make demo`` 21 min in all. Profiled in
 docs/speed.md: the top-1 Fisher pass (about 37 s per task) and the two alignments, whose cost grows as
-(10 + 5t) epochs x 10(t + 1) classes (about 1,000 s of a whole run).
+(10 + 5t) epochs x 10(t + 1) classes.
 """
 from __future__ import annotations
 
