@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from benchmarks import gpu_check
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, shared_missing
 
 
 def mini_cifar100():
@@ -14,7 +14,7 @@ def mini_cifar100():
         path = os.path.join(folder, "cifar100_mini.npz")
         if os.path.isfile(path):
             return path
-    pytest.skip("cifar100_mini.npz is not available")
+    shared_missing(os.path.join(SHARED_DATA, "cifar100_mini.npz"))
 
 
 def test_cifar100_is_written_in_the_official_layout_the_loader_reads(tmp_path):

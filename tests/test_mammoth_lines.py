@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, shared_missing
 from tests.mammoth_setup import write_all_datasets, write_vit_b16_cache
 from app.runner import run
 
@@ -69,7 +69,7 @@ def test_the_lines_are_mammoths():
     """The list above is ../shared/docs/mammoth-test-lines.txt (when that copy is present)."""
     path = os.path.join(os.path.dirname(SHARED_DATA), "docs", "mammoth-test-lines.txt")
     if not os.path.isfile(path):
-        pytest.skip(f"{path} is not available")
+        shared_missing(path)
     with open(path) as fh:
         assert [line.strip() for line in fh if line.strip()] == MAMMOTH_LINES
     assert len(MAMMOTH_LINES) == 34

@@ -1,0 +1,22 @@
+"""A missing ../shared asset skips a test locally but fails it under CI (CL_REQUIRE_SHARED=1, set by .ci/run)."""
+import pytest
+
+from tests.conftest import shared_file, shared_missing
+
+
+def test_missing_asset_skips_without_the_requirement(monkeypatch):
+    monkeypatch.delenv("CL_REQUIRE_SHARED", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        shared_file("no_such_asset.npz")
+
+
+def test_missing_asset_fails_when_required(monkeypatch):
+    monkeypatch.setenv("CL_REQUIRE_SHARED", "1")
+    with pytest.raises(pytest.fail.Exception, match="CL_REQUIRE_SHARED=1 requires it"):
+        shared_missing("/nowhere/cifar100_mini.npz")
+
+
+def test_ci_requires_the_shared_assets():
+    import os
+    ci = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".ci", "run")
+    assert "CL_REQUIRE_SHARED=1" in open(ci).read()
