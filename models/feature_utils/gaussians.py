@@ -42,7 +42,7 @@ def mean_pairwise_kl(stats: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
     logdets = 2 * torch.log(torch.diagonal(chols, dim1=1, dim2=2)).sum(1)              # (n,)
     traces = torch.einsum("jab,iba->ij", precisions, covs)                               # tr(P_j S_i)
     diffs = means[None, :, :] - means[:, None, :]                                        # [i, j] = m_j - m_i
-    mahas = torch.einsum("ijd,jde,ije->ij", diffs, precisions, diffs)
+    mahas = (torch.einsum("ijd,jde->ije", diffs, precisions) * diffs).sum(-1)             # d_ij^T P_j d_ij
     kl = 0.5 * (traces + mahas - means.shape[1] + logdets[None, :] - logdets[:, None])  # [i, j] = KL(N_i || N_j)
     off_diagonal = ~torch.eye(n, dtype=torch.bool, device=kl.device)
     return float(kl[off_diagonal].mean())

@@ -134,7 +134,8 @@ class StackedGMM:
         comp = torch.multinomial(self.weights, per_class, replacement=True, generator=generator)  # (C, n)
         picked = (torch.arange(n_cls, device=device)[:, None] * self.means.shape[1] + comp).reshape(-1)
         noise = torch.randn(n_cls, per_class, d, generator=generator, device=device).reshape(n_cls * per_class, d)
-        # in place, with index_select: the same values as means[c, k] + noise * std[c, k], about 30 % faster
+        # in place, with index_select: bitwise the values of means[c, k] + noise * std[c, k], 1.5x faster
+        # (benchmarks/feature_stats.py)
         feats = noise.mul_(self.std.reshape(-1, d).index_select(0, picked))
         feats = feats.add_(self.means.reshape(-1, d).index_select(0, picked))
         labels = torch.tensor(self.classes, dtype=torch.long, device=device).repeat_interleave(per_class)
