@@ -17,7 +17,7 @@ from datasets.utils.sources import ImageSource, TaskDataset, seed_worker
 from datasets.utils.structure import INSTANCE_NAMES, declared_structure, install_views
 from datasets.utils.transforms import build_transform
 from mammoth_compat.dataset import MammothDatasetAPI
-from utils import distributed, seeding
+from utils import accelerator, distributed, seeding
 from utils.errors import UserError
 
 PREFETCH_BATCHES = 4  # batches each loader worker prepares ahead
@@ -285,14 +285,14 @@ class ContinualDataset(MammothDatasetAPI):
             batch_size = getattr(self.args, "eval_batch_size", None) or max(self.args.batch_size, 128)
         batch_size = batch_size or self.args.batch_size
         workers = default_num_workers() if self.args.num_workers is None else self.args.num_workers
-        device = str(getattr(self.args, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = getattr(self.args, "device", None) or accelerator.default_device()
         task = max(self.c_task, 0)
         n = self._shuffled_loaders.get(task, 0) if shuffle else 0
         seed = seeding.derive_seed(seeding.run_seed(self.args), task, f"loader{n}" if shuffle else "test_loader")
         if getattr(self.args, "debug_mode", False):  # the single place where --debug_mode caps a pass
             dataset = debug_cap(dataset, shuffle, seed)
         common = dict(num_workers=workers, worker_init_fn=seed_worker if workers else None,
-                      pin_memory=device.startswith("cuda") and torch.cuda.is_available(),
+                      pin_memory=accelerator.pin_memory(device),
                       # train loaders are iterated once per epoch: keep their workers; test loaders are kept for
                       # the whole run (one per task), persistent workers there would pile up idle processes
                       persistent_workers=bool(workers) and shuffle,
