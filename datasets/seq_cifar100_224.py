@@ -87,8 +87,8 @@ class SequentialCIFAR100224(ContinualDataset):
         strong = [transforms.ColorJitter(0.4, 0.4, 0.4, 0.1), transforms.RandomRotation(15)]
         return transforms.Compose(ops[:at] + strong + ops[at:])
 
-    def make_loader(self, dataset, shuffle: bool, batch_size: Optional[int] = None):
-        loader = super().make_loader(dataset, shuffle, batch_size)
+    def make_loader(self, dataset, shuffle: bool, batch_size: Optional[int] = None, counted: bool = True):
+        loader = super().make_loader(dataset, shuffle, batch_size, counted)
         device = self.augment_device()
         if not shuffle or device is None:
             return loader

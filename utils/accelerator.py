@@ -67,8 +67,8 @@ def is_available(kind: str) -> bool:
     if kind == "cpu":
         return True
     try:
-        mod = torch.get_device_module(kind)
-    except RuntimeError:
+        mod = device_module(kind)
+    except UserError:
         return False
     return bool(getattr(mod, "is_available", lambda: False)())
 
@@ -77,7 +77,7 @@ def device_count(kind: str) -> int:
     """Devices of backend ``kind`` on this machine (0 when it is absent)."""
     if kind == "cpu" or not is_available(kind):
         return 0
-    return int(torch.get_device_module(kind).device_count())
+    return int(device_module(kind).device_count())
 
 
 def current_type() -> Optional[str]:
@@ -180,9 +180,12 @@ def batch_for_memory(device: DeviceLike, bytes_per_item: float, fallback: int, f
     """The largest multiple of 8 in [low, high] whose items need at most ``fraction`` of ``device``'s free memory;
     ``fallback`` where the free memory is unknown (the CPU, a backend without ``mem_get_info``)."""
     free = free_memory(device)
-    if free is None:
-        return fallback
-    fit = int(fraction * free // max(bytes_per_item, 1.0))
+    return fallback if free is None else fit_batch(bytes_per_item, free, fraction, low, high)
+
+
+def fit_batch(bytes_per_item: float, free_bytes: float, fraction: float = 0.5, low: int = 8, high: int = 1024) -> int:
+    """The largest multiple of 8 in [low, high] whose items need at most ``fraction`` of ``free_bytes``."""
+    fit = int(fraction * free_bytes // max(bytes_per_item, 1.0))
     return max(low, min(high, fit // 8 * 8))
 
 

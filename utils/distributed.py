@@ -205,6 +205,16 @@ class ShardedBatchSampler(Sampler[list[int]]):
         self.passes = 0
 
     def _slices(self, order: list[int]) -> Iterator[list[int]]:
+        for batch, lo, hi in self._cuts(order):
+            yield batch[lo:hi]
+
+    def layout(self) -> list[tuple[int, int]]:
+        """(global batch size, this rank's first row in it) of every batch of a pass, in order (the same for every
+        pass): what device-side augmentation needs to draw per global image index."""
+        return [(len(batch), lo) for batch, lo, _ in self._cuts(list(range(self.n)))]
+
+    def _cuts(self, order: list[int]) -> Iterator[tuple[list[int], int, int]]:
+        """Each global batch of ``order`` and this rank's rows ``[lo, hi)`` of it."""
         w, r = world_size(), rank()
         batches = [order[start:start + self.batch_size] for start in range(0, self.n, self.batch_size)]
         if batches and len(batches[-1]) < self.batch_size:
@@ -220,7 +230,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
         for batch in batches:
             size, extra = divmod(len(batch), w)
             lo = r * size + min(r, extra)
-            yield batch[lo:lo + size + (1 if r < extra else 0)]
+            yield batch, lo, lo + size + (1 if r < extra else 0)
 
     def _batches(self, order: list[int], pass_index: int) -> Iterator[list]:
         from utils.seeding import derive_seed  # (utils.seeding imports this module)

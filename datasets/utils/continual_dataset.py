@@ -274,12 +274,14 @@ class ContinualDataset(MammothDatasetAPI):
         return TaskDataset(test, self.task_indices(test, task, cumulative), self.get_test_transform())
 
     def make_loader(self, dataset: torch.utils.data.Dataset, shuffle: bool,
-                    batch_size: Optional[int] = None) -> DataLoader:
+                    batch_size: Optional[int] = None, counted: bool = True) -> DataLoader:
         """A seeded loader, identical on every rank whatever the shard sizes and ``--num_workers``.
 
         A shuffled loader's order and each sample's augmentation come from the stream (seed, task,
         ``loader<n>``) (n-th shuffled loader of the task): a sample's augmentation depends only on its index
         and the pass, never on which rank or worker loads it; the global RNGs are not touched.
+        ``counted=False``: a shuffled loader with the stream of the next one that does not count as one (a look at
+        the images as training sees them that changes no later draw).
         """
         if batch_size is None and not shuffle:  # evaluation: larger batches, same results
             batch_size = getattr(self.args, "eval_batch_size", None) or max(self.args.batch_size, 128)
@@ -295,11 +297,11 @@ class ContinualDataset(MammothDatasetAPI):
                       pin_memory=accelerator.pin_memory(device),
                       # train loaders are iterated once per epoch: keep their workers; test loaders are kept for
                       # the whole run (one per task), persistent workers there would pile up idle processes
-                      persistent_workers=bool(workers) and shuffle,
+                      persistent_workers=bool(workers) and shuffle and counted,
                       prefetch_factor=PREFETCH_BATCHES if workers else None,
                       generator=torch.Generator().manual_seed(seed))  # workers' base seed: not the global RNG
         if shuffle:
-            self._shuffled_loaders[task] = n + 1
+            self._shuffled_loaders[task] = n + int(counted)
             sampler = distributed.ShardedBatchSampler(len(dataset), batch_size, shuffle=True, seed=seed,
                                                       drop_last=bool(self.args.drop_last), sample_seeds=True)
             return DataLoader(dataset, batch_sampler=sampler, **common)

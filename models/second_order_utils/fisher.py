@@ -335,11 +335,7 @@ def head_fisher(features: torch.Tensor, logits: torch.Tensor, rows: slice) -> tu
     return coef.t() @ features.float().pow(2), coef.sum(0)
 
 
-def auto_batch_size(bytes_per_image: float, free_bytes: float, fraction: float = 0.5, low: int = 8,
-                    high: int = 1024) -> int:
-    """The largest multiple of 8 in [low, high] whose Fisher pass needs at most ``fraction`` of the free memory."""
-    fit = int(fraction * free_bytes // max(bytes_per_image, 1.0))
-    return max(low, min(high, fit // 8 * 8))
+auto_batch_size = accelerator.fit_batch  # images per Fisher batch from the bytes per image and the free bytes
 
 
 def probe_bytes_per_image(forward: Callable[[torch.Tensor], torch.Tensor], layers: dict[str, AdaptedLayer],
