@@ -83,3 +83,26 @@ def test_the_probe_sees_the_fishers_images_with_gradients_and_changes_no_result(
             for key, value in ref.items():
                 assert torch.allclose(got[key], value, rtol=1e-4, atol=1e-4 * float(value.abs().max())), \
                     (extra, key, float((got[key] - value).abs().max()), float(value.abs().max()))
+
+
+def test_every_seeded_block_of_the_statistics_names_the_models_device(tmp_path, monkeypatch):
+    """GMM samples (alignment, head Fisher) are drawn on the model's device: the seeded blocks that draw them must
+    name that device, or the device's draws come from its unseeded global generator."""
+    from app.runner import run
+    from tests.conftest import make_npz, tiny_run_args
+    from utils import seeding
+    calls = []
+    real = seeding.seeded_for
+
+    def recording(args, task, purpose, device=None):
+        calls.append((purpose, None if device is None else torch.device(device)))
+        return real(args, task, purpose, device)
+    monkeypatch.setattr(seeding, "seeded_for", recording)
+    data = make_npz(str(tmp_path / "d.npz"), n_classes=4, per_class=6)
+    run(["--model", "ita", "--alpha_ita", "1", "--num_epochs_pretuning", "1", "--num_epochs_align_pretuning", "1",
+         "--num_samples_align_pretuning", "8", "--batch_size_align_pretuning", "4", "--use_ca", "1",
+         *tiny_run_args(data, tmp_path), "--device", "cpu", "--plots", "0",
+         "--results_file", str(tmp_path / "r.json")])
+    purposes = {p for p, _ in calls}
+    assert {"pretune", "head_fisher"} <= purposes
+    assert [(p, d) for p, d in calls if d != torch.device("cpu")] == []
