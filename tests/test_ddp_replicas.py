@@ -180,10 +180,11 @@ def _augmented_worker(rank: int, world: int, port: int, folder: str, name: str, 
 
 
 AUGMENTED_RUNS = {"ita": RUNS["ita"], "iel": RUNS["iel"]}
-# fp32 tolerance, as a fraction of each tensor's largest value: the rounding of the 2-rank sums, grown by training.
-# IEL's training amplifies rounding more: two single-process IEL runs that differ only in --stats_batch_size (the
-# rounding of the features and Fisher sums) differ by 5.8e-4 of the scale after the second task at this learning rate.
-TOLERANCE = {"ita": 1e-4, "iel": 2e-3}
+# fp32 tolerance, as a fraction of each tensor's largest value: the rounding of the 2-rank sums, grown by training
+# (measured: at most 1.2e-4 for ITA, 1.9e-4 for IEL; the same crop on both ranks' k-th images differs by ~0.1). Two
+# single-process IEL runs that differ only in --stats_batch_size (rounding of features and Fisher sums) differ by
+# 5.8e-4 after the second task at this learning rate, by 5e-2 at --lr 0.05 (training amplifies rounding).
+TOLERANCE = 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -215,4 +216,4 @@ def test_two_ranks_with_device_augmentation_equal_one_process(augmented_runs, na
             for key, value in ref.items():
                 got, value = ranks[r][task]["tensors"][key].float(), value.float()
                 error = float((got - value).abs().max()) / max(float(value.abs().max()), 1e-3)
-                assert error <= TOLERANCE[name], (task, r, key, error)
+                assert error <= TOLERANCE, (task, r, key, error)
