@@ -135,6 +135,11 @@ class AccTensor(torch.Tensor):
         MEMORY.track(out, elem)
         return out
 
+    def tolist(self) -> Any:
+        """A copy to the host (as on CUDA; ``.numpy()`` stays an error, as there)."""
+        _count("to_host")
+        return self.elem.tolist()
+
     def __repr__(self, *, tensor_contents: Any = None) -> str:
         return f"AccTensor({self.elem!r}, device='{NAME}:0')"
 
@@ -228,6 +233,16 @@ def _factory(op, *args, **kwargs):
     kwargs = _with_device_generator(op, kwargs)
     out = op(*tree_map(_unwrap, args), **tree_map(_unwrap, kwargs))
     return tree_map(_wrap, out)
+
+
+def _copy_from(src: torch.Tensor, dst: torch.Tensor, non_blocking: bool = False) -> torch.Tensor:
+    """``dst.copy_(src)`` where one side is a device tensor, called by torch's own copy kernel."""
+    if isinstance(dst, AccTensor) and not isinstance(src, AccTensor):
+        _count("to_device")
+    elif not isinstance(dst, AccTensor):
+        _count("to_host")
+    (dst.elem if isinstance(dst, AccTensor) else dst).copy_(src.elem if isinstance(src, AccTensor) else src)
+    return dst
 
 
 class _DeviceModule:
@@ -398,6 +413,8 @@ def register() -> torch.device:
     lib.fallback(_factory, "PrivateUse1")
     lib.fallback(torch.library.fallthrough_kernel, "AutocastPrivateUse1")
     casts = torch.library.Library("aten", "IMPL")
+    casts.impl("_copy_from", _copy_from, "PrivateUse1")  # reached below the Python key (torch.tensor(..., device=))
+    casts.impl("_copy_from_and_resize", _copy_from, "PrivateUse1")
     for name in sorted(LOWER | FP32 | PROMOTE):
         packet = getattr(aten, name, None)
         for overload in packet.overloads() if packet is not None else ():

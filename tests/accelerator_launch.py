@@ -33,6 +33,7 @@ def run_one(argv: list[str], budget: int | None) -> dict[str, Any]:
     if budget:
         backend.set_memory_budget(budget)
     backend.reset_counts()
+    backend.MEMORY.peak = backend.MEMORY.allocated
     audit: dict[str, Any] = {"misplaced": [], "tasks_audited": 0}
     real_train = runner.train
 

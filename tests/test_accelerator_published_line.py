@@ -10,7 +10,7 @@ the Fisher's micro-batch structure is the published one), 2 tasks of 1 epoch.
 
 Cases, grouped so that each flag runs once (the whole module takes about a minute and a half of CPU):
 ITA and IEL x LoRA, (IA)^3 and full; ``--use_ca 1``, ``--fisher_class_batch``, ``--virtual_bs_n 2``,
-``--fisher_sampled_labels``, ``--precision bf16``, ``-O 1``/``-O 2``; a run stopped after task 1 and resumed from
+``--fisher_sampled_labels``, ``--precision bf16``, ``-O 1``/``-O 2`` (``--code_optimization``); a run stopped after task 1 and resumed from
 the checkpoint the accelerator wrote; and the ITA LoRA line on the CPU with the same device augmentation, whose
 accuracies and final weights the accelerator run must equal (the same kernels on the same values).
 """
@@ -35,12 +35,12 @@ COMMON = ["--seed", "0", "--n_epochs", "1", "--stop_after", "2", "--non_verbose"
           "--plots", "0", "--gpu_augmentation", "auto", "--stats_batch_size", "auto"]
 # name -> (line, extra flags): every flag of the brief once, every (method, module type) pair once
 CASES = {
-    "ita_lora": (ITA, ["-O", "1", "--use_ca", "1"]),
-    "ita_ia3": (ITA, ["--tuning_style", "ia3", "--precision", "bf16", "-O", "2", "--fisher_class_batch", "4"]),
+    "ita_lora": (ITA, ["--code_optimization", "1", "--use_ca", "1"]),
+    "ita_ia3": (ITA, ["--tuning_style", "ia3", "--precision", "bf16", "--code_optimization", "2", "--fisher_class_batch", "4"]),
     "ita_full": (ITA, ["--tuning_style", "full", "--virtual_bs_n", "2", "--fisher_sampled_labels", "2"]),
-    "iel_lora": (IEL, ["-O", "2", "--fisher_sampled_labels", "1"]),
+    "iel_lora": (IEL, ["--code_optimization", "2", "--fisher_sampled_labels", "1"]),
     "iel_ia3": (IEL, ["--tuning_style", "ia3", "--use_ca", "1", "--fisher_class_batch", "3"]),
-    "iel_full": (IEL, ["--tuning_style", "full", "-O", "1", "--virtual_bs_n", "2"]),
+    "iel_full": (IEL, ["--tuning_style", "full", "--code_optimization", "1", "--virtual_bs_n", "2"]),
 }
 BUDGET = 2 * 2 ** 30  # what the accelerator reports as its memory (sizes --stats_batch_size auto)
 
@@ -63,8 +63,10 @@ def launch(tmp, name: str, spec: list[dict]) -> subprocess.Popen:
 
 
 def argv_of(tmp, name: str, line: list[str], extra: list[str], device: str = "testacc") -> list[str]:
-    return [*line, *COMMON, "--device", device, "--base_path", str(tmp / "data"),
-            "--results_file", str(tmp / f"{name}.json"), *extra]
+    """``line`` + the common flags + ``extra`` (a later value of a flag replaces the earlier one)."""
+    from benchmarks.compare import merge_flags
+    return merge_flags(line, COMMON, ["--device", device, "--base_path", str(tmp / "data"),
+                                      "--results_file", str(tmp / f"{name}.json")], extra)
 
 
 @pytest.fixture(scope="module")
