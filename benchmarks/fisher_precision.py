@@ -34,6 +34,7 @@ import torch  # noqa: E402
 from app.demo import ITA_ARGS, real_data_args  # noqa: E402
 from app.runner import run  # noqa: E402
 from utils import checkpoints  # noqa: E402
+from utils import accelerator  # noqa: E402
 from utils.io import write_json  # noqa: E402
 
 MAX_REL_ERR, MAX_CIL_DROP = 1e-2, 0.2  # the rule of issue 14
@@ -132,7 +133,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     opts, extra = parser.parse_known_args(argv)
     precisions = ["fp32"] + [p for p in opts.precisions if p != "fp32"]  # the reference always runs
     workdir = tempfile.mkdtemp(prefix="fisher_precision_")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(accelerator.default_device())
     runs: list[dict[str, Any]] = []
     try:
         for seed in opts.seeds:  # seed-major: an interrupted benchmark still has complete seeds

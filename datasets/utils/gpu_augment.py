@@ -2,8 +2,13 @@
 
 The crop parameters are drawn exactly as torchvision's ``RandomResizedCrop.get_params`` draws them (area fraction
 uniform in ``scale``, log aspect ratio uniform in ``log(ratio)``, rounded sizes, up to 10 trials, then the
-ratio-clamped centre crop), vectorised over the batch and seeded on the device; crop-and-resize is kornia's
-(bicubic, like the CPU pipeline). The CPU loader then only decodes and converts the small source image.
+ratio-clamped centre crop), vectorised over the batch and seeded on the device; crop-and-resize samples the
+boxes with ``grid_sample`` (bicubic, like the CPU pipeline; the values of kornia's ``crop_and_resize``). The CPU
+loader then only decodes and converts the small source image.
+
+Under DDP each rank draws the crops and flips of the whole global batch from the same stream and keeps its own
+rows, so every global image index gets the crop and flip of the single-process run. A call makes no host-device
+copy and reads no value back (constants cached on the device, boxes built there).
 """
 from __future__ import annotations
 
@@ -50,6 +55,21 @@ def sample_crops(n: int, height: int, width: int, scale: tuple[float, float], ra
     return torch.stack([top, left, h, w], 1)
 
 
+def crop_resize(images: torch.Tensor, crops: torch.Tensor, size: int, mode: str = "bicubic") -> torch.Tensor:
+    """Each image's crop (top, left, height, width) resized to ``size`` x ``size``: the corner pixels of the box map
+    to the corner pixels of the output (kornia's ``crop_and_resize`` with ``align_corners=True``), out-of-image
+    taps read zeros. ``crops`` is on the images' device; nothing is read back."""
+    _, _, height, width = images.shape
+    top, left, h, w = crops.to(images.dtype).unbind(1)
+    steps = torch.linspace(0.0, 1.0, size, device=images.device, dtype=images.dtype)  # output pixel / (size - 1)
+    xs = left[:, None] + steps * (w - 1)[:, None]  # (B, size) source pixel columns
+    ys = top[:, None] + steps * (h - 1)[:, None]
+    gx = (2 * xs / max(width - 1, 1) - 1)[:, None, :].expand(-1, size, -1)
+    gy = (2 * ys / max(height - 1, 1) - 1)[:, :, None].expand(-1, -1, size)
+    grid = torch.stack([gx, gy], -1)  # (B, size, size, 2): x then y, as grid_sample reads it
+    return torch.nn.functional.grid_sample(images, grid, mode=mode, padding_mode="zeros", align_corners=True)
+
+
 class DeviceRRCFlip:
     """Random resized crop to ``size``, horizontal flip with probability 1/2, then ``(x - mean) / std``."""
 
@@ -59,27 +79,32 @@ class DeviceRRCFlip:
         self.mean, self.std = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
         self.seed = seed
         self._generator: Optional[torch.Generator] = None
+        self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def generator(self, device: torch.device) -> torch.Generator:
         if self._generator is None or self._generator.device != device:
             self._generator = torch.Generator(device=device).manual_seed(self.seed)
         return self._generator
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """``images``: (B, C, H, W) in [0, 1] on the target device."""
-        from kornia.geometry.transform import crop_and_resize
+    def constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) on ``device``, copied there once."""
+        if device not in self._constants:
+            self._constants[device] = (self.mean.to(device), self.std.to(device))
+        return self._constants[device]
+
+    def __call__(self, images: torch.Tensor, rows: Optional[tuple[int, int]] = None) -> torch.Tensor:
+        """``images``: (B, C, H, W) in [0, 1] on the target device. ``rows = (total, first)``: the images are rows
+        ``first .. first + B - 1`` of a global batch of ``total`` (a DDP rank's share): the crops and flips of all
+        ``total`` are drawn and this share's kept."""
         n, _, height, width = images.shape
+        total, first = rows if rows is not None else (n, 0)
         gen = self.generator(images.device)
-        crops = sample_crops(n, height, width, self.scale, self.ratio, gen, images.device)
-        top, left, h, w = crops.unbind(1)
-        # kornia boxes: (x, y) of the corners tl, tr, br, bl in pixel coordinates (inclusive)
-        x0, y0, x1, y1 = left, top, left + w - 1, top + h - 1
-        boxes = torch.stack([torch.stack([x0, y0], 1), torch.stack([x1, y0], 1), torch.stack([x1, y1], 1),
-                             torch.stack([x0, y1], 1)], 1).float()
-        out = crop_and_resize(images.float(), boxes, (self.size, self.size), mode=self.mode, align_corners=True)
-        flip = torch.rand(n, device=images.device, generator=gen) < 0.5
+        crops = sample_crops(total, height, width, self.scale, self.ratio, gen, images.device)[first:first + n]
+        out = crop_resize(images.float(), crops, self.size, self.mode)
+        flip = (torch.rand(total, device=images.device, generator=gen) < 0.5)[first:first + n]
         out = torch.where(flip[:, None, None, None], out.flip(-1), out)
-        return (out - self.mean.to(out.device)) / self.std.to(out.device)
+        mean, std = self.constants(out.device)
+        return (out - mean) / std
 
 
 def rrc_flip_spec(ops: Sequence, mean: Sequence[float], std: Sequence[float]) -> Optional[dict]:
@@ -115,5 +140,8 @@ class DeviceAugmentedLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator:
+        layout = getattr(self.loader.batch_sampler, "layout", None)  # (global batch, first row) of each batch
+        shares = iter(layout()) if callable(layout) else None
         for inputs, *rest in self.loader:
-            yield (self.augment(inputs.to(self.device, non_blocking=True)), *rest)
+            rows = next(shares) if shares is not None else None
+            yield (self.augment(inputs.to(self.device, non_blocking=True), rows), *rest)
