@@ -23,6 +23,19 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
+ARCH = "vit_tiny_patch16_224:depth=1,patch_size=32,embed_dim=96"  # ViT-B/16's code path, small
+
+
+def prepare(tmp: str, cifar100_npz: str) -> dict[str, str]:
+    """CIFAR-100 (official layout) under ``tmp/data`` and random ViT weights in a Hugging Face cache under
+    ``tmp/hf`` (as benchmarks/gpu_check.py writes them); the environment a launched process needs."""
+    from benchmarks import gpu_check
+    gpu_check.write_cifar100(cifar100_npz, os.path.join(tmp, "data"))
+    gpu_check.write_hub_weights(os.path.join(tmp, "hf"), ARCH)
+    return dict(os.environ, HF_HOME=os.path.join(tmp, "hf"), HF_HUB_OFFLINE="1", CL_NO_DOWNLOAD="1",
+                TORCH_HOME=os.path.join(tmp, "torch"), CL_TEST_VIT_B16_ARCH=ARCH, OMP_NUM_THREADS="1")
+
+
 def run_one(argv: list[str], budget: int | None) -> dict[str, Any]:
     """One command line on the test accelerator; its exit code, the audit and the traffic counts."""
     import app.runner as runner
@@ -59,7 +72,63 @@ def run_one(argv: list[str], budget: int | None) -> dict[str, Any]:
             "peak_bytes": backend.MEMORY.peak}
 
 
+def step_traffic(argv: list[str], log_every: int) -> dict[str, Any]:
+    """Host/device traffic of every training step of the first task (``--stop_after 1``), each window running
+    from the end of one ``meta_observe`` to the end of the next (the loader's upload and device augmentation, the
+    loop's uploads, the step, the loss monitor, the logging read of the step before)."""
+    from app.config import parse_args
+    from app.experiment import build_experiment
+    from datasets.utils import gpu_augment
+    from tests import accelerator_backend as backend
+    from utils.training import train
+
+    device = backend.register()
+    args = parse_args(argv)
+    experiment = build_experiment(args, device)
+    model = experiment.model
+    model.LOG_EVERY = log_every
+    events: list[Any] = []
+    augmented = [0]
+    real_observe, real_begin = model.meta_observe, model.meta_begin_epoch
+    real_augment = gpu_augment.DeviceRRCFlip.__call__
+
+    def begin_epoch(*a, **k):
+        out = real_begin(*a, **k)
+        backend.reset_counts()
+        events.append("epoch")
+        return out
+
+    def observe(*a, **k):
+        out = real_observe(*a, **k)
+        events.append({"counts": dict(backend.COUNTS),
+                       "sites": {kind: dict(sites) for kind, sites in backend.SITES.items() if sites}})
+        backend.reset_counts()
+        return out
+
+    def augment(self, *a, **k):
+        augmented[0] += 1
+        return real_augment(self, *a, **k)
+
+    model.meta_observe, model.meta_begin_epoch = observe, begin_epoch
+    gpu_augment.DeviceRRCFlip.__call__ = augment
+    try:
+        train(model, experiment.dataset, args)
+    finally:
+        gpu_augment.DeviceRRCFlip.__call__ = real_augment
+    steps, index = [], 0
+    for event in events:  # each step with its index in its epoch
+        index = 0 if event == "epoch" else index + 1
+        if event != "epoch":
+            steps.append({**event, "index": index - 1})
+    return {"steps": steps, "augmented": augmented[0], "optimizer_state": bool(model.opt.state_dict()["state"])}
+
+
 def main(argv: list[str]) -> int:
+    if argv[0] == "--steps":  # --steps LOG_EVERY OUT.json main.py flags...
+        result = step_traffic(argv[3:], int(argv[1]))
+        with open(argv[2], "w") as fh:
+            json.dump(result, fh, indent=1)
+        return 0
     spec_path, out_path = argv
     with open(spec_path) as fh:
         spec = json.load(fh)

@@ -25,10 +25,10 @@ import sys
 import pytest
 import torch
 
+from tests.accelerator_launch import prepare
 from tests.conftest import SHARED_DATA, shared_missing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARCH = "vit_tiny_patch16_224:depth=1,patch_size=32,embed_dim=96"
 ITA = ["--model", "second_order", "--dataset", "seq-cifar100-224", "--model_config", "best"]
 IEL = ["--model", "iel", "--dataset", "seq-cifar100-224", "--model_config", "best"]
 COMMON = ["--seed", "0", "--n_epochs", "1", "--stop_after", "2", "--non_verbose", "--num_workers", "0",
@@ -52,11 +52,9 @@ def data_file() -> str:
     return path
 
 
-def launch(tmp, name: str, spec: list[dict]) -> subprocess.Popen:
+def launch(tmp, name: str, spec: list[dict], env: dict) -> subprocess.Popen:
     with open(tmp / f"{name}.spec.json", "w") as fh:
         json.dump(spec, fh)
-    env = dict(os.environ, HF_HOME=str(tmp / "hf"), HF_HUB_OFFLINE="1", CL_NO_DOWNLOAD="1",
-               TORCH_HOME=str(tmp / "torch"), CL_TEST_VIT_B16_ARCH=ARCH, OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-m", "tests.accelerator_launch", str(tmp / f"{name}.spec.json"),
                              str(tmp / f"{name}.out.json")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
@@ -72,10 +70,8 @@ def argv_of(tmp, name: str, line: list[str], extra: list[str], device: str = "te
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Every case on the accelerator (one process) and the CPU twin (another, in parallel): their reports."""
-    from benchmarks import gpu_check
     tmp = tmp_path_factory.mktemp("acc")
-    gpu_check.write_cifar100(data_file(), str(tmp / "data"))
-    gpu_check.write_hub_weights(str(tmp / "hf"), ARCH)
+    env = prepare(str(tmp), data_file())
     ck = ["--savecheck", "last", "--checkpoint_path"]
     acc = [{"name": name, "argv": argv_of(tmp, name, line, [*extra, *(ck + [str(tmp / "ck_acc")]
                                                                         if name == "ita_lora" else [])]),
@@ -88,7 +84,7 @@ def runs(tmp_path_factory):
                                                                                          "--resume"])}]
     cpu = [{"name": "ita_lora_cpu", "argv": argv_of(tmp, "ita_lora_cpu", line, [
         *extra, "--gpu_augmentation", "1", *ck, str(tmp / "ck_cpu")], device="cpu")}]
-    procs = {"acc": launch(tmp, "acc", acc), "cpu": launch(tmp, "cpu", cpu)}
+    procs = {"acc": launch(tmp, "acc", acc, env), "cpu": launch(tmp, "cpu", cpu, env)}
     for name, proc in procs.items():
         _, err = proc.communicate(timeout=900)
         assert proc.returncode == 0, f"{name} launcher: {err[-3000:]}"
