@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import sys
 from typing import Any, Optional
 
@@ -212,6 +213,34 @@ def build_parser(model_cls: Any, dataset_cls: Any, backbone_name: Optional[str])
     return parser
 
 
+def command_line_layer(parser: argparse.ArgumentParser, argv: list[str], values: dict[str, Any],
+                       sources: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``values``/``sources`` with the flags given on the command line (besides ``--help``) on top."""
+    rest = [a for a in argv if a not in ("-h", "--help")]
+    try:
+        given = vars(parser.parse_args(rest))
+    except UserError:  # e.g. a bad value: --help still shows the configuration layers
+        return values, sources
+    flags = {a.split("=", 1)[0] for a in rest if a.startswith("--")}
+    dests = {a.dest for a in parser._actions if flags & set(a.option_strings)}
+    return {**values, **{d: given[d] for d in dests}}, {**sources, **{d: "the command line" for d in dests}}
+
+
+_DEFAULT_NOTE = re.compile(r"\s*\(default: [^()]*\)$")
+
+
+def show_resolved_values(parser: argparse.ArgumentParser, values: dict[str, Any], sources: dict[str, str]) -> None:
+    """``--help`` with a model/dataset: each flag a configuration layer sets shows that value and the layer
+    (its argparse default note replaced); the other flags keep their help."""
+    for action in parser._actions:
+        if action.dest not in sources or action.help == argparse.SUPPRESS:
+            continue
+        value = values[action.dest]
+        shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+        note = f"(value: {shown}, from {sources[action.dest]})".replace("%", "%%")
+        action.help = f"{_DEFAULT_NOTE.sub('', action.help or '')} {note}".strip()
+
+
 def parse_args(argv: Optional[list[str]] = None, checkpoint_args: Optional[dict] = None) -> argparse.Namespace:
     """Parse ``argv`` through all configuration layers into one validated namespace."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -242,7 +271,8 @@ def parse_args(argv: Optional[list[str]] = None, checkpoint_args: Optional[dict]
         ds_values, structure, ds_path = dataset_config_layer(dataset_cls.NAME, ds_name)
         layers.append((os.path.relpath(ds_path, ROOT) if ds_path else "dataset config", ds_values))
     layers.append((f"{model_cls.NAME} defaults", dict(model_cls.DEFAULTS)))
-    layers.append((os.path.relpath(model_path, ROOT) if model_path else "model config", model_layer))
+    model_path_label = os.path.relpath(model_path, ROOT) if model_path else "model config"
+    layers.append((model_path_label, model_layer))
     if ckpt:
         layers.append(("checkpoint args", ckpt))
 
@@ -251,6 +281,7 @@ def parse_args(argv: Optional[list[str]] = None, checkpoint_args: Optional[dict]
         backbone = backbone or layer.get("backbone")
     parser = build_parser(model_cls, dataset_cls, backbone)
     merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for source, layer in layers:
         for key, value in layer.items():
             if source == "checkpoint args" and (key not in {a.dest for a in parser._actions}
@@ -259,8 +290,11 @@ def parse_args(argv: Optional[list[str]] = None, checkpoint_args: Optional[dict]
             if source == f"{model_cls.NAME} defaults" and key not in {a.dest for a in parser._actions}:
                 continue  # a backbone flag of another backbone (e.g. pretrain_type without a ViT-B)
             merged[key] = _coerce(parser, key, value, source)
+            sources[key] = source if source != model_path_label else f"{source} [{which}]"
     merged.pop("dataset_structure", None)
     parser.set_defaults(**merged)
+    if wants_help:
+        show_resolved_values(parser, *command_line_layer(parser, argv, merged, sources))
     if ckpt:  # the checkpoint names the run; CLI flags may still override
         parser.set_defaults(model=model_name, dataset=dataset_name)
         for action in parser._actions:
