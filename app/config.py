@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import yaml
 
-from backbone import BACKBONES, add_backbone_args
+from backbone import BACKBONES, add_backbone_args, check_backbone_args
 from datasets import DATASETS
 from datasets.utils.structure import STRUCTURE_KEYS, check_structure
 from mammoth_compat.args import call_get_parser
@@ -316,6 +316,7 @@ def parse_args(argv: Optional[list[str]] = None, checkpoint_args: Optional[dict]
         missing = "--n_epochs" if args.n_epochs is None else "--batch_size"
         raise UserError(f"{missing} is required ({args.dataset} has no default)")
     check_flags(args)
+    check_backbone_args(args)
     return resolve_code_optimization(args)
 
 
