@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import yaml
 
-from backbone import BACKBONES, add_backbone_args
+from backbone import BACKBONES, add_backbone_args, check_backbone_args
 from datasets import DATASETS
 from datasets.utils.structure import STRUCTURE_KEYS, check_structure
 from mammoth_compat.args import call_get_parser
@@ -50,14 +50,24 @@ class CLIParser(argparse.ArgumentParser):
 
 def _read_yaml(path: str) -> dict:
     try:
-        with open(path) as fh:
+        with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh)
     except (OSError, yaml.YAMLError) as exc:
         raise UserError(f"cannot read config {path}: {exc}".splitlines()[0]) from None
+    except UnicodeDecodeError:
+        raise UserError(f"cannot read config {path}: it is not UTF-8 text (a binary file?); "
+                        f"give a YAML text file of 'flag: value' lines") from None
+    except RecursionError:
+        raise UserError(f"cannot read config {path}: it is nested too deeply to be a configuration; "
+                        f"give a mapping of 'flag: value' lines") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"config {path} must be a mapping of keys to values")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise UserError(f"config {path}: the key {bad[0]!r:.40} is not a name; top-level keys must be flag names, "
+                        f"structure keys or model-config sections (quote it if it is one)")
     return data
 
 
@@ -136,6 +146,9 @@ def dataset_config_layer(dataset: str, name: Optional[str]) -> tuple[dict, dict,
 
 def _coerce(parser: argparse.ArgumentParser, key: str, value: Any, source: str) -> Any:
     """Validate one config value against its flag (type and choices)."""
+    if not isinstance(key, str):
+        raise UserError(f"the key {key!r:.40} in {source} is not a flag name; keys must be flags of this "
+                        f"model/dataset/backbone (see --help)")
     actions = {a.dest: a for a in parser._actions}
     action = actions.get(key)
     if action is None:
@@ -190,6 +203,26 @@ def _reject_duplicates(argv: list[str]) -> None:
             if flag in seen:
                 raise UserError(f"{flag} is given twice on the command line; keep one")
             seen.add(flag)
+
+
+def _reject_alias_conflicts(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """A flag given under two of its names (``-O 1 --code_optimization 2``, ``--label_perc``
+    and ``--label_perc_by_task``) is refused, whatever the values: neither would silently win."""
+    given: dict[str, str] = {}
+    for token in argv:
+        if token == "--":
+            break
+        if not token.startswith("-") or token == "-":
+            continue
+        name = token.split("=", 1)[0] if token.startswith("--") else token[:2]  # -O2 is -O with the value 2
+        action = parser._option_string_actions.get(name)
+        if action is None:
+            continue
+        if action.dest in given:
+            first = given[action.dest]
+            raise UserError(f"{name} is given twice on the command line; keep one" if first == name else
+                            f"{first} and {name} are two names of the same flag, both given; keep one")
+        given[action.dest] = name
 
 
 def build_parser(model_cls: Any, dataset_cls: Any, backbone_name: Optional[str]) -> CLIParser:
@@ -280,6 +313,7 @@ def parse_args(argv: Optional[list[str]] = None, checkpoint_args: Optional[dict]
     for _, layer in reversed(layers):
         backbone = backbone or layer.get("backbone")
     parser = build_parser(model_cls, dataset_cls, backbone)
+    _reject_alias_conflicts(parser, argv)
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for source, layer in layers:
@@ -316,6 +350,7 @@ def parse_args(argv: Optional[list[str]] = None, checkpoint_args: Optional[dict]
         missing = "--n_epochs" if args.n_epochs is None else "--batch_size"
         raise UserError(f"{missing} is required ({args.dataset} has no default)")
     check_flags(args)
+    check_backbone_args(args)
     return resolve_code_optimization(args)
 
 

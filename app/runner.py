@@ -21,7 +21,9 @@ from app.remote import resolve_checkpoint
 from utils import accelerator, checkpoints, distributed
 from utils.errors import UserError, one_line
 from utils.io import check_writable, remove_stale_temporaries, write_json
+from utils.evaluate import TASK_IL_SETTINGS
 from utils.loggers import close_loggers, open_loggers, summary_scalars, task_scalars
+from utils.metrics import percent
 from utils.resources import is_out_of_memory, out_of_memory_message
 from utils.stopping import EXIT_CODES, sigterm_stops_at_safe_points
 from utils.training import RunRecord, train
@@ -197,8 +199,9 @@ def _run(args: argparse.Namespace, ckpt_args: Optional[dict], device: torch.devi
     if not main_process:
         return results
     task_il = results["final_task_il"]
-    print(f"final class-IL {results['final_class_il']:.2f}  task-IL "
-          f"{'not reported (' + results['setting'] + ')' if task_il is None else format(task_il, '.2f')}")
+    reported = results["setting"] in TASK_IL_SETTINGS
+    print(f"final class-IL {percent(results['final_class_il'])}  task-IL "
+          f"{percent(task_il) if reported else 'not reported (' + results['setting'] + ')'}")
     for figure in figures:
         print(f"plot: {figure}")
     if not args.disable_log:
@@ -274,6 +277,7 @@ def collect_results(experiment: Experiment, record: RunRecord, seconds: float) -
             "class_order": list(dataset.scenario.class_order) if dataset.scenario.class_order else None,
             "accuracy_matrix_class_il": record.accuracy_matrix_class_il,
             "accuracy_matrix_task_il": record.accuracy_matrix_task_il, **record.summary(),
+            "test_set": experiment.test_set,
             "epoch_evaluations": record.epoch_evaluations, "start_from": record.start_from,
             "future_accuracy_class_il": record.future_accuracy_class_il,
             "timings": timings, "peak_memory_mb": peak_memory_mb(device), "device": str(device),

@@ -175,7 +175,22 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         version = state.get("format_version") if isinstance(state, dict) else None
         raise UserError(f"checkpoint {path} has format {version}, expected {FORMAT_VERSION}")
+    check_stored_args(path, state.get("args"))
     return state
+
+
+def check_stored_args(path: str, stored: Any) -> None:
+    """The arguments stored in a checkpoint: a mapping of flag names, naming the model and the dataset."""
+    fix = "the file is damaged or was not written by this framework: use another checkpoint"
+    if not isinstance(stored, dict):
+        what = "no arguments" if stored is None else f"arguments that are a {type(stored).__name__}, not a mapping"
+        raise UserError(f"checkpoint {path} stores {what}; {fix}")
+    bad = [k for k in stored if not isinstance(k, str)]
+    if bad:
+        raise UserError(f"checkpoint {path} stores an argument named {bad[0]!r:.40} (not a flag name); {fix}")
+    for key in ("model", "dataset"):
+        if not isinstance(stored.get(key), str) or not stored[key]:
+            raise UserError(f"checkpoint {path} stores no {key} name in its arguments; {fix}")
 
 
 def checkpoint_path(args: argparse.Namespace, tasks_done: int) -> str:
