@@ -349,6 +349,8 @@ def parse_args(argv: Optional[list[str]] = None, checkpoint_args: Optional[dict]
     if args.n_epochs is None or args.batch_size is None:
         missing = "--n_epochs" if args.n_epochs is None else "--batch_size"
         raise UserError(f"{missing} is required ({args.dataset} has no default)")
+    if getattr(args, "minibatch_size", 0) is None:  # as Mammoth: replay batches default to the batch size
+        args.minibatch_size = args.batch_size
     check_flags(args)
     check_backbone_args(args)
     return resolve_code_optimization(args)

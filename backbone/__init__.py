@@ -128,8 +128,15 @@ def check_backbone_args(args: argparse.Namespace) -> None:
             raise UserError(f"backbone {args.backbone}: " + message.format(**values))
 
 
-def get_backbone(args: argparse.Namespace, num_classes: int, img_size: int, in_chans: int = 3) -> ContinualBackbone:
-    """Build the backbone named by ``args.backbone`` with its flags from ``args``."""
+def get_backbone(args: argparse.Namespace, num_classes: Optional[int] = None, img_size: Optional[int] = None,
+                 in_chans: int = 3) -> ContinualBackbone:
+    """Build the backbone named by ``args.backbone`` with its flags from ``args``.
+
+    ``get_backbone(args)`` (Mammoth's signature) takes the class count, image size and channels of the dataset
+    that ``args`` names."""
+    if num_classes is None:
+        from mammoth_compat.backbone import dataset_context  # builds the dataset: an upper layer, imported late
+        num_classes, img_size, in_chans = dataset_context(args)
     factory = BACKBONES.get(args.backbone)
     context = {"num_classes": num_classes, "img_size": img_size, "in_chans": in_chans}
     params = inspect.signature(factory).parameters

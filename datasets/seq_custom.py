@@ -187,7 +187,9 @@ class SequentialCustom(ContinualDataset):
                 raise UserError(f"--n_tasks {n_tasks} exceeds the {n_classes} classes of {path}")
             base, extra = divmod(n_classes, n_tasks)
             per_task = [base + (1 if t < extra else 0) for t in range(n_tasks)]
-        self.n_tasks, self.n_classes_per_task = len(per_task), per_task
+        # an int when all tasks are equal, as Mammoth's datasets declare it; a list otherwise
+        self.n_tasks = len(per_task)
+        self.n_classes_per_task = per_task[0] if len(set(per_task)) == 1 else per_task
         size = self.args.img_size or (native if native > 0 else int(train.data.shape[1]))
         self.size = (size, size)
         self._native = native

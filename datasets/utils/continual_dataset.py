@@ -303,7 +303,8 @@ class ContinualDataset(MammothDatasetAPI):
         if shuffle:
             self._shuffled_loaders[task] = n + int(counted)
             sampler = distributed.ShardedBatchSampler(len(dataset), batch_size, shuffle=True, seed=seed,
-                                                      drop_last=bool(self.args.drop_last), sample_seeds=True)
+                                                      drop_last=bool(self.args.drop_last), sample_seeds=True,
+                                                      sized=dataset)  # a model may replace the samples
             return DataLoader(dataset, batch_sampler=sampler, **common)
         if distributed.world_size() > 1:  # each rank evaluates a disjoint shard; counts are summed
             return DataLoader(dataset, batch_size=batch_size, sampler=distributed.ShardSampler(len(dataset)),

@@ -30,6 +30,37 @@ class CappedDataset(Subset):
     def __getitems__(self, indices: list) -> list:
         return [self.__getitem__(i) for i in indices]
 
+    @property
+    def data(self):
+        """The kept images (Mammoth models read and assign ``train_loader.dataset.data``/``targets``)."""
+        inner = self.dataset.data
+        return inner[self.indices] if isinstance(inner, np.ndarray) else [inner[i] for i in self.indices]
+
+    @data.setter
+    def data(self, value) -> None:
+        self._own()
+        self.dataset.data = value
+
+    @property
+    def targets(self) -> np.ndarray:
+        return np.asarray(self.dataset.targets)[self.indices]
+
+    @targets.setter
+    def targets(self, value: np.ndarray) -> None:
+        self._own()
+        self.dataset.targets = value
+        self.indices = list(range(len(value)))
+
+    def _own(self) -> None:
+        """Cut the wrapped dataset to the kept items once: assignments then replace exactly what is served."""
+        if getattr(self, "_owned", False):
+            return
+        data, targets = self.data, self.targets
+        self.dataset.targets = targets
+        self.dataset.data = data
+        self.indices = list(range(len(targets)))
+        self._owned = True
+
 
 class SeededConcatDataset(ConcatDataset):
     """A :class:`ConcatDataset` that also forwards ``(position, seed)`` items (seeded per-sample augmentation)."""

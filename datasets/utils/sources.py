@@ -59,10 +59,40 @@ class TaskDataset(Dataset):
         self.source, self.indices = source, np.asarray(indices, dtype=np.int64)
         self.transform, self.not_aug_transform = transform, not_aug_transform
         self.extra_targets = extra_targets  # e.g. the true labels under label noise, appended to train items
+        self._owned = False
 
     @property
     def targets(self) -> np.ndarray:
         return self.source.targets[self.indices]
+
+    @targets.setter
+    def targets(self, value: np.ndarray) -> None:
+        """Replace the labels (Mammoth models assign ``train_loader.dataset.targets``); ``len`` follows them."""
+        self._own()
+        self.source.targets = np.asarray(value, dtype=np.int64)
+        self.indices = np.arange(len(self.source.targets))
+
+    @property
+    def data(self) -> Union[np.ndarray, list[str]]:
+        """The task's images (Mammoth's ``train_loader.dataset.data``); assigning it replaces them."""
+        if isinstance(self.source.data, np.ndarray):
+            return self.source.data[self.indices]
+        return [self.source.data[i] for i in self.indices]
+
+    @data.setter
+    def data(self, value: Union[np.ndarray, list[str]]) -> None:
+        self._own()
+        self.source.data = value
+
+    def _own(self) -> None:
+        """Copy this task's samples out of the shared split once, so that assigning them changes only this task."""
+        if self._owned:
+            return
+        if self.extra_targets is not None:
+            self.extra_targets = self.extra_targets[self.indices]
+        self.source = ImageSource(self.data, self.targets)
+        self.indices = np.arange(len(self.source))
+        self._owned = True
 
     def __len__(self) -> int:
         return len(self.indices)
