@@ -135,6 +135,23 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([p[:int(s.item())] for p, s in zip(parts, sizes)])
 
 
+def gather_batches(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Every rank's per-batch ``parts`` in the order of the global batches: batch 0 of rank 0, of rank 1, ..., then
+    batch 1 ... (a rank's share of a global batch is consecutive rows of it, :class:`ShardedBatchSampler`), i.e.
+    the rows of a single-process pass; ``torch.cat(parts)`` in a single process. Every rank holds as many batches
+    (the sharded sampler gives each rank a share of every batch)."""
+    local = torch.cat(parts)
+    if not is_distributed():
+        return local
+    counts = all_gather_cat(torch.tensor([len(p) for p in parts], device=local.device)).view(world_size(), -1)
+    rows = all_gather_cat(local)
+    starts = torch.cat([counts.new_zeros(1), counts.sum(1).cumsum(0)[:-1]])  # each rank's first row in ``rows``
+    offsets = torch.cat([counts.new_zeros(world_size(), 1), counts.cumsum(1)[:, :-1]], 1) + starts[:, None]
+    order = [torch.arange(int(o), int(o) + int(c)) for o, c in zip(offsets.t().flatten().tolist(),
+                                                                     counts.t().flatten().tolist())]
+    return rows[torch.cat(order).to(rows.device)] if order else rows
+
+
 def broadcast_object(obj: object) -> object:
     """Rank 0's ``obj`` on every rank."""
     if not is_distributed():
