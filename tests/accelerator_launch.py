@@ -88,7 +88,7 @@ def step_traffic(argv: list[str], log_every: int) -> dict[str, Any]:
     model = experiment.model
     model.LOG_EVERY = log_every
     events: list[Any] = []
-    augmented = [0]
+    augmented, stepped = [0], [False]
     real_observe, real_begin = model.meta_observe, model.meta_begin_epoch
     real_augment = gpu_augment.DeviceRRCFlip.__call__
 
@@ -100,6 +100,7 @@ def step_traffic(argv: list[str], log_every: int) -> dict[str, Any]:
 
     def observe(*a, **k):
         out = real_observe(*a, **k)
+        stepped[0] = stepped[0] or bool(model.opt is not None and model.opt.state)
         events.append({"counts": dict(backend.COUNTS),
                        "sites": {kind: dict(sites) for kind, sites in backend.SITES.items() if sites}})
         backend.reset_counts()
@@ -120,7 +121,7 @@ def step_traffic(argv: list[str], log_every: int) -> dict[str, Any]:
         index = 0 if event == "epoch" else index + 1
         if event != "epoch":
             steps.append({**event, "index": index - 1})
-    return {"steps": steps, "augmented": augmented[0], "optimizer_state": bool(model.opt.state_dict()["state"])}
+    return {"steps": steps, "augmented": augmented[0], "optimizer_state": stepped[0]}
 
 
 def main(argv: list[str]) -> int:

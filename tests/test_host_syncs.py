@@ -99,15 +99,15 @@ def test_branch_free_clip_equals_the_reference_clip():
 
 # ----- on the suite's test accelerator (tests/accelerator_backend.py): real copies between host and device ---------
 LOG_EVERY = 4
-ACC_LINE = ["--model", "second_order", "--dataset", "seq-cifar100-224", "--model_config", "best", "--device",
-            "testacc", "--seed", "0", "--n_epochs", "2", "--stop_after", "1", "--non_verbose", "--num_workers", "0",
+ACC_LINE = ["--dataset", "seq-cifar100-224", "--model_config", "best", "--device", "testacc", "--seed", "0", "--n_epochs", "2", "--stop_after", "1", "--non_verbose", "--num_workers", "0",
             "--gpu_augmentation", "auto", "--virtual_bs_n", "2", "--plots", "0", "--disable_log", "1"]
 BATCH_UPLOADS = 3  # the images (in the device-augmenting loader), the labels and the not-augmented images
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("extra", [(), ("--use_iel", "1", "--beta_iel", "1", "--tuning_style", "full",
-                                        "--precision", "bf16")], ids=["ita-lora", "iel-full-bf16"])
+@pytest.mark.parametrize("extra", [("--model", "second_order"), ("--model", "iel", "--tuning_style", "full",
+                                                                   "--precision", "bf16")],
+                         ids=["ita-lora", "iel-full-bf16"])
 def test_no_copy_or_sync_in_the_accelerator_step_outside_logging(tmp_path, extra):
     """Per training step of second_order with device augmentation on the test accelerator: the batch's uploads
     and nothing else (no copy to the host, no value read, no data-dependent shape, no copy of a constant); on the
