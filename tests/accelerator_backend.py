@@ -20,14 +20,12 @@ A process registers the backend once (PrivateUse1 can be renamed once); :func:`r
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import sys
 import traceback
 import weakref
 from collections import Counter
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
@@ -354,46 +352,6 @@ class _DeviceModule:
         return SimpleNamespace(name="test accelerator", total_memory=MEMORY.budget, multi_processor_count=1)
 
 
-# CUDA's autocast policy (aten/src/ATen/autocast_mode.cpp): ops run in the autocast dtype, in fp32, or in the
-# widest floating type of their inputs; every other op runs as called
-LOWER = {"_convolution", "conv1d", "conv2d", "conv3d", "conv_tbc", "conv_transpose1d", "conv_transpose2d",
-         "conv_transpose3d", "convolution", "prelu", "addmm", "addmv", "addr", "matmul", "einsum", "mm", "mv",
-         "linalg_vecdot", "linear", "addbmm", "baddbmm", "bmm", "chain_matmul", "linalg_multi_dot",
-         "scaled_dot_product_attention", "_scaled_dot_product_flash_attention"}
-FP32 = {"acos", "asin", "cosh", "erfinv", "exp", "expm1", "log", "log10", "log2", "log1p", "reciprocal", "rsqrt",
-        "sinh", "tan", "pow", "softplus", "layer_norm", "native_layer_norm", "group_norm", "frobenius_norm",
-        "nuclear_norm", "cosine_similarity", "poisson_nll_loss", "cosine_embedding_loss", "nll_loss", "nll_loss2d",
-        "hinge_embedding_loss", "kl_div", "l1_loss", "smooth_l1_loss", "huber_loss", "mse_loss",
-        "margin_ranking_loss", "multilabel_margin_loss", "soft_margin_loss", "triplet_margin_loss",
-        "multi_margin_loss", "binary_cross_entropy_with_logits", "dist", "pdist", "cdist", "renorm", "logsumexp",
-        "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "upsample_bilinear2d", "upsample_bicubic2d",
-        "upsample_trilinear3d", "upsample_linear1d", "prod", "cumprod", "cumsum", "linalg_vector_norm",
-        "linalg_matrix_norm", "sum", "norm", "softmax", "log_softmax", "cross_entropy_loss", "_softmax",
-        "_log_softmax"}
-PROMOTE = {"addcdiv", "addcmul", "atan2", "bilinear", "cross", "dot", "grid_sampler", "index_put", "scatter_add",
-           "tensordot", "cat", "stack"}
-_AUTOCAST_KEY = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastPrivateUse1)
-
-
-def _autocast(op, *args, **kwargs):
-    """The autocast kernel of the device (torch registers none for PrivateUse1): CUDA's casting policy."""
-    name = op.overloadpacket.__name__.rstrip("_")
-    with torch._C._ExcludeDispatchKeyGuard(_AUTOCAST_KEY):
-        dtype = None
-        floats = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)
-                  and t.is_floating_point() and t.dtype != torch.float64 and t.device.type == NAME]
-        if name in LOWER:
-            dtype = torch.get_autocast_dtype(NAME)
-        elif name in FP32:
-            dtype = torch.float32
-        elif name in PROMOTE and floats:
-            dtype = max((t.dtype for t in floats), key=lambda d: torch.finfo(d).bits)
-        if dtype is not None and floats:
-            cast = {id(t) for t in floats}
-            args, kwargs = tree_map(lambda t: t.to(dtype) if id(t) in cast else t, (args, kwargs))
-        return op(*args, **kwargs)
-
-
 def set_memory_budget(nbytes: int) -> None:
     """What ``mem_get_info`` reports as total memory; allocations past it raise ``torch.OutOfMemoryError``."""
     MEMORY.budget = int(nbytes)
@@ -415,6 +373,7 @@ def register() -> torch.device:
     casts = torch.library.Library("aten", "IMPL")
     casts.impl("_copy_from", _copy_from, "PrivateUse1")  # reached below the Python key (torch.tensor(..., device=))
     casts.impl("_copy_from_and_resize", _copy_from, "PrivateUse1")
+    from tests.accelerator_autocast import FP32, LOWER, PROMOTE, autocast_kernel
     for name in sorted(LOWER | FP32 | PROMOTE):
         packet = getattr(aten, name, None)
         for overload in packet.overloads() if packet is not None else ():
@@ -423,7 +382,7 @@ def register() -> torch.device:
                                         for a in op._schema.arguments):
                 continue  # out= and in-place variants run as called (as in CUDA's policy)
             casts.impl(name if overload == "default" else f"{name}.{overload}",
-                       functools.partial(_autocast, op), "AutocastPrivateUse1")
+                       functools.partial(autocast_kernel, op, NAME), "AutocastPrivateUse1")
     _REGISTERED.append(casts)
     _REGISTERED.append(lib)
     DEVICE = torch.device(NAME, 0)
