@@ -12,7 +12,8 @@ generators), and
 * its device module (``torch.testacc``) answers memory queries from a configurable budget
   (:func:`set_memory_budget`: ``mem_get_info``, ``memory_allocated``, ``max_memory_allocated``,
   ``reset_peak_memory_stats``), raises ``torch.OutOfMemoryError`` past the budget, and keeps its own RNG
-  (``manual_seed``, ``get_rng_state``/``set_rng_state``, ``*_all``) apart from the CPU's;
+  (``manual_seed``, ``get_rng_state``/``set_rng_state``, ``*_all``) apart from the CPU's (a CPU generator passed
+  to an op of the device is not detected: generators lose their Python type through the dispatcher);
 * :data:`COUNTS` counts host/device traffic: ``to_host`` (copies to the CPU, ``.item()``), ``to_device`` (copies
   from the CPU), ``syncs`` (ops whose result size depends on the data, e.g. ``nonzero``), each with its call site.
 
@@ -160,9 +161,6 @@ class AccTensor(torch.Tensor):
         if func in INDEXING and any(isinstance(t, torch.Tensor) and not isinstance(t, AccTensor) and t.dim() > 0
                                     for t in tree_flatten((args[0], args[2:] if len(args) > 2 else ()))[0]):
             raise MixedDeviceError(f"{func} at {_site()}: a CPU tensor indexed into or written to {NAME}")
-        for t in leaves:
-            if isinstance(t, torch.Generator) and not isinstance(t, AccGenerator):
-                raise RuntimeError(f"{func} at {_site()}: expected a '{NAME}' generator, got a CPU one")
         kwargs = _with_device_generator(func, kwargs)
         out = func(*tree_map(_unwrap, args), **tree_map(_unwrap, kwargs))
         if func._schema.is_mutable:  # in-place and out= ops return their own (wrapped) arguments
