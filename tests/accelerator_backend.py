@@ -134,6 +134,12 @@ class AccTensor(torch.Tensor):
         MEMORY.track(out, elem)
         return out
 
+    def __reduce_ex__(self, protocol: int) -> Any:
+        """Pickled as its values (``torch.save`` of a device tensor): loads as a CPU tensor, as
+        ``map_location="cpu"`` loads a CUDA one, with ``weights_only=True``."""
+        _count("to_host")
+        return self.elem.detach().clone().__reduce_ex__(protocol)
+
     def tolist(self) -> Any:
         """A copy to the host (as on CUDA; ``.numpy()`` stays an error, as there)."""
         _count("to_host")

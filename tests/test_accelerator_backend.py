@@ -70,6 +70,13 @@ z.sum().item()
 z.cpu()
 torch.nonzero(z)
 assert dict(B.COUNTS) == {"to_device": 1, "to_host": 2, "syncs": 1}, dict(B.COUNTS)
+# torch.save of device tensors (a checkpoint) loads with weights_only=True, as a CUDA one with map_location="cpu"
+import io
+buf = io.BytesIO()
+torch.save({"w": lin.weight.detach(), "p": lin.weight}, buf)
+buf.seek(0)
+loaded = torch.load(buf, map_location="cpu", weights_only=True)
+assert loaded["w"].device.type == "cpu" and torch.equal(loaded["p"].detach(), lin.weight.detach().cpu())
 print("ok")
 '''
 
