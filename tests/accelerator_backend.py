@@ -86,8 +86,19 @@ class _Memory:
 MEMORY = _Memory()
 COUNTS: Counter = Counter()
 SITES: dict[str, Counter] = {"to_host": Counter(), "to_device": Counter(), "syncs": Counter()}
-_DEVICE_GEN = torch._C.Generator("cpu")  # the device's default generator (not the CPU's)
-_DEVICE_GEN.manual_seed(0)
+_OWN_GEN = torch._C.Generator("cpu")  # the device's default generator (not the CPU's)
+_OWN_GEN.manual_seed(0)
+_SHARED = [False]
+
+
+def share_cpu_rng(shared: bool = True) -> None:
+    """Draw the device's unseeded random numbers from the CPU's global generator (in a run's order, as a CPU run
+    draws them: the device run then equals the CPU run) instead of the device's own generator (the default)."""
+    _SHARED[0] = bool(shared)
+
+
+def _device_gen() -> torch.Generator:
+    return torch.default_generator if _SHARED[0] else _OWN_GEN
 
 
 def _site() -> str:
@@ -193,7 +204,7 @@ def _wrap(x: Any) -> Any:
 def _with_device_generator(func, kwargs: dict) -> dict:
     """Random ops without a generator draw from the device's default generator (not the CPU's)."""
     if any(a.name == "generator" for a in func._schema.arguments) and kwargs.get("generator") is None:
-        return {**kwargs, "generator": _DEVICE_GEN}
+        return {**kwargs, "generator": _device_gen()}
     return kwargs
 
 
@@ -308,35 +319,35 @@ class _DeviceModule:
 
     @staticmethod
     def get_rng_state(device: Any = None) -> torch.Tensor:
-        return _DEVICE_GEN.get_state()
+        return _device_gen().get_state()
 
     @staticmethod
     def set_rng_state(state: torch.Tensor, device: Any = None) -> None:
-        _DEVICE_GEN.set_state(state.cpu())
+        _device_gen().set_state(state.cpu())
 
     @staticmethod
     def get_rng_state_all() -> list[torch.Tensor]:
-        return [_DEVICE_GEN.get_state()]
+        return [_device_gen().get_state()]
 
     @staticmethod
     def set_rng_state_all(states: list[torch.Tensor]) -> None:
-        _DEVICE_GEN.set_state(states[0].cpu())
+        _device_gen().set_state(states[0].cpu())
 
     @staticmethod
     def manual_seed(seed: int) -> None:
-        _DEVICE_GEN.manual_seed(int(seed))
+        _device_gen().manual_seed(int(seed))
 
     manual_seed_all = manual_seed
 
     @staticmethod
     def seed() -> None:
-        _DEVICE_GEN.seed()
+        _device_gen().seed()
 
     seed_all = seed
 
     @staticmethod
     def initial_seed() -> int:
-        return _DEVICE_GEN.initial_seed()
+        return _device_gen().initial_seed()
 
     @staticmethod
     def is_bf16_supported(including_emulation: bool = True) -> bool:

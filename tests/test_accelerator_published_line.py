@@ -76,14 +76,16 @@ def runs(tmp_path_factory):
            for name, (line, extra) in CASES.items() if name != "ita_lora"]
     # the ITA LoRA line stopped after task 1 and resumed from the accelerator's checkpoint, against the CPU run;
     # a fixed statistics batch and Fisher class batch on both (auto sizes them from the device memory; the
-    # augmentation draws follow the first, the rounding of the Fisher sums the second)
+    # augmentation draws follow the first, the rounding of the Fisher sums the second), and the device's unseeded
+    # draws (LoRA init, probe batches) from the CPU's generator in the CPU run's order
+    # (tests/accelerator_backend.py share_cpu_rng)
     line, extra = CASES["ita_lora"]
     extra = [*extra, "--stats_batch_size", "64", "--fisher_class_batch", "1", "--savecheck", "task"]
     ck = str(tmp / "ck_acc")
     acc += [{"name": "ita_lora_task1", "argv": argv_of(tmp, "ita_lora_task1", line, [
-                *extra, "--checkpoint_path", ck, "--stop_after", "1"]), "budget": BUDGET},
+                *extra, "--checkpoint_path", ck, "--stop_after", "1"]), "budget": BUDGET, "shared_rng": True},
             {"name": "ita_lora_resumed", "argv": argv_of(tmp, "ita_lora_resumed", line, [
-                *extra, "--checkpoint_path", ck, "--resume"]), "budget": BUDGET}]
+                *extra, "--checkpoint_path", ck, "--resume"]), "budget": BUDGET, "shared_rng": True}]
     cpu = [{"name": "ita_lora_cpu", "argv": argv_of(tmp, "ita_lora_cpu", line, [
         *extra, "--checkpoint_path", str(tmp / "ck_cpu"), "--gpu_augmentation", "1"], device="cpu")}]
     procs = {"acc": launch(tmp, "acc", acc, env), "cpu": launch(tmp, "cpu", cpu, env)}
