@@ -12,7 +12,8 @@ generators), and
 * its device module (``torch.testacc``) answers memory queries from a configurable budget
   (:func:`set_memory_budget`: ``mem_get_info``, ``memory_allocated``, ``max_memory_allocated``,
   ``reset_peak_memory_stats``), raises ``torch.OutOfMemoryError`` past the budget, and keeps its own RNG
-  (``manual_seed``, ``get_rng_state``/``set_rng_state``, ``*_all``) apart from the CPU's;
+  (``manual_seed``, ``get_rng_state``/``set_rng_state``, ``*_all``) apart from the CPU's (a CPU generator passed
+  to an op of the device is not detected: generators lose their Python type through the dispatcher);
 * :data:`COUNTS` counts host/device traffic: ``to_host`` (copies to the CPU, ``.item()``), ``to_device`` (copies
   from the CPU), ``syncs`` (ops whose result size depends on the data, e.g. ``nonzero``), each with its call site.
 
@@ -20,14 +21,12 @@ A process registers the backend once (PrivateUse1 can be renamed once); :func:`r
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import sys
 import traceback
 import weakref
 from collections import Counter
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
@@ -87,8 +86,19 @@ class _Memory:
 MEMORY = _Memory()
 COUNTS: Counter = Counter()
 SITES: dict[str, Counter] = {"to_host": Counter(), "to_device": Counter(), "syncs": Counter()}
-_DEVICE_GEN = torch._C.Generator("cpu")  # the device's default generator (not the CPU's)
-_DEVICE_GEN.manual_seed(0)
+_OWN_GEN = torch._C.Generator("cpu")  # the device's default generator (not the CPU's)
+_OWN_GEN.manual_seed(0)
+_SHARED = [False]
+
+
+def share_cpu_rng(shared: bool = True) -> None:
+    """Draw the device's unseeded random numbers from the CPU's global generator (in a run's order, as a CPU run
+    draws them: the device run then equals the CPU run) instead of the device's own generator (the default)."""
+    _SHARED[0] = bool(shared)
+
+
+def _device_gen() -> torch.Generator:
+    return torch.default_generator if _SHARED[0] else _OWN_GEN
 
 
 def _site() -> str:
@@ -135,6 +145,12 @@ class AccTensor(torch.Tensor):
         MEMORY.track(out, elem)
         return out
 
+    def __reduce_ex__(self, protocol: int) -> Any:
+        """Pickled as its values (``torch.save`` of a device tensor): loads as a CPU tensor, as
+        ``map_location="cpu"`` loads a CUDA one, with ``weights_only=True``."""
+        _count("to_host")
+        return self.elem.detach().clone().__reduce_ex__(protocol)
+
     def tolist(self) -> Any:
         """A copy to the host (as on CUDA; ``.numpy()`` stays an error, as there)."""
         _count("to_host")
@@ -162,9 +178,6 @@ class AccTensor(torch.Tensor):
         if func in INDEXING and any(isinstance(t, torch.Tensor) and not isinstance(t, AccTensor) and t.dim() > 0
                                     for t in tree_flatten((args[0], args[2:] if len(args) > 2 else ()))[0]):
             raise MixedDeviceError(f"{func} at {_site()}: a CPU tensor indexed into or written to {NAME}")
-        for t in leaves:
-            if isinstance(t, torch.Generator) and not isinstance(t, AccGenerator):
-                raise RuntimeError(f"{func} at {_site()}: expected a '{NAME}' generator, got a CPU one")
         kwargs = _with_device_generator(func, kwargs)
         out = func(*tree_map(_unwrap, args), **tree_map(_unwrap, kwargs))
         if func._schema.is_mutable:  # in-place and out= ops return their own (wrapped) arguments
@@ -191,7 +204,7 @@ def _wrap(x: Any) -> Any:
 def _with_device_generator(func, kwargs: dict) -> dict:
     """Random ops without a generator draw from the device's default generator (not the CPU's)."""
     if any(a.name == "generator" for a in func._schema.arguments) and kwargs.get("generator") is None:
-        return {**kwargs, "generator": _DEVICE_GEN}
+        return {**kwargs, "generator": _device_gen()}
     return kwargs
 
 
@@ -306,35 +319,35 @@ class _DeviceModule:
 
     @staticmethod
     def get_rng_state(device: Any = None) -> torch.Tensor:
-        return _DEVICE_GEN.get_state()
+        return _device_gen().get_state()
 
     @staticmethod
     def set_rng_state(state: torch.Tensor, device: Any = None) -> None:
-        _DEVICE_GEN.set_state(state.cpu())
+        _device_gen().set_state(state.cpu())
 
     @staticmethod
     def get_rng_state_all() -> list[torch.Tensor]:
-        return [_DEVICE_GEN.get_state()]
+        return [_device_gen().get_state()]
 
     @staticmethod
     def set_rng_state_all(states: list[torch.Tensor]) -> None:
-        _DEVICE_GEN.set_state(states[0].cpu())
+        _device_gen().set_state(states[0].cpu())
 
     @staticmethod
     def manual_seed(seed: int) -> None:
-        _DEVICE_GEN.manual_seed(int(seed))
+        _device_gen().manual_seed(int(seed))
 
     manual_seed_all = manual_seed
 
     @staticmethod
     def seed() -> None:
-        _DEVICE_GEN.seed()
+        _device_gen().seed()
 
     seed_all = seed
 
     @staticmethod
     def initial_seed() -> int:
-        return _DEVICE_GEN.initial_seed()
+        return _device_gen().initial_seed()
 
     @staticmethod
     def is_bf16_supported(including_emulation: bool = True) -> bool:
@@ -352,46 +365,6 @@ class _DeviceModule:
     def get_device_properties(device: Any = None) -> Any:
         from types import SimpleNamespace
         return SimpleNamespace(name="test accelerator", total_memory=MEMORY.budget, multi_processor_count=1)
-
-
-# CUDA's autocast policy (aten/src/ATen/autocast_mode.cpp): ops run in the autocast dtype, in fp32, or in the
-# widest floating type of their inputs; every other op runs as called
-LOWER = {"_convolution", "conv1d", "conv2d", "conv3d", "conv_tbc", "conv_transpose1d", "conv_transpose2d",
-         "conv_transpose3d", "convolution", "prelu", "addmm", "addmv", "addr", "matmul", "einsum", "mm", "mv",
-         "linalg_vecdot", "linear", "addbmm", "baddbmm", "bmm", "chain_matmul", "linalg_multi_dot",
-         "scaled_dot_product_attention", "_scaled_dot_product_flash_attention"}
-FP32 = {"acos", "asin", "cosh", "erfinv", "exp", "expm1", "log", "log10", "log2", "log1p", "reciprocal", "rsqrt",
-        "sinh", "tan", "pow", "softplus", "layer_norm", "native_layer_norm", "group_norm", "frobenius_norm",
-        "nuclear_norm", "cosine_similarity", "poisson_nll_loss", "cosine_embedding_loss", "nll_loss", "nll_loss2d",
-        "hinge_embedding_loss", "kl_div", "l1_loss", "smooth_l1_loss", "huber_loss", "mse_loss",
-        "margin_ranking_loss", "multilabel_margin_loss", "soft_margin_loss", "triplet_margin_loss",
-        "multi_margin_loss", "binary_cross_entropy_with_logits", "dist", "pdist", "cdist", "renorm", "logsumexp",
-        "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "upsample_bilinear2d", "upsample_bicubic2d",
-        "upsample_trilinear3d", "upsample_linear1d", "prod", "cumprod", "cumsum", "linalg_vector_norm",
-        "linalg_matrix_norm", "sum", "norm", "softmax", "log_softmax", "cross_entropy_loss", "_softmax",
-        "_log_softmax"}
-PROMOTE = {"addcdiv", "addcmul", "atan2", "bilinear", "cross", "dot", "grid_sampler", "index_put", "scatter_add",
-           "tensordot", "cat", "stack"}
-_AUTOCAST_KEY = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastPrivateUse1)
-
-
-def _autocast(op, *args, **kwargs):
-    """The autocast kernel of the device (torch registers none for PrivateUse1): CUDA's casting policy."""
-    name = op.overloadpacket.__name__.rstrip("_")
-    with torch._C._ExcludeDispatchKeyGuard(_AUTOCAST_KEY):
-        dtype = None
-        floats = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)
-                  and t.is_floating_point() and t.dtype != torch.float64 and t.device.type == NAME]
-        if name in LOWER:
-            dtype = torch.get_autocast_dtype(NAME)
-        elif name in FP32:
-            dtype = torch.float32
-        elif name in PROMOTE and floats:
-            dtype = max((t.dtype for t in floats), key=lambda d: torch.finfo(d).bits)
-        if dtype is not None and floats:
-            cast = {id(t) for t in floats}
-            args, kwargs = tree_map(lambda t: t.to(dtype) if id(t) in cast else t, (args, kwargs))
-        return op(*args, **kwargs)
 
 
 def set_memory_budget(nbytes: int) -> None:
@@ -415,6 +388,7 @@ def register() -> torch.device:
     casts = torch.library.Library("aten", "IMPL")
     casts.impl("_copy_from", _copy_from, "PrivateUse1")  # reached below the Python key (torch.tensor(..., device=))
     casts.impl("_copy_from_and_resize", _copy_from, "PrivateUse1")
+    from tests.accelerator_autocast import FP32, LOWER, PROMOTE, autocast_kernel
     for name in sorted(LOWER | FP32 | PROMOTE):
         packet = getattr(aten, name, None)
         for overload in packet.overloads() if packet is not None else ():
@@ -423,7 +397,7 @@ def register() -> torch.device:
                                         for a in op._schema.arguments):
                 continue  # out= and in-place variants run as called (as in CUDA's policy)
             casts.impl(name if overload == "default" else f"{name}.{overload}",
-                       functools.partial(_autocast, op), "AutocastPrivateUse1")
+                       functools.partial(autocast_kernel, op, NAME), "AutocastPrivateUse1")
     _REGISTERED.append(casts)
     _REGISTERED.append(lib)
     DEVICE = torch.device(NAME, 0)

@@ -2,7 +2,8 @@
 
     python -m tests.accelerator_launch SPEC.json OUT.json
 
-``SPEC.json`` is a list of ``{"name": ..., "argv": [...], "budget": bytes (optional)}``; each entry runs through
+``SPEC.json`` is a list of ``{"name": ..., "argv": [...], "budget": bytes, "shared_rng": bool}`` (both optional;
+see :func:`tests.accelerator_backend.share_cpu_rng`); each entry runs through
 ``app.runner.main`` (what ``main.py`` runs) after :func:`tests.accelerator_backend.register`, in this order and in
 one process (the backend registers once per process). After every task the tensors of the model (parameters,
 buffers, optimizer states, heads, statistics) are audited with :func:`utils.device_audit.misplaced_tensors`.
@@ -36,7 +37,7 @@ def prepare(tmp: str, cifar100_npz: str) -> dict[str, str]:
                 TORCH_HOME=os.path.join(tmp, "torch"), CL_TEST_VIT_B16_ARCH=ARCH, OMP_NUM_THREADS="1")
 
 
-def run_one(argv: list[str], budget: int | None) -> dict[str, Any]:
+def run_one(argv: list[str], budget: int | None, shared_rng: bool = False) -> dict[str, Any]:
     """One command line on the test accelerator; its exit code, the audit and the traffic counts."""
     import app.runner as runner
     from tests import accelerator_backend as backend
@@ -45,6 +46,7 @@ def run_one(argv: list[str], budget: int | None) -> dict[str, Any]:
     device = backend.register()
     if budget:
         backend.set_memory_budget(budget)
+    backend.share_cpu_rng(shared_rng)
     backend.reset_counts()
     backend.MEMORY.peak = backend.MEMORY.allocated
     audit: dict[str, Any] = {"misplaced": [], "tasks_audited": 0}
@@ -88,7 +90,7 @@ def step_traffic(argv: list[str], log_every: int) -> dict[str, Any]:
     model = experiment.model
     model.LOG_EVERY = log_every
     events: list[Any] = []
-    augmented = [0]
+    augmented, stepped = [0], [False]
     real_observe, real_begin = model.meta_observe, model.meta_begin_epoch
     real_augment = gpu_augment.DeviceRRCFlip.__call__
 
@@ -100,6 +102,7 @@ def step_traffic(argv: list[str], log_every: int) -> dict[str, Any]:
 
     def observe(*a, **k):
         out = real_observe(*a, **k)
+        stepped[0] = stepped[0] or bool(model.opt is not None and model.opt.state)
         events.append({"counts": dict(backend.COUNTS),
                        "sites": {kind: dict(sites) for kind, sites in backend.SITES.items() if sites}})
         backend.reset_counts()
@@ -120,7 +123,7 @@ def step_traffic(argv: list[str], log_every: int) -> dict[str, Any]:
         index = 0 if event == "epoch" else index + 1
         if event != "epoch":
             steps.append({**event, "index": index - 1})
-    return {"steps": steps, "augmented": augmented[0], "optimizer_state": bool(model.opt.state_dict()["state"])}
+    return {"steps": steps, "augmented": augmented[0], "optimizer_state": stepped[0]}
 
 
 def main(argv: list[str]) -> int:
@@ -134,7 +137,7 @@ def main(argv: list[str]) -> int:
         spec = json.load(fh)
     out = {}
     for entry in spec:
-        out[entry["name"]] = run_one(entry["argv"], entry.get("budget"))
+        out[entry["name"]] = run_one(entry["argv"], entry.get("budget"), entry.get("shared_rng", False))
         with open(out_path, "w") as fh:
             json.dump(out, fh, indent=1)
     return 0
