@@ -18,7 +18,9 @@ def problems(path: str) -> list[str]:
     """'line N: what' for every machine path, work-item reference and link to a missing file of one page."""
     found = []
     folder = os.path.dirname(path)
-    for number, line in enumerate(open(path, encoding="utf-8").read().splitlines(), 1):
+    with open(path, encoding="utf-8") as fh:
+        lines = fh.read().splitlines()
+    for number, line in enumerate(lines, 1):
         for pattern, what in ((MACHINE_PATH, "machine path"), (WORK_ITEM, "work-item reference")):
             for match in pattern.finditer(line):
                 found.append(f"line {number}: {what} '{match.group(0)}'")

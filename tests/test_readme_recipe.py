@@ -9,7 +9,8 @@ EXTENDING = os.path.join(ROOT, "docs", "extending.md")
 
 
 def readme_method_code() -> str:
-    text = open(EXTENDING).read()
+    with open(EXTENDING) as fh:
+        text = fh.read()
     section = text[text.index("## Adding a method"):text.index("## Adding a benchmark")]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
@@ -36,7 +37,8 @@ def test_readme_method_runs_from_the_command_line(tmp_path):
 def test_readme_benchmark_runs_from_the_command_line(tmp_path):
     from app.runner import run
     from utils.registry import _cached_scan
-    text = open(EXTENDING).read()
+    with open(EXTENDING) as fh:
+        text = fh.read()
     section = text[text.index("## Adding a benchmark"):]
     path = os.path.join(ROOT, "datasets", "seq_my_data.py")
     assert not os.path.exists(path)
