@@ -45,6 +45,12 @@ def noisy_labels(targets: np.ndarray, n_classes: int, rate: float, kind: str, se
     return noisy
 
 
+def noisy_cache_file(args, dataset: str, n: int) -> str:
+    """Where the noisy labels of ``n`` training images of ``dataset`` are cached."""
+    return os.path.join(args.base_path, args.cache_path_noisy_labels,
+                        f"{dataset}_{args.noise_type}_{args.noise_rate}_s{args.seed}_n{n}.npy")
+
+
 def cached_noisy_labels(targets: np.ndarray, n_classes: int, args, dataset: str) -> np.ndarray:
     """:func:`noisy_labels`, cached under ``<base_path>/<cache_path_noisy_labels>/`` unless disabled.
 
@@ -56,7 +62,7 @@ def cached_noisy_labels(targets: np.ndarray, n_classes: int, args, dataset: str)
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise UserError(f"the noisy-label cache folder {folder} is a file; remove it, or pass another "
                         f"--cache_path_noisy_labels (or --disable_noisy_labels_cache 1)")
-    path = os.path.join(folder, f"{dataset}_{args.noise_type}_{args.noise_rate}_s{args.seed}_n{len(targets)}.npy")
+    path = noisy_cache_file(args, dataset, len(targets))
     if os.path.lexists(path):
         return read_cached_labels(path, len(targets), n_classes)
     noisy = noisy_labels(targets, n_classes, args.noise_rate, args.noise_type, args.seed, dataset)
@@ -75,8 +81,8 @@ def read_cached_labels(path: str, n: int, n_classes: int) -> np.ndarray:
             shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
                                np.lib.format.read_array_header_2_0)(fh)
             if shape != (n,) or dtype.hasobject or not np.issubdtype(dtype, np.integer):
-                raise UserError(f"the noisy-label cache {path} holds a {dtype} array of shape {shape}, not {n} "
-                                f"integer labels; {fix}")
+                raise UserError(f"the noisy-label cache {path} holds an array of {dtype} and shape {shape}, "
+                                f"not {n} integer labels; {fix}")
         labels = np.load(path, allow_pickle=False)
     except UserError:
         raise
