@@ -146,6 +146,8 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
     args = parse_args(argv, checkpoint_args=ckpt_args)
     distributed.check_launch(args.distributed)
     if args.distributed == "ddp":
+        if args.device:
+            get_device(args.device)  # checked as in a single process, before any process group exists
         device = distributed.init_from_env(args.dist_timeout, args.device)
         try:
             return _run(args, ckpt_args, device)
