@@ -31,7 +31,7 @@ def load_model(checkpoint: str, device: Optional[str] = None) -> tuple[Any, Any,
     from models import get_model_class
     from utils import checkpoints
 
-    state = checkpoints.load_checkpoint(checkpoint)
+    state = checkpoints.load_run_checkpoint(checkpoint)
     saved = state["args"]
     args = parse_args(["--model", saved["model"], "--dataset", saved["dataset"], "--non_verbose"],
                       checkpoint_args=saved)

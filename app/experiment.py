@@ -89,8 +89,8 @@ def build_experiment(args: argparse.Namespace, device: Optional[torch.device] = 
     dataset.splits  # read (or download) the data now: data errors come before any training output
     check_every_task_has_data(dataset)
     test_set = check_test_coverage(dataset, bool(getattr(args, "allow_incomplete_test_set", False)))
-    check_transforms_on_data(dataset)
     check_run_memory(args, dataset)  # memory-shaped flags, before the backbone, buffer or any batch exists
+    check_transforms_on_data(dataset)  # after the memory check: one image at --img_size fits
     model_cls = get_model_class(args.model)
     check_compatibility(model_cls, dataset)
     if args.distributed == "ddp" and model_cls.DDP_UNSUPPORTED:

@@ -56,7 +56,7 @@ def default_results_file(args: argparse.Namespace, setting: str) -> str:
 def _find_resume_state(args: argparse.Namespace) -> Optional[tuple[str, dict[str, Any]]]:
     """The checkpoint to continue from (``--loadcheck``, or the newest good one of this run with ``--resume``)."""
     if args.loadcheck:
-        state = checkpoints.load_checkpoint(args.loadcheck)
+        state = checkpoints.load_run_checkpoint(args.loadcheck)
         checkpoints.check_checkpoint_matches(args.loadcheck, state["args"], args, strict=False)
         return args.loadcheck, state
     if args.resume:
@@ -69,6 +69,7 @@ def _find_resume_state(args: argparse.Namespace) -> Optional[tuple[str, dict[str
         if found is None:
             print(f"no checkpoint in {folder}: starting from the first task", file=sys.stderr)
             return None
+        checkpoints.check_stored_args(found[0], found[1].get("args"))
         checkpoints.check_checkpoint_matches(found[0], found[1]["args"], args, strict=True)
         return found
     return None
@@ -142,10 +143,12 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
             local = resolve_checkpoint(path, known.checkpoint_path)  # a URL is downloaded (and cached) first
             argv = replace_flag_value(argv, "--loadcheck", local)
             if checkpoints.is_framework_checkpoint(local):
-                ckpt_args = checkpoints.load_checkpoint(local)["args"]
+                ckpt_args = checkpoints.load_run_checkpoint(local)["args"]
     args = parse_args(argv, checkpoint_args=ckpt_args)
     distributed.check_launch(args.distributed)
     if args.distributed == "ddp":
+        if args.device:
+            get_device(args.device)  # checked as in a single process, before any process group exists
         device = distributed.init_from_env(args.dist_timeout, args.device)
         try:
             return _run(args, ckpt_args, device)

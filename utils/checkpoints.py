@@ -175,6 +175,12 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         version = state.get("format_version") if isinstance(state, dict) else None
         raise UserError(f"checkpoint {path} has format {version}, expected {FORMAT_VERSION}")
+    return state
+
+
+def load_run_checkpoint(path: str) -> dict[str, Any]:
+    """:func:`load_checkpoint` of a run's checkpoint, whose stored arguments are checked."""
+    state = load_checkpoint(path)
     check_stored_args(path, state.get("args"))
     return state
 
