@@ -72,7 +72,8 @@ def run_ours(folder: str, opts: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     sums = once(images)
     seconds = time.perf_counter() - start
-    flops = count_flops(lambda: once(images[:opts.our_batch])) * len(images) / min(len(images), opts.our_batch)
+    flops = count_flops(lambda: once(images[:opts.our_batch])) * len(images) / min(len(images), opts.our_batch) \
+        if opts.count_flops else None
     fisher = {f"{short}_{name.split('.')[1]}": v for name, v in sums.items()
               for short, long in TARGETS.items() if name.endswith(long)}
     return {"seconds": seconds, "flops": flops, "fisher": fisher}
@@ -110,7 +111,8 @@ def run_reference(folder: str, opts: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     fisher = once(images)
     seconds = time.perf_counter() - start
-    flops = count_flops(lambda: once(images[:opts.ref_batch])) * len(images) / min(len(images), opts.ref_batch)
+    flops = count_flops(lambda: once(images[:opts.ref_batch])) * len(images) / min(len(images), opts.ref_batch) \
+        if opts.count_flops else None
     return {"seconds": seconds, "flops": flops, "fisher": {k: v.detach() for k, v in fisher.items()}}
 
 
@@ -155,6 +157,7 @@ def parse(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--out", default=None)
     parser.add_argument("--side", choices=["ours", "reference"], default=None, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--count_flops", action="store_true", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     passed = [a for a in (argv if argv is not None else sys.argv[1:])]
     return opts, passed
@@ -174,10 +177,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         make_inputs(folder, opts)
         times: dict[str, list[float]] = {"ours": [], "reference": []}
         results: dict[str, dict[str, Any]] = {}
-        for _ in range(opts.repeats):  # alternating, so both sides see the same machine load
+        flops: dict[str, float] = {}
+        for i in range(opts.repeats):  # alternating, so both sides see the same machine load
             for name in ("reference", "ours"):
-                results[name] = side(name, folder, opts, forward)
+                results[name] = side(name, folder, opts, forward if i else [*forward, "--count_flops"])
                 times[name].append(results[name]["seconds"])
+                flops.setdefault(name, results[name]["flops"])
     err = compare(results["ours"]["fisher"], results["reference"]["fisher"])
     best = {k: min(v) for k, v in times.items()}
     ratio = best["reference"] / best["ours"]
@@ -186,13 +191,13 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"{opts.images} images; reference batch {opts.ref_batch}, ours {opts.our_batch}; one thread each")
     for name in ("reference", "ours"):
         print(f"{name:9s} {' '.join(f'{t:7.2f}' for t in times[name])} s   best {best[name]:7.2f} s   "
-              f"{results[name]['flops'] / 1e9:9.1f} GFLOP")
+              f"{flops[name] / 1e9:9.1f} GFLOP")
     print(f"reference / ours: {ratio:.2f}x   (max rel. err of the Fisher {err:.1e})")
     if opts.out:
         with open(opts.out, "w") as f:
             json.dump({"settings": {k: v for k, v in vars(opts).items() if k not in ("side", "workdir")},
                        "tokens": tokens, "seconds": times, "best_seconds": best, "ratio": ratio,
-                       "flops": {k: r["flops"] for k, r in results.items()}, "max_rel_err": err}, f, indent=1)
+                       "flops": flops, "max_rel_err": err}, f, indent=1)
     return 0 if err < 1e-4 else 1
 
 
