@@ -18,7 +18,7 @@ from datasets import get_dataset
 from datasets.utils.continual_dataset import ContinualDataset
 from models import get_model_class
 from models.utils.continual_model import ContinualModel
-from utils import distributed
+from utils import accelerator, distributed
 from utils.errors import UserError
 from utils.resources import check_run_memory
 
@@ -35,26 +35,12 @@ class Experiment:
 def set_random_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
+    torch.manual_seed(seed)  # every device's generator too
 
 
 def get_device(name: Optional[str]) -> torch.device:
-    """``--device`` or the best available: cuda, then mps, then cpu."""
-    if name:
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise UserError(f"bad --device '{name}'; use cpu, cuda, cuda:N or mps") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """``--device`` or the best available: the machine's accelerator, else cpu."""
+    return accelerator.check_device(name) if name else accelerator.default_device()
 
 
 def check_compatibility(model_cls: Any, dataset: Any) -> None:

@@ -18,7 +18,7 @@ from app.config import ROOT, parse_args
 from app.experiment import (Experiment, build_experiment, check_compatibility,  # noqa: F401 (re-exported)
                             check_every_task_has_data, get_device, set_random_seed)
 from app.remote import resolve_checkpoint
-from utils import checkpoints, distributed
+from utils import accelerator, checkpoints, distributed
 from utils.errors import UserError, one_line
 from utils.io import check_writable, remove_stale_temporaries, write_json
 from utils.loggers import close_loggers, open_loggers, summary_scalars, task_scalars
@@ -40,8 +40,9 @@ def versions() -> dict[str, Optional[str]]:
 
 def peak_memory_mb(device: torch.device) -> dict[str, float]:
     out = {"cpu_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
-    if device.type == "cuda":
-        out["cuda"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
+    peak = accelerator.peak_memory_mib(device)
+    if peak is not None:
+        out[device.type] = peak
     return out
 
 

@@ -40,6 +40,7 @@ import torch  # noqa: E402
 from app.demo import ITA_ARGS, real_data_args  # noqa: E402
 from app.runner import run  # noqa: E402
 from utils import checkpoints  # noqa: E402
+from utils import accelerator  # noqa: E402
 from utils.io import write_json  # noqa: E402
 from utils.tf32_emulation import TF32Emulation  # noqa: E402
 
@@ -169,7 +170,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     opts, extra = parser.parse_known_args(argv)
     variants = ["fp32"] + [v for v in opts.variants if v != "fp32"]  # the reference always runs first
     workdir = tempfile.mkdtemp(prefix="fisher_precision_")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(accelerator.default_device())
     runs: list[dict[str, Any]] = []
     try:
         for data in opts.data:

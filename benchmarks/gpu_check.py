@@ -100,9 +100,9 @@ class PhaseTimer:
     """Wraps a model's phase methods on the instance and sums their wall-clock seconds (GPU synchronised)."""
 
     def __init__(self, model: Any, device: Any):
-        import torch
+        from utils import accelerator
         self.seconds: dict[str, float] = defaultdict(float)
-        self._sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+        self._sync = lambda: accelerator.synchronize(device)
         for path, phase in PHASES.items():  # "owner.method": a method of model.owner (e.g. its statistics)
             *owners, method = path.split(".")
             owner = model
@@ -129,7 +129,7 @@ def run_line(argv: list[str]) -> dict[str, Any]:
 
     from app.config import parse_args
     from app.experiment import build_experiment
-    from utils import distributed
+    from utils import accelerator, distributed
     from utils.device_audit import misplaced_tensors
     from utils.training import train
 
@@ -137,8 +137,7 @@ def run_line(argv: list[str]) -> dict[str, Any]:
     device = distributed.init_from_env(args.dist_timeout, args.device) if args.distributed == "ddp" else None
     experiment = build_experiment(args, device)
     model, device = experiment.model, experiment.device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    accelerator.reset_peak_memory(device)
     timer = PhaseTimer(model, device)
     misplaced: list[str] = []
 
@@ -153,8 +152,7 @@ def run_line(argv: list[str]) -> dict[str, Any]:
     out = {"argv": argv, "device": str(device), "rank": distributed.rank(), "tasks_done": record.tasks_done,
            "final_class_il": accs and record.accuracy_matrix_class_il[-1], "seconds_total": round(total, 2),
            "seconds": {**{k: round(v, 2) for k, v in timer.seconds.items()}, "evaluation": round(evaluation, 2)},
-           "peak_memory_mib": round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
-           if device.type == "cuda" else None,
+           "peak_memory_mib": (lambda mib: None if mib is None else round(mib, 1))(accelerator.peak_memory_mib(device)),
            "misplaced_tensors": misplaced[:20], "finite": bool(accs) and all(math.isfinite(a) for a in accs),
            "penalties": {k: float(v) for k, v in getattr(model, "last_penalties", {}).items()}}
     out["penalties_finite"] = all(math.isfinite(v) for v in out["penalties"].values())
@@ -207,12 +205,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         write_cifar100(opts.data, os.path.join(tmp, "data"))
         write_hub_weights(env["HF_HOME"], arch)
         report["setup_seconds"] = round(time.perf_counter() - started, 2)
-        import torch
-        gpus = torch.cuda.device_count() if opts.device != "cpu" else 0
+        from utils import accelerator
+        gpus = accelerator.device_count(opts.device) if opts.device != "cpu" else 0
         if opts.device != "cpu" and gpus == 0:
             print("error: no CUDA device; use --device cpu", file=sys.stderr)
             return 2
-        report["gpu"] = torch.cuda.get_device_name(0) if gpus else None
+        report["gpu"] = accelerator.device_name(f"{opts.device}:0") if gpus else None
         epochs = opts.n_epochs or (1 if opts.device == "cpu" else None)
         for i, (line, precision, procs) in enumerate(plan(opts.device, gpus)):
             run_args = [*LINES[line], "--debug_mode", "1", "--vbs_tail", "flush", "--precision", precision,

@@ -13,6 +13,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from utils import accelerator
+
 PHASES = ("features", "gmm_fits", "probe_alignment", "fisher")
 # methods of the model's TaskStatistics (models/second_order_utils/task_stats.py) -> phase
 METHODS = {"extract_features": "features", "fit_gmms": "gmm_fits", "pretune": "probe_alignment",
@@ -23,8 +25,7 @@ LOADER_BATCHES = 30  # batches read to measure the loader
 
 
 def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    accelerator.synchronize(device)
 
 
 class PhaseTimer:
@@ -64,20 +65,26 @@ class PhaseTimer:
 
 
 class _RngGuard:
-    """Saves and restores every random stream (torch CPU/CUDA, numpy, random)."""
+    """Saves and restores every random stream (torch CPU/accelerator, numpy, random)."""
 
     def __enter__(self):
-        self.state = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        self.state = (torch.get_rng_state(), accelerator.rng_states(),
                       np.random.get_state(), random.getstate())
         return self
 
     def __exit__(self, *exc):
-        cpu, cuda, npy, py = self.state
+        cpu, device, npy, py = self.state
         torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
+        accelerator.set_rng_states(device)
         np.random.set_state(npy)
         random.setstate(py)
+
+
+def model_copy(model: Any) -> Any:
+    """A deep copy of ``model`` that shares its dataset (whose loaders may hold worker processes, which cannot be
+    copied)."""
+    dataset = getattr(model, "dataset", None)
+    return copy.deepcopy(model, memo={} if dataset is None else {id(dataset): dataset})
 
 
 def phase_flops(model: Any, dataset: Any) -> dict[str, float]:
@@ -86,7 +93,7 @@ def phase_flops(model: Any, dataset: Any) -> dict[str, float]:
     from torch.utils.flop_counter import FlopCounterMode
     out: dict[str, float] = {}
     with _RngGuard():
-        m = copy.deepcopy(model)
+        m = model_copy(model)
         stats = m.stats
         for name in METHODS:
             stats.__dict__.pop(name, None)  # the copy runs its own methods, not the timer's wrappers

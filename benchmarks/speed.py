@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import os
 import resource
@@ -29,8 +28,9 @@ from backbone import get_backbone  # noqa: E402
 from models.second_order_utils.fisher import CLASS_BATCH_ROWS, FisherHooks, network_fisher  # noqa: E402
 from app.config import parse_args  # noqa: E402
 from app.experiment import build_experiment  # noqa: E402
+from utils import accelerator  # noqa: E402
 from utils.io import write_json  # noqa: E402
-from benchmarks.phases import (PhaseTimer, count_host_syncs, loader_images_per_s, phase_flops,  # noqa: E402
+from benchmarks.phases import (PhaseTimer, model_copy, count_host_syncs, loader_images_per_s, phase_flops,  # noqa: E402
                                projected_run_seconds)
 
 BF16_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 tensor-core peaks
@@ -60,8 +60,9 @@ def build(argv: list[str]):
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    peak = accelerator.peak_memory_mib(device)
+    if peak is not None:
+        return peak
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -69,12 +70,10 @@ def timed(fn: Callable[[], Any], device: torch.device, repeats: int = 1) -> tupl
     """Median wall time of ``repeats`` calls (synchronised on a GPU) and the last result."""
     times, out = [], None
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        accelerator.synchronize(device)
         start = time.perf_counter()
         out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        accelerator.synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times), out
 
@@ -200,7 +199,7 @@ def run_tasks(argv: list[str], repeats: int, on_task: Optional[Callable] = None)
             on_task(t, model, dataset)
         if t == 0:  # the step at task 1 is timed later, interleaved with the step at the last task
             batch = next(iter(loader))
-            first = copy.deepcopy(model)
+            first = model_copy(model)
             first_step = step_fn(first, [batch], device)
             times["images_0"] = len(batch[0])
             micro = [b for _, b in zip(range(VBS_MICRO_BATCHES), loader)]
@@ -243,15 +242,15 @@ def benchmark(common: list[str], fisher_images: int, fisher_batch: int, sampled:
                                     at_task)
     out.update(fisher_batches)
     device = model.device
-    out["device"] = str(device) if device.type != "cuda" else torch.cuda.get_device_name(device)
+    out["device"] = accelerator.device_name(device)
     last = dataset.n_tasks - 1
     out.update(ita_step_task1_s=ita[0], ita_step_task10_s=ita[last], ita_step_ratio=ita[last] / ita[0],
                train_img_s=ita["images_0"] / ita[0], train_peak_mb=peak_memory_mb(device))
     if "vbs" in ita:
         out.update(vbs_micro_batches=ita["vbs_n"], vbs_accumulate_s=ita["vbs"]["accumulate"],
                    vbs_batched_s=ita["vbs"]["batched"], vbs_speedup=ita["vbs"]["accumulate"] / ita["vbs"]["batched"])
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
+    if accelerator.is_accelerator(device):
+        name = accelerator.device_name(device)
         peak = next((v for k, v in BF16_PEAK_FLOPS.items() if k in name), None)
         out["train_mfu"] = ita["step_flops"] / ita[0] / peak if peak else None
     # evaluation: the merged composition of 10 task modules against the plain backbone

@@ -12,7 +12,7 @@ from datasets.utils.gpu_augment import DeviceAugmentedLoader, DeviceRRCFlip, rrc
 from datasets.utils.continual_dataset import ContinualDataset
 from datasets.utils.transforms import BICUBIC, IMAGENET_MEAN, IMAGENET_STD, rrc_flip
 from datasets.utils.sources import ImageSource
-from utils import seeding
+from utils import accelerator, seeding
 
 
 class SequentialCIFAR100224(ContinualDataset):
@@ -64,13 +64,8 @@ class SequentialCIFAR100224(ContinualDataset):
         if choice == "0" or self.device_augmentation() is None:
             return None
         name = getattr(self.args, "device", None)
-        if name:
-            device = torch.device(name)
-        elif torch.cuda.is_available():
-            device = torch.device("cuda", torch.cuda.current_device())
-        else:
-            device = torch.device("cpu")
-        return device if choice == "1" or device.type == "cuda" else None
+        device = torch.device(name) if name else accelerator.default_device()
+        return device if choice == "1" or accelerator.is_accelerator(device) else None
 
     def device_augmentation(self) -> Optional[dict]:
         """The device pipeline equivalent to the train transform (None: the transform has other ops)."""
@@ -92,8 +87,8 @@ class SequentialCIFAR100224(ContinualDataset):
         strong = [transforms.ColorJitter(0.4, 0.4, 0.4, 0.1), transforms.RandomRotation(15)]
         return transforms.Compose(ops[:at] + strong + ops[at:])
 
-    def make_loader(self, dataset, shuffle: bool, batch_size: Optional[int] = None):
-        loader = super().make_loader(dataset, shuffle, batch_size)
+    def make_loader(self, dataset, shuffle: bool, batch_size: Optional[int] = None, counted: bool = True):
+        loader = super().make_loader(dataset, shuffle, batch_size, counted)
         device = self.augment_device()
         if not shuffle or device is None:
             return loader

@@ -12,12 +12,9 @@ _BASE_PATH = "./data/"
 
 
 def get_device() -> torch.device:
-    """The best available device (cuda, mps, cpu); a model should prefer ``self.device``."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """The best available device (the machine's accelerator, else cpu); a model should prefer ``self.device``."""
+    from utils.accelerator import default_device
+    return default_device()
 
 
 def base_path(override: Optional[str] = None) -> str:
@@ -29,9 +26,7 @@ def base_path(override: Optional[str] = None) -> str:
 def set_random_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
+    torch.manual_seed(seed)  # every device's generator too
 
 
 def create_seeded_dataloader(args: Any, dataset: Dataset, **kwargs: Any) -> DataLoader:

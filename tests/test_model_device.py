@@ -79,3 +79,13 @@ def test_model_creates_every_tensor_on_its_device(name, extra, data, tmp_path):
     assert record.tasks_done == 2
     if name in ("ita", "iel", "second-order"):  # the mode really redirected model code (not a vacuous pass)
         assert mode.created and mode_resumed.created
+
+
+def test_the_audit_sees_the_gmms_which_live_on_the_device():
+    """The GMMs are fitted and sampled on the model's device: one left on another device is reported."""
+    from models.second_order_utils.pretuning import DiagonalGMM
+    gmm = DiagonalGMM(torch.ones(2) / 2, torch.zeros(2, 3), torch.ones(2, 3))
+    found = misplaced_tensors({"gmms": {0: gmm}}, torch.device("meta"))
+    assert found == ["model['gmms'][0].weights on cpu", "model['gmms'][0].means on cpu",
+                     "model['gmms'][0].variances on cpu"]
+    assert misplaced_tensors({"gmms": {0: gmm}}, torch.device("cpu")) == []

@@ -20,6 +20,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from utils import accelerator
 from utils.args import changes_results, result_args
 from utils.errors import UserError
 from utils.io import atomic_write
@@ -65,9 +66,11 @@ def run_dir(args: argparse.Namespace) -> str:
 
 
 def rng_state() -> dict[str, Any]:
+    """The global RNG states: torch's CPU generator, numpy, python and every device of the machine's accelerator."""
     state = {"torch": torch.get_rng_state(), "numpy": _numpy_state(), "python": _python_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    devices = accelerator.rng_states()
+    if devices is not None:
+        state["device"] = devices
     return state
 
 
@@ -77,8 +80,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
     version, internal, gauss_next = state["python"]
     random.setstate((int(version), tuple(int(v) for v in internal.tolist()), gauss_next))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state:  # written before the device-generic layout
+        accelerator.set_rng_states({"type": "cuda", "states": state["cuda"]})
+    accelerator.set_rng_states(state.get("device"))
 
 
 def _numpy_state() -> list:

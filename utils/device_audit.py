@@ -11,9 +11,7 @@ def misplaced_tensors(obj: Any, device: torch.device, where: str = "model", limi
     """Paths and devices of every tensor reachable from ``obj`` (module parameters, buffers and attributes,
     dicts, lists, tuples, optimizer states, plain objects' ``__dict__``) whose device is not ``device``.
 
-    0-dim CPU tensors are allowed (PyTorch mixes them with any device), and so is the state of objects whose
-    class sets ``HOST_SIDE = True`` (kept on the CPU by design, e.g. the GMMs of ``second_order``, whose samples
-    are moved to the device). Cycles are visited once.
+    0-dim CPU tensors are allowed (PyTorch mixes them with any device). Cycles are visited once.
     ``misplaced`` replaces the device test (tests use it to find tensors of a stand-in device).
     """
     device = torch.device(device)
@@ -35,8 +33,6 @@ def misplaced_tensors(obj: Any, device: torch.device, where: str = "model", limi
         if isinstance(value, (str, bytes, int, float, bool, type(None), torch.device, torch.dtype)):
             return
         seen.add(id(value))
-        if getattr(type(value), "HOST_SIDE", False):
-            return
         if isinstance(value, dict):
             for k, v in list(value.items()):
                 visit(v, f"{path}[{k!r}]", depth + 1)

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from utils import accelerator
 from utils.errors import UserError
 
 
@@ -51,14 +52,16 @@ def init_from_env(timeout_seconds: float, device_name: Optional[str] = None) -> 
         raise UserError(f"--distributed ddp must be launched with torchrun (missing {', '.join(missing)}), e.g. "
                         f"torchrun --nproc_per_node 2 main.py ... --distributed ddp")
     local_rank = int(os.environ["LOCAL_RANK"])
-    use_cuda = torch.cuda.is_available() and (device_name is None or device_name.startswith("cuda"))
-    if use_cuda:
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
+    kind = torch.device(device_name).type if device_name else (accelerator.current_type() or "cpu")
+    device, count = torch.device("cpu"), accelerator.device_count(kind)
+    if count and local_rank >= count:
+        raise UserError(f"local rank {local_rank} has no {kind} device (this machine has {count}); start at most "
+                        f"{count} processes per node (torchrun --nproc_per_node {count})")
+    if count:
+        device = torch.device(kind, local_rank)  # one device per local rank
+        accelerator.set_current(device)
     if not is_distributed():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo",
+        dist.init_process_group(backend=accelerator.process_group_backend(device),
                                 timeout=datetime.timedelta(seconds=timeout_seconds))
     return device
 
@@ -96,8 +99,25 @@ def any_rank(flag: bool) -> bool:
     """True when ``flag`` is true on at least one rank (``flag`` itself in a single process)."""
     if not is_distributed():
         return flag
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    return bool(all_reduce_sum(torch.tensor([float(flag)], device=device)).item() > 0)
+    return bool(all_reduce_sum(torch.tensor([float(flag)], device=collective_device())).item() > 0)
+
+
+def collective_device() -> torch.device:
+    """Where a tensor must live for a collective of this process group (the CPU under gloo, else this rank's
+    device)."""
+    if not is_distributed() or dist.get_backend() == "gloo":
+        return torch.device("cpu")
+    return accelerator.default_device()
+
+
+def min_over_ranks(value: int) -> int:
+    """The smallest ``value`` over the ranks (``value`` itself in a single process): a choice every rank must agree
+    on, e.g. a batch size sized from each rank's free memory."""
+    if not is_distributed():
+        return int(value)
+    box = torch.tensor([int(value)], dtype=torch.int64, device=collective_device())
+    dist.all_reduce(box, op=dist.ReduceOp.MIN)
+    return int(box.item())
 
 
 def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
@@ -113,6 +133,23 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(padded) for _ in range(world_size())]
     dist.all_gather(parts, padded)
     return torch.cat([p[:int(s.item())] for p, s in zip(parts, sizes)])
+
+
+def gather_batches(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Every rank's per-batch ``parts`` in the order of the global batches: batch 0 of rank 0, of rank 1, ..., then
+    batch 1 ... (a rank's share of a global batch is consecutive rows of it, :class:`ShardedBatchSampler`), i.e.
+    the rows of a single-process pass; ``torch.cat(parts)`` in a single process. Every rank holds as many batches
+    (the sharded sampler gives each rank a share of every batch)."""
+    local = torch.cat(parts)
+    if not is_distributed():
+        return local
+    counts = all_gather_cat(torch.tensor([len(p) for p in parts], device=local.device)).view(world_size(), -1)
+    rows = all_gather_cat(local)
+    starts = torch.cat([counts.new_zeros(1), counts.sum(1).cumsum(0)[:-1]])  # each rank's first row in ``rows``
+    offsets = torch.cat([counts.new_zeros(world_size(), 1), counts.cumsum(1)[:, :-1]], 1) + starts[:, None]
+    order = [torch.arange(int(o), int(o) + int(c)) for o, c in zip(offsets.t().flatten().tolist(),
+                                                                     counts.t().flatten().tolist())]
+    return rows[torch.cat(order).to(rows.device)] if order else rows
 
 
 def broadcast_object(obj: object) -> object:
@@ -185,6 +222,16 @@ class ShardedBatchSampler(Sampler[list[int]]):
         self.passes = 0
 
     def _slices(self, order: list[int]) -> Iterator[list[int]]:
+        for batch, lo, hi in self._cuts(order):
+            yield batch[lo:hi]
+
+    def layout(self) -> list[tuple[int, int]]:
+        """(global batch size, this rank's first row in it) of every batch of a pass, in order (the same for every
+        pass): what device-side augmentation needs to draw per global image index."""
+        return [(len(batch), lo) for batch, lo, _ in self._cuts(list(range(self.n)))]
+
+    def _cuts(self, order: list[int]) -> Iterator[tuple[list[int], int, int]]:
+        """Each global batch of ``order`` and this rank's rows ``[lo, hi)`` of it."""
         w, r = world_size(), rank()
         batches = [order[start:start + self.batch_size] for start in range(0, self.n, self.batch_size)]
         if batches and len(batches[-1]) < self.batch_size:
@@ -200,7 +247,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
         for batch in batches:
             size, extra = divmod(len(batch), w)
             lo = r * size + min(r, extra)
-            yield batch[lo:lo + size + (1 if r < extra else 0)]
+            yield batch, lo, lo + size + (1 if r < extra else 0)
 
     def _batches(self, order: list[int], pass_index: int) -> Iterator[list]:
         from utils.seeding import derive_seed  # (utils.seeding imports this module)

@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from utils import accelerator
 from utils.errors import UserError
 
 LEVELS = (0, 1, 2, 3)
@@ -70,8 +71,7 @@ def resolve_code_optimization(args: argparse.Namespace) -> argparse.Namespace:
 
 def apply_matmul_precision(level: int) -> None:
     """Process-wide fp32 matmul/convolution precision: TF32 allowed from -O 1 (CUDA only)."""
-    torch.backends.cuda.matmul.allow_tf32 = level >= 1
-    torch.backends.cudnn.allow_tf32 = level >= 1 or torch.backends.cudnn.allow_tf32
+    accelerator.set_tf32(level >= 1, level >= 1 or accelerator.tf32()[1])
 
 
 def compile_backend() -> str:

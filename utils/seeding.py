@@ -17,7 +17,7 @@ from typing import Any, Iterator, Optional, Union
 import numpy as np
 import torch
 
-from utils import distributed
+from utils import accelerator, distributed
 
 _unseeded: Optional[int] = None
 
@@ -51,23 +51,27 @@ def generator(seed: int, task: int, purpose: str, device: Union[str, torch.devic
 
 @contextlib.contextmanager
 def seeded(seed: int, device: Optional[Union[str, torch.device]] = None) -> Iterator[None]:
-    """Run a block with the global torch (CPU and ``device``'s CUDA), numpy and python RNGs seeded from
-    ``seed``; their previous states are restored afterwards (the block consumes nothing outside it)."""
+    """Run a block with the global torch (CPU and, for an accelerator ``device``, that device's), numpy and python
+    RNGs seeded from ``seed``; their previous states are restored afterwards (the block consumes nothing outside
+    it). Code that draws on an accelerator must name its ``device``, or its draws are not seeded."""
     device = torch.device(device) if device is not None else None
-    cuda = [device] if device is not None and device.type == "cuda" else []
+    on_device = device is not None and accelerator.is_accelerator(device)
     py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=cuda, enabled=True):
-        torch.default_generator.manual_seed(seed)
-        for dev in cuda:
-            with torch.cuda.device(dev):
-                torch.cuda.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed % 2 ** 32)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+    cpu_state = torch.get_rng_state()
+    device_state = accelerator.get_rng_state(device) if on_device else None
+    torch.default_generator.manual_seed(seed)
+    if on_device:
+        accelerator.seed_rng(device, seed)
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu_state)
+        if on_device:
+            accelerator.set_rng_state(device, device_state)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 def seeded_for(args: Any, task: int, purpose: str, device: Optional[Union[str, torch.device]] = None):

@@ -17,7 +17,7 @@ from datasets.utils.sources import ImageSource, TaskDataset, seed_worker
 from datasets.utils.structure import INSTANCE_NAMES, declared_structure, install_views
 from datasets.utils.transforms import build_transform
 from mammoth_compat.dataset import MammothDatasetAPI
-from utils import distributed, seeding
+from utils import accelerator, distributed, seeding
 from utils.errors import UserError
 
 PREFETCH_BATCHES = 4  # batches each loader worker prepares ahead
@@ -274,32 +274,34 @@ class ContinualDataset(MammothDatasetAPI):
         return TaskDataset(test, self.task_indices(test, task, cumulative), self.get_test_transform())
 
     def make_loader(self, dataset: torch.utils.data.Dataset, shuffle: bool,
-                    batch_size: Optional[int] = None) -> DataLoader:
+                    batch_size: Optional[int] = None, counted: bool = True) -> DataLoader:
         """A seeded loader, identical on every rank whatever the shard sizes and ``--num_workers``.
 
         A shuffled loader's order and each sample's augmentation come from the stream (seed, task,
         ``loader<n>``) (n-th shuffled loader of the task): a sample's augmentation depends only on its index
         and the pass, never on which rank or worker loads it; the global RNGs are not touched.
+        ``counted=False``: a shuffled loader with the stream of the next one that does not count as one (a look at
+        the images as training sees them that changes no later draw).
         """
         if batch_size is None and not shuffle:  # evaluation: larger batches, same results
             batch_size = getattr(self.args, "eval_batch_size", None) or max(self.args.batch_size, 128)
         batch_size = batch_size or self.args.batch_size
         workers = default_num_workers() if self.args.num_workers is None else self.args.num_workers
-        device = str(getattr(self.args, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = getattr(self.args, "device", None) or accelerator.default_device()
         task = max(self.c_task, 0)
         n = self._shuffled_loaders.get(task, 0) if shuffle else 0
         seed = seeding.derive_seed(seeding.run_seed(self.args), task, f"loader{n}" if shuffle else "test_loader")
         if getattr(self.args, "debug_mode", False):  # the single place where --debug_mode caps a pass
             dataset = debug_cap(dataset, shuffle, seed)
         common = dict(num_workers=workers, worker_init_fn=seed_worker if workers else None,
-                      pin_memory=device.startswith("cuda") and torch.cuda.is_available(),
+                      pin_memory=accelerator.pin_memory(device),
                       # train loaders are iterated once per epoch: keep their workers; test loaders are kept for
                       # the whole run (one per task), persistent workers there would pile up idle processes
-                      persistent_workers=bool(workers) and shuffle,
+                      persistent_workers=bool(workers) and shuffle and counted,
                       prefetch_factor=PREFETCH_BATCHES if workers else None,
                       generator=torch.Generator().manual_seed(seed))  # workers' base seed: not the global RNG
         if shuffle:
-            self._shuffled_loaders[task] = n + 1
+            self._shuffled_loaders[task] = n + int(counted)
             sampler = distributed.ShardedBatchSampler(len(dataset), batch_size, shuffle=True, seed=seed,
                                                       drop_last=bool(self.args.drop_last), sample_seeds=True)
             return DataLoader(dataset, batch_sampler=sampler, **common)

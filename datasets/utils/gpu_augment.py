@@ -2,8 +2,13 @@
 
 The crop parameters are drawn exactly as torchvision's ``RandomResizedCrop.get_params`` draws them (area fraction
 uniform in ``scale``, log aspect ratio uniform in ``log(ratio)``, rounded sizes, up to 10 trials, then the
-ratio-clamped centre crop), vectorised over the batch and seeded on the device; crop-and-resize is kornia's
-(bicubic, like the CPU pipeline). The CPU loader then only decodes and converts the small source image.
+ratio-clamped centre crop), vectorised over the batch and seeded on the device; crop-and-resize samples the
+boxes with ``grid_sample`` (bicubic, like the CPU pipeline; the values of kornia's ``crop_and_resize``). The CPU
+loader then only decodes and converts the small source image.
+
+Under DDP each rank draws the crops and flips of the whole global batch from the same stream and keeps its own
+rows, so every global image index gets the crop and flip of the single-process run. A call makes no host-device
+copy and reads no value back (constants cached on the device, boxes built there).
 """
 from __future__ import annotations
 
@@ -50,6 +55,21 @@ def sample_crops(n: int, height: int, width: int, scale: tuple[float, float], ra
     return torch.stack([top, left, h, w], 1)
 
 
+def crop_resize(images: torch.Tensor, crops: torch.Tensor, size: int, mode: str = "bicubic") -> torch.Tensor:
+    """Each image's crop (top, left, height, width) resized to ``size`` x ``size``: the corner pixels of the box map
+    to the corner pixels of the output (kornia's ``crop_and_resize`` with ``align_corners=True``), out-of-image
+    taps read zeros. ``crops`` is on the images' device; nothing is read back."""
+    _, _, height, width = images.shape
+    top, left, h, w = crops.to(images.dtype).unbind(1)
+    steps = torch.linspace(0.0, 1.0, size, device=images.device, dtype=images.dtype)  # output pixel / (size - 1)
+    xs = left[:, None] + steps * (w - 1)[:, None]  # (B, size) source pixel columns
+    ys = top[:, None] + steps * (h - 1)[:, None]
+    gx = (2 * xs / max(width - 1, 1) - 1)[:, None, :].expand(-1, size, -1)
+    gy = (2 * ys / max(height - 1, 1) - 1)[:, :, None].expand(-1, -1, size)
+    grid = torch.stack([gx, gy], -1)  # (B, size, size, 2): x then y, as grid_sample reads it
+    return torch.nn.functional.grid_sample(images, grid, mode=mode, padding_mode="zeros", align_corners=True)
+
+
 class DeviceRRCFlip:
     """Random resized crop to ``size``, horizontal flip with probability 1/2, then ``(x - mean) / std``."""
 
@@ -59,27 +79,40 @@ class DeviceRRCFlip:
         self.mean, self.std = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
         self.seed = seed
         self._generator: Optional[torch.Generator] = None
+        self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def generator(self, device: torch.device) -> torch.Generator:
         if self._generator is None or self._generator.device != device:
             self._generator = torch.Generator(device=device).manual_seed(self.seed)
         return self._generator
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """``images``: (B, C, H, W) in [0, 1] on the target device."""
-        from kornia.geometry.transform import crop_and_resize
+    def constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) on ``device``, copied there once."""
+        if device not in self._constants:
+            self._constants[device] = (self.mean.to(device), self.std.to(device))
+        return self._constants[device]
+
+    def draw(self, n: int, height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next ``n`` crops (n, 4) and flips (n,) of the stream, for ``height`` x ``width`` source images."""
+        gen = self.generator(device)
+        crops = sample_crops(n, height, width, self.scale, self.ratio, gen, device)
+        return crops, torch.rand(n, device=device, generator=gen) < 0.5
+
+    def apply(self, images: torch.Tensor, crops: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        """Crop, resize, flip and normalise ``images`` (B, C, H, W) in [0, 1] with the drawn ``crops`` and ``flips``."""
+        out = crop_resize(images.float(), crops, self.size, self.mode)
+        out = torch.where(flips[:, None, None, None], out.flip(-1), out)
+        mean, std = self.constants(out.device)
+        return (out - mean) / std
+
+    def __call__(self, images: torch.Tensor, rows: Optional[tuple[int, int]] = None) -> torch.Tensor:
+        """``images``: (B, C, H, W) in [0, 1] on the target device. ``rows = (total, first)``: the images are rows
+        ``first .. first + B - 1`` of ``total`` (a DDP rank's share of a global batch): the crops and flips of all
+        ``total`` are drawn and this share's kept."""
         n, _, height, width = images.shape
-        gen = self.generator(images.device)
-        crops = sample_crops(n, height, width, self.scale, self.ratio, gen, images.device)
-        top, left, h, w = crops.unbind(1)
-        # kornia boxes: (x, y) of the corners tl, tr, br, bl in pixel coordinates (inclusive)
-        x0, y0, x1, y1 = left, top, left + w - 1, top + h - 1
-        boxes = torch.stack([torch.stack([x0, y0], 1), torch.stack([x1, y0], 1), torch.stack([x1, y1], 1),
-                             torch.stack([x0, y1], 1)], 1).float()
-        out = crop_and_resize(images.float(), boxes, (self.size, self.size), mode=self.mode, align_corners=True)
-        flip = torch.rand(n, device=images.device, generator=gen) < 0.5
-        out = torch.where(flip[:, None, None, None], out.flip(-1), out)
-        return (out - self.mean.to(out.device)) / self.std.to(out.device)
+        total, first = rows if rows is not None else (n, 0)
+        crops, flips = self.draw(total, height, width, images.device)
+        return self.apply(images, crops[first:first + n], flips[first:first + n])
 
 
 def rrc_flip_spec(ops: Sequence, mean: Sequence[float], std: Sequence[float]) -> Optional[dict]:
@@ -106,7 +139,11 @@ def rrc_flip_spec(ops: Sequence, mean: Sequence[float], std: Sequence[float]) ->
 
 
 class DeviceAugmentedLoader:
-    """A train loader whose batches are moved to ``device`` and augmented there (same length and items)."""
+    """A train loader whose batches are moved to ``device`` and augmented there (same length and items).
+
+    Over a :class:`utils.distributed.ShardedBatchSampler` the crops and flips of a whole pass are drawn at its first
+    batch and the image at position p of the pass's (global) order gets the p-th: the augmentation depends neither
+    on the batch size nor on the number of ranks. Other loaders draw batch by batch."""
 
     def __init__(self, loader: torch.utils.data.DataLoader, augment: DeviceRRCFlip, device: torch.device):
         self.loader, self.augment, self.device = loader, augment, device
@@ -115,5 +152,19 @@ class DeviceAugmentedLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator:
-        for inputs, *rest in self.loader:
-            yield (self.augment(inputs.to(self.device, non_blocking=True)), *rest)
+        layout = getattr(self.loader.batch_sampler, "layout", None)  # (global batch, first row) of each batch
+        if not callable(layout):
+            for inputs, *rest in self.loader:
+                yield (self.augment(inputs.to(self.device, non_blocking=True)), *rest)
+            return
+        cuts = layout()
+        starts = [0]
+        for total, _ in cuts:
+            starts.append(starts[-1] + total)
+        drawn: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        for (total, first), start, (inputs, *rest) in zip(cuts, starts, self.loader):
+            x = inputs.to(self.device, non_blocking=True)
+            if drawn is None:  # the whole pass's crops and flips, in its global order
+                drawn = self.augment.draw(starts[-1], x.shape[-2], x.shape[-1], x.device)
+            lo, hi = start + first, start + first + x.shape[0]
+            yield (self.augment.apply(x, drawn[0][lo:hi], drawn[1][lo:hi]), *rest)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from models.second_order_utils.modules import AdaptedLayer
+from utils import accelerator
 
 CHUNK_ELEMENTS = 1 << 24  # per-sample gradient chunk (B_chunk * d_out * d_in floats)
 
@@ -33,17 +34,17 @@ def fisher_precision(precision: str, device: torch.device) -> Iterator[None]:
     CPU) or bf16 (autocast of the forward, so the backward's GEMMs run in bf16). Squares are always summed in fp32."""
     if precision not in FISHER_PRECISIONS:
         raise ValueError(f"unknown Fisher precision {precision!r}; choose from {', '.join(FISHER_PRECISIONS)}")
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision != "fp32"
+    saved = accelerator.tf32()
+    accelerator.set_tf32(precision != "fp32", precision != "fp32")
     try:
         if precision == "bf16":
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            with torch.autocast(device_type=accelerator.autocast_type(device), dtype=torch.bfloat16):
                 yield
         else:
             with torch.autocast(device_type=device.type, enabled=False):  # never under the training autocast
                 yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        accelerator.set_tf32(*saved)
 
 
 SQUARE_SUM_FORMS = ("inplace", "norm", "einsum")
@@ -167,7 +168,7 @@ class FisherHooks:
                     select[:, start:start + k].fill_diagonal_(1.0)  # row j picks score start + j
                     grads = torch.autograd.grad(stacked, outputs, grad_outputs=select, is_grads_batched=True,
                                                 retain_graph=True, allow_unused=True)
-            except torch.cuda.OutOfMemoryError:
+            except accelerator.OutOfMemoryError:
                 if chunk == 1:
                     raise
                 chunk = max(1, chunk // 2)
@@ -318,14 +319,14 @@ def network_fisher(forward: Callable[[torch.Tensor], torch.Tensor], layers: dict
     return hooks.sums, n
 
 
-CLASS_BATCH_ROWS = 512  # auto on CUDA: (image, class) pairs per vmapped class backward
+CLASS_BATCH_ROWS = 512  # auto on an accelerator: (image, class) pairs per vmapped class backward
 
 
 def auto_class_batch(device: torch.device, batch_size: int) -> int:
-    """Class backward passes per vmapped backward: on CUDA enough classes for ``CLASS_BATCH_ROWS`` (image, class)
-    pairs per backward (1 once a batch alone is that large); on a CPU 1, the per-class loop (docs/speed.md: the
-    vmapped backward is slower there)."""
-    if device.type != "cuda":
+    """Class backward passes per vmapped backward: on an accelerator enough classes for ``CLASS_BATCH_ROWS``
+    (image, class) pairs per backward (1 once a batch alone is that large); on a CPU 1, the per-class loop
+    (docs/speed.md: the vmapped backward is slower there)."""
+    if not accelerator.is_accelerator(device):
         return 1
     return max(1, CLASS_BATCH_ROWS // max(1, batch_size))
 
@@ -350,20 +351,14 @@ def head_fisher(features: torch.Tensor, logits: torch.Tensor, rows: slice) -> tu
     return coef.t() @ features.float().pow(2), coef.sum(0)
 
 
-def auto_batch_size(bytes_per_image: float, free_bytes: float, fraction: float = 0.5, low: int = 8,
-                    high: int = 1024) -> int:
-    """The largest multiple of 8 in [low, high] whose Fisher pass needs at most ``fraction`` of the free memory."""
-    fit = int(fraction * free_bytes // max(bytes_per_image, 1.0))
-    return max(low, min(high, fit // 8 * 8))
+auto_batch_size = accelerator.fit_batch  # images per Fisher batch from the bytes per image and the free bytes
 
 
 def probe_bytes_per_image(forward: Callable[[torch.Tensor], torch.Tensor], layers: dict[str, AdaptedLayer],
-                          images: torch.Tensor, precision: str = "fp32") -> float:
-    """Peak CUDA memory per image of one forward + one class backward of the Fisher pass on ``images``."""
-    device = images.device
-    torch.cuda.synchronize(device)
-    base = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    network_fisher(forward, layers, [images], mc_classes=2, precision=precision)
-    peak = torch.cuda.max_memory_allocated(device) - base
-    return peak / len(images)
+                          images: torch.Tensor, precision: str = "fp32") -> Optional[float]:
+    """Peak device memory per image of one forward + one class backward of the Fisher pass on ``images`` (None
+    where the device does not count its memory). Runs with gradients on, whatever the caller's mode."""
+    with torch.enable_grad():
+        peak = accelerator.measure_peak(images.device, lambda: network_fisher(forward, layers, [images], mc_classes=2,
+                                                                              precision=precision))
+    return None if peak is None else peak / len(images)

@@ -17,12 +17,8 @@ LOG_2PI = math.log(2 * math.pi)
 
 @dataclass
 class DiagonalGMM:
-    """A Gaussian mixture with diagonal covariances: ``weights`` (K,), ``means`` and ``variances`` (K, D).
-
-    Kept on the CPU by design (fitted by scikit-learn, sampled with a seeded CPU generator); the samples are
-    moved to the model's device by the caller."""
-
-    HOST_SIDE = True  # utils.device_audit: not a tensor of the model's device
+    """A Gaussian mixture with diagonal covariances: ``weights`` (K,), ``means`` and ``variances`` (K, D), on the
+    model's device (fitted there by gmm.py, sampled there by :class:`StackedGMM`)."""
 
     weights: torch.Tensor
     means: torch.Tensor

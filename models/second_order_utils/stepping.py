@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from models.second_order_utils import penalties as pen
 from models.second_order_utils.modules import ModulePool
+from utils import accelerator
 
 Pairs = list[tuple[torch.nn.Parameter, torch.Tensor]]
 MicroBatch = tuple[torch.Tensor, torch.Tensor]
@@ -91,7 +92,10 @@ class VirtualBatches:
         self.accumulated = group
         try:
             self.last_loss = backward(self.pending, group)
-        except torch.cuda.OutOfMemoryError:  # too large for one pass: accumulate this group instead
+            fits = True
+        except accelerator.OutOfMemoryError:  # too large for one pass: accumulate this group instead
+            fits = False
+        if not fits:  # retried here, not in the handler: the failed pass's graph and traceback are released first
             zero_grad()
             self.last_loss = torch.stack([backward([mb], group) for mb in self.pending]).mean()
         self.pending = []

@@ -15,17 +15,17 @@ import torch
 
 from datasets.utils.debug import DEBUG_IMAGES
 from models.second_order_utils import penalties as pen
-from models.second_order_utils.fisher import (auto_batch_size, head_fisher, network_fisher, probe_bytes_per_image,
-                                              reduce_fisher)
+from models.second_order_utils.fisher import head_fisher, network_fisher, probe_bytes_per_image, reduce_fisher
 from models.second_order_utils.flags import CPU_STATS_BATCH, SecondOrderSettings
 from models.second_order_utils.gmm import fit_gmms_distributed
 from models.second_order_utils.heads import IncrementalHead
 from models.second_order_utils.modules import ModulePool
 from models.second_order_utils.pretuning import DiagonalGMM, align_classifier, linear_probe, sample_features
-from utils import distributed, seeding
+from utils import accelerator, distributed, seeding
 from utils.killpoints import kill_point
 
 DEBUG_FISHER_CLASSES = 2  # --debug_mode: backward passes per Fisher batch (the images are capped by the loaders)
+PROBE_IMAGES = 8  # images of the automatic --stats_batch_size's memory probe (global, split over DDP ranks)
 
 
 class TaskStatistics:
@@ -77,20 +77,28 @@ class TaskStatistics:
         self.compute_fisher(dataset)
 
     def stats_batch_size(self, dataset: Any) -> int:
-        """``--stats_batch_size``, or auto: 64 on a CPU, on CUDA sized from the free memory and the measured
-        memory per image of the Fisher pass (the results do not depend on it)."""
+        """``--stats_batch_size``, or auto: 64 on a CPU (or a device that does not report its free memory), on an
+        accelerator sized from the free memory and the measured memory per image of the Fisher pass, the smallest
+        over the DDP ranks (the sharded loaders must cut the same global batches). Measured once per run, at the
+        first task; the results do not depend on it."""
         if self.settings.stats_batch_size is not None:
             return self.settings.stats_batch_size
-        if self.device.type != "cuda":
-            return CPU_STATS_BATCH
         if self.auto_stats_batch is None:
-            x = next(iter(dataset.make_loader(dataset.train_dataset(self.task), shuffle=False,
-                                              batch_size=8)))[0].to(self.device)
-            per_image = probe_bytes_per_image(lambda v: self.pretuned_head.seen_logits(self.net.features(v)),
-                                              self.pool.layers, x, self.settings.fisher_precision)
-            free, _ = torch.cuda.mem_get_info(self.device)
-            self.auto_stats_batch = auto_batch_size(per_image, free)
+            size = CPU_STATS_BATCH
+            if accelerator.free_memory(self.device) is not None:
+                per_image = probe_bytes_per_image(lambda v: self.pretuned_head.seen_logits(self.net.features(v)),
+                                                  self.pool.layers, self.probe_images(dataset),
+                                                  self.settings.fisher_precision)
+                if per_image is not None:
+                    size = accelerator.batch_for_memory(self.device, per_image, CPU_STATS_BATCH)
+            self.auto_stats_batch = distributed.min_over_ranks(size)
         return self.auto_stats_batch
+
+    def probe_images(self, dataset: Any, n: int = PROBE_IMAGES) -> torch.Tensor:
+        """``n`` training images of the task on the device, augmented as the statistics passes see them (a loader
+        that takes no place among the task's shuffled loaders: no later draw changes)."""
+        loader = dataset.make_loader(dataset.train_dataset(self.task), shuffle=True, batch_size=n, counted=False)
+        return next(iter(loader))[0].to(self.device)
 
     def stats_loader(self, dataset: Any) -> Any:
         """The current task's training images (augmented, as in the reference) in large batches."""
@@ -103,10 +111,8 @@ class TaskStatistics:
             with self.autocast():
                 feats.append(self.net.features(x.to(self.device)).float())
             labels.append(y.to(self.device).long())
-        feats, labels = torch.cat(feats), torch.cat(labels)
-        if distributed.is_distributed():  # every rank fits the same GMMs / probe on all ranks' features
-            feats, labels = distributed.all_gather_cat(feats), distributed.all_gather_cat(labels)
-        return feats, labels
+        # every rank fits the same GMMs / probe on all ranks' features, in the order of a single-process pass
+        return distributed.gather_batches(feats), distributed.gather_batches(labels)
 
     def fit_gmms(self, feats: torch.Tensor, labels: torch.Tensor,
                  into: Optional[dict[int, DiagonalGMM]] = None) -> None:
@@ -165,7 +171,7 @@ class TaskStatistics:
         # under DDP each rank saw a shard of the images: sum the sums and counts
         self.fisher_current, self.n_current = reduce_fisher(fisher, n)
         classes = list(range(end)) if not self.use_iel else list(range(start))
-        with seeding.seeded_for(self.args, self.task, "head_fisher"):
+        with seeding.seeded_for(self.args, self.task, "head_fisher", self.device):  # samples drawn on the device
             feats, _ = sample_features(self.gmms, self.align_samples, [c for c in classes if c in self.gmms])
         head = self.pretuned_head.heads[self.task]
         if len(feats):

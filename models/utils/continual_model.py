@@ -11,7 +11,7 @@ from torch import nn
 from backbone import ContinualBackbone
 from mammoth_compat.model import MammothModelAPI, filter_keywords, uses_not_aug
 from models.utils.buffer import Buffer
-from utils import distributed
+from utils import accelerator, distributed
 from utils.frozen_weights import PretrainedIndex
 from utils.settings import add_settings_flags, settings_from_args
 from utils.optimization import COMPILE_LEVEL, apply_matmul_precision, compiled
@@ -134,7 +134,7 @@ class ContinualModel(MammothModelAPI, nn.Module):
                                   nesterov=bool(self.args.optim_nesterov) and self.args.optim_mom > 0)
         else:
             cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-            fused = all(p.is_cuda for p in params)  # one kernel per step, no host sync (CUDA only)
+            fused = accelerator.fused_optimizer(params)  # one kernel per step, no host sync
             opt = cls(params, lr=lr, weight_decay=self.args.optim_wd, **({"fused": True} if fused else {}))
         distributed.average_gradients_before_step(opt)  # data-parallel under --distributed ddp, else a no-op
         return opt
@@ -149,7 +149,7 @@ class ContinualModel(MammothModelAPI, nn.Module):
         """bf16 autocast from ``-O 2`` (``--precision bf16``), else a no-op."""
         if self.code_optimization < 2:
             return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=accelerator.autocast_type(self.device), dtype=torch.bfloat16)
 
     @property
     def train_net(self) -> Callable[[torch.Tensor], torch.Tensor]:
