@@ -47,11 +47,11 @@ def fisher_precision_on(precision: str, device_type: str) -> str:
 
 
 def run_device_type(args: argparse.Namespace) -> str:
-    """The device type the run will use: ``--device``'s, else cuda when available."""
+    """The device type the run will use: ``--device``'s, else the default device's."""
     device = getattr(args, "device", None)
     if device:
         return str(device).split(":")[0]
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return accelerator.default_device().type
 
 
 def resolve_code_optimization(args: argparse.Namespace) -> argparse.Namespace:
