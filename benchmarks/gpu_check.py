@@ -204,13 +204,14 @@ def fisher_flops(data: str, tasks: int, classes_per_task: int, dims: dict[str, i
 def square_sum_check(device: str) -> dict[str, Any]:
     """The square-and-sum forms timed on ``device`` at the per-sample product shapes of the run's ViT."""
     from benchmarks.square_sum import measure
-    from models.second_order_utils.fisher import SQUARE_SUM_FORM
     import torch
+
+    from models.second_order_utils.fisher import square_sum_form
     shapes = [(16, 2304, 768), (16, 3072, 768)] if device != "cpu" else [(8, 288, 96), (8, 384, 96)]
     rows = [measure(shape, torch.device(device), 5) for shape in shapes]
     fastest = [r["fastest"] for r in rows]
-    return {"rows": rows, "chosen": SQUARE_SUM_FORM, "fastest": fastest,
-            "chosen_is_fastest": all(f == SQUARE_SUM_FORM for f in fastest)}
+    chosen = square_sum_form(torch.device(device))
+    return {"rows": rows, "chosen": chosen, "fastest": fastest, "chosen_is_fastest": all(f == chosen for f in fastest)}
 
 
 def launch(run_args: list[str], procs: int, out: str, env: dict[str, str]) -> tuple[dict[str, Any], Any]:

@@ -198,7 +198,9 @@ GPUS = {"h100": {"fp32": 67e12, "tf32": 494.7e12, "bf16": 989.4e12, "bytes_per_s
         "h200": {"fp32": 67e12, "tf32": 494.7e12, "bf16": 989.4e12, "bytes_per_s": 4.8e12}}
 UTILISATION = 0.40  # of the peak of the precision each phase runs in (the goal's 40 % of bf16 peak for training)
 BANDWIDTH_UTILISATION = 0.70  # of the memory bandwidth, for the Fisher's memory-bound square-and-sum pass
-SQUARE_SUM_BYTES = 16  # per per-sample product element, fp32 "inplace" form: GEMM write, square read+write, sum read
+# bytes per per-sample product element of the square-and-sum pass on a GPU, "norm" form (fisher.square_sum_form):
+# the GEMM's write and one read ("inplace", the CPU's form, moves 16: write, square read+write, sum read)
+SQUARE_SUM_BYTES = 8
 # the published line: --dataset seq-cifar100-224 --model_config best (models/config/ita.yaml)
 PUBLISHED = {"tasks": 10, "classes_per_task": 10, "train_per_task": 5000, "test_per_task": 1000, "epochs": 20,
              "dim": 768, "depth": 12, "tokens": 197, "patches": 196, "lora_r": 16, "gmm_components": 5,
