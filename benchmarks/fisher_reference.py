@@ -219,8 +219,7 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"{flops[name][0] / 1e9:9.1f} GFLOP {flops[name][1]:9.0f} kernels")
     print(f"reference / ours: {ratio:.2f}x   (max rel. err of the Fisher {err:.1e})")
     from models.second_order_utils.flags import SecondOrderSettings
-    from utils.optimization import fisher_precision_on
-    ours_precision = fisher_precision_on(SecondOrderSettings().fisher_precision, "cuda")
+    ours_precision = SecondOrderSettings().fisher_precision
     from benchmarks.phases import SQUARE_SUM_BYTES
     # the reference: bmm write, pow read + write, sum read (16 bytes); ours: the GPU form of fisher.square_sum
     projected = {"reference": project_gpu(*flops["reference"], "fp32", 16),

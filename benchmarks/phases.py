@@ -286,10 +286,10 @@ def main(argv: Optional[list[str]] = None) -> int:
 def cuda_defaults() -> tuple[str, str]:
     """The Fisher and training-forward precisions a CUDA run of the published line gets without flags."""
     from models.second_order_utils.flags import SecondOrderSettings
-    from utils.optimization import default_level, fisher_precision_on
+    from utils.optimization import default_level
     level = default_level("cuda")
     train = "bf16" if level >= 2 else "tf32" if level >= 1 else "fp32"
-    return fisher_precision_on(SecondOrderSettings().fisher_precision, "cuda"), train
+    return SecondOrderSettings().fisher_precision, train
 
 
 if __name__ == "__main__":

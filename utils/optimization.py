@@ -38,14 +38,6 @@ def default_level(device_type: str) -> int:
     return DEFAULT_LEVELS.get(device_type, 0)
 
 
-def fisher_precision_on(precision: str, device_type: str) -> str:
-    """``--fisher_precision`` resolved: ``auto`` is tf32 on CUDA (where the rule of docs/speed.md admitted it) and
-    fp32 elsewhere (the same computation on a CPU)."""
-    if precision != "auto":
-        return precision
-    return "tf32" if device_type == "cuda" else "fp32"
-
-
 def run_device_type(args: argparse.Namespace) -> str:
     """The device type the run will use: ``--device``'s, else the default device's."""
     device = getattr(args, "device", None)
