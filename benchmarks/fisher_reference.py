@@ -48,11 +48,36 @@ def make_inputs(folder: str, opts: argparse.Namespace) -> None:
     torch.save(torch.randn(opts.images, 3, opts.img_size, opts.img_size), os.path.join(folder, "images.pt"))
 
 
-def count_flops(fn: Any) -> int:
+def count_flops(fn: Any) -> tuple[int, int, float]:
+    """Matmul FLOPs, kernels (aten operations that are not views) and bytes written by the per-sample
+    square-and-sum passes (elements of the 3-d tensors squared) of ``fn()``."""
+    from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter:
+
+    class Kernels(TorchDispatchMode):
+        count, squared = 0, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if not getattr(func, "is_view", False):
+                Kernels.count += 1
+                if func.__name__.split(".")[0] in ("pow", "square_", "pow_", "mul_") and args[0].dim() == 3:
+                    Kernels.squared += args[0].numel()
+            return out
+    with FlopCounterMode(display=False) as counter, Kernels():
         fn()
-    return int(counter.get_total_flops())
+    return int(counter.get_total_flops()), Kernels.count, float(Kernels.squared)
+
+
+def project_gpu(flops: float, kernels: float, squared: float, precision: str, square_bytes: int,
+                gpu: str = "h100", launch_s: float = 5e-6) -> float:
+    """Seconds on ``gpu``: matmul FLOPs at ``phases.UTILISATION`` of the precision's peak, plus the square-and-sum
+    pass (``square_bytes`` per squared element) at ``phases.BANDWIDTH_UTILISATION`` of the bandwidth, plus
+    ``launch_s`` per kernel (nothing overlapped: an upper bound for both sides)."""
+    from benchmarks.phases import BANDWIDTH_UTILISATION, GPUS, UTILISATION
+    peak = GPUS[gpu]
+    return (flops / (UTILISATION * peak[precision]) + squared * square_bytes / (BANDWIDTH_UTILISATION *
+            peak["bytes_per_s"]) + kernels * launch_s)
 
 
 def run_ours(folder: str, opts: argparse.Namespace) -> dict[str, Any]:
@@ -72,10 +97,11 @@ def run_ours(folder: str, opts: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     sums = once(images)
     seconds = time.perf_counter() - start
-    flops = count_flops(lambda: once(images[:opts.our_batch])) * len(images) / min(len(images), opts.our_batch)
+    counts = [c * len(images) / min(len(images), opts.our_batch)
+              for c in count_flops(lambda: once(images[:opts.our_batch]))] if opts.count_flops else None
     fisher = {f"{short}_{name.split('.')[1]}": v for name, v in sums.items()
               for short, long in TARGETS.items() if name.endswith(long)}
-    return {"seconds": seconds, "flops": flops, "fisher": fisher}
+    return {"seconds": seconds, "counts": counts, "fisher": fisher}
 
 
 def run_reference(folder: str, opts: argparse.Namespace) -> dict[str, Any]:
@@ -110,8 +136,9 @@ def run_reference(folder: str, opts: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     fisher = once(images)
     seconds = time.perf_counter() - start
-    flops = count_flops(lambda: once(images[:opts.ref_batch])) * len(images) / min(len(images), opts.ref_batch)
-    return {"seconds": seconds, "flops": flops, "fisher": {k: v.detach() for k, v in fisher.items()}}
+    counts = [c * len(images) / min(len(images), opts.ref_batch)
+              for c in count_flops(lambda: once(images[:opts.ref_batch]))] if opts.count_flops else None
+    return {"seconds": seconds, "counts": counts, "fisher": {k: v.detach() for k, v in fisher.items()}}
 
 
 def extract(path: str) -> str:
@@ -155,6 +182,7 @@ def parse(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--out", default=None)
     parser.add_argument("--side", choices=["ours", "reference"], default=None, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--count_flops", action="store_true", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     passed = [a for a in (argv if argv is not None else sys.argv[1:])]
     return opts, passed
@@ -174,10 +202,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         make_inputs(folder, opts)
         times: dict[str, list[float]] = {"ours": [], "reference": []}
         results: dict[str, dict[str, Any]] = {}
-        for _ in range(opts.repeats):  # alternating, so both sides see the same machine load
+        flops: dict[str, list[float]] = {}  # side -> [matmul FLOPs, kernels, squared elements]
+        for i in range(opts.repeats):  # alternating, so both sides see the same machine load
             for name in ("reference", "ours"):
-                results[name] = side(name, folder, opts, forward)
+                results[name] = side(name, folder, opts, forward if i else [*forward, "--count_flops"])
                 times[name].append(results[name]["seconds"])
+                flops.setdefault(name, results[name]["counts"])
     err = compare(results["ours"]["fisher"], results["reference"]["fisher"])
     best = {k: min(v) for k, v in times.items()}
     ratio = best["reference"] / best["ours"]
@@ -186,13 +216,23 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"{opts.images} images; reference batch {opts.ref_batch}, ours {opts.our_batch}; one thread each")
     for name in ("reference", "ours"):
         print(f"{name:9s} {' '.join(f'{t:7.2f}' for t in times[name])} s   best {best[name]:7.2f} s   "
-              f"{results[name]['flops'] / 1e9:9.1f} GFLOP")
+              f"{flops[name][0] / 1e9:9.1f} GFLOP {flops[name][1]:9.0f} kernels")
     print(f"reference / ours: {ratio:.2f}x   (max rel. err of the Fisher {err:.1e})")
+    from models.second_order_utils.flags import SecondOrderSettings
+    ours_precision = SecondOrderSettings().fisher_precision
+    from benchmarks.phases import SQUARE_SUM_BYTES
+    # the reference: bmm write, pow read + write, sum read (16 bytes); ours: the GPU form of fisher.square_sum
+    projected = {"reference": project_gpu(*flops["reference"], "fp32", 16),
+                 "ours": project_gpu(*flops["ours"], ours_precision, SQUARE_SUM_BYTES)}
+    print(f"projected on an H100 (reference fp32, ours {ours_precision} = the CUDA default): reference "
+          f"{projected['reference']:.3f} s, ours {projected['ours']:.3f} s, "
+          f"ratio {projected['reference'] / projected['ours']:.2f}x")
     if opts.out:
         with open(opts.out, "w") as f:
             json.dump({"settings": {k: v for k, v in vars(opts).items() if k not in ("side", "workdir")},
                        "tokens": tokens, "seconds": times, "best_seconds": best, "ratio": ratio,
-                       "flops": {k: r["flops"] for k, r in results.items()}, "max_rel_err": err}, f, indent=1)
+                       "flops_kernels_squared": flops, "max_rel_err": err,
+                       "projected_h100_seconds": projected, "ours_gpu_precision": ours_precision}, f, indent=1)
     return 0 if err < 1e-4 else 1
 
 

@@ -3,7 +3,8 @@
     python -m benchmarks.square_sum [--device cpu|cuda] [--shapes B,O,I ...] [--repeats 10] [--out FILE.json]
 
 Forms (``models.second_order_utils.fisher.square_sum``): ``inplace`` (square in place, sum over the contiguous
-leading dimension) and ``einsum`` (``boi,boi->oi``, a batched dot: a bmm of O*I (1 x B)(B x 1) products), plus
+leading dimension: 12 bytes moved per element after the GEMM's write), ``norm`` (the 2-norm over that dimension,
+squared: one read, 4 bytes) and ``einsum`` (``boi,boi->oi``, a batched dot: a bmm of O*I (1 x B)(B x 1) products), plus
 ``pow_sum`` (``P.pow(2).sum(0)``, a squared copy first, as the reference implementation does) for comparison. The
 forms are timed interleaved on the same tensors (median of ``--repeats``), their results compared, and the
 fastest form printed; the default shapes are the per-sample products of ViT-B/16's qkv and fc1 and of a ViT-Tiny
@@ -28,6 +29,7 @@ from utils.io import write_json  # noqa: E402
 DEFAULT_SHAPES = ["16,2304,768", "16,3072,768", "64,576,192"]
 FORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "inplace": lambda p: square_sum(p, "inplace"),
+    "norm": lambda p: square_sum(p, "norm"),
     "einsum": lambda p: square_sum(p, "einsum"),
     "pow_sum": lambda p: p.pow(2).sum(0),
 }

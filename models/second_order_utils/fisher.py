@@ -47,18 +47,30 @@ def fisher_precision(precision: str, device: torch.device) -> Iterator[None]:
         accelerator.set_tf32(*saved)
 
 
-SQUARE_SUM_FORMS = ("inplace", "einsum")
-SQUARE_SUM_FORM = "inplace"  # chosen by benchmarks/square_sum.py (re-checked on a GPU by benchmarks/gpu_check.py)
+SQUARE_SUM_FORMS = ("inplace", "norm", "einsum")
+# per device type; chosen by benchmarks/square_sum.py on the CPU; on accelerators the one-read "norm" form by its
+# bytes (8 per element with the product's write, against 16), re-checked by benchmarks/gpu_check.py --full
+SQUARE_SUM_FORM = {"cpu": "inplace"}
+ACCELERATOR_SQUARE_SUM_FORM = "norm"
 
 
-def square_sum(per_sample: torch.Tensor, form: str = SQUARE_SUM_FORM) -> torch.Tensor:
+def square_sum_form(device: torch.device) -> str:
+    """The square-and-sum form used on ``device``."""
+    return SQUARE_SUM_FORM.get(device.type, ACCELERATOR_SQUARE_SUM_FORM)
+
+
+def square_sum(per_sample: torch.Tensor, form: Optional[str] = None) -> torch.Tensor:
     """sum_b per_sample[b]^2 in fp32. fp32 ``inplace``: squared in place (the argument is consumed), then summed
-    over the contiguous leading dimension (two elementwise passes, no copy); ``einsum``: the batched dot
+    over the contiguous leading dimension (two elementwise passes, no copy); ``norm``: the 2-norm over the leading
+    dimension, squared (one read pass; within 2 ulp of the plain sum); ``einsum``: the batched dot
     ``boi,boi->oi`` (a bmm of O*I (1 x B)(B x 1) products). bf16: a norm accumulating in fp32 (no upcast copy)."""
     if per_sample.dtype != torch.float32:
         return torch.linalg.vector_norm(per_sample, dim=0, dtype=torch.float32).square()
+    form = form or square_sum_form(per_sample.device)
     if form == "einsum":
         return torch.einsum("boi,boi->oi", per_sample, per_sample)
+    if form == "norm":
+        return torch.linalg.vector_norm(per_sample, dim=0).square()
     return per_sample.square_().sum(0)
 
 
