@@ -48,7 +48,10 @@ def get_device(name: Optional[str]) -> torch.device:
 
 
 def check_compatibility(model_cls: Any, dataset: Any) -> None:
-    """The model must support the dataset's setting (class-il, task-il, domain-il, ...)."""
+    """The model must support the dataset's setting (class-il, task-il, domain-il, ...); a task-IL model also
+    runs on a class-IL dataset (it is told the task at evaluation, as in Mammoth)."""
+    if dataset.SETTING == "class-il" and "task-il" in model_cls.COMPATIBILITY:
+        return
     if dataset.SETTING not in model_cls.COMPATIBILITY:
         raise UserError(f"model {model_cls.NAME} does not support the {dataset.SETTING} setting of {dataset.NAME} "
                         f"(it supports: {', '.join(model_cls.COMPATIBILITY)}); pick another model or dataset")

@@ -86,13 +86,16 @@ def fill_buffer(buffer: Any, dataset: Any, t_idx: int, net: Optional[torch.nn.Mo
 
 def icarl_replay(model: Any, dataset: Any, val_set_split: float = 0) -> None:
     """From the second task on, append the buffer's samples to the current task's training samples; with
-    ``val_set_split`` > 0, that fraction of the buffer (and as many task samples) becomes ``model.val_loader``."""
+    ``val_set_split`` > 0, that fraction of the buffer (at least one sample, and as many task samples) becomes
+    ``model.val_loader``."""
     if model.current_task == 0 or model.buffer.is_empty():
         return
     from mammoth_compat.conf import create_seeded_dataloader
     train = dataset.train_loader.dataset
     n = len(model.buffer)
     buf_val = torch.rand(n) < val_set_split
+    if val_set_split > 0 and not bool(buf_val.any()):  # a tiny buffer (debug mode) still gets a validation sample
+        buf_val[torch.randint(n, (1,))] = True
     train_val = np.zeros(len(train.targets), dtype=bool)
     train_val[torch.randperm(len(train.targets))[:int(buf_val.sum())].numpy()] = True
     examples = model.buffer.examples[:n].cpu()

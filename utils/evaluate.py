@@ -15,21 +15,29 @@ from utils.modes import eval_mode
 TASK_IL_SETTINGS = ("class-il", "task-il")
 
 
+def task_il_only(model: Any) -> bool:
+    """A model that only supports task-IL (e.g. one network per task): it is given the task at evaluation,
+    ``model(x, task)``, and its class-IL accuracy is reported as 0 (as in Mammoth)."""
+    compatibility = getattr(model, "COMPATIBILITY", ())
+    return "task-il" in compatibility and "class-il" not in compatibility and "general-continual" not in compatibility
+
+
 @torch.no_grad()
 def accuracy_on_loader(model: Any, loader: DataLoader, task_range: tuple[int, int],
-                       n_visible: int) -> tuple[Optional[float], Optional[float]]:
+                       n_visible: int, task: Optional[int] = None) -> tuple[Optional[float], Optional[float]]:
     """(class-IL, task-IL) accuracy in % on one task's loader; (None, None) for a loader without images
     (a task without test images, accepted with ``--allow_incomplete_test_set 1``).
 
     Class-IL: argmax over the logits of the ``n_visible`` classes seen so far. Task-IL: argmax
-    over the logits of the task's own range ``task_range = (start, end)``.
+    over the logits of the task's own range ``task_range = (start, end)``. With ``task``, the model is
+    called as ``model(inputs, task)`` (a task-IL-only model).
     """
     start, end = task_range
     correct_cil = correct_til = total = 0
     for batch in loader:
         inputs, labels = batch[0].to(model.device, non_blocking=True), batch[1].to(model.device)
         with model.autocast():
-            logits = model(inputs)
+            logits = model(inputs) if task is None else model(inputs, task)
         logits = logits[:, :n_visible].float()
         correct_cil += (logits.argmax(dim=1) == labels).sum().item()
         masked = torch.full_like(logits, float("-inf"))
@@ -70,8 +78,10 @@ def evaluate(model: Any, dataset: Any, tasks: Optional[Iterable[int]] = None,
     til: list[Optional[float]] = []
     with eval_mode(model):
         for task, loader in loaders:
+            given_task = task if task_il_only(model) else None
             a, b = accuracy_on_loader(model, loader, dataset.get_offsets(task),
-                                      n_visible if n_visible is not None else dataset.get_offsets(task)[1])
+                                      n_visible if n_visible is not None else dataset.get_offsets(task)[1], given_task)
+            a = 0.0 if given_task is not None else a
             cil.append(a)
             if reports_task_il(dataset):
                 til.append(b)

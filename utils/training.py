@@ -104,7 +104,8 @@ def run_epochs(model: LoopModel, dataset: LoopDataset, args: LoopSettings, train
     """
     quiet = bool(args.non_verbose) or not distributed.is_main_process()
     fitting = TaskFitting(model, dataset, args, len(train_loader))
-    extra_names = tuple(getattr(dataset, "extra_return_fields", ()))
+    attached = getattr(getattr(train_loader, "dataset", None), "extra_return_fields", ())  # by a Mammoth model
+    extra_names = tuple(getattr(dataset, "extra_return_fields", ())) + tuple(attached)
     for epoch in tqdm(fitting.epochs(), desc=f"task {task + 1} epochs", leave=False, disable=quiet):
         model.meta_begin_epoch(epoch, dataset)
         bar = tqdm(train_loader, desc=f"task {task + 1} epoch {epoch + 1}", leave=False, disable=quiet)

@@ -15,17 +15,21 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
+from datasets.utils.sources import with_fields
+
 DEBUG_IMAGES = 4
 
 
 class CappedDataset(Subset):
     """A :class:`Subset` that also forwards ``(position, seed)`` items (seeded per-sample augmentation)."""
 
+    extra_return_fields: tuple[str, ...] = ()  # per-sample attributes a model attached (see TaskDataset)
+
     def __getitem__(self, i):
         if isinstance(i, tuple):
             position, seed = i
-            return self.dataset[(self.indices[position], seed)]
-        return self.dataset[self.indices[i]]
+            return with_fields(self.dataset[(self.indices[position], seed)], self, position)
+        return with_fields(self.dataset[self.indices[i]], self, i)
 
     def __getitems__(self, indices: list) -> list:
         return [self.__getitem__(i) for i in indices]

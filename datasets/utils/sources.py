@@ -51,8 +51,17 @@ class ImageSource:
                             f"; remove or replace the file") from None
 
 
+def with_fields(item: tuple, owner: object, position: int) -> tuple:
+    """``item`` followed by ``owner``'s per-sample ``extra_return_fields`` at ``position`` (Mammoth models attach
+    e.g. ``logits`` to ``train_loader.dataset`` and receive them as ``observe`` keywords)."""
+    names = getattr(owner, "extra_return_fields", ())
+    return item + tuple(getattr(owner, name)[position] for name in names) if names else item
+
+
 class TaskDataset(Dataset):
     """Samples of ``source`` at ``indices``: train items are (augmented, label, not_augmented), test (image, label)."""
+
+    extra_return_fields: tuple[str, ...] = ()  # per-sample attributes a model attached, appended to train items
 
     def __init__(self, source: ImageSource, indices: Sequence[int], transform: Callable,
                  not_aug_transform: Optional[Callable] = None, extra_targets: Optional[np.ndarray] = None):
@@ -114,8 +123,8 @@ class TaskDataset(Dataset):
         if self.not_aug_transform is None:
             return image, label
         if self.extra_targets is not None:
-            return image, label, self.not_aug_transform(img), int(self.extra_targets[index])
-        return image, label, self.not_aug_transform(img)
+            return with_fields((image, label, self.not_aug_transform(img), int(self.extra_targets[index])), self, i)
+        return with_fields((image, label, self.not_aug_transform(img)), self, i)
 
 
 def seed_worker(worker_id: int) -> None:
