@@ -26,9 +26,9 @@ from utils.errors import UserError
 METHOD_LABELS = {"ita": "ITA", "iel": "IEL", "ita_free": "ITA without penalties", "ta": "Task Arithmetic"}
 NO_PENALTY = ["--alpha_ita", "0", "--req_weight_cls", "0", "--simple_reg_weight_cls", "0"]
 ALONE = ["--use_ca", "0", "--num_epochs_pretuning", "0", "--num_epochs_align_pretuning", "0"]
-# dataset -> (npz file in the data folder, or a path for CIFAR-100 mini; tasks; uses --natural_seeds)
+# dataset -> (npz file in <out>/data; tasks; natural: CIFAR-100 mini (--c100), whole, with --natural_seeds)
 DATASETS = {"mnist": ("mnist5k_mini.npz", 5, False), "fmnist": ("fmnist_mini.npz", 5, False),
-            "c10": ("cifar10_small.npz", 5, False), "c100": ("../shared/data/cifar100_mini.npz", 10, True)}
+            "c10": ("cifar10_small.npz", 5, False), "c100": ("", 10, True)}
 DATASET_LABELS = {"mnist": "MNIST", "fmnist": "Fashion-MNIST", "c10": "CIFAR-10 subset", "c100": "CIFAR-100 mini"}
 METRICS = {  # key -> column title
     "class_il": "class-IL", "task_il": "task-IL", "theta0": "θ0, same heads",
@@ -175,6 +175,27 @@ def plot(table: dict[str, dict[str, dict[str, Any]]], path: str) -> str:
     return path
 
 
+def prepare_data(dataset: str, path: str, args: argparse.Namespace) -> None:
+    """Write the seeded class-balanced subset of ``dataset`` (``benchmarks.mini_data``) to ``path``."""
+    import numpy as np
+
+    from benchmarks.mini_data import write_subset
+
+    if dataset == "c10":
+        if not os.path.isfile(args.cifar10):
+            raise UserError(f"{args.cifar10} not found; pass --cifar10 PATH to cifar10_mini.npz")
+        with np.load(args.cifar10) as npz:
+            arrays = [npz[k] for k in ("x_train", "y_train", "x_test", "y_test")]
+        source = args.cifar10
+    else:
+        from datasets.utils.mnist import load_mnist_like
+
+        data = load_mnist_like("mnist" if dataset == "mnist" else "fashion-mnist",
+                               os.path.join(os.path.dirname(path), "raw"))
+        arrays, source = [data.train.data, data.train.targets, data.test.data, data.test.targets], data.source
+    write_subset(path, *arrays, args.train_per_class, args.test_per_class, 0, source)
+
+
 def shared_flags(data: str, n_tasks: int, seed: int, img_size: int, base: str) -> list[str]:
     return ["--dataset", "seq-custom", "--data_path", data, "--n_tasks", str(n_tasks), "--img_size", str(img_size),
             "--normalization", "half", "--backbone", "efficientnet_lite0", "--seed", str(seed), "--n_epochs", "1",
@@ -192,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train_per_class", type=int, default=20)
     parser.add_argument("--test_per_class", type=int, default=60)
     parser.add_argument("--c100", default="../shared/data/cifar100_mini.npz", help="CIFAR-100 mini npz")
+    parser.add_argument("--cifar10", default="../shared/data/cifar10_mini.npz", help="CIFAR-10 mini npz")
     parser.add_argument("--run", type=int, default=1, help="0: only aggregate what is already in --out")
     parser.add_argument("--device", default="cpu")
     return parser
@@ -199,7 +221,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def claims(argv: Optional[list[str]] = None) -> dict[str, Any]:
     from benchmarks.editing import editing, records_path
-    from benchmarks.mini_data import main as write_data
 
     args = build_parser().parse_args(argv)
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
@@ -209,14 +230,12 @@ def claims(argv: Optional[list[str]] = None) -> dict[str, Any]:
             raise UserError(f"--datasets: unknown '{d}'; choose from {', '.join(DATASETS)}")
     flags = {m: method_flags(m) for m in methods}
     data_dir = os.path.join(args.out, "data")
-    if args.run and any(not DATASETS[d][2] for d in datasets) and \
-            not os.path.isfile(os.path.join(data_dir, "fmnist_mini.npz")):
-        write_data(["--out", data_dir, "--train_per_class", str(args.train_per_class),
-                    "--test_per_class", str(args.test_per_class)])
     per_seed: dict[str, dict[str, list[dict[str, float]]]] = {}
     for dataset in datasets:
         file, n_tasks, natural = DATASETS[dataset]
         data = args.c100 if natural else os.path.join(data_dir, file)
+        if args.run and not natural and not os.path.isfile(data):
+            prepare_data(dataset, data, args)
         for seed in (int(s) for s in (args.natural_seeds if natural else args.seeds).split(",") if s.strip()):
             out = os.path.join(args.out, dataset, f"s{seed}")
             if args.run:
