@@ -5,8 +5,9 @@
            --normalization half --backbone efficientnet_lite0 --lr 0.001 --n_epochs 1
 
 Each method is trained once (flags after ``--`` go to every run, ``--extra "ita:--alpha_ita 1"`` to one;
-``--checkpoint ita=PATH`` uses a finished checkpoint instead), saving its last checkpoint in
-``<out>/checkpoints/<method>`` (reused with ``--reuse 1``). Then, on the checkpoint's test sets:
+``--checkpoint ita=PATH`` uses a finished checkpoint instead; ``LABEL=MODEL`` in ``--methods`` runs a model under
+its own label, e.g. ``ita_free=ita``), saving its last checkpoint in ``<out>/checkpoints/<label>`` (reused with
+``--reuse 1``). Then, on the checkpoint's test sets:
 
 - specialization: compose only the modules of the first, the middle, the last task, of those three together,
   and of every single task (weights 1/|kept|; ``--raw_weights`` keeps the reference's 1/T);
@@ -14,7 +15,8 @@ Each method is trained once (flags after ``--`` go to every run, ``--extra "ita:
 - theta0 with the same heads: every module dropped.
 
 Target = the edited tasks (kept or dropped; every task for theta0), control = the others; class-IL
-accuracy (%) of the full composition ("before") and the edited one ("after"). Writes ``editing.md`` (the
+accuracy (%) of the full composition ("before") and the edited one ("after"); each record also keeps every task's
+class-IL and task-IL accuracy before and after. Writes ``editing.md`` (the
 summary table), ``editing.csv`` (every edit) and ``editing.png`` (the summary as grouped bars). Each distinct
 composition is evaluated once (TMC: from per-task tangent features, see ``EditEvaluator``); a method's finished
 edits are kept in ``<out>/records/<method>.json`` and reused like its checkpoint.
