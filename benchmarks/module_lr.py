@@ -4,8 +4,8 @@
         --data_path ../shared/data/cifar100_mini.npz --n_tasks 10 --img_size 64 --normalization half \
         --backbone efficientnet_lite0 --n_epochs 1 --seed 0
 
-Each variant trains the first task (``--stop_after 1``) with the demo's ITA settings (``app/demo.py``) plus its own
-flags, then measures on task 0's test set: the accuracy of theta0 + tau_0 (the trained module), of theta0 with the
+Each variant trains the first task (``--stop_after 1``) with the demo's ITA settings (``app/demo.py``), then the
+flags after ``--``, then its own flags (a later flag replaces an earlier one), then measures on task 0's test set: the accuracy of theta0 + tau_0 (the trained module), of theta0 with the
 same heads (the module dropped) and how far the module moved the weights, ``||dW|| / ||W0||`` per adapted layer
 (median and largest). A run that breaks task 0 through its features scores well with the module dropped and badly
 with it; one whose heads broke scores badly both ways. Resumable: a variant with ``<out>/<variant>.json`` is skipped.
@@ -20,7 +20,7 @@ import statistics
 import sys
 from typing import Any, Optional
 
-from benchmarks.compare import exit_code, parse_with_shared
+from benchmarks.compare import exit_code, merge_flags, parse_with_shared
 from utils.errors import UserError
 
 NO_PENALTY = ["--alpha_ita", "0", "--req_weight_cls", "0", "--simple_reg_weight_cls", "0"]
@@ -84,9 +84,9 @@ def module_lr(argv: Optional[list[str]] = None) -> dict[str, dict[str, Any]]:
             continue
         folder = os.path.join(args.out, "checkpoints", slug(name))
         print(f"[module_lr] {name}", flush=True)
-        run(["--model", "ita", *shared, *ITA_ARGS, *VARIANTS[name], "--stop_after", "1", "--savecheck", "task",
-             "--checkpoint_path", folder, "--non_verbose", "1", "--plots", "0",
-             "--results_file", os.path.join(args.out, "results", f"{slug(name)}.json")])
+        run(["--model", "ita", *merge_flags(ITA_ARGS, shared, VARIANTS[name], [
+            "--stop_after", "1", "--savecheck", "task", "--checkpoint_path", folder, "--non_verbose", "1",
+            "--plots", "0", "--results_file", os.path.join(args.out, "results", f"{slug(name)}.json")])])
         checkpoint = next(os.path.join(d, f) for d, _, files in os.walk(folder) for f in files if f.endswith(".pt"))
         found[name] = {"flags": VARIANTS[name], **measure(checkpoint)}
         from utils.io import write_json
