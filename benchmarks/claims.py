@@ -20,7 +20,7 @@ import os
 import sys
 from typing import Any, Optional
 
-from benchmarks.compare import exit_code
+from benchmarks.compare import exit_code, merge_flags
 from utils.errors import UserError
 
 METHOD_LABELS = {"ita": "ITA", "iel": "IEL", "ita_free": "ITA without penalties", "ta": "Task Arithmetic"}
@@ -41,8 +41,8 @@ def method_flags(label: str) -> tuple[str, list[str]]:
     """(model, flags) of a method of the table."""
     from app.demo import IEL_ARGS, ITA_ARGS
 
-    flags = {"ita": ITA_ARGS, "iel": IEL_ARGS, "ita_free": [*ITA_ARGS, *NO_PENALTY],
-             "ta": [*ITA_ARGS, *NO_PENALTY, *ALONE]}
+    flags = {"ita": ITA_ARGS, "iel": IEL_ARGS, "ita_free": merge_flags(ITA_ARGS, NO_PENALTY),
+             "ta": merge_flags(ITA_ARGS, NO_PENALTY, ALONE)}
     if label not in flags:
         raise UserError(f"--methods: unknown method '{label}'; choose from {', '.join(METHOD_LABELS)}")
     return ("iel" if label == "iel" else "ita"), list(flags[label])
