@@ -128,7 +128,9 @@ def _set_flag(text: str, flag: str, value: str) -> str:
 def _compare_cheaply(text: str) -> str:
     """One model, one seed, debug-sized runs (flags after ``--`` reach every run)."""
     text = _set_flag(text, "--seeds", "1")
-    text = re.sub(r"--models (\S+)", lambda m: "--models " + m.group(1).split(",")[0], text)
+    first = re.search(r"--models (\S+)", text).group(1).split(",")[0]
+    text = re.sub(r"--models \S+", f"--models {first}", text)
+    text = re.sub(r'--extra "(\w+):[^"]*"', lambda m: m.group(0) if m.group(1) == first else "", text)
     return text + " --debug_mode 1"
 
 

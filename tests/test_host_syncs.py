@@ -111,7 +111,7 @@ BATCH_UPLOADS = 3  # the images (in the device-augmenting loader), the labels an
 def test_no_copy_or_sync_in_the_accelerator_step_outside_logging(tmp_path, extra):
     """Per training step of second_order with device augmentation on the test accelerator: the batch's uploads
     and nothing else (no copy to the host, no value read, no data-dependent shape, no copy of a constant); on the
-    step after a logging step, exactly one read (the logged loss)."""
+    step after a logging step, at most one read (the logged loss)."""
     import json
     import subprocess
 
@@ -130,11 +130,14 @@ def test_no_copy_or_sync_in_the_accelerator_step_outside_logging(tmp_path, extra
     report = json.load(open(out))
     steps = report["steps"]
     assert len(steps) >= 2 * 8 and report["augmented"] >= len(steps) and report["optimizer_state"]
+    assert sum(step["counts"].get("to_host", 0) for step in steps) >= len(steps) // LOG_EVERY - 2  # reads happen
     first = steps[0]["counts"]  # the run's first step also caches the augmentation's constants on the device (2)
     assert first.get("to_device", 0) <= BATCH_UPLOADS + 2 and not first.get("to_host") and not first.get("syncs")
     for n, step in enumerate(steps[1:], 1):
         counts, after_logging = step["counts"], (step["index"] - 1) % LOG_EVERY == 0 and step["index"] > 0
         where = f"step {n} (index {step['index']} in its epoch): {step['sites']}"
         assert counts.get("to_device", 0) == BATCH_UPLOADS, where
-        assert counts.get("to_host", 0) == (1 if after_logging else 0), where
+        # the logged loss: one read on the step after a logging step (none while it is still the float 0.0 of a
+        # virtual batch that has not stepped yet), never elsewhere
+        assert counts.get("to_host", 0) <= (1 if after_logging else 0), where
         assert counts.get("syncs", 0) == 0 and counts.get("synchronize", 0) == 0, where
