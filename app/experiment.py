@@ -71,10 +71,11 @@ def check_transforms_on_data(dataset: Any) -> None:
     """The training and test transforms run on the first image of each split (a crop larger than the images,
     a transform that never makes a tensor: one line before training, not a data-loader traceback)."""
     train, test = dataset.splits
-    for source, make, spec, name in ((train, dataset.get_transform, dataset.train_transform_spec, "TRANSFORM"),
-                                     (test, dataset.get_test_transform, dataset.test_transform_spec, "TEST_TRANSFORM")):
+    for source, make, spec, name, split in (
+            (train, dataset.get_transform, dataset.train_transform_spec, "TRANSFORM", "training"),
+            (test, dataset.get_test_transform, dataset.test_transform_spec, "TEST_TRANSFORM", "test")):
         if len(source):
-            where = f"{name} of the dataset config" if spec is not None else f"the {dataset.NAME} {name.lower()}"
+            where = f"{name} of the dataset config" if spec is not None else f"the {dataset.NAME} {split} transform"
             check_on_image(make(), source.image(0), where)
 
 

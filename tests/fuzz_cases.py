@@ -236,6 +236,13 @@ def cache_case(rng: random.Random, index: int, tmp: Path, monkeypatch: Any) -> C
                                      Path(os.path.dirname(path)).write_bytes(rng.randbytes(16))),
     }
     kind = sorted(writers)[index % len(writers)]
+    if kind == "folder_is_a_file" and rng.random() < 0.5:  # the checkpoint download folder instead
+        blocker = tmp / "work" / "ckpt"
+        blocker.parent.mkdir(parents=True, exist_ok=True)
+        blocker.write_bytes(rng.randbytes(16))
+        monkeypatch.delenv("CL_NO_DOWNLOAD", raising=False)  # the folder is refused before any connection
+        argv = run_args(tmp, data, "--n_tasks", "2", "--loadcheck", f"https://example.invalid/{rng.randint(0, 99)}.pt")
+        return argv, "checkpoint download folder below a file"
     writers[kind]()
     return argv, f"noisy-label cache {kind}"
 

@@ -104,3 +104,10 @@ def test_report_treats_missing_and_non_finite_values_as_missing(tmp_path):
     assert float(row["final_class_il_mean"]) == 40.0 and row["final_task_il_mean"] == ""
     assert "| – |" in markdown
     assert np.isfinite(float(row["final_class_il_std"]))
+
+
+def test_tracker_scalars_leave_out_tasks_without_test_images():
+    from utils.loggers import task_scalars
+    scalars = task_scalars([[80.0], [60.0, None]], [[90.0], [70.0, None]], 1)
+    assert scalars == {"RESULT_class_mean_accs": 60.0, "RESULT_task_mean_accs": 70.0, "RESULT_class_acc_0": 60.0,
+                       "RESULT_task_acc_0": 70.0}

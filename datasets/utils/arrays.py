@@ -123,7 +123,7 @@ def read_class_names(folder: str) -> Optional[list[str]]:
     try:
         with open(path) as fh:
             names = json.load(fh)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise UserError(f"cannot read {path} ({exc}); delete it") from None
     if isinstance(names, dict):
         return [str(names[k]) for k in sorted(names, key=lambda k: int(k))]

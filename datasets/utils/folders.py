@@ -150,7 +150,7 @@ def read_manifest(path: str, paths_key: str, labels_key: str) -> tuple[list[str]
         with open(path) as fh:
             table = json.load(fh) if path.endswith(".json") else yaml.safe_load(fh)
         paths, labels = [str(p) for p in table[paths_key]], [int(y) for y in table[labels_key]]
-    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, yaml.YAMLError) as exc:
         raise UserError(f"cannot read the image list {path} ({type(exc).__name__}: {exc}); delete the dataset "
                         f"folder to download it again") from None
     if len(paths) != len(labels):

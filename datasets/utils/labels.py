@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from datasets.utils.paths import check_regular
+from datasets.utils.paths import check_regular, make_folder
 from utils.errors import UserError
 from utils.io import atomic_write
 
@@ -66,7 +66,7 @@ def cached_noisy_labels(targets: np.ndarray, n_classes: int, args, dataset: str)
     if os.path.lexists(path):
         return read_cached_labels(path, len(targets), n_classes)
     noisy = noisy_labels(targets, n_classes, args.noise_rate, args.noise_type, args.seed, dataset)
-    os.makedirs(folder, exist_ok=True)
+    make_folder(folder, "noisy-label cache folder")
     atomic_write(path, lambda fh: np.save(fh, noisy), binary=True)
     return noisy
 

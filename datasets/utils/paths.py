@@ -33,3 +33,21 @@ def check_regular(path: str, what: str, folder_ok: bool = False, fix: str = "") 
     expected = "a file or a folder" if folder_ok else "a file"
     raise UserError(f"{what} {path} is {special_kind(mode)}, not {expected}; "
                     f"{fix or 'pass ' + expected + ' that holds the data'}")
+
+
+def make_folder(path: str, what: str = "folder") -> None:
+    """``os.makedirs(path, exist_ok=True)``; a file in the way, or no permission, is a one-line :class:`UserError`
+    naming the blocking path (``what`` says what the folder is for, e.g. 'download folder')."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = os.path.abspath(path)
+        while not os.path.exists(blocker) and os.path.dirname(blocker) != blocker:
+            blocker = os.path.dirname(blocker)
+        while os.path.isdir(blocker) and blocker != os.path.abspath(path):  # the first part that is not a folder
+            blocker = os.path.join(blocker, os.path.relpath(path, blocker).split(os.sep)[0])
+        raise UserError(f"cannot create the {what} {path}: {blocker} is a file, not a folder; remove it or choose "
+                        f"another location (--base_path, --checkpoint_path)") from None
+    except PermissionError:
+        raise UserError(f"cannot create the {what} {path}: permission denied; choose a writable location "
+                        f"(--base_path, --checkpoint_path)") from None
