@@ -28,8 +28,8 @@ last task, under ``torchrun`` with 2 processes when 2 GPUs exist; flags the scri
 halves. Its JSON adds per-phase seconds of both halves, the peak memory, the Fisher's achieved FLOP/s (the FLOPs of
 ``benchmarks.phases.vit_flops`` over the images and seen classes of every task, divided by the Fisher's seconds)
 and the square-and-sum forms timed on the device (``benchmarks.square_sum``) with the fastest one. About 5 minutes
-on one H200 (ViT-B/16, 1,117 training images, 20 epochs); ``--full --device cpu`` runs 3 tasks of 1 epoch with
-the small ViT (the test suite).
+on one H200 (ViT-B/16, 1,117 training images, 20 epochs; estimated from FLOPs, not run); ``--full --device cpu``
+runs 3 tasks of 1 epoch with the small ViT (the test suite).
 
 ``--device cpu`` replaces ViT-B/16 by ``vit_tiny_patch16_224`` with one block, 32-pixel patches and 96 dimensions
 through the test-only variable ``CL_TEST_VIT_B16_ARCH`` (backbone/vit.py), stops after 2 tasks of 1 epoch and runs

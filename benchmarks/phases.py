@@ -278,8 +278,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     opts = parser.parse_args(argv)
     fisher, train = cuda_defaults()
     print_estimate(estimate(opts.estimate, "fp32", "fp32"), "strict fp32 (-O 0 --fisher_precision fp32)")
-    print_estimate(estimate(opts.estimate, opts.fisher_precision or fisher, opts.train_precision or train),
-                   f"default on CUDA (Fisher {opts.fisher_precision or fisher}, training {opts.train_precision or train})")
+    chosen = opts.fisher_precision or fisher, opts.train_precision or train
+    label = "default on CUDA" if chosen == (fisher, train) else "as asked"
+    print_estimate(estimate(opts.estimate, *chosen), f"{label} (Fisher {chosen[0]}, training {chosen[1]})")
     return 0
 
 

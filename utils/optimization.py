@@ -52,7 +52,8 @@ def resolve_code_optimization(args: argparse.Namespace) -> argparse.Namespace:
     level: Optional[int] = getattr(args, "code_optimization", None)
     precision: Optional[str] = getattr(args, "precision", None)
     if level is None:
-        level = BF16_LEVEL if precision == "bf16" else 0 if precision == "fp32" else default_level(run_device_type(args))
+        level = (BF16_LEVEL if precision == "bf16" else 0 if precision == "fp32"
+                 else default_level(run_device_type(args)))
     implied = "bf16" if level >= BF16_LEVEL else "fp32"
     if precision is not None and precision != implied:
         raise UserError(f"--code_optimization {level} runs in {implied} but --precision {precision} was given; "

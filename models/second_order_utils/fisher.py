@@ -12,6 +12,7 @@ layers' outputs; equal to the loop up to fp32 rounding).
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, Optional
@@ -19,6 +20,7 @@ from typing import Callable, Iterable, Iterator, Optional
 import torch
 import torch.nn.functional as F
 
+from models.second_order_utils.fisher_ops import ReusedBackward
 from models.second_order_utils.modules import AdaptedLayer
 from utils import accelerator
 
@@ -306,8 +308,9 @@ def network_fisher(forward: Callable[[torch.Tensor], torch.Tensor], layers: dict
             chunk = class_batch if class_batch is not None else auto_class_batch(x.device, x.shape[0])
             chunk = chunk if fitted is None else min(chunk, fitted)
             hooks.batched = chunk > 1
-            with fisher_precision(precision, x.device):
-                logits = forward(x)
+            with fisher_precision(precision, x.device), \
+                    (ReusedBackward() if not hooks.batched else contextlib.nullcontext()):
+                logits = forward(x)  # one class backward after another: activation slopes, attention kept
             logp = F.log_softmax(logits.float(), dim=1)
             probs = logp.detach().exp()
             if sampled_labels:

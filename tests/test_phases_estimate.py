@@ -1,0 +1,60 @@
+"""benchmarks/phases.py --estimate: the ViT FLOP formulas against torch's FLOP counter on a small ViT, and the
+run-time model's arithmetic."""
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks import phases
+
+
+def small_vit(classes=0):
+    from timm.models.vision_transformer import VisionTransformer
+    torch.manual_seed(0)
+    net = VisionTransformer(img_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2, num_classes=classes)
+    return net.eval().requires_grad_(False)
+
+
+def counted(fn):
+    with FlopCounterMode(display=False) as c:
+        fn()
+    return c.get_total_flops()
+
+
+def test_forward_flops_equal_the_counter():
+    net = small_vit()
+    v = phases.vit_flops(32, 2, 17, 16)
+    # torch's counter has no rule for the CPU's fused attention kernel: everything else is counted
+    assert counted(lambda: net(torch.randn(1, 3, 64, 64))) == v["forward"] - v["attention"]
+    assert v["attention"] == 2 * 4 * 17 ** 2 * 32  # q k^T and p v, 2 FLOPs per multiply-add, per block
+
+
+def test_one_class_backward_of_the_fisher_matches_the_formula():
+    from models.second_order_utils.fisher import network_fisher
+    from models.second_order_utils.modules import inject_adapters
+    net = small_vit(classes=3)
+    layers = inject_adapters(net, "lora", 2)
+    x = torch.randn(2, 3, 64, 64)
+    flops = {}
+    for k in (1, 2):
+        flops[k] = counted(lambda: network_fisher(lambda z: net(z)[:, :k + 1], layers, [x], class_batch=1))
+    per_class = (flops[2] - flops[1]) / 2  # per image
+    v = phases.vit_flops(32, 2, 17, 16)
+    assert per_class == pytest.approx(v["fisher_class"], rel=0.03)  # the head's small products are left out
+
+
+def test_estimate_adds_up_and_follows_the_precision_peaks():
+    fp32 = phases.estimate("h100", "fp32", "fp32")
+    fast = phases.estimate("h100", "tf32", "bf16")
+    assert fp32["flops"] == fast["flops"]
+    peak = phases.GPUS["h100"]
+    assert fast["seconds"]["training"] == pytest.approx(fp32["seconds"]["training"] * peak["fp32"] / peak["bf16"])
+    gemm = fp32["flops"]["fisher"] / (phases.UTILISATION * peak["fp32"])
+    memory = fp32["fisher_square_sum_bytes"] / (phases.BANDWIDTH_UTILISATION * peak["bytes_per_s"])
+    assert fp32["seconds"]["fisher"] == pytest.approx(gemm + memory)
+    assert fp32["total_seconds"] == pytest.approx(sum(fp32["seconds"].values()))
+    p = phases.PUBLISHED
+    assert fp32["loader_images"] == p["tasks"] * p["train_per_task"] * (2 + p["epochs"]) + \
+        p["test_per_task"] * p["tasks"] * (p["tasks"] + 1) // 2
+    # the Fisher grows with the seen classes: 10 + 20 + ... + 100 class backwards per image
+    v = phases.vit_flops(768, 12, 197, 196)
+    assert fp32["flops"]["fisher"] == pytest.approx(p["train_per_task"] * (10 * v["forward"] + 550 * v["fisher_class"]))
