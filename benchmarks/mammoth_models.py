@@ -43,6 +43,7 @@ FRAMEWORK_DIRS = ("models/utils",)  # under models/ but Mammoth's framework: nev
 # values of the flags that Mammoth's model files declare required (those of Mammoth's own tests where it has one)
 FLAG_VALUES = {"buffer_size": "50", "alpha": "0.5", "beta": "0.5", "e_lambda": "0.4", "gamma": "0.85", "c": "0.5",
                "xi": "1.0", "der_alpha": "0.3", "der_beta": "0.8", "lambda_fp": "0.1"}
+RUN_ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CL_NO_DOWNLOAD": "1", "CL_DEFAULT_NUM_WORKERS": "0"}
 # further flags of Mammoth's own test lines for these model files (e.g. short inner loops in debug mode)
 LIDER = ["--alpha_lip_lambda", "0.5", "--beta_lip_lambda", "0.5"]
 MODEL_FLAGS = {"gdumb": ["--fitting_epochs", "2"], "gdumb_lider": ["--fitting_epochs", "2", *LIDER],
@@ -207,9 +208,16 @@ def _child(clone: str, run_dir: str, argv: list[str], log: str) -> None:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.chdir(run_dir)
+        os.environ.update(RUN_ENV)
         import traceback
+        import torch
+        torch.set_num_threads(1)
         import models
+        from utils.registry import _cached_scan
         models.__path__[:] = [os.path.join(run_dir, "models")]  # the model file's folder, as if dropped there
+        for name in [n for n in sys.modules if n.startswith("models.") and not n.startswith("models.utils")]:
+            del sys.modules[name]  # model modules the parent imported: found again in the run's folder
+        _cached_scan.cache_clear()
         from app.runner import main as project_main
         try:
             code = project_main(argv)
@@ -242,10 +250,8 @@ def run_all(mammoth: str, jobs: list[tuple[str, str]], clone: str, work: str, da
     imported the clone's framework (so each run pays only for its own model file, data and training)."""
     import signal
     import time
-    os.environ.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CL_NO_DOWNLOAD="1", CL_DEFAULT_NUM_WORKERS="0")
-    sys.path.insert(0, clone)
-    import torch
-    torch.set_num_threads(1)
+    if clone not in sys.path:
+        sys.path.insert(0, clone)
     import app.runner  # noqa: F401 - imported once, before forking
     pending, running, done = list(jobs), {}, {}
     while pending or running:
@@ -340,6 +346,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not set(datasets) <= set(DATASETS):
         print(f"error: --datasets takes {', '.join(DATASETS)}", file=sys.stderr)
         return 2
+    os.environ.update(RUN_ENV)  # before torch is imported
     with tempfile.TemporaryDirectory(prefix="mammoth-models-") as work:
         mammoth = extract(args.snapshot, os.path.join(work, "mammoth"))
         names = model_files(mammoth)
