@@ -45,10 +45,13 @@ FLAG_VALUES = {"buffer_size": "50", "alpha": "0.5", "beta": "0.5", "e_lambda": "
                "xi": "1.0", "der_alpha": "0.3", "der_beta": "0.8", "lambda_fp": "0.1"}
 RUN_ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CL_NO_DOWNLOAD": "1", "CL_DEFAULT_NUM_WORKERS": "0"}
 # further flags of Mammoth's own test lines for these model files (e.g. short inner loops in debug mode)
+NOISY = ["--noise_rate", "0.4"]  # models whose observe takes the true labels of noisy-label training
 LIDER = ["--alpha_lip_lambda", "0.5", "--beta_lip_lambda", "0.5"]
 MODEL_FLAGS = {"gdumb": ["--fitting_epochs", "2"], "gdumb_lider": ["--fitting_epochs", "2", *LIDER],
                "derpp_lider": LIDER, "er_ace_lider": LIDER, "icarl_lider": LIDER,
-               "spr": ["--spr_debug_mode", "1"], "cnll": ["--cnll_debug_mode", "1"],
+               "spr": ["--spr_debug_mode", "1", *NOISY], "cnll": ["--cnll_debug_mode", "1", *NOISY],
+               "er_ace_aer_abs": NOISY, "puridiver": NOISY, "bic": ["--bic_epochs", "5"],
+               "lucir": ["--fitting_epochs", "2"],
                "twf": ["--lambda_diverse_loss", "0.1", "--lambda_fp_replay", "0.1"]}
 COMMON = ["--n_epochs", "1", "--batch_size", "4", "--lr", "0.03", "--seed", "0", "--debug_mode", "1",
           "--num_workers", "0", "--non_verbose", "1", "--backbone", "resnet18", "--plots", "0", "--traceback"]
@@ -187,8 +190,10 @@ def classify(returncode: Optional[int], output: str) -> tuple[str, str]:
     error = next((ln for ln in reversed(lines) if ln.startswith("error:")), None) or \
         next((ln for ln in reversed(lines) if re.match(r"^[\w.]+(Error|Exception|Interrupt|Exit)\b", ln)), None) or \
         (lines[-1] if lines else f"exit code {returncode}")
-    error = re.sub(r"(/[\w.+-]+)+/", "", error)[:160]  # no machine paths in the table
+    error = re.sub(r"(?<![\w:/])(/[\w.+-]+)+/", "", error)[:160]  # no machine paths in the table
     missing = _MISSING.search(error)
+    if "pip install" in error:  # a model file's own message about a package it needs
+        return "package", error
     if missing:
         top = missing.group(1).split(".")[0]
         return ("import" if top in PROJECT_PACKAGES else "package"), error
