@@ -340,8 +340,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run")
     parser.add_argument("--out", default="", help="write the outcomes as JSON here")
     parser.add_argument("--doc", default="", help="rewrite the table between the markers of this markdown file")
-    parser.add_argument("--merge", default="", help="a previous --out file: its outcomes stand for the runs not "
-                                                    "repeated now (the table then covers both)")
+    parser.add_argument("--merge", action="append", default=[],
+                        help="a previous --out file (repeatable, later ones win): its outcomes stand for the runs not "
+                             "repeated now (the table then covers all of them)")
+    parser.add_argument("--no_run", action="store_true", help="run nothing: the table of the --merge files")
     args = parser.parse_args(argv)
     for path in (args.snapshot, args.data):
         if not os.path.isfile(path):
@@ -360,15 +362,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         if unknown:
             print(f"error: no Mammoth model file {', '.join(unknown)}", file=sys.stderr)
             return 2
-        clone = make_clone(os.path.join(work, "clone"))
-        if "seq-cifar10" in datasets:
+        clone = "" if args.no_run else make_clone(os.path.join(work, "clone"))
+        if "seq-cifar10" in datasets and not args.no_run:
             write_cifar10(args.data, os.path.join(work, "data"))
         jobs = [(m, d) for m in models for d in datasets]
-        results = run_all(mammoth, jobs, clone, work, args.data, args.timeout, args.jobs)
+        results = [] if args.no_run else run_all(mammoth, jobs, clone, work, args.data, args.timeout, args.jobs)
         if args.merge:
-            fresh = {(r.model, r.dataset) for r in results}
-            with open(args.merge, encoding="utf-8") as fh:
-                results += [Outcome(**o) for o in json.load(fh) if (o["model"], o["dataset"]) not in fresh]
+            merged: dict[tuple[str, str], Outcome] = {}
+            for path in args.merge:
+                with open(path, encoding="utf-8") as fh:
+                    merged.update({(o["model"], o["dataset"]): Outcome(**o) for o in json.load(fh)})
+            merged.update({(r.model, r.dataset): r for r in results})
+            results = list(merged.values())
             models = sorted({r.model for r in results})
         body = table(results, models, mammoth)
     print(body.split("\n\n")[1])
