@@ -103,6 +103,7 @@ def build_experiment(args: argparse.Namespace, device: Optional[torch.device] = 
     if before_model is not None:
         before_model(dataset)
     backbone = get_backbone(args, dataset.n_classes, dataset.img_size, dataset.in_chans)
-    model = model_cls(backbone, dataset.get_loss(), args, dataset.get_transform(), dataset=dataset).to(device)
+    model = model_cls(backbone, dataset.get_loss(), args, dataset.get_transform(), dataset=dataset)
+    model.to(device)  # not chained: a Mammoth model's own ``to`` may return None
     distributed.broadcast_module(model)  # identical replicas even if construction drew different numbers
     return Experiment(args=args, dataset=dataset, model=model, device=device, test_set=test_set)

@@ -69,7 +69,10 @@ class ContinualBackbone(MammothBackboneAPI, nn.Module):
         return self.body(x)
 
     def forward(self, x: torch.Tensor, returnt: str = "out") -> Any:
-        """``returnt``: 'out' (logits), 'features', or 'both' (logits, features)."""
+        """``returnt``: 'out' (logits), 'features', 'both' (logits, features), or 'full' (logits, the feature
+        maps of each stage) for bodies that expose their stages (``forward_full``)."""
+        if returnt == "full":
+            return self.full(x)
         feats = self.features(x)
         if returnt == "features":
             return feats
@@ -77,8 +80,23 @@ class ContinualBackbone(MammothBackboneAPI, nn.Module):
         if returnt == "both":
             return out, feats
         if returnt != "out":
-            raise ValueError(f"returnt must be 'out', 'features' or 'both', not {returnt!r}")
+            raise ValueError(f"returnt must be 'out', 'features', 'both' or 'full', not {returnt!r}")
         return out
+
+    def full(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(logits, [feature map after the stem and after each stage]) - Mammoth's ``returnt='full'``."""
+        forward_full = getattr(self.body, "forward_full", None)
+        if forward_full is None:
+            raise ValueError(f"returnt='full' needs a backbone that exposes its stages (e.g. resnet18), "
+                             f"not {type(self.body).__name__}")
+        feats, maps = forward_full(x)
+        return self.classifier(feats), maps
+
+    def set_return_prerelu(self, enable: bool = True) -> None:
+        """Have ``returnt='full'`` give the stage maps before their last ReLU (Mammoth's ResNet option)."""
+        for module in self.modules():
+            if hasattr(module, "return_prerelu"):
+                module.return_prerelu = bool(enable)
 
 
 MammothBackbone = ContinualBackbone  # Mammoth's name of the backbone base class

@@ -7,8 +7,9 @@ Mammoth's source snapshot is extracted into a temporary folder. For each model f
 temporary clone of this project (its git-tracked files) receives the file unchanged, together with the method's own
 code the file imports from ``models/`` (sibling model files such as ``gem.py``, and ``models/<x>_utils/`` packages),
 never any of Mammoth's framework (``utils/``, ``backbone/``, ``datasets/``, ``models/utils/``). The model then runs
-with this project's ``main.py`` in debug mode on the CIFAR-10 mini set: as ``seq-custom`` (the ``.npz`` file) and
-as ``seq-cifar10`` (the official on-disk layout written from it). Each run is classified as ``runs``, ``import``
+through this project's entry point (``app.runner.main``, what ``main.py`` calls), in a process forked from one that
+has imported the clone once, in debug mode on the CIFAR-10 mini set: as ``seq-custom`` (the ``.npz`` file) and as
+``seq-cifar10`` (the official on-disk layout written from it). Each run is classified as ``runs``, ``import``
 (a module this project lacks), ``package`` (a third-party package that is not installed), ``setup`` (failed
 before training), ``training`` (failed during the tasks) or ``timeout``, with its first error. ``--doc`` rewrites
 the table between the markers of that file's "Mammoth's model files here" section.
@@ -26,7 +27,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -43,6 +43,16 @@ FRAMEWORK_DIRS = ("models/utils",)  # under models/ but Mammoth's framework: nev
 # values of the flags that Mammoth's model files declare required (those of Mammoth's own tests where it has one)
 FLAG_VALUES = {"buffer_size": "50", "alpha": "0.5", "beta": "0.5", "e_lambda": "0.4", "gamma": "0.85", "c": "0.5",
                "xi": "1.0", "der_alpha": "0.3", "der_beta": "0.8", "lambda_fp": "0.1"}
+RUN_ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CL_NO_DOWNLOAD": "1", "CL_DEFAULT_NUM_WORKERS": "0"}
+# further flags of Mammoth's own test lines for these model files (e.g. short inner loops in debug mode)
+NOISY = ["--noise_rate", "0.4"]  # models whose observe takes the true labels of noisy-label training
+LIDER = ["--alpha_lip_lambda", "0.5", "--beta_lip_lambda", "0.5"]
+MODEL_FLAGS = {"gdumb": ["--fitting_epochs", "2"], "gdumb_lider": ["--fitting_epochs", "2", *LIDER],
+               "derpp_lider": LIDER, "er_ace_lider": LIDER, "icarl_lider": LIDER,
+               "spr": ["--spr_debug_mode", "1", *NOISY], "cnll": ["--cnll_debug_mode", "1", *NOISY],
+               "er_ace_aer_abs": NOISY, "puridiver": NOISY, "bic": ["--bic_epochs", "5"],
+               "lucir": ["--fitting_epochs", "2"],
+               "twf": ["--lambda_diverse_loss", "0.1", "--lambda_fp_replay", "0.1"]}
 COMMON = ["--n_epochs", "1", "--batch_size", "4", "--lr", "0.03", "--seed", "0", "--debug_mode", "1",
           "--num_workers", "0", "--non_verbose", "1", "--backbone", "resnet18", "--plots", "0", "--traceback"]
 
@@ -164,7 +174,7 @@ def command(mammoth: str, model: str, dataset: str, data: str, base_path: str) -
         argv += ["--data_path", data, "--n_tasks", "5"]
     for flag in required_flags(os.path.join(mammoth, "models", f"{model}.py")):
         argv += [f"--{flag}", FLAG_VALUES.get(flag, "1")]
-    return argv
+    return argv + MODEL_FLAGS.get(model, [])
 
 
 _MISSING = re.compile(r"No module named '([\w.]+)'")
@@ -180,8 +190,10 @@ def classify(returncode: Optional[int], output: str) -> tuple[str, str]:
     error = next((ln for ln in reversed(lines) if ln.startswith("error:")), None) or \
         next((ln for ln in reversed(lines) if re.match(r"^[\w.]+(Error|Exception|Interrupt|Exit)\b", ln)), None) or \
         (lines[-1] if lines else f"exit code {returncode}")
-    error = re.sub(r"(/[\w.+-]+)+/", "", error)[:160]  # no machine paths in the table
+    error = re.sub(r"(?<![\w:/])(/[\w.+-]+)+/", "", error)[:160]  # no machine paths in the table
     missing = _MISSING.search(error)
+    if "pip install" in error:  # a model file's own message about a package it needs
+        return "package", error
     if missing:
         top = missing.group(1).split(".")[0]
         return ("import" if top in PROJECT_PACKAGES else "package"), error
@@ -192,31 +204,92 @@ def classify(returncode: Optional[int], output: str) -> tuple[str, str]:
     return "setup", error
 
 
-def run_one(mammoth: str, model: str, dataset: str, clone: str, work: str, data: str, timeout: float) -> Outcome:
-    """Copy ``model``'s code into a fresh copy of ``clone`` and run it on ``dataset``."""
-    import time
+def _child(clone: str, run_dir: str, argv: list[str], log: str) -> None:
+    """In a forked process: run this project's ``main`` with ``argv``, the clone's ``models/`` replaced by
+    ``run_dir/models``; output to ``log``; exits with the run's code."""
+    code = 1
+    try:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.chdir(run_dir)
+        os.environ.update(RUN_ENV)
+        import traceback
+        import torch
+        torch.set_num_threads(1)
+        import models
+        from utils.registry import _cached_scan
+        models.__path__[:] = [os.path.join(run_dir, "models")]  # the model file's folder, as if dropped there
+        for name in [n for n in sys.modules if n.startswith("models.") and not n.startswith("models.utils")]:
+            del sys.modules[name]  # model modules the parent imported: found again in the run's folder
+        _cached_scan.cache_clear()
+        from app.runner import main as project_main
+        try:
+            code = project_main(argv)
+        except BaseException:  # noqa: BLE001 - everything a model file raises is the outcome
+            traceback.print_exc()
+            code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else 1)
+
+
+def prepare(mammoth: str, model: str, dataset: str, clone: str, work: str) -> str:
+    """A run folder: a copy of the clone's ``models/`` with ``model``'s code from Mammoth's snapshot."""
     run_dir = tempfile.mkdtemp(prefix=f"{model}-{dataset}-", dir=work)
-    shutil.copytree(clone, run_dir, dirs_exist_ok=True)
+    shutil.copytree(os.path.join(clone, "models"), os.path.join(run_dir, "models"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
     for rel in method_code(mammoth, model):
         src, dst = os.path.join(mammoth, rel), os.path.join(run_dir, rel)
         if os.path.isdir(src):
             shutil.copytree(src, dst, dirs_exist_ok=True)
         else:
             shutil.copy2(src, dst)
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", CL_NO_DOWNLOAD="1", CL_DEFAULT_NUM_WORKERS="0",
-               PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=run_dir)
-    argv = [sys.executable, "main.py", *command(mammoth, model, dataset, data, os.path.join(work, "data"))]
-    argv += ["--checkpoint_path", os.path.join(run_dir, "ckpt"), "--results_path", "results"]
-    start = time.perf_counter()
-    try:
-        proc = subprocess.run(argv, cwd=run_dir, env=env, capture_output=True, text=True, timeout=timeout)
-        code, output = proc.returncode, proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired:
-        code, output = None, ""
-    seconds = time.perf_counter() - start
-    shutil.rmtree(run_dir, ignore_errors=True)
-    outcome, error = classify(code, output)
-    return Outcome(model, dataset, outcome, error, round(seconds, 1))
+    return run_dir
+
+
+def run_all(mammoth: str, jobs: list[tuple[str, str]], clone: str, work: str, data: str, timeout: float,
+            parallel: int) -> list[Outcome]:
+    """Run every (model, dataset) job, ``parallel`` at a time, each in a process forked from one that has
+    imported the clone's framework (so each run pays only for its own model file, data and training)."""
+    import signal
+    import time
+    if clone not in sys.path:
+        sys.path.insert(0, clone)
+    import app.runner  # noqa: F401 - imported once, before forking
+    pending, running, done = list(jobs), {}, {}
+    while pending or running:
+        while pending and len(running) < max(1, parallel):
+            model, dataset = pending.pop(0)
+            run_dir = prepare(mammoth, model, dataset, clone, work)
+            log = os.path.join(run_dir, "out.txt")
+            argv = command(mammoth, model, dataset, data, os.path.join(work, "data"))
+            argv += ["--checkpoint_path", os.path.join(run_dir, "ckpt"), "--results_path", "results"]
+            pid = os.fork()
+            if pid == 0:
+                _child(clone, run_dir, argv, log)
+            running[pid] = (model, dataset, run_dir, log, time.perf_counter())
+        time.sleep(0.2)
+        for pid, (model, dataset, run_dir, log, started) in list(running.items()):
+            finished, status = os.waitpid(pid, os.WNOHANG)
+            elapsed = time.perf_counter() - started
+            if not finished and elapsed > timeout:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                code: Optional[int] = None
+            elif not finished:
+                continue
+            else:
+                code = os.waitstatus_to_exitcode(status)
+            output = open(log, encoding="utf-8", errors="replace").read() if os.path.exists(log) else ""
+            outcome, error = classify(code, output)
+            done[(model, dataset)] = Outcome(model, dataset, outcome, error, round(elapsed, 1))
+            r = done[(model, dataset)]
+            print(f"{r.model:24s} {r.dataset:12s} {r.outcome:9s} {r.seconds:6.1f}s {r.first_error}", flush=True)
+            del running[pid]
+            shutil.rmtree(run_dir, ignore_errors=True)
+    return [done[job] for job in jobs]
 
 
 def table(results: list[Outcome], models: list[str], mammoth: str) -> str:
@@ -267,6 +340,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run")
     parser.add_argument("--out", default="", help="write the outcomes as JSON here")
     parser.add_argument("--doc", default="", help="rewrite the table between the markers of this markdown file")
+    parser.add_argument("--merge", action="append", default=[],
+                        help="a previous --out file (repeatable, later ones win): its outcomes stand for the runs not "
+                             "repeated now (the table then covers all of them)")
+    parser.add_argument("--no_run", action="store_true", help="run nothing: the table of the --merge files")
     args = parser.parse_args(argv)
     for path in (args.snapshot, args.data):
         if not os.path.isfile(path):
@@ -276,6 +353,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not set(datasets) <= set(DATASETS):
         print(f"error: --datasets takes {', '.join(DATASETS)}", file=sys.stderr)
         return 2
+    os.environ.update(RUN_ENV)  # before torch is imported
     with tempfile.TemporaryDirectory(prefix="mammoth-models-") as work:
         mammoth = extract(args.snapshot, os.path.join(work, "mammoth"))
         names = model_files(mammoth)
@@ -284,15 +362,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         if unknown:
             print(f"error: no Mammoth model file {', '.join(unknown)}", file=sys.stderr)
             return 2
-        clone = make_clone(os.path.join(work, "clone"))
-        if "seq-cifar10" in datasets:
+        clone = "" if args.no_run else make_clone(os.path.join(work, "clone"))
+        if "seq-cifar10" in datasets and not args.no_run:
             write_cifar10(args.data, os.path.join(work, "data"))
         jobs = [(m, d) for m in models for d in datasets]
-        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-            results = list(pool.map(lambda job: run_one(mammoth, job[0], job[1], clone, work, args.data,
-                                                        args.timeout), jobs))
-        for r in results:
-            print(f"{r.model:24s} {r.dataset:12s} {r.outcome:9s} {r.seconds:6.1f}s {r.first_error}", flush=True)
+        results = [] if args.no_run else run_all(mammoth, jobs, clone, work, args.data, args.timeout, args.jobs)
+        if args.merge:
+            merged: dict[tuple[str, str], Outcome] = {}
+            for path in args.merge:
+                with open(path, encoding="utf-8") as fh:
+                    merged.update({(o["model"], o["dataset"]): Outcome(**o) for o in json.load(fh)})
+            merged.update({(r.model, r.dataset): r for r in results})
+            results = list(merged.values())
+            models = sorted({r.model for r in results})
         body = table(results, models, mammoth)
     print(body.split("\n\n")[1])
     if args.out:

@@ -42,7 +42,8 @@ class _ConditionalNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(num_conditions, num_features))
         self.bias = nn.Parameter(torch.zeros(num_conditions, num_features))
 
-    def forward(self, x: torch.Tensor, cond_id: torch.Tensor, flag_stop_grad: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond_id: torch.Tensor,
+                flag_stop_grad: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Normalise ``x`` and apply the scale and shift of each sample's condition ``cond_id``; samples where
         ``flag_stop_grad`` is true do not propagate gradients into the affine parameters."""
         out = self.bn(x)

@@ -66,8 +66,8 @@ def negative_only_triplet_loss(labels: torch.Tensor, embeddings: torch.Tensor, k
 
 
 class SPKDLoss(nn.Module):
-    """Similarity-preserving distillation: squared Frobenius distance of the row-normalised Gram matrices
-    (divided by the squared batch size with ``reduction='batchmean'``)."""
+    """Similarity-preserving distillation: squared Frobenius distance of the Gram matrices, each row scaled to unit
+    L1 norm as in Mammoth (divided by the squared batch size with ``reduction='batchmean'``)."""
 
     def __init__(self, reduction: str):
         super().__init__()
@@ -76,7 +76,7 @@ class SPKDLoss(nn.Module):
     @staticmethod
     def _gram(z: torch.Tensor) -> torch.Tensor:
         z = torch.flatten(z, 1)
-        return F.normalize(z @ z.t(), dim=1)
+        return F.normalize(z @ z.t(), p=1, dim=1)
 
     def forward(self, teacher_outputs: torch.Tensor, student_outputs: torch.Tensor) -> torch.Tensor:
         loss = (self._gram(teacher_outputs) - self._gram(student_outputs)).pow(2).sum()

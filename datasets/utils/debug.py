@@ -84,13 +84,24 @@ class SeededConcatDataset(ConcatDataset):
 def debug_cap(dataset: Dataset, shuffle: bool, seed: Optional[int] = None,
               limit: int = DEBUG_IMAGES) -> Dataset:
     """``dataset`` cut to ``limit`` items: a seeded random subset for shuffled (training/statistics) passes,
-    the first items for test passes. Unchanged when it is already that small."""
+    the first items for test passes. Unchanged when it is already that small. A shuffled pass over a dataset
+    with ``targets`` takes one item of each class in turn, so that it holds every class it can (models that
+    build per-class state from the task's data see all of the task's classes)."""
     n = len(dataset)
     if n <= limit:
         return dataset
     if shuffle:
         g = torch.Generator().manual_seed(int(seed or 0))
-        keep = np.sort(torch.randperm(n, generator=g)[:limit].numpy())
+        order = torch.randperm(n, generator=g).numpy()
+        targets = getattr(dataset, "targets", None)
+        if targets is not None and len(targets) == n:
+            counts: dict[int, int] = {}
+            turn = np.empty(n, dtype=np.int64)  # turn[i]: how many items of its class come before item i
+            for i, label in enumerate(np.asarray(targets)[order].tolist()):
+                turn[i] = counts.get(label, 0)
+                counts[label] = int(turn[i]) + 1
+            order = order[np.argsort(turn, kind="stable")]
+        keep = np.sort(order[:limit])
     else:
         keep = np.arange(limit)
     return CappedDataset(dataset, keep.tolist())
