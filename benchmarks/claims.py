@@ -33,7 +33,8 @@ DATASET_LABELS = {"mnist": "MNIST", "fmnist": "Fashion-MNIST", "c10": "CIFAR-10 
 METRICS = {  # key -> column title
     "class_il": "class-IL", "task_il": "task-IL", "theta0": "θ0, same heads",
     "unlearn_target": "drop: target Δ", "unlearn_control": "drop: control Δ",
-    "single": "module alone: Δ", "trio": "trio: Δ", "gap": "composition gap (task-IL)"}
+    "single": "module alone: Δ", "trio": "trio: Δ", "gap": "composition gap (task-IL)",
+    "unlearn_target_til": "drop: target Δ task-IL", "unlearn_control_til": "drop: control Δ task-IL"}
 PLOTTED = ("unlearn_target", "unlearn_control", "single", "trio", "gap")
 
 
@@ -69,7 +70,17 @@ def seed_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
         "trio": trio["target_after"] - trio["target_before"],
         # each module alone on its own task minus the composition on that task, within the task (task-IL)
         "gap": _mean([r["per_task_til_after"][r["targets"][0]] - r["per_task_til_before"][r["targets"][0]]
-                      for r in singles])}
+                      for r in singles]),
+        # the same drops within each task (task-IL): what the module knows of its task, without the calibration
+        # of the heads across tasks
+        "unlearn_target_til": _mean([_til_change(r, r["targets"]) for r in drops]),
+        "unlearn_control_til": _mean([_til_change(r, [t for t in range(len(r["weights"])) if t not in r["targets"]])
+                                      for r in drops])}
+
+
+def _til_change(record: dict[str, Any], tasks: list[int]) -> float:
+    """Mean task-IL change (edited - full) of ``tasks`` in one edit record."""
+    return _mean([record["per_task_til_after"][t] - record["per_task_til_before"][t] for t in tasks])
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
