@@ -105,14 +105,17 @@ class DeviceRRCFlip:
         mean, std = self.constants(out.device)
         return (out - mean) / std
 
-    def __call__(self, images: torch.Tensor, rows: Optional[tuple[int, int]] = None) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, rows: Optional[tuple[int, int]] = None,
+                 drawn: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
         """``images``: (B, C, H, W) in [0, 1] on the target device. ``rows = (total, first)``: the images are rows
         ``first .. first + B - 1`` of ``total`` (a DDP rank's share of a global batch): the crops and flips of all
-        ``total`` are drawn and this share's kept."""
+        ``total`` are drawn and this share's kept. ``drawn``: the images' crops and flips, drawn before."""
         n, _, height, width = images.shape
-        total, first = rows if rows is not None else (n, 0)
-        crops, flips = self.draw(total, height, width, images.device)
-        return self.apply(images, crops[first:first + n], flips[first:first + n])
+        if drawn is None:
+            total, first = rows if rows is not None else (n, 0)
+            crops, flips = self.draw(total, height, width, images.device)
+            drawn = crops[first:first + n], flips[first:first + n]
+        return self.apply(images, *drawn)
 
 
 def rrc_flip_spec(ops: Sequence, mean: Sequence[float], std: Sequence[float]) -> Optional[dict]:
@@ -167,4 +170,4 @@ class DeviceAugmentedLoader:
             if drawn is None:  # the whole pass's crops and flips, in its global order
                 drawn = self.augment.draw(starts[-1], x.shape[-2], x.shape[-1], x.device)
             lo, hi = start + first, start + first + x.shape[0]
-            yield (self.augment.apply(x, drawn[0][lo:hi], drawn[1][lo:hi]), *rest)
+            yield (self.augment(x, drawn=(drawn[0][lo:hi], drawn[1][lo:hi])), *rest)
