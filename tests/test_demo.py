@@ -1,0 +1,32 @@
+"""``make demo`` (app/demo.py): progress per method and task, both final accuracies beside the paper's, a one-line
+reading, and an output that ends with the paths of its plot and JSON."""
+import json
+
+from app.demo import main, paper_accuracy, reading
+from tests.conftest import make_npz
+
+
+def test_reading_counts_the_points_ita_keeps():
+    sgd = {"forgetting": 20.0, "final_class_il": 5.0}
+    ita = {"forgetting": 4.5, "final_class_il": 35.0}
+    assert reading(sgd, ita).startswith("ITA keeps 15.5 of the 20.0 points that fine-tuning forgets")
+    assert "+30.0 points" in reading(sgd, ita)
+    assert reading(sgd, {**ita, "forgetting": 25.0}).startswith("ITA keeps 0.0 of the 20.0")
+    assert paper_accuracy("ITA-LoRA") == 89.96 and paper_accuracy("Finetune") == 21.57
+
+
+def test_demo_smoke_run_shows_progress_and_ends_with_its_files(tmp_path, capsys):
+    data = make_npz(str(tmp_path / "d.npz"), n_classes=10, per_class=4, size=16)
+    out = tmp_path / "out"
+    assert main(["--data", data, "--img_size", "32", "--debug_mode", "1", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2:] == [f"plot: {out / 'demo.png'}", f"results: {out / 'demo.json'}"]
+    assert (out / "demo.png").stat().st_size > 0
+    summary = json.loads((out / "demo.json").read_text())
+    assert list(summary) == ["fine-tuning (sgd)", "ITA (second_order)"]
+    assert all(len(s["average_class_il_per_task"]) == 10 for s in summary.values())
+    text = "\n".join(lines)
+    assert "=== [1/2] fine-tuning (sgd)" in text and "=== [2/2] ITA (second_order)" in text
+    assert text.count("after task 10:") == 2  # each run's accuracy after every task
+    assert any(line.startswith("ITA keeps ") for line in lines)
+    assert "89.96" in text and "21.57" in text  # the paper's numbers beside ours
