@@ -19,6 +19,7 @@ from typing import Optional
 from urllib.parse import unquote, urlparse
 
 from datasets.utils.download import DownloadError, check_digests, download_file, downloads_disabled, hub_offline
+from datasets.utils.paths import make_folder
 
 ONEDRIVE_HOSTS = ("sharepoint.com", "1drv.ms", "onedrive.live.com")
 
@@ -73,7 +74,7 @@ def fetch_onedrive(url: str, dest: str) -> str:
         return dest
     if downloads_disabled():
         raise DownloadError(f"downloads are disabled (CL_NO_DOWNLOAD is set): cannot fetch {url}")
-    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    make_folder(os.path.dirname(os.path.abspath(dest)), "download folder")
     part = dest + ".part"
     try:
         from onedrivedownloader import download

@@ -179,11 +179,14 @@ def create_headless_timm_model(arch: str, tag: Optional[str], pretrained: bool, 
         cfg = dataclasses.replace(cfg, **overlay)
     try:
         source = headless_file_overlay(path, cfg.classifier) if path else remote_weights_overlay(name, cfg, how_to_fix)
-        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={**(overlay or {}), **source},
-                                 num_classes=0, **kwargs)
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={**(overlay or {}), **source},
+                                  num_classes=0, **kwargs)
     except (UserError, TypeError, AttributeError, NameError):  # user errors pass; programming errors stay loud
         raise
     except Exception as exc:  # noqa: BLE001 - hub/http/file errors of several libraries
         detail = " ".join(str(exc).split())[:300]
         raise UserError(f"cannot load pretrained weights {path or name} into {arch}: {type(exc).__name__}: "
                         f"{detail}; {how_to_fix}") from exc
+    if isinstance(getattr(model, "pretrained_cfg", None), dict):  # timm keeps the overlay: not a second copy of
+        model.pretrained_cfg.pop("state_dict", None)                # the weights in host memory, beside the model's
+    return model

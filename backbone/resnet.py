@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backbone import ContinualBackbone, register
+from backbone import ContinualBackbone, Limits, register
 
 
 class BasicBlock(nn.Module):
@@ -21,9 +21,14 @@ class BasicBlock(nn.Module):
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
 
+    return_prerelu = False  # keep the sum before the last ReLU in ``self.prerelu`` (Mammoth's LiDER/TwF read it)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+        out = self.bn2(self.conv2(out)) + self.shortcut(x)
+        if self.return_prerelu:
+            self.prerelu = out.clone()
+        return F.relu(out)
 
 
 class CifarResNetBody(nn.Module):
@@ -41,13 +46,27 @@ class CifarResNetBody(nn.Module):
                 in_planes = planes
         self.layers = nn.Sequential(*layers)
         self.out_dim = in_planes
+        self.stage_ends = [sum(blocks[:i + 1]) for i in range(len(blocks))]  # block count at the end of each stage
+        self.return_prerelu = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layers(F.relu(self.bn1(self.conv1(x))))
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
+    def forward_full(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(pooled features, [stem output, output of each stage]); the maps are taken before their last ReLU
+        after ``set_return_prerelu(True)``."""
+        stem = self.bn1(self.conv1(x))
+        maps = [stem.clone() if self.return_prerelu else F.relu(stem)]
+        out = F.relu(stem)
+        for i, block in enumerate(self.layers, start=1):
+            out = block(out)
+            if i in self.stage_ends:
+                maps.append(block.prerelu if self.return_prerelu else out)
+        return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1), maps
 
-@register("resnet18")
+
+@register("resnet18", limits=Limits(minimum={"num_filters": 1}))
 def resnet18(num_classes: int, in_chans: int = 3, num_filters: int = 64) -> ContinualBackbone:
     """CIFAR ResNet-18; ``--num_filters`` sets the width of the first stage."""
     body = CifarResNetBody(num_filters, in_chans)

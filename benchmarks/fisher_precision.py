@@ -113,7 +113,7 @@ def one_run(data: str, variant: str, seed: int, workdir: str, img_size: int, ext
     argv = override(argv, [*VARIANTS[variant], "--seed", str(seed), "--savecheck", "task",
                            "--checkpoint_path", os.path.join(workdir, "ckpt"), "--ckpt_name", tag,
                            "--results_file", os.path.join(workdir, f"{tag}.json")])
-    emulate = variant == "tf32" and not torch.cuda.is_available()
+    emulate = variant == "tf32" and not accelerator.tf32_available()
     start = time.perf_counter()
     with FisherTimer() as timer, (TF32Emulation() if emulate else contextlib.nullcontext()):
         res = run(argv)

@@ -44,10 +44,42 @@ class Buffer(ReservoirBuffer):
     def __init__(self, buffer_size: int, device: str | torch.device = "cpu", n_tasks: Optional[int] = None,
                  mode: str = "reservoir", sample_selection_strategy: str = "reservoir", **_: Any):
         strategy = sample_selection_strategy if sample_selection_strategy != "reservoir" else mode
-        if strategy != "reservoir":
-            raise ValueError(f"sample selection strategy {strategy!r} is not available; only 'reservoir' is")
+        if strategy not in ("reservoir", "balancoir"):
+            raise ValueError(f"sample selection strategy {strategy!r} is not available; use reservoir or balancoir")
         super().__init__(buffer_size)
         self.device = torch.device(device)
+        self.sample_selection_strategy = strategy
+
+    def _add(self, given: dict[str, Optional[torch.Tensor]]) -> None:
+        if self.sample_selection_strategy == "reservoir":
+            return super()._add(given)
+        if given["labels"] is None:
+            raise ValueError("the balancoir buffer needs the labels of the examples")
+        for name, value in given.items():
+            if value is not None and getattr(self, name) is None:
+                self._allocate(name, value)
+        for i in range(given["examples"].shape[0]):
+            slot = self._balanced_slot(int(given["labels"][i]))
+            self.num_seen_examples += 1
+            if slot >= 0:
+                for name, value in given.items():
+                    if value is not None:
+                        getattr(self, name)[slot] = value[i].detach().to(getattr(self, name).dtype)
+
+    def _balanced_slot(self, label: int) -> int:
+        """Balanced reservoir ("balancoir"): a full buffer takes a sample of a class stored less often than the
+        median class always, any other with reservoir probability; it replaces a random sample of the most
+        stored class."""
+        seen = self.num_seen_examples
+        if seen < self.buffer_size:
+            return seen
+        stored = self.labels[:self.buffer_size].cpu()
+        counts = torch.bincount(stored, minlength=label + 1)
+        rare = float(counts[label]) < float(counts[counts > 0].float().quantile(0.5))
+        if not rare and int(torch.randint(seen + 1, (1,))) >= self.buffer_size:
+            return -1
+        candidates = torch.nonzero(stored == int(counts.argmax())).flatten()
+        return int(candidates[torch.randint(len(candidates), (1,))])
 
     def to(self, device: str | torch.device) -> "Buffer":
         self.device = torch.device(device)
@@ -62,6 +94,11 @@ class Buffer(ReservoirBuffer):
 
     def _fields(self) -> list[str]:
         return [name for name in self.FIELDS if getattr(self, name) is not None]
+
+    @property
+    def used_attributes(self) -> list[str]:
+        """The fields that hold data (``examples``, ``labels``, ...)."""
+        return self._fields()
 
     def _select(self, index: torch.Tensor, transform: Optional[Callable], device: Optional[torch.device]) -> tuple:
         target = torch.device(device) if device is not None else self.device

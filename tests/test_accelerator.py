@@ -3,7 +3,6 @@ that reports memory and RNG states through its device module (a stand-in module,
 registered from Python provides one)."""
 import os
 import re
-import types
 import warnings
 
 import pytest

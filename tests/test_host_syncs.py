@@ -95,3 +95,49 @@ def test_branch_free_clip_equals_the_reference_clip():
         assert torch.allclose(o, e, rtol=1e-6, atol=0)
     for g, e in zip(grads, expected):
         assert torch.allclose(pen.clip_norm(g, 3.0), e, rtol=1e-6, atol=0)
+
+
+# ----- on the suite's test accelerator (tests/accelerator_backend.py): real copies between host and device ---------
+LOG_EVERY = 4
+ACC_LINE = ["--dataset", "seq-cifar100-224", "--model_config", "best", "--device", "testacc", "--seed", "0", "--n_epochs", "2", "--stop_after", "1", "--non_verbose", "--num_workers", "0",
+            "--gpu_augmentation", "auto", "--virtual_bs_n", "2", "--plots", "0", "--disable_log", "1"]
+BATCH_UPLOADS = 3  # the images (in the device-augmenting loader), the labels and the not-augmented images
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("extra", [("--model", "second_order"), ("--model", "iel", "--tuning_style", "full",
+                                                                   "--precision", "bf16")],
+                         ids=["ita-lora", "iel-full-bf16"])
+def test_no_copy_or_sync_in_the_accelerator_step_outside_logging(tmp_path, extra):
+    """Per training step of second_order with device augmentation on the test accelerator: the batch's uploads
+    and nothing else (no copy to the host, no value read, no data-dependent shape, no copy of a constant); on the
+    step after a logging step, at most one read (the logged loss)."""
+    import json
+    import subprocess
+
+    from tests.accelerator_launch import ROOT, prepare
+    from tests.conftest import SHARED_DATA, shared_missing
+
+    data = os.path.join(SHARED_DATA, "cifar100_mini.npz")
+    if not os.path.isfile(data):
+        shared_missing(data)
+    env = prepare(str(tmp_path), data)
+    out = tmp_path / "steps.json"
+    proc = subprocess.run([sys.executable, "-m", "tests.accelerator_launch", "--steps", str(LOG_EVERY), str(out),
+                           *ACC_LINE, "--base_path", str(tmp_path / "data"), *extra], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.load(open(out))
+    steps = report["steps"]
+    assert len(steps) >= 2 * 8 and report["augmented"] >= len(steps) and report["optimizer_state"]
+    assert sum(step["counts"].get("to_host", 0) for step in steps) >= len(steps) // LOG_EVERY - 2  # reads happen
+    first = steps[0]["counts"]  # the run's first step also caches the augmentation's constants on the device (2)
+    assert first.get("to_device", 0) <= BATCH_UPLOADS + 2 and not first.get("to_host") and not first.get("syncs")
+    for n, step in enumerate(steps[1:], 1):
+        counts, after_logging = step["counts"], (step["index"] - 1) % LOG_EVERY == 0 and step["index"] > 0
+        where = f"step {n} (index {step['index']} in its epoch): {step['sites']}"
+        assert counts.get("to_device", 0) == BATCH_UPLOADS, where
+        # the logged loss: one read on the step after a logging step (none while it is still the float 0.0 of a
+        # virtual batch that has not stepped yet), never elsewhere
+        assert counts.get("to_host", 0) <= (1 if after_logging else 0), where
+        assert counts.get("syncs", 0) == 0 and counts.get("synchronize", 0) == 0, where

@@ -1,5 +1,7 @@
-"""Model files written for Mammoth (tests/mammoth_style/) run unchanged; the compatibility layer's pieces."""
+"""Model files written for Mammoth (tests/mammoth_style/ and Mammoth's own, from its source snapshot) run unchanged;
+the compatibility layer's pieces."""
 import json
+import os
 
 import pytest
 import torch
@@ -43,7 +45,7 @@ def test_hooks_and_attributes_seen_by_a_mammoth_model(mammoth_models, data, tmp_
     assert [(e["n_past"], e["n_seen"], e["n_cur"], e["remaining"]) for e in begins] == \
         [(0, 2, 2, 4), (2, 4, 2, 2), (4, 6, 2, 0)]
     assert [e["offsets"] for e in begins] == [[0, 2], [2, 4], [4, 6]]
-    assert all(e["cpt"] == [2, 2, 2] and e["n_classes"] == e["num_classes"] == 6 and e["n_tasks"] == e["N_TASKS"] == 3
+    assert all(e["cpt"] == 2 and e["n_classes"] == e["num_classes"] == 6 and e["n_tasks"] == e["N_TASKS"] == 3
                and e["setting"] == "class-il" and e["freeze_head"] for e in begins)
     ends = [e for e in events if e["hook"] == "end_task"]
     # 36 train images / 3 tasks / batch 4 = 3 steps per task; end_task sees the task index, end_eval one more
@@ -126,3 +128,69 @@ def test_not_augmented_view_is_built_when_a_mammoth_observe_uses_it(mammoth_mode
                                                                       "er", "sgd")}
     assert found == {"mm_dark": True, "mm_devaug": True, "mm_anchor": False, "mm_hooks": False, "er": True,
                      "sgd": False}  # undeclared: from observe's code; declared (er, sgd): USES_NOT_AUG
+
+
+# ----- Mammoth's own model files (benchmarks/mammoth_models.py measures all of them) ---------------------------
+# Each exercises framework modules Mammoth's files import: bn_track_stats, fill_buffer/icarl_replay, get_dataset
+# (icarl); train_loader.dataset.data and attached per-sample logits (lwf); get_offsets(n_tasks) and replay with
+# task labels (xder_ce); the LiDER base class and returnt='full' (er_ace_lider); get_backbone(args) (gdumb)
+FIXED_MODELS = ["icarl", "lwf", "xder_ce", "er_ace_lider", "gdumb"]
+
+
+@pytest.fixture(scope="module")
+def mammoth_tree(tmp_path_factory):
+    from benchmarks import mammoth_models as mm
+    from tests.conftest import shared_missing
+    if not os.path.isfile(mm.SNAPSHOT):
+        shared_missing(mm.SNAPSHOT)
+    return mm.extract(mm.SNAPSHOT, str(tmp_path_factory.mktemp("mammoth")))
+
+
+def test_mammoth_model_files_run_unchanged(mammoth_tree, tmp_path):
+    from benchmarks import mammoth_models as mm
+    data = make_npz(str(tmp_path / "d.npz"), n_classes=10, per_class=4, size=16)
+    results = mm.run_all(mammoth_tree, [(m, "seq-custom") for m in FIXED_MODELS], mm.ROOT, str(tmp_path), data,
+                         timeout=300, parallel=1)
+    assert [(r.model, r.outcome, r.first_error) for r in results] == [(m, "runs", "") for m in FIXED_MODELS]
+
+
+def test_measurement_copies_method_code_and_classifies_outcomes(mammoth_tree):
+    from benchmarks import mammoth_models as mm
+    assert mm.method_code(mammoth_tree, "agem_r") == ["models/agem.py", "models/agem_r.py", "models/gem.py"]
+    assert mm.method_code(mammoth_tree, "derpp_casper") == ["models/casper_utils", "models/derpp_casper.py"]
+    assert mm.method_code(mammoth_tree, "icarl_lider") == ["models/icarl_lider.py"]  # models/utils is framework
+    assert mm.required_flags(os.path.join(mammoth_tree, "models", "derpp.py")) == ["alpha", "beta", "buffer_size"]
+    assert mm.classify(0, "") == ("runs", "")
+    assert mm.classify(None, "") == ("timeout", "")
+    assert mm.classify(2, "error: model 'x' cannot be used: importing models.x failed: ModuleNotFoundError: "
+                          "No module named 'utils.nothing'")[0] == "import"
+    assert mm.classify(2, "error: ... ModuleNotFoundError: No module named 'ftfy'")[0] == "package"
+    trace = 'Traceback:\n  File "/x/utils/training.py", line 9, in train\nValueError: bad /tmp/a/b.py thing'
+    assert mm.classify(1, trace) == ("training", "ValueError: bad b.py thing")
+    assert mm.classify(2, "error: --buffer_size is required")[0] == "setup"
+
+
+def test_mammoth_framework_helpers():
+    from mammoth_compat.layers import bn_track_stats
+    from mammoth_compat.ring_buffer import RingBuffer
+    from mammoth_compat.losses import SupConLoss, batch_hard_triplet_loss, mixup
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    before = net[1].running_mean.clone()
+    with bn_track_stats(net, False):
+        net(torch.randn(4, 3, 2, 2))
+    assert torch.equal(net[1].running_mean, before) and net[1].track_running_stats
+    net(torch.randn(4, 3, 2, 2))
+    assert not torch.equal(net[1].running_mean, before)
+    ring = RingBuffer(6, n_tasks=2)
+    ring.add_data(torch.arange(5.).view(5, 1), labels=torch.arange(5))
+    assert sorted(ring.get_all_data()[1].tolist()) == [2, 3, 4]  # task 0's slice holds the last 3
+    ring.task_number, ring.num_seen_examples = 1, 0
+    ring.add_data(torch.arange(2.).view(2, 1), labels=torch.tensor([7, 8]))
+    assert sorted(ring.get_all_data()[1].tolist()) == [2, 3, 4, 7, 8] and len(ring.get_data(10)[0]) == 5
+    a, b = torch.zeros(3, 2), torch.ones(3, 2)
+    assert torch.equal(mixup([(a, b)], 1.0, force_lambda=0.25), torch.full((3, 2), 0.75))
+    labels, emb = torch.tensor([0, 0, 1, 1]), torch.tensor([[0.], [0.1], [5.], [5.2]])
+    assert batch_hard_triplet_loss(labels, emb, k=1, margin_type="hard") == 0  # far negatives
+    assert batch_hard_triplet_loss(torch.zeros(4).long(), emb, k=1) is None  # no negatives
+    feats = torch.nn.functional.normalize(torch.randn(4, 2, 8), dim=2)
+    assert SupConLoss()(feats, labels).item() > 0

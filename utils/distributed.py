@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sized
 
 import torch
 import torch.distributed as dist
@@ -216,10 +216,16 @@ class ShardedBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False,
-                 sample_seeds: bool = False):
-        self.n, self.batch_size, self.shuffle, self.seed, self.drop_last = n, batch_size, shuffle, seed, drop_last
+                 sample_seeds: bool = False, sized: Optional[Sized] = None):
+        self._n, self.batch_size, self.shuffle, self.seed, self.drop_last = n, batch_size, shuffle, seed, drop_last
         self.sample_seeds = sample_seeds
+        self.sized = sized
         self.passes = 0
+
+    @property
+    def n(self) -> int:
+        """Samples per pass: the current length of ``sized`` when given (a model may replace a task's samples)."""
+        return len(self.sized) if self.sized is not None else self._n
 
     def _slices(self, order: list[int]) -> Iterator[list[int]]:
         for batch, lo, hi in self._cuts(order):
@@ -286,3 +292,7 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(range(rank(), self.n, world_size()))
+
+
+# Mammoth's data-parallel helpers, for model files written for Mammoth (see mammoth_compat.dp)
+from mammoth_compat.dp import CustomDP, make_dp  # noqa: E402,F401

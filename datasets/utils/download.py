@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from tqdm import tqdm
 
+from datasets.utils.paths import make_folder
 from utils.errors import UserError
 
 CHUNK = 1 << 20
@@ -92,7 +93,7 @@ def download_file(url: str, dest: str, sha256: Optional[str] = None, md5: Option
         return dest
     if downloads_disabled():
         raise DownloadError(f"downloads are disabled (CL_NO_DOWNLOAD is set): cannot fetch {url}")
-    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    make_folder(os.path.dirname(os.path.abspath(dest)), "download folder")
     part = dest + ".part"
     start = os.path.getsize(part) if os.path.isfile(part) else 0
     try:
@@ -173,7 +174,7 @@ def _check_member(name: str, target: str, link: Optional[str] = None) -> str:
 
 def safe_extract(archive: str, target: str, progress: bool = True) -> None:
     """Extract a tar (any compression) or zip archive into ``target`` after checking every member."""
-    os.makedirs(target, exist_ok=True)
+    make_folder(target, "download folder")
     desc = f"extract {os.path.basename(archive)}"
     try:
         if zipfile.is_zipfile(archive):
@@ -266,7 +267,7 @@ def onedrive_archive(url: str, archive: str, target: str) -> None:
     """
     if downloads_disabled():
         raise DownloadError(f"downloads are disabled (CL_NO_DOWNLOAD is set): cannot fetch {url}")
-    os.makedirs(os.path.dirname(os.path.abspath(archive)), exist_ok=True)
+    make_folder(os.path.dirname(os.path.abspath(archive)), "download folder")
     if not os.path.isfile(archive):
         try:
             from onedrivedownloader import download

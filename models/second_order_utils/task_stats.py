@@ -20,7 +20,8 @@ from models.second_order_utils.flags import CPU_STATS_BATCH, SecondOrderSettings
 from models.second_order_utils.gmm import fit_gmms_distributed
 from models.second_order_utils.heads import IncrementalHead
 from models.second_order_utils.modules import ModulePool
-from models.second_order_utils.pretuning import DiagonalGMM, align_classifier, linear_probe, sample_features
+from models.second_order_utils.alignment import align_classifier
+from models.second_order_utils.pretuning import DiagonalGMM, linear_probe, sample_features
 from utils import accelerator, distributed, seeding
 from utils.killpoints import kill_point
 

@@ -1,0 +1,194 @@
+"""Every shell command that README.md and docs/*.md show, and how the suite runs it (one table: :data:`RULES`).
+
+:func:`extract` reads the files at call time: the lines of fenced shell blocks (backslash continuations joined,
+comments dropped; directory trees, outputs and other non-commands skipped) and inline ``python ...``, ``make ...``,
+``torchrun ...`` spans. Each command takes the first rule of :data:`RULES` whose pattern it matches:
+
+* ``run``: run it (through ``bash``, ``python`` being this interpreter) in a sandbox that mirrors the repository,
+  after the rule's cheap rewrite (``--debug_mode 1``, one seed, ...); it must exit 0;
+* ``exit2``: it needs what is absent here (a GPU, a download); it must end in one line on stderr, exit code 2,
+  no traceback;
+* ``listed``: not run, for the reason given (a cluster, tens of minutes);
+* a command with placeholders (``C``, ``<run>``, ``...``) is a template: its entry point must exist.
+
+A command that no rule matches fails the test: a new documented command is either run or listed here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import re
+import shlex
+from typing import Callable, Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMMAND_WORDS = ("python", "make", "torchrun", "srun", "bash", "export", "sbatch")
+INLINE = re.compile(r"`((?:python|make|torchrun) [^`]*)`")
+FENCE = re.compile(r"^```(\w*)\s*$")
+PLACEHOLDER = re.compile(r"\.\.\.|<[^>]+>|\[[^\]]*\]|\s[A-Z]{1,3}(?=\s|$)|\b(?:TINY_C10|DIR)\b|\$NODE_RANK|"
+                         r"my_method|seq-my-data")
+
+
+@dataclasses.dataclass
+class Command:
+    """A documented command: where it is shown, its text, and the shell variables set before it in its block."""
+    source: str
+    line: int
+    text: str
+    prelude: str = ""
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}"
+
+
+def _is_command(text: str) -> bool:
+    words = text.split()
+    while words and re.match(r"^[A-Z_][A-Z0-9_]*=", words[0]):  # leading environment assignments
+        words = words[1:]
+    return bool(words) and (words[0] in COMMAND_WORDS or words[0].startswith("#!"))
+
+
+def extract(root: str = ROOT) -> list[Command]:
+    """The commands of ``README.md`` and ``docs/*.md`` under ``root``, in the order they are shown."""
+    out: list[Command] = []
+    for path in [os.path.join(root, "README.md"), *sorted(glob.glob(os.path.join(root, "docs", "*.md")))]:
+        source = os.path.relpath(path, root)
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+        fenced, lang, pending, start, prelude = False, "", "", 0, []
+        for number, raw in enumerate(lines, 1):
+            fence = FENCE.match(raw.strip())
+            if fence:
+                fenced, lang, pending, prelude = not fenced, fence.group(1), "", []
+                continue
+            if not fenced:
+                out += [Command(source, number, m.group(1).strip()) for m in INLINE.finditer(raw)]
+                continue
+            if lang not in ("", "bash", "sh", "shell", "console"):
+                continue
+            text = raw.strip()
+            if not pending:
+                start = number
+                if text.startswith("#") and not text.startswith("#!"):
+                    continue
+            joined = pending + " " + text if pending else text
+            if joined.endswith("\\"):
+                pending = joined[:-1].rstrip()
+                continue
+            pending = ""
+            joined = _strip_comment(joined)
+            assignment = re.match(r'^([A-Z_][A-Z0-9_]*)=("[^"]*"|\S*)$', joined)
+            if assignment:  # a shell variable the next commands of the block use
+                prelude.append(joined)
+                continue
+            if _is_command(joined):
+                out.append(Command(source, start, joined, "; ".join(prelude)))
+    return out
+
+
+def _strip_comment(text: str) -> str:
+    """``text`` without a trailing ``# comment`` (outside quotes)."""
+    quote = None
+    for i, ch in enumerate(text):
+        if ch in "\"'" and quote in (None, ch):
+            quote = None if quote else ch
+        elif ch == "#" and quote is None and i > 0 and text[i - 1] == " ":
+            return text[:i].rstrip()
+    return text.rstrip()
+
+
+def is_template(command: Command) -> bool:
+    return bool(PLACEHOLDER.search(command.text))
+
+
+def entry_point(text: str) -> Optional[str]:
+    """The file a ``python -m X`` / ``python path.py`` command runs (relative to the repository), if any."""
+    words = shlex.split(text.replace("$", ""))
+    if "python" not in words:
+        return next((w for w in words if w.endswith(".py")), None)
+    rest = words[words.index("python") + 1:]
+    if rest[:1] == ["-m"] and len(rest) > 1:
+        module = rest[1].replace(".", os.sep)
+        return module + ".py" if os.path.isfile(os.path.join(ROOT, module + ".py")) else \
+            os.path.join(module, "__main__.py")
+    return rest[0] if rest and rest[0].endswith(".py") else None
+
+
+# ----- cheap rewrites ------------------------------------------------------------------------------------------
+def _append(*flags: str) -> Callable[[str], str]:
+    return lambda text: text + " " + " ".join(flags)
+
+
+def _set_flag(text: str, flag: str, value: str) -> str:
+    return re.sub(rf"{flag} \S+", f"{flag} {value}", text)
+
+
+def _compare_cheaply(text: str) -> str:
+    """One model, one seed, debug-sized runs (flags after ``--`` reach every run)."""
+    text = _set_flag(text, "--seeds", "1")
+    first = re.search(r"--models (\S+)", text).group(1).split(",")[0]
+    text = re.sub(r"--models \S+", f"--models {first}", text)
+    text = re.sub(r'--extra "(\w+):[^"]*"', lambda m: m.group(0) if m.group(1) == first else "", text)
+    return text + " --debug_mode 1"
+
+
+@dataclasses.dataclass
+class Rule:
+    pattern: str
+    action: str  # run | exit2 | listed
+    reason: str
+    rewrite: Optional[Callable[[str], str]] = None
+    timeout: int = 240
+
+
+RULES: list[Rule] = [
+    Rule(r"^make test\b", "listed", "the test suite itself"),
+    Rule(r"^make demo\b", "listed", "creates a virtual environment and trains for about 21 minutes; app.demo's "
+                                    "runs are covered by tests/test_second_order_real.py"),
+    Rule(r"^(#!|export MASTER_HOST|srun )", "listed", "a SLURM job script: needs a cluster of GPU nodes"),
+    Rule(r"^torchrun ", "listed", "needs several GPUs (NCCL); the DDP path runs on CPU processes with gloo in "
+                                  "tests/test_torchrun_launch.py"),
+    Rule(r"main\.py --model \S+ --dataset seq-cifar100-224 --model_config best", "exit2",
+         "the published line: full CIFAR-100 and the ViT-B/16 weights are not available offline"),
+    Rule(r"main\.py --model sgd --dataset seq-cifar10 ", "exit2", "full CIFAR-10 is a download"),
+    Rule(r"--data_path my_data\.npz", "exit2", "my_data.npz is the user's own file"),
+    Rule(r"main\.py .*--help", "run", "prints every flag"),
+    Rule(r"main\.py --model ita --dataset seq-custom --data_path \.\./shared/data/cifar100_mini\.npz", "run",
+         "debug-sized (--debug_mode 1)", _append("--debug_mode", "1")),
+    Rule(r"-m app\.edit --checkpoint checkpoints/ita_c100/task_10\.pt", "run", "edits the previous command's model"),
+    Rule(r"-m benchmarks\.compare ", "run", "one model, one seed, debug-sized runs", _compare_cheaply, 300),
+    Rule(r"benchmarks/speed\.py --quick\b", "run", "the README's speed command, as printed", None, 300),
+    Rule(r"benchmarks/speed\.py --device cuda", "exit2", "needs CUDA"),
+    Rule(r"benchmarks/speed\.py --out ", "listed", "64 px and 128 Fisher images: tens of minutes on a CPU; "
+                                                   "--quick runs the same code"),
+    Rule(r"-m benchmarks\.gpu_check --out", "exit2", "needs CUDA (its CPU size is tests/test_gpu_check.py)"),
+    Rule(r"benchmarks/fisher_accuracy\.py", "listed", "12 minutes on 2 cores; tests/test_fisher_accuracy_benchmark.py "
+                                                      "runs it small"),
+    Rule(r"-m benchmarks\.paper ", "listed", "runs the paper's table on seq-cifar100-224 with ViT-B/16: GPU, data "
+                                             "and weights needed; tests/test_paper_table.py runs it small"),
+    Rule(r"-m benchmarks\.sweep ", "listed", "a grid of full runs (tens of minutes); tests/test_sweep.py runs the "
+                                             "same entry point small"),
+    Rule(r"-m benchmarks\.editing\b", "listed", "30 full runs (about an hour); tests/test_editing_benchmark.py "
+                                               "runs it small"),
+    Rule(r"-m benchmarks\.mini_data ", "run", "writes the class-balanced subsets (seconds)"),
+    Rule(r"bash benchmarks/issue18\.sh", "listed", "a batch of full comparisons (hours)"),
+    Rule(r"-m benchmarks\.fisher_precision\b", "listed", "the precision study (tens of minutes on a CPU); "
+                                                         "tests/test_fisher_precision_benchmark.py runs it small"),
+    Rule(r"-m benchmarks\.gpu_check --device cpu", "listed", "tests/test_gpu_check.py runs exactly this"),
+    Rule(r"^python -m benchmarks\.(feature_stats|debug_lines|checkpoint_size)$", "listed",
+         "a measurement of minutes on a CPU; its test runs it small"),
+    Rule(r"^python -m app\.(edit|report)$", "listed", "names the entry point only (usage shown next to it)"),
+    Rule(r"^python main\.py$", "listed", "names the entry point only"),
+    Rule(r"-m app\.demo ", "listed", "make demo's run (about 21 minutes)"),
+    Rule(r"-m app\.report benchmarks/out/readme/results", "listed", "reads the README comparison's results "
+                                                                    "(written by the compare command above)"),
+]
+
+
+def rule_for(command: Command) -> Optional[Rule]:
+    for rule in RULES:
+        if re.search(rule.pattern, command.text):
+            return rule
+    return None
