@@ -6,12 +6,14 @@
  0    plain fp32 (matmuls at full fp32 precision)                           fp32
  1    TF32 matmuls and convolutions on CUDA (a no-op on a CPU)              fp32
  2    1 + bf16 autocast of the training and evaluation forwards             bf16
- 3    2 + ``torch.compile`` of the training forward (models that opt in)    bf16
+ 3    2 + ``torch.compile`` of the training forward (models that opt in;    bf16
+      recompiles at every task: not recommended, docs/speed.md)
 ====  ====================================================================  ===========
 
 ``--precision`` is kept as the older spelling: ``--precision bf16`` alone means ``-O 2``; given together, the two
 must agree (``-O 2 --precision fp32`` is a one-line error). After :func:`resolve_code_optimization` both
-attributes are set and consistent, so checkpoints and reports store the resolved pair.
+attributes are set and consistent, so checkpoints and reports store the resolved pair. With neither flag the level
+is the device type's default (``DEFAULT_LEVELS``: 0 everywhere, CUDA included; docs/speed.md has the measurement).
 """
 from __future__ import annotations
 
