@@ -95,6 +95,9 @@ class Buffer(ReservoirBuffer):
     def _fields(self) -> list[str]:
         return [name for name in self.FIELDS if getattr(self, name) is not None]
 
+    def is_full(self) -> bool:
+        return self.num_seen_examples >= self.buffer_size
+
     @property
     def used_attributes(self) -> list[str]:
         """The fields that hold data (``examples``, ``labels``, ...)."""
