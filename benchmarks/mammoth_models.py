@@ -298,6 +298,8 @@ def table(results: list[Outcome], models: list[str], mammoth: str) -> str:
     datasets = [d for d in DATASETS if any(r.dataset == d for r in results)]
     lines = [f"Measured on {len(models)} model files of Mammoth's snapshot with "
              f"`python -m benchmarks.mammoth_models --doc docs/mammoth.md`.", ""]
+    missing = Outcome("", "", "not measured", "", 0.0)
+    by.update({(m, d): missing for m in models for d in DATASETS if (m, d) not in by})
     for d in datasets:
         counts: dict[str, int] = {}
         for m in models:
@@ -374,7 +376,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     merged.update({(o["model"], o["dataset"]): Outcome(**o) for o in json.load(fh)})
             merged.update({(r.model, r.dataset): r for r in results})
             results = list(merged.values())
-            models = sorted({r.model for r in results})
+            models = sorted(set(models) | {r.model for r in results})
         body = table(results, models, mammoth)
     print(body.split("\n\n")[1])
     if args.out:

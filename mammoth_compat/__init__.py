@@ -14,11 +14,20 @@ framework's own classes (see docs/mammoth.md):
   ``get_epochs``, ``get_batch_size``, ...).
 * :mod:`mammoth_compat.backbone` - ``MammothBackbone``'s flat parameter helpers.
 * :mod:`mammoth_compat.args` - old-style ``get_parser()`` support and Mammoth's parser helpers.
-* :mod:`mammoth_compat.conf` - ``utils.conf`` helpers (``get_device``, ``base_path``, ...).
+* :mod:`mammoth_compat.conf` - ``utils.conf`` helpers (``get_device``, ``base_path``, ``warn_once``, ...).
+* Mammoth's framework modules that its own model files import, written anew: :mod:`~mammoth_compat.layers`
+  (``bn_track_stats``, conditional batch norm), :mod:`~mammoth_compat.replay` (``fill_buffer``, ``icarl_replay``),
+  :mod:`~mammoth_compat.ring_buffer`, :mod:`~mammoth_compat.gss_buffer`, :mod:`~mammoth_compat.schedulers`,
+  :mod:`~mammoth_compat.augmentations`, :mod:`~mammoth_compat.kornia_utils` (with the AutoAugment policies),
+  :mod:`~mammoth_compat.losses`, :mod:`~mammoth_compat.bmm`, :mod:`~mammoth_compat.dp` (see docs/mammoth.md,
+  "Mammoth's model files here").
 
 Mammoth's import paths are thin re-exports of this package: ``utils.buffer``, ``utils.conf``,
 ``utils.args`` (``add_rehearsal_args``, ``ArgumentParser``, ``binary_to_boolean_type``, ...),
-``utils.binary_to_boolean_type`` and ``backbone.MammothBackbone``. The framework's own models
+``utils.binary_to_boolean_type``, ``backbone.MammothBackbone``, and ``utils.batch_norm``, ``utils.schedulers``,
+``utils.ring_buffer``, ``utils.gss_buffer``, ``utils.kornia_utils``, ``utils.autoaugment``, ``utils.augmentations``,
+``utils.mixup``, ``utils.triplet``, ``utils.spkdloss``, ``utils.simclrloss``, ``utils.bmm``,
+``utils.conditional_bn``, ``utils.distributed.make_dp``/``CustomDP``. The framework's own models
 do not use this package (apart from the base-class mixins, which only add attributes).
 
 The submodules are imported lazily by their users; importing this package imports nothing.

@@ -95,6 +95,9 @@ class Buffer(ReservoirBuffer):
     def _fields(self) -> list[str]:
         return [name for name in self.FIELDS if getattr(self, name) is not None]
 
+    def is_full(self) -> bool:
+        return self.num_seen_examples >= self.buffer_size
+
     @property
     def used_attributes(self) -> list[str]:
         """The fields that hold data (``examples``, ``labels``, ...)."""
@@ -134,6 +137,29 @@ class Buffer(ReservoirBuffer):
         if return_index:
             out = (choice.to(torch.device(device) if device is not None else self.device), *out)
         return out
+
+    def get_balanced_data(self, size: int, transform: Optional[Callable] = None,
+                          n_classes: int = -1) -> tuple[torch.Tensor, ...]:
+        """``size`` samples spread evenly over ``n_classes`` random stored classes (-1: all) that each hold enough
+        of them (fewer classes when too few do; plain random samples when none does)."""
+        n = len(self)
+        size = min(int(size), n)
+        classes, counts = torch.unique(self.labels[:n].cpu(), return_counts=True)
+        wanted = len(classes) if n_classes == -1 else min(int(n_classes), len(classes))
+        while wanted > 0:
+            per_class = torch.full((wanted,), size // wanted)
+            per_class[:size % wanted] += 1
+            eligible = classes[counts >= per_class[0]]
+            if len(eligible) >= wanted:
+                break
+            wanted = len(eligible)
+        if wanted == 0:
+            return self.get_data(size, transform=transform)
+        chosen = eligible[torch.randperm(len(eligible))[:wanted]]
+        stored = self.labels[:n].cpu()
+        index = torch.cat([torch.nonzero(stored == c).flatten()[torch.randperm(int((stored == c).sum()))[:int(k)]]
+                           for c, k in zip(chosen.tolist(), per_class.tolist())])
+        return self._select(index.to(self.examples.device), transform, None)
 
     def get_data_by_index(self, indexes: torch.Tensor, transform: Optional[Callable] = None,
                           device: Optional[torch.device] = None) -> tuple[torch.Tensor, ...]:

@@ -31,30 +31,32 @@ class bn_track_stats:  # noqa: N801 - Mammoth's name
 
 
 class _ConditionalNorm(nn.Module):
-    """One affine batch norm per condition (e.g. per task) over shared normalisation."""
+    """Batch norm without affine parameters, then each sample's condition's scale and shift: rows of ``embed``
+    (scales start near 1, shifts at 0), Mammoth's parameter layout."""
 
     norm_cls: type = nn.BatchNorm1d
 
     def __init__(self, num_features: int, num_conditions: int):
         super().__init__()
-        self.num_features, self.num_conditions = num_features, num_conditions
+        self.num_features = num_features
         self.bn = self.norm_cls(num_features, affine=False)
-        self.weight = nn.Parameter(torch.ones(num_conditions, num_features))
-        self.bias = nn.Parameter(torch.zeros(num_conditions, num_features))
+        self.embed = nn.Embedding(num_conditions, num_features * 2)
+        with torch.no_grad():
+            self.embed.weight[:, :num_features].normal_(1, 0.02)
+            self.embed.weight[:, num_features:].zero_()
 
     def forward(self, x: torch.Tensor, cond_id: torch.Tensor,
                 flag_stop_grad: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Normalise ``x`` and apply the scale and shift of each sample's condition ``cond_id``; samples where
-        ``flag_stop_grad`` is true do not propagate gradients into the affine parameters."""
-        out = self.bn(x)
-        cond_id = torch.as_tensor(cond_id, device=x.device).long().expand(x.shape[0])
-        weight, bias = self.weight[cond_id], self.bias[cond_id]
+        """Normalise ``x`` and apply the scale and shift of each sample's condition ``cond_id``; the samples selected
+        by ``flag_stop_grad`` (a mask or indices) send no gradient to the scales and shifts."""
+        gamma, beta = self.embed(cond_id).chunk(2, 1)
         if flag_stop_grad is not None:
-            stop = torch.as_tensor(flag_stop_grad, device=x.device).bool().view(-1, 1)
-            weight = torch.where(stop, weight.detach(), weight)
-            bias = torch.where(stop, bias.detach(), bias)
-        shape = (x.shape[0], self.num_features) + (1,) * (x.dim() - 2)
-        return out * weight.view(shape) + bias.view(shape)
+            stop = torch.zeros(gamma.shape[0], dtype=torch.bool, device=gamma.device)
+            stop[flag_stop_grad] = True
+            gamma = torch.where(stop.view(-1, 1), gamma.detach(), gamma)
+            beta = torch.where(stop.view(-1, 1), beta.detach(), beta)
+        shape = (-1, self.num_features) + (1,) * (x.dim() - 2)
+        return gamma.reshape(shape) * self.bn(x) + beta.reshape(shape)
 
 
 class ConditionalBatchNorm1d(_ConditionalNorm):

@@ -115,7 +115,8 @@ def uses_not_aug(cls: type, base: type) -> bool:
     A class (below ``base``) that declares ``USES_NOT_AUG`` decides; otherwise - a model file written for
     Mammoth, where ``not_aug_inputs`` is always given - the view is built when ``observe`` mentions its
     third argument (read, stored, or passed on), or when the model's module reads the dataset's items itself
-    (``train_loader``) or calls Mammoth's ``fill_buffer``/``icarl_replay``, which store that view.
+    (``train_loader.dataset``, ``data[2]``) or calls Mammoth's ``fill_buffer``/``icarl_replay``, which store that
+    view.
     """
     for klass in cls.__mro__:
         if klass is base:
@@ -146,4 +147,4 @@ def _reads_items(cls: type) -> bool:
         source = inspect.getsource(module) if module is not None else ""
     except (TypeError, OSError):
         return True
-    return any(word in source for word in ("train_loader", "fill_buffer", "icarl_replay"))
+    return any(word in source for word in ("train_loader.dataset", "fill_buffer", "icarl_replay", "data[2]"))

@@ -150,7 +150,7 @@ def test_mammoth_model_files_run_unchanged(mammoth_tree, tmp_path):
     from benchmarks import mammoth_models as mm
     data = make_npz(str(tmp_path / "d.npz"), n_classes=10, per_class=4, size=16)
     results = mm.run_all(mammoth_tree, [(m, "seq-custom") for m in FIXED_MODELS], mm.ROOT, str(tmp_path), data,
-                         timeout=300, parallel=1)
+                         timeout=300, parallel=2)
     assert [(r.model, r.outcome, r.first_error) for r in results] == [(m, "runs", "") for m in FIXED_MODELS]
 
 
