@@ -20,6 +20,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from models.utils.continual_model import ContinualModel as MammothContinualModel
+from models.second_order_cl.utils import seeding
+from models.second_order_cl.utils.distributed import ShardedBatchSampler
 from models.second_order_cl.utils.settings import add_settings_flags, settings_from_args
 
 CLASSIFIER_NAMES = ("head", "classifier", "fc")
@@ -43,8 +45,11 @@ class BackboneView(nn.Module):
         name = next((n for n in CLASSIFIER_NAMES if isinstance(getattr(backbone, n, None), nn.Module)), None)
         if name is None:
             raise ValueError(f"{type(backbone).__name__} has no head named one of {CLASSIFIER_NAMES}")
-        self.feature_dim = _in_features(getattr(backbone, name))
-        setattr(backbone, name, nn.Identity())
+        head = getattr(backbone, name)
+        self.feature_dim = _in_features(head)
+        identity = nn.Identity()  # every reference to the head (some backbones also keep it in a Sequential)
+        for parent, child in [(p, c) for p in backbone.modules() for c, m in p.named_children() if m is head]:
+            setattr(parent, child, identity)
         self.body = backbone
         self.classifier = nn.Linear(self.feature_dim, num_classes)
 
@@ -62,11 +67,14 @@ class BackboneView(nn.Module):
 
 class DatasetView:
     """Mammoth's dataset plus ``train_dataset(task)`` (the current task's training split, as Mammoth's train
-    loader holds it) and ``make_loader``; every other attribute is the dataset's."""
+    loader holds it) and ``make_loader`` (seeded as in second-order-cl: the n-th shuffled loader of a task draws
+    its order from (seed, task, ``loader<n>``); Mammoth's own train loader counts as the first); every other
+    attribute is the dataset's."""
 
-    def __init__(self, dataset: Any, args: Any):
+    def __init__(self, dataset: Any, args: Any, shuffled: dict[int, int]):
         self._dataset = dataset
         self._args = args
+        self._shuffled = shuffled  # task -> shuffled loaders made (kept by the model across hooks)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._dataset, name)
@@ -75,8 +83,18 @@ class DatasetView:
         return self._dataset.train_loader.dataset
 
     def make_loader(self, data: Any, shuffle: bool, batch_size: Optional[int] = None) -> DataLoader:
-        return DataLoader(data, batch_size=batch_size or self._args.batch_size, shuffle=shuffle,
-                          num_workers=self._args.num_workers or 0)
+        batch_size = batch_size or self._args.batch_size
+        workers = self._args.num_workers or 0
+        task = max(int(getattr(self._dataset, "c_task", 0)), 0)
+        n = self._shuffled.get(task, 1) if shuffle else 0
+        seed = seeding.derive_seed(seeding.run_seed(self._args), task, f"loader{n}" if shuffle else "test_loader")
+        generator = torch.Generator().manual_seed(seed)  # a loader draws its base seed here, not from the global RNG
+        if not shuffle:
+            return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers, generator=generator)
+        self._shuffled[task] = n + 1
+        sampler = ShardedBatchSampler(len(data), batch_size, shuffle=True, seed=seed,
+                                      drop_last=bool(getattr(self._args, "drop_last", False)))
+        return DataLoader(data, batch_sampler=sampler, num_workers=workers, generator=generator)
 
 
 class ContinualModel(MammothContinualModel):
@@ -91,8 +109,16 @@ class ContinualModel(MammothContinualModel):
     _building = True  # Mammoth's constructor asks for an optimiser before the method has chosen its parameters
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Each model's ``get_parser`` also sets its ``DEFAULTS`` (as Mammoth's own models do)."""
+        """Each model's constructor gets a :class:`BackboneView`; its ``get_parser`` also sets its ``DEFAULTS``."""
         super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:  # the method's constructor sees the backbone as a BackboneView
+            init = cls.__dict__["__init__"]
+
+            def __init__(self, backbone, loss, args, transform, dataset=None, _init=init):
+                if backbone is not None and not isinstance(backbone, BackboneView):
+                    backbone = BackboneView(backbone, dataset.N_CLASSES)
+                _init(self, backbone, loss, args, transform, dataset)
+            cls.__init__ = __init__
         own = cls.get_parser
 
         def get_parser(parser, _own=own, _cls=cls):
@@ -106,10 +132,12 @@ class ContinualModel(MammothContinualModel):
         return add_settings_flags(parser, cls.SETTINGS) if cls.SETTINGS is not None else parser
 
     def __init__(self, backbone: nn.Module, loss: Any, args: Any, transform: Any, dataset: Any = None):
-        net = BackboneView(backbone, dataset.N_CLASSES) if backbone is not None else None
-        super().__init__(net, loss, args, transform, dataset=dataset)
+        if backbone is not None and not isinstance(backbone, BackboneView):
+            backbone = BackboneView(backbone, dataset.N_CLASSES)
+        super().__init__(backbone, loss, args, transform, dataset=dataset)
         self.settings: Any = settings_from_args(self.SETTINGS, args) if self.SETTINGS is not None else None
         self._building = False
+        self._shuffled_loaders: dict[int, int] = {}
 
     def get_optimizer(self, params: Optional[Iterable] = None, lr: Optional[float] = None):
         """Mammoth's optimiser over the parameters that require gradients (None without any)."""
@@ -132,16 +160,15 @@ class ContinualModel(MammothContinualModel):
     def train_net(self) -> nn.Module:
         return self.net
 
-    def is_logging_step(self) -> bool:
-        return self.epoch_iteration % self.LOG_EVERY == 0
+    # (project methods: inlined here by the export from this project's ContinualModel)
 
     def meta_begin_task(self, dataset: Any) -> None:
         self.to(self.device)  # the parts outside ``net`` (Mammoth moves only ``net``)
-        super().meta_begin_task(DatasetView(dataset, self.args))
+        super().meta_begin_task(DatasetView(dataset, self.args, self._shuffled_loaders))
 
     def meta_observe(self, *args: Any, **kwargs: Any) -> Any:
         with self.autocast():
             return super().meta_observe(*args, **kwargs)
 
     def meta_end_task(self, dataset: Any) -> None:
-        super().meta_end_task(DatasetView(dataset, self.args))
+        super().meta_end_task(DatasetView(dataset, self.args, self._shuffled_loaders))

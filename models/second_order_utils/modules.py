@@ -173,11 +173,12 @@ def inject_adapters(body: nn.Module, style: str, rank: int) -> dict[str, Adapted
     """
     layers: dict[str, AdaptedLayer] = {}
     for name in _target_names(body):
-        parent_name, _, child = name.rpartition(".")
-        parent = body.get_submodule(parent_name) if parent_name else body
-        base = getattr(parent, child)
+        base = body.get_submodule(name)
         layer = AdaptedLayer(base, style, 3 * rank if name.endswith("qkv") else rank)
-        setattr(parent, child, layer)
+        # every reference (a backbone may hold a layer twice, e.g. as ``fc1`` and in a ``Sequential``)
+        holders = [(parent, child) for parent in body.modules() for child, m in parent.named_children() if m is base]
+        for parent, child in holders:
+            setattr(parent, child, layer)
         layers[name] = layer
     if not layers:
         raise ValueError("the backbone has no Linear or pointwise Conv2d layer to adapt")

@@ -1,0 +1,182 @@
+"""``python -m app.export_mammoth`` into a real Mammoth checkout (the source snapshot in ../shared/mammoth), run there
+offline with Mammoth's own ``main.py``, and the same numbers on both sides.
+
+Mammoth imports ``open_clip`` (its dataset modules build a CLIP test transform at import) and ``six``; the test
+runs it in a cached environment that overlays the project's (same torch and timm: Mammoth's pin
+``timm==0.9.8`` is not needed for these methods) with those few packages. The data are synthetic images in the
+official layouts; torchvision checks the CIFAR archives' md5 sums, so the test's interpreter accepts the synthetic
+files (``sitecustomize`` in the test's environment only). Mammoth's own ``tests/test_second_order.py`` (full-size
+ViT-B/16, about 6 min per task on one CPU core) runs with ``CL_MAMMOTH_VIT=1``."""
+from __future__ import annotations
+
+import ast
+import os
+import pickle
+import site
+import subprocess
+import sys
+import tarfile
+
+import pytest
+import torch
+
+from app.export_mammoth import main as export_main
+from app.mammoth_export import METHODS
+from tests.conftest import SHARED_DATA, shared_missing
+from tests.dataset_builders import write_cifar100, write_idx_set
+from tests.test_datasets_core import write_cifar10
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SNAPSHOT = os.path.join(os.path.dirname(SHARED_DATA), "mammoth", "mammoth-e75a491.tar.gz")
+EXTRA = ("open_clip_torch==3.3.0", "ftfy==6.3.1", "regex==2026.11.15", "wcwidth", "six")
+CACHE = os.environ.get("CL_MAMMOTH_ENV") or os.path.join(
+    os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "second-order-cl", "mammoth-env")
+SITE = """import os
+import torchvision.datasets.cifar as cifar
+cifar.check_integrity = lambda fpath, md5=None: os.path.isfile(fpath)  # synthetic archives: no md5 match
+"""
+
+
+def mammoth_python() -> str:
+    """The cached environment: a venv whose site-packages extend the project's with :data:`EXTRA`."""
+    python = os.path.join(CACHE, "bin", "python")
+    stamp = os.path.join(CACHE, ".ready-" + "-".join(EXTRA))
+    if not os.path.isfile(stamp):
+        subprocess.run([sys.executable, "-m", "venv", "--clear", "--without-pip", CACHE], check=True)
+        out = subprocess.run([python, "-c", "import site; print(site.getsitepackages()[0])"], check=True,
+                             capture_output=True, text=True).stdout.strip()
+        with open(os.path.join(out, "_project.pth"), "w") as fh:
+            fh.write(site.getsitepackages()[0] + "\n")
+        subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", *EXTRA],
+                       check=True)
+        open(stamp, "w").close()
+    return python
+
+
+def write_zero_clip(root: str) -> None:
+    """The ``ViT-B-16``/``openai`` weights open_clip loads from Mammoth's cache folder, as zero tensors of the
+    right shapes (a few KiB: Mammoth only takes the CLIP test transform from them)."""
+    import open_clip
+    state = open_clip.create_model("ViT-B-16", pretrained=None).state_dict()
+    zero = torch.zeros(1)
+    repo = os.path.join(root, "checkpoints", "ViT-B-16", "cachedir", "open_clip",
+                        "models--timm--vit_base_patch16_clip_224.openai")
+    commit = "0" * 40
+    os.makedirs(os.path.join(repo, "refs"))
+    os.makedirs(os.path.join(repo, "snapshots", commit))
+    with open(os.path.join(repo, "refs", "main"), "w") as fh:
+        fh.write(commit)
+    torch.save({k: zero.expand(v.shape) if v.dim() else zero[0].clone() for k, v in state.items()},
+               os.path.join(repo, "snapshots", commit, "open_clip_pytorch_model.bin"))
+
+
+def write_data(base: str) -> None:
+    """CIFAR-10/100 (with the ``meta`` files torchvision reads) and MNIST where both frameworks read them."""
+    write_cifar10(base, per_class=2)
+    with open(os.path.join(base, "CIFAR10", "cifar-10-batches-py", "batches.meta"), "wb") as fh:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, fh)
+    write_cifar100(base, per_class_train=1, per_class_test=1)
+    with open(os.path.join(base, "CIFAR100", "cifar-100-python", "meta"), "wb") as fh:
+        pickle.dump({"fine_label_names": [f"class{i}" for i in range(100)],
+                     "coarse_label_names": [f"group{i}" for i in range(20)]}, fh)
+    for raw in ("raw", os.path.join("MNIST", "raw"), os.path.join("MyMNIST", "raw")):  # this project; torchvision
+        write_idx_set(os.path.join(base, "MNIST", raw), per_class_train=3, per_class_test=1, gz=False)
+
+
+@pytest.fixture(scope="module")
+def mammoth(tmp_path_factory):
+    """(python, checkout, data folder, environment): the snapshot extracted, the export written into it."""
+    if not os.path.isfile(SNAPSHOT):
+        shared_missing(SNAPSHOT)
+    python = mammoth_python()
+    tmp = tmp_path_factory.mktemp("mammoth")
+    with tarfile.open(SNAPSHOT) as tar:
+        tar.extractall(tmp, filter="data")
+    checkout = str(next(p for p in tmp.iterdir() if (p / "main.py").is_file()) if not (tmp / "main.py").is_file()
+                   else tmp)
+    assert export_main(["--to", checkout]) == 0
+    data = str(tmp / "data")
+    write_data(data)
+    os.makedirs(tmp / "site")
+    (tmp / "site" / "sitecustomize.py").write_text(SITE)
+    env = {**os.environ, "PYTHONPATH": str(tmp / "site"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    subprocess.run([python, "-c", f"import sys; sys.path.insert(0, {ROOT!r}); "
+                    f"from tests.test_mammoth_export import write_zero_clip; write_zero_clip({checkout!r})"],
+                   check=True, env=env, cwd=checkout)
+    return python, checkout, data, env
+
+
+def test_bad_target_is_one_line_and_writes_nothing(tmp_path, capsys):
+    (tmp_path / "main.py").write_text("")
+    assert export_main(["--to", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not a Mammoth checkout" in err
+    assert sorted(os.listdir(tmp_path)) == ["main.py"]
+    assert export_main(["--to", str(tmp_path), "--methods", "nonesuch"]) == 2
+
+
+def test_exported_files_import_only_mammoth_and_third_party(mammoth):
+    """Every import of ``models``/``utils``/``datasets``/``backbone`` in the written files resolves in the checkout
+    (Mammoth's own modules or the written support package); the flagship replaces Mammoth's file."""
+    _, checkout, _, _ = mammoth
+    written = []
+    for folder, _, files in os.walk(checkout):
+        written += [os.path.join(folder, f) for f in files
+                    if f.endswith(".py") and ("second_order_cl" in folder or f[:-3] in METHODS)]
+    assert len(written) > 20
+    for path in written:
+        with open(path) as fh:
+            tree = ast.parse(fh.read())
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+            for name in names:
+                assert not name.startswith("mammoth_compat"), (path, name)
+                if name.split(".")[0] in ("models", "utils", "datasets", "backbone"):
+                    base = os.path.join(checkout, *name.split("."))
+                    assert os.path.isfile(base + ".py") or os.path.isdir(base), (path, name)
+    with open(os.path.join(checkout, "models", "second_order.py")) as fh:
+        assert "Generated by second-order-cl" in fh.readline()
+
+
+def test_same_numbers_in_mammoth_and_here(mammoth, tmp_path):
+    """Fisher, pre-tuned heads, penalty gradients and values, losses and the trained parameters of two tasks'
+    first steps: the exported flagship under Mammoth's ``main.initialize`` equals this project's run."""
+    python, checkout, data, env = mammoth
+    probe = os.path.join(ROOT, "tests", "mammoth_export_probe.py")
+    here, there = str(tmp_path / "here.pt"), str(tmp_path / "there.pt")
+    subprocess.run([sys.executable, probe, "project", here, data], check=True, cwd=ROOT, env=env,
+                   capture_output=True)
+    done = subprocess.run([python, probe, "mammoth", there, data], cwd=checkout, env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = torch.load(here), torch.load(there)
+    assert list(a) == list(b) and len(a) == 46
+    assert float(a["1/penalty_fisher/1"].abs().max()) > 1e-3  # task 0's Fisher reaches task 1's penalty
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("method", ["second_order", "tmc", "task_arithmetic"])
+def test_debug_line_runs_in_mammoth(mammoth, method):
+    python, checkout, data, env = mammoth
+    cmd = [python, "main.py", "--model", method, "--dataset", "seq-cifar10", "--lr", "0.001", "--n_epochs", "1",
+           "--batch_size", "4", "--non_verbose", "1", "--num_workers", "0", "--seed", "0", "--debug_mode", "1",
+           "--base_path", data + os.sep]
+    done = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Accuracy for 5 task(s)" in done.stdout + done.stderr
+
+
+@pytest.mark.skipif(os.environ.get("CL_MAMMOTH_VIT") != "1", reason="full-size ViT-B/16: set CL_MAMMOTH_VIT=1")
+def test_mammoths_own_second_order_tests(mammoth):
+    """Mammoth's ``tests/test_second_order.py`` on seq-cifar100-224 with random ViT-B/16 weights in the HF cache."""
+    from tests.mammoth_setup import write_vit_b16_cache
+    python, checkout, data, env = mammoth
+    hub = os.path.join(os.path.dirname(data), "hub")
+    write_vit_b16_cache(hub)
+    os.symlink(data, os.path.join(checkout, "data"))  # Mammoth's tests read ./data/
+    done = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_second_order.py",
+                           "-k", "cifar100"], cwd=checkout, env={**env, "HF_HUB_CACHE": hub}, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout[-3000:]
