@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import sys
 from typing import Any, Optional
 
 import yaml
 
-from backbone import BACKBONES, add_backbone_args
+from backbone import BACKBONES, add_backbone_args, check_backbone_args
 from datasets import DATASETS
 from datasets.utils.structure import STRUCTURE_KEYS, check_structure
 from mammoth_compat.args import call_get_parser
@@ -49,14 +50,24 @@ class CLIParser(argparse.ArgumentParser):
 
 def _read_yaml(path: str) -> dict:
     try:
-        with open(path) as fh:
+        with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh)
     except (OSError, yaml.YAMLError) as exc:
         raise UserError(f"cannot read config {path}: {exc}".splitlines()[0]) from None
+    except UnicodeDecodeError:
+        raise UserError(f"cannot read config {path}: it is not UTF-8 text (a binary file?); "
+                        f"give a YAML text file of 'flag: value' lines") from None
+    except RecursionError:
+        raise UserError(f"cannot read config {path}: it is nested too deeply to be a configuration; "
+                        f"give a mapping of 'flag: value' lines") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"config {path} must be a mapping of keys to values")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise UserError(f"config {path}: the key {bad[0]!r:.40} is not a name; top-level keys must be flag names, "
+                        f"structure keys or model-config sections (quote it if it is one)")
     return data
 
 
@@ -135,6 +146,9 @@ def dataset_config_layer(dataset: str, name: Optional[str]) -> tuple[dict, dict,
 
 def _coerce(parser: argparse.ArgumentParser, key: str, value: Any, source: str) -> Any:
     """Validate one config value against its flag (type and choices)."""
+    if not isinstance(key, str):
+        raise UserError(f"the key {key!r:.40} in {source} is not a flag name; keys must be flags of this "
+                        f"model/dataset/backbone (see --help)")
     actions = {a.dest: a for a in parser._actions}
     action = actions.get(key)
     if action is None:
@@ -191,6 +205,26 @@ def _reject_duplicates(argv: list[str]) -> None:
             seen.add(flag)
 
 
+def _reject_alias_conflicts(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """A flag given under two of its names (``-O 1 --code_optimization 2``, ``--label_perc``
+    and ``--label_perc_by_task``) is refused, whatever the values: neither would silently win."""
+    given: dict[str, str] = {}
+    for token in argv:
+        if token == "--":
+            break
+        if not token.startswith("-") or token == "-":
+            continue
+        name = token.split("=", 1)[0] if token.startswith("--") else token[:2]  # -O2 is -O with the value 2
+        action = parser._option_string_actions.get(name)
+        if action is None:
+            continue
+        if action.dest in given:
+            first = given[action.dest]
+            raise UserError(f"{name} is given twice on the command line; keep one" if first == name else
+                            f"{first} and {name} are two names of the same flag, both given; keep one")
+        given[action.dest] = name
+
+
 def build_parser(model_cls: Any, dataset_cls: Any, backbone_name: Optional[str]) -> CLIParser:
     """The full parser for one model/dataset/backbone combination."""
     parser = CLIParser(prog="main.py", description="Continual learning: train task by task, evaluate every seen task.")
@@ -210,6 +244,34 @@ def build_parser(model_cls: Any, dataset_cls: Any, backbone_name: Optional[str])
     if backbone_name:
         add_backbone_args(parser, BACKBONES.get(backbone_name))
     return parser
+
+
+def command_line_layer(parser: argparse.ArgumentParser, argv: list[str], values: dict[str, Any],
+                       sources: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``values``/``sources`` with the flags given on the command line (besides ``--help``) on top."""
+    rest = [a for a in argv if a not in ("-h", "--help")]
+    try:
+        given = vars(parser.parse_args(rest))
+    except UserError:  # e.g. a bad value: --help still shows the configuration layers
+        return values, sources
+    flags = {a.split("=", 1)[0] for a in rest if a.startswith("--")}
+    dests = {a.dest for a in parser._actions if flags & set(a.option_strings)}
+    return {**values, **{d: given[d] for d in dests}}, {**sources, **{d: "the command line" for d in dests}}
+
+
+_DEFAULT_NOTE = re.compile(r"\s*\(default: [^()]*\)$")
+
+
+def show_resolved_values(parser: argparse.ArgumentParser, values: dict[str, Any], sources: dict[str, str]) -> None:
+    """``--help`` with a model/dataset: each flag a configuration layer sets shows that value and the layer
+    (its argparse default note replaced); the other flags keep their help."""
+    for action in parser._actions:
+        if action.dest not in sources or action.help == argparse.SUPPRESS:
+            continue
+        value = values[action.dest]
+        shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+        note = f"(value: {shown}, from {sources[action.dest]})".replace("%", "%%")
+        action.help = f"{_DEFAULT_NOTE.sub('', action.help or '')} {note}".strip()
 
 
 def parse_args(argv: Optional[list[str]] = None, checkpoint_args: Optional[dict] = None) -> argparse.Namespace:
@@ -242,7 +304,8 @@ def parse_args(argv: Optional[list[str]] = None, checkpoint_args: Optional[dict]
         ds_values, structure, ds_path = dataset_config_layer(dataset_cls.NAME, ds_name)
         layers.append((os.path.relpath(ds_path, ROOT) if ds_path else "dataset config", ds_values))
     layers.append((f"{model_cls.NAME} defaults", dict(model_cls.DEFAULTS)))
-    layers.append((os.path.relpath(model_path, ROOT) if model_path else "model config", model_layer))
+    model_path_label = os.path.relpath(model_path, ROOT) if model_path else "model config"
+    layers.append((model_path_label, model_layer))
     if ckpt:
         layers.append(("checkpoint args", ckpt))
 
@@ -250,7 +313,9 @@ def parse_args(argv: Optional[list[str]] = None, checkpoint_args: Optional[dict]
     for _, layer in reversed(layers):
         backbone = backbone or layer.get("backbone")
     parser = build_parser(model_cls, dataset_cls, backbone)
+    _reject_alias_conflicts(parser, argv)
     merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for source, layer in layers:
         for key, value in layer.items():
             if source == "checkpoint args" and (key not in {a.dest for a in parser._actions}
@@ -259,8 +324,11 @@ def parse_args(argv: Optional[list[str]] = None, checkpoint_args: Optional[dict]
             if source == f"{model_cls.NAME} defaults" and key not in {a.dest for a in parser._actions}:
                 continue  # a backbone flag of another backbone (e.g. pretrain_type without a ViT-B)
             merged[key] = _coerce(parser, key, value, source)
+            sources[key] = source if source != model_path_label else f"{source} [{which}]"
     merged.pop("dataset_structure", None)
     parser.set_defaults(**merged)
+    if wants_help:
+        show_resolved_values(parser, *command_line_layer(parser, argv, merged, sources))
     if ckpt:  # the checkpoint names the run; CLI flags may still override
         parser.set_defaults(model=model_name, dataset=dataset_name)
         for action in parser._actions:
@@ -281,7 +349,10 @@ def parse_args(argv: Optional[list[str]] = None, checkpoint_args: Optional[dict]
     if args.n_epochs is None or args.batch_size is None:
         missing = "--n_epochs" if args.n_epochs is None else "--batch_size"
         raise UserError(f"{missing} is required ({args.dataset} has no default)")
+    if getattr(args, "minibatch_size", 0) is None:  # as Mammoth: replay batches default to the batch size
+        args.minibatch_size = args.batch_size
     check_flags(args)
+    check_backbone_args(args)
     return resolve_code_optimization(args)
 
 

@@ -1,41 +1,46 @@
-"""``make demo``: ITA against plain fine-tuning on offline real data.
+"""``make demo``: ITA against plain fine-tuning on offline real data, in a few minutes on a CPU.
 
 Runs ``sgd`` (plain fine-tuning, the lower bound) and ``second_order`` ITA (a LoRA module per task on a
 frozen ImageNet EfficientNet-Lite0, penalised with the Fisher at theta0, composed by averaging) on the
-CIFAR-100 mini subset as 10 tasks x 10 classes at 96 px, and prints both final class-IL accuracies.
-The settings below (shared with tests/test_second_order_real.py) are cheaper than the published ones
-(one epoch, one probe epoch, the top-1 Fisher ``--fisher_mc_classes 1``) and re-align the trained heads at each
-task end (``--use_ca 1``). Measured 2026-11-29 from a fresh clone on 2 idle cores: sgd 141 s, ITA 1,119 s
-(81 s before ``--use_ca`` and the published alignment sizes); ``make demo`` 21 min in all. Profiled in
-docs/speed.md: the top-1 Fisher pass (about 37 s per task) and the two alignments, whose cost grows as
-(10 + 5t) epochs x 10(t + 1) classes.
+CIFAR-100 mini subset as 10 tasks x 10 classes at 96 px, prints both final class-IL accuracies beside the
+paper's (ViT-B/16 on the full CIFAR-100, a GPU run), and writes one plot and one JSON of the two runs.
+The settings below (shared with tests/test_second_order_real.py) are cheaper than the published ones: one
+epoch, one probe epoch, the top-1 Fisher (``--fisher_mc_classes 1``), 32 GMM samples per class in the
+classifier alignment, and the trained heads re-aligned at each task end (``--use_ca 1``); docs/results.md has
+their validation and timings.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import time
+from typing import Any
 
-from utils.errors import UserError
 from app.runner import run
+from benchmarks.paper import TABLES
+from utils.errors import UserError
 
 IMG_SIZE = 96  # frozen-feature nearest-class-mean: 12% at 32 px, 27% at 64 px, 40% at 96 px, 44% at 128 px
 # Feature passes and Fisher kept small (with --n_epochs 1): one probe epoch, the top-1 Fisher. The data has ~11
-# images per class: 7 steps of 16 per task and epoch. The alignment's samples and epochs are the published ones
-# (256 per class, 10 + 5t epochs; cheap, they run on features), chosen with --use_ca 1 by validation
-# (benchmarks.sweep on a held-out 20 % of the CIFAR-10 subset's training images; docs/second_order.md, issue 18).
+# images per class: 7 steps of 16 per task and epoch. The alignment runs on GMM samples of the features: 32 per
+# class and 10 + 5t epochs, chosen on a validation split (benchmarks.sweep; docs/results.md) within 0.5 points of
+# 256 samples at an eighth of the cost.
 CHEAP = ["--batch_size", "16", "--lr", "0.001", "--num_epochs_pretuning", "1",
-         "--num_epochs_align_pretuning", "10", "--num_samples_align_pretuning", "256",
+         "--num_epochs_align_pretuning", "10", "--num_samples_align_pretuning", "32",
          "--batch_size_align_pretuning", "32", "--fisher_mc_classes", "1", "--stats_batch_size", "256"]
 # The head regulariser's decoupled step is a plain gradient step: 2 * lambda_2 = 0.6 of the distance to the
 # pre-tuned head per step; a small lambda_F keeps 2 lambda_F F/N < 1 (lambda_F = 1 overshoots on large F/N).
 HEAD_REG = ["--req_weight_cls", "0.01", "--simple_reg_weight_cls", "0.3"]
 # The trained heads re-aligned at every task end (--use_ca 1, an opt-in of this framework, off in the published
-# configs): without it the heads of different tasks are not calibrated against each other (issue 18).
+# configs): without it the heads of different tasks are not calibrated against each other.
 ALIGN = ["--use_ca", "1"]
 ITA_ARGS = [*CHEAP, "--alpha_ita", "1", *HEAD_REG, *ALIGN]
 IEL_ARGS = [*CHEAP, "--beta_iel", "1", *HEAD_REG, *ALIGN]
 SGD_ARGS = ["--batch_size", "16", "--lr", "0.01", "--optim_mom", "0.9"]
+METHODS = (("fine-tuning (sgd)", "sgd", SGD_ARGS, "Finetune"), ("ITA (second_order)", "second_order", ITA_ARGS,
+                                                                 "ITA-LoRA"))
 
 
 def real_data_args(data: str, img_size: int = IMG_SIZE) -> list[str]:
@@ -46,7 +51,37 @@ def real_data_args(data: str, img_size: int = IMG_SIZE) -> list[str]:
 
 def common_args(data: str, epochs: int, img_size: int, out: str, model: str) -> list[str]:
     return [*real_data_args(data, img_size), "--non_verbose", "--results_file", os.path.join(out, f"{model}.json"),
-            "--n_epochs", str(epochs)]
+            "--n_epochs", str(epochs), "--plots", "0"]
+
+
+def paper_accuracy(method: str) -> float:
+    """The paper's Table 1 final accuracy (Split CIFAR-100, ViT-B/16 IN-21k) of ``method``."""
+    return next(acc for name, _, _, acc in TABLES["1"]["seq-cifar100-224"] if name == method)
+
+
+def reading(sgd: dict[str, Any], ita: dict[str, Any]) -> str:
+    """One line: how much of what fine-tuning forgets ITA keeps (mean class-IL forgetting, in points)."""
+    lost = sgd["forgetting"]
+    kept = max(0.0, lost - ita["forgetting"])
+    return (f"ITA keeps {kept:.1f} of the {lost:.1f} points that fine-tuning forgets (mean class-IL forgetting "
+            f"{ita['forgetting']:.1f} against {lost:.1f}) and ends {ita['final_class_il'] - sgd['final_class_il']:+.1f} "
+            f"points of final class-IL above it.")
+
+
+def write_outputs(results: dict[str, dict[str, Any]], out: str) -> tuple[str, str]:
+    """``demo.json`` (each method's final accuracies, forgetting, curve and seconds) and ``demo.png`` (class-IL
+    after each task, both methods); returns their paths."""
+    from utils.plots import plot_average_accuracy
+    summary = {label: {key: res[key] for key in ("final_class_il", "final_task_il", "forgetting",
+                                                   "average_class_il_per_task")}
+               | {"seconds": res["timings"]["total_seconds"], "results_file": res.get("results_file")}
+               for label, res in results.items()}
+    json_path = os.path.join(out, "demo.json")
+    with open(json_path, "w") as fh:
+        json.dump(summary, fh, indent=1)
+    png = plot_average_accuracy({label: res["average_class_il_per_task"] for label, res in results.items()},
+                                os.path.join(out, "demo.png"), title="Class-IL accuracy after each task")
+    return png, json_path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,26 +90,35 @@ def main(argv: list[str] | None = None) -> int:
                         help="npz with x_train/y_train/x_test/y_test and at least 10 classes (CIFAR-100 mini)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per task")
     parser.add_argument("--img_size", type=int, default=IMG_SIZE, help="images are resized to this size")
-    parser.add_argument("--out", default="data/results/demo", help="folder of the result JSONs")
+    parser.add_argument("--out", default="data/results/demo", help="folder of the result JSONs and the plot")
+    parser.add_argument("--debug_mode", type=int, default=0, help="1: a few batches per task (a smoke test)")
     opts = parser.parse_args(argv)
     if not os.path.isfile(opts.data):
         print(f"error: {opts.data} not found; pass --data PATH to the cifar100_mini.npz file", file=sys.stderr)
         return 2
-    finals = {}
+    os.makedirs(opts.out, exist_ok=True)
+    results: dict[str, dict[str, Any]] = {}
+    started = time.perf_counter()
     try:
-        for label, model, extra in (("fine-tuning (sgd)", "sgd", SGD_ARGS), ("ITA (second_order)", "second_order",
-                                                                             ITA_ARGS)):
-            print(f"\n=== {label} ===", flush=True)
-            res = run(["--model", model, *common_args(opts.data, opts.epochs, opts.img_size, opts.out, model), *extra])
-            finals[label] = (res["final_class_il"], res["final_task_il"], res["timings"]["total_seconds"])
+        for i, (label, model, extra, _) in enumerate(METHODS, 1):
+            print(f"\n=== [{i}/{len(METHODS)}] {label}: 10 tasks, accuracy printed after each ===", flush=True)
+            args = [*common_args(opts.data, opts.epochs, opts.img_size, opts.out, model), *extra]
+            results[label] = run(["--model", model, *args, "--debug_mode", str(opts.debug_mode)])
+            print(f"=== {label} done in {results[label]['timings']['total_seconds']:.0f} s ===", flush=True)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    print(f"\nFinal accuracy ({os.path.basename(opts.data)}, 10 tasks x 10 classes, EfficientNet-Lite0 "
-          f"ImageNet weights, {opts.img_size} px):")
-    print(f"  {'method':22s} {'class-IL':>9s} {'task-IL':>9s} {'seconds':>8s}")
-    for label, (cil, til, secs) in finals.items():
-        print(f"  {label:22s} {cil:9.2f} {til:9.2f} {secs:8.0f}")
+    png, json_path = write_outputs(results, opts.out)
+    print(f"\nFinal accuracy (%), {os.path.basename(opts.data)}, 10 tasks x 10 classes, EfficientNet-Lite0 "
+          f"ImageNet weights, {opts.img_size} px, CPU; the paper: full CIFAR-100, ViT-B/16 IN-21k, GPU:")
+    print(f"  {'method':22s} {'class-IL':>9s} {'task-IL':>9s} {'seconds':>8s} {'paper (Table 1)':>16s}")
+    for label, _, _, paper_name in METHODS:
+        res = results[label]
+        print(f"  {label:22s} {res['final_class_il']:9.2f} {res['final_task_il']:9.2f} "
+              f"{res['timings']['total_seconds']:8.0f} {paper_accuracy(paper_name):16.2f}")
+    sgd, ita = (results[label] for label, _, _, _ in METHODS)
+    print(reading(sgd, ita))
+    print(f"plot: {png}\nresults: {json_path}\ntotal {time.perf_counter() - started:.0f} s", flush=True)
     return 0
 
 

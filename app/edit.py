@@ -2,12 +2,16 @@
 
     python -m app.edit --checkpoint PATH --keep 0,3      # specialization: compose tasks 0 and 3 only
     python -m app.edit --checkpoint PATH --drop 2        # unlearning: leave task 2's module out
+    python -m app.edit --checkpoint PATH --drop 2 --save edited.pt   # and keep the edited model
 
 The dataset, backbone and model are rebuilt from the checkpoint's arguments. Every task's test set is
 evaluated with the full composition (all modules, uniform weights), with the edited one and with theta0
 and the same heads (every module dropped), which shows what the modules contribute. Targets
 are the kept tasks (``--keep``) or the dropped ones (``--drop``); the other tasks are the controls.
 Weights are 1/|kept| over the kept modules; ``--raw_weights`` keeps the reference's 1/T (docs §9 Q3).
+``--save`` (``second_order``/``ita``/``iel`` only) writes the edited model as a checkpoint: every module rescaled so
+that the model's own uniform composition is the edit (a dropped module becomes zero), and its record's last row
+the edited accuracies, so ``main.py --loadcheck edited.pt`` reports them and ``python -m app.edit`` can edit it again.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ def load_model(checkpoint: str, device: Optional[str] = None) -> tuple[Any, Any,
     from models import get_model_class
     from utils import checkpoints
 
-    state = checkpoints.load_checkpoint(checkpoint)
+    state = checkpoints.load_run_checkpoint(checkpoint)
     saved = state["args"]
     args = parse_args(["--model", saved["model"], "--dataset", saved["dataset"], "--non_verbose"],
                       checkpoint_args=saved)
@@ -92,6 +96,42 @@ def evaluate_edit(model: Any, dataset: Any, keep: Optional[list[int]] = None, dr
             "control_class_il": {"full": mean(full[0], controls), "edited": mean(edited[0], controls)}}
 
 
+def rescale_module(delta: Any, factor: float) -> None:
+    """Scale one task module's dense update dW by ``factor`` in place (LoRA: B; full: D; IA3: l - 1)."""
+    with torch.no_grad():
+        if hasattr(delta, "B"):
+            delta.B.mul_(factor)
+        elif hasattr(delta, "D"):
+            delta.D.mul_(factor)
+        elif hasattr(delta, "l"):
+            delta.l.sub_(1.0).mul_(factor).add_(1.0)
+        else:
+            raise UserError(f"--save: cannot rescale a {type(delta).__name__} module")
+
+
+def save_edited(model: Any, state: dict, report: dict[str, Any], path: str) -> str:
+    """Write the edited model as a checkpoint (see the module docstring); returns ``path``."""
+    from utils import checkpoints
+
+    if getattr(model, "pool", None) is None or not hasattr(model.pool, "layers") or \
+            hasattr(model, "composition_weights"):
+        raise UserError("--save needs a second_order/ita/iel checkpoint (its composition is the uniform average)")
+    n_tasks = model.pool.n_tasks
+    for layer in model.pool.layers.values():
+        for task, delta in enumerate(layer.deltas):
+            rescale_module(delta, n_tasks * report["weights"][task])  # uniform 1/T times T w_t = w_t
+    model.eval_task_weights = None
+    model.compose_eval()
+    record = dict(state["record"])
+    for key, name in (("accuracy_matrix_class_il", "edited_class_il"), ("accuracy_matrix_task_il", "edited_task_il")):
+        if record.get(key):
+            record[key] = [*record[key][:-1], list(report[name])]
+    saved = dict(state, model_state=model.lean_checkpoint_state(), record=record,
+                 edit={k: report[k] for k in ("mode", "kept", "targets", "weights")})
+    checkpoints.save_checkpoint(path, saved)
+    return path
+
+
 def edit_title(report: dict[str, Any]) -> str:
     what = "keep" if report["mode"] == "keep" else "drop"
     return f"Module editing: {what} task(s) {', '.join(map(str, report['targets']))}"
@@ -133,10 +173,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="weight kept modules 1/T as the reference does, not 1/|kept|")
     parser.add_argument("--out", default=None, help="also write the report to this JSON file")
     parser.add_argument("--plot", default=None, help="also write a PNG of target/control accuracy, full vs edited")
+    parser.add_argument("--save", default=None, help="write the edited model as a checkpoint to this file")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: auto)")
     opts = parser.parse_args(argv)
     try:
-        _, dataset, model, _ = load_model(opts.checkpoint, opts.device)
+        _, dataset, model, state = load_model(opts.checkpoint, opts.device)
         with torch.no_grad():
             report = evaluate_edit(model, dataset, keep=opts.keep, drop=opts.drop, raw_weights=opts.raw_weights)
         print(format_report(report), flush=True)
@@ -146,6 +187,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if opts.plot:
             from utils.plots import plot_edit_table
             print(f"plot: {plot_edit_table(edit_plot_rows(report), opts.plot, title=edit_title(report))}")
+        if opts.save:
+            print(f"edited checkpoint: {save_edited(model, state, report, opts.save)}")
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -4,7 +4,9 @@
 ``main.py``) under the given folders, groups the complete runs by dataset and model, and reports
 mean ± std over the runs (seeds) of the final class-IL and task-IL accuracy, the class-IL
 forgetting and the wall-clock time. The std is the sample standard deviation (n - 1 in the
-denominator; 0 for a single run). Runs of one model whose result-changing arguments (every flag not
+denominator; 0 for a single run). A value no run has (e.g. task-IL in domain-IL, or a task without
+test images accepted with ``--allow_incomplete_test_set``) is ``–`` in the Markdown, an empty CSV
+cell and a gap in the plot, never NaN; a non-finite number in an older JSON counts as missing. Runs of one model whose result-changing arguments (every flag not
 declared with ``utils.args.add_run_flag``) differ in anything but the seed (e.g. two learning rates,
 or ``--debug_mode``) are kept apart, labelled ``model (lr=0.01)``; runs differing only in run flags
 (``--distributed``, ``--eval_batch_size``, ``--device`` ...) are averaged together.
@@ -56,10 +58,17 @@ def load_result(path: str) -> Optional[dict[str, Any]]:
     return data
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value); NaN for no values."""
+def finite(value: Any) -> Optional[float]:
+    """``value`` as a float when it is a finite number, else None (missing)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
+    """Mean and sample standard deviation (0 for a single value); (None, None) for no values."""
     if not values:
-        return float("nan"), float("nan")
+        return None, None
     mean = sum(values) / len(values)
     if len(values) == 1:
         return mean, 0.0
@@ -96,19 +105,20 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row: dict[str, Any] = {"dataset": dataset, "method": method, "model": model, "n_runs": len(members),
                                    "seeds": sorted(str(m["args"].get("seed")) for m in members)}
             for key, _ in METRICS:
-                values = [float(v) for v in (_run_values(m)[key] for m in members) if v is not None]
+                values = [v for v in (finite(_run_values(m)[key]) for m in members) if v is not None]
                 row[f"{key}_mean"], row[f"{key}_std"] = mean_std(values)
             curves = [m.get("average_class_il_per_task") or [] for m in members]
             length = min(len(c) for c in curves)
-            per_task = [mean_std([float(c[t]) for c in curves]) for t in range(length)]
+            per_task = [mean_std([v for v in (finite(c[t]) for c in curves) if v is not None])
+                        for t in range(length)]
             row["class_il_per_task_mean"] = [m for m, _ in per_task]
             row["class_il_per_task_std"] = [s for _, s in per_task]
             rows.append(row)
     return rows
 
 
-def _fmt(mean: float, std: float) -> str:
-    return "–" if math.isnan(mean) else f"{mean:.2f} ± {std:.2f}"
+def _fmt(mean: Optional[float], std: Optional[float]) -> str:
+    return "–" if mean is None else f"{mean:.2f} ± {std:.2f}"
 
 
 def to_markdown(rows: list[dict[str, Any]], skipped: list[str]) -> str:
@@ -162,8 +172,8 @@ def build_report(result_paths: list[str], out_dir: str) -> dict[str, str]:
     markdown, table = to_markdown(rows, skipped), to_csv(rows)
     atomic_write(paths["markdown"], lambda fh: fh.write(markdown))
     atomic_write(paths["csv"], lambda fh: fh.write(table))
-    panels: dict[str, dict[str, list[float]]] = defaultdict(dict)
-    stds: dict[str, dict[str, list[float]]] = defaultdict(dict)
+    panels: dict[str, dict[str, list[Optional[float]]]] = defaultdict(dict)
+    stds: dict[str, dict[str, list[Optional[float]]]] = defaultdict(dict)
     for r in rows:
         panels[r["dataset"]][r["method"]] = r["class_il_per_task_mean"]
         stds[r["dataset"]][r["method"]] = r["class_il_per_task_std"]

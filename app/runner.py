@@ -21,7 +21,9 @@ from app.remote import resolve_checkpoint
 from utils import accelerator, checkpoints, distributed
 from utils.errors import UserError, one_line
 from utils.io import check_writable, remove_stale_temporaries, write_json
+from utils.evaluate import TASK_IL_SETTINGS
 from utils.loggers import close_loggers, open_loggers, summary_scalars, task_scalars
+from utils.metrics import percent
 from utils.resources import is_out_of_memory, out_of_memory_message
 from utils.stopping import EXIT_CODES, sigterm_stops_at_safe_points
 from utils.training import RunRecord, train
@@ -54,7 +56,7 @@ def default_results_file(args: argparse.Namespace, setting: str) -> str:
 def _find_resume_state(args: argparse.Namespace) -> Optional[tuple[str, dict[str, Any]]]:
     """The checkpoint to continue from (``--loadcheck``, or the newest good one of this run with ``--resume``)."""
     if args.loadcheck:
-        state = checkpoints.load_checkpoint(args.loadcheck)
+        state = checkpoints.load_run_checkpoint(args.loadcheck)
         checkpoints.check_checkpoint_matches(args.loadcheck, state["args"], args, strict=False)
         return args.loadcheck, state
     if args.resume:
@@ -67,6 +69,7 @@ def _find_resume_state(args: argparse.Namespace) -> Optional[tuple[str, dict[str
         if found is None:
             print(f"no checkpoint in {folder}: starting from the first task", file=sys.stderr)
             return None
+        checkpoints.check_stored_args(found[0], found[1].get("args"))
         checkpoints.check_checkpoint_matches(found[0], found[1]["args"], args, strict=True)
         return found
     return None
@@ -140,10 +143,12 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
             local = resolve_checkpoint(path, known.checkpoint_path)  # a URL is downloaded (and cached) first
             argv = replace_flag_value(argv, "--loadcheck", local)
             if checkpoints.is_framework_checkpoint(local):
-                ckpt_args = checkpoints.load_checkpoint(local)["args"]
+                ckpt_args = checkpoints.load_run_checkpoint(local)["args"]
     args = parse_args(argv, checkpoint_args=ckpt_args)
     distributed.check_launch(args.distributed)
     if args.distributed == "ddp":
+        if args.device:
+            get_device(args.device)  # checked as in a single process, before any process group exists
         device = distributed.init_from_env(args.dist_timeout, args.device)
         try:
             return _run(args, ckpt_args, device)
@@ -197,8 +202,9 @@ def _run(args: argparse.Namespace, ckpt_args: Optional[dict], device: torch.devi
     if not main_process:
         return results
     task_il = results["final_task_il"]
-    print(f"final class-IL {results['final_class_il']:.2f}  task-IL "
-          f"{'not reported (' + results['setting'] + ')' if task_il is None else format(task_il, '.2f')}")
+    reported = results["setting"] in TASK_IL_SETTINGS
+    print(f"final class-IL {percent(results['final_class_il'])}  task-IL "
+          f"{percent(task_il) if reported else 'not reported (' + results['setting'] + ')'}")
     for figure in figures:
         print(f"plot: {figure}")
     if not args.disable_log:
@@ -274,6 +280,7 @@ def collect_results(experiment: Experiment, record: RunRecord, seconds: float) -
             "class_order": list(dataset.scenario.class_order) if dataset.scenario.class_order else None,
             "accuracy_matrix_class_il": record.accuracy_matrix_class_il,
             "accuracy_matrix_task_il": record.accuracy_matrix_task_il, **record.summary(),
+            "test_set": experiment.test_set,
             "epoch_evaluations": record.epoch_evaluations, "start_from": record.start_from,
             "future_accuracy_class_il": record.future_accuracy_class_il,
             "timings": timings, "peak_memory_mb": peak_memory_mb(device), "device": str(device),

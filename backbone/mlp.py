@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from backbone import ContinualBackbone, register
+from backbone import ContinualBackbone, Limits, register
 
 
-@register("mnistmlp", "mlp")
+@register("mnistmlp", "mlp", limits=Limits(minimum={"hidden_size": 1}))
 def mnistmlp(num_classes: int, img_size: int = 28, in_chans: int = 1, hidden_size: int = 100) -> ContinualBackbone:
     """Flatten the image, two ReLU layers of ``--hidden_size`` units, then a linear classifier."""
     input_size = in_chans * img_size * img_size

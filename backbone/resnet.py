@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backbone import ContinualBackbone, register
+from backbone import ContinualBackbone, Limits, register
 
 
 class BasicBlock(nn.Module):
@@ -47,7 +47,7 @@ class CifarResNetBody(nn.Module):
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
 
-@register("resnet18")
+@register("resnet18", limits=Limits(minimum={"num_filters": 1}))
 def resnet18(num_classes: int, in_chans: int = 3, num_filters: int = 64) -> ContinualBackbone:
     """CIFAR ResNet-18; ``--num_filters`` sets the width of the first stage."""
     body = CifarResNetBody(num_filters, in_chans)

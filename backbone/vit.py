@@ -10,12 +10,19 @@ from typing import Any, Literal, Optional
 
 from timm.models.vision_transformer import VisionTransformer
 
-from backbone import ContinualBackbone, register
+from backbone import ContinualBackbone, Limits, register
 from backbone.pretrained import create_headless_timm_model
 from utils.errors import UserError
 
 
-@register("vit_tiny", "vit-tiny")
+VIT_TINY_LIMITS = Limits(
+    minimum={"patch_size": 1, "embed_dim": 1, "depth": 1, "num_heads": 1},
+    rules=((lambda embed_dim, num_heads: embed_dim % num_heads == 0,
+            "--num_heads {num_heads} does not divide --embed_dim {embed_dim} (each head gets embed_dim / num_heads "
+            "channels); pick a divisor of {embed_dim} or another --embed_dim"),))
+
+
+@register("vit_tiny", "vit-tiny", limits=VIT_TINY_LIMITS)
 def vit_tiny(num_classes: int, img_size: int = 32, in_chans: int = 3, patch_size: Optional[int] = None,
              embed_dim: int = 128, depth: int = 4, num_heads: int = 4) -> ContinualBackbone:
     """A small randomly initialised ViT for CPU work (CLS-token features after the final norm).
@@ -23,7 +30,7 @@ def vit_tiny(num_classes: int, img_size: int = 32, in_chans: int = 3, patch_size
     ``--patch_size`` defaults to ``img_size // 8`` (64 tokens). It has the same block
     structure as ViT-B/16 (qkv, proj, fc1, fc2), so every adapter code path is exercised.
     """
-    patch = patch_size or max(1, img_size // 8)
+    patch = patch_size if patch_size is not None else max(1, img_size // 8)
     if img_size % patch:
         raise UserError(f"--patch_size {patch} does not divide the image size {img_size}; pick a divisor")
     body = VisionTransformer(img_size=img_size, patch_size=patch, in_chans=in_chans, embed_dim=embed_dim,

@@ -5,8 +5,9 @@
            --normalization half --backbone efficientnet_lite0 --lr 0.001 --n_epochs 1
 
 Each method is trained once (flags after ``--`` go to every run, ``--extra "ita:--alpha_ita 1"`` to one;
-``--checkpoint ita=PATH`` uses a finished checkpoint instead), saving its last checkpoint in
-``<out>/checkpoints/<method>`` (reused with ``--reuse 1``). Then, on the checkpoint's test sets:
+``--checkpoint ita=PATH`` uses a finished checkpoint instead; ``LABEL=MODEL`` in ``--methods`` runs a model under
+its own label, e.g. ``ita_free=ita``), saving its last checkpoint in ``<out>/checkpoints/<label>`` (reused with
+``--reuse 1``). Then, on the checkpoint's test sets:
 
 - specialization: compose only the modules of the first, the middle, the last task, of those three together,
   and of every single task (weights 1/|kept|; ``--raw_weights`` keeps the reference's 1/T);
@@ -14,7 +15,8 @@ Each method is trained once (flags after ``--`` go to every run, ``--extra "ita:
 - theta0 with the same heads: every module dropped.
 
 Target = the edited tasks (kept or dropped; every task for theta0), control = the others; class-IL
-accuracy (%) of the full composition ("before") and the edited one ("after"). Writes ``editing.md`` (the
+accuracy (%) of the full composition ("before") and the edited one ("after"); each record also keeps every task's
+class-IL and task-IL accuracy before and after. Writes ``editing.md`` (the
 summary table), ``editing.csv`` (every edit) and ``editing.png`` (the summary as grouped bars). Each distinct
 composition is evaluated once (TMC: from per-task tangent features, see ``EditEvaluator``); a method's finished
 edits are kept in ``<out>/records/<method>.json`` and reused like its checkpoint.
@@ -75,12 +77,12 @@ def cached_loaders(loaders: list[Any], limit: int = INPUT_CACHE_BYTES) -> list[A
 
 
 def linear_feature_accuracy(model: Any, terms: list[tuple[Any, list[Any], Any]], weights: list[float],
-                            n_visible: int) -> list[float]:
-    """Class-IL accuracy (%) per task of ``head(base + sum_t w_t term_t)`` from cached feature terms."""
-    import torch
-
-    accuracies = []
-    for base, per_task, labels in terms:
+                            n_visible: int, offsets: Optional[list[tuple[int, int]]] = None
+                            ) -> tuple[list[float], list[float]]:
+    """(class-IL, task-IL) accuracy (%) per task of ``head(base + sum_t w_t term_t)`` from cached feature terms;
+    task-IL restricts the logits to the task's classes ``offsets[t]`` (empty without ``offsets``)."""
+    accuracies, task_il = [], []
+    for task, (base, per_task, labels) in enumerate(terms):
         feats = base.clone()
         for w, term in zip(weights, per_task):
             if w != 0:
@@ -89,11 +91,16 @@ def linear_feature_accuracy(model: Any, terms: list[tuple[Any, list[Any], Any]],
             logits = model.net.classifier(feats)
         predicted = logits[:, :n_visible].float().argmax(dim=1)
         accuracies.append(100.0 * (predicted == labels).sum().item() / max(labels.numel(), 1))
-    return accuracies
+        if offsets is not None:
+            lo, hi = offsets[task]
+            within = logits[:, lo:hi].float().argmax(dim=1) + lo
+            task_il.append(100.0 * (within == labels).sum().item() / max(labels.numel(), 1))
+    return accuracies, task_il
 
 
 class EditEvaluator:
-    """Class-IL accuracy per task of the composition with given module weights (None: the model's own), each
+    """Class-IL and task-IL accuracy per task of the composition with given module weights (None: the model's
+    own), each
     distinct weight vector evaluated once. Test inputs are transformed once. A model whose features are linear
     in the composition weights (``task_feature_terms``: TMC's tangent features) is run once per test batch and
     every edit is a weighted sum of its cached per-task feature terms followed by the head."""
@@ -105,19 +112,24 @@ class EditEvaluator:
         self.n_visible = dataset.get_offsets(len(dataset.test_loaders) - 1)[1]
         self.terms: Optional[list[tuple[Any, list[Any], Any]]] = None
         self.passes = 0  # evaluations of the network over the whole test set (for tests and the log)
-        self._memo: dict[tuple[float, ...], list[float]] = {}
+        self._memo: dict[tuple[float, ...], tuple[list[float], list[float]]] = {}
 
     def _full_weights(self) -> tuple[float, ...]:
         return tuple(self.model.composition_weights()) if hasattr(self.model, "composition_weights") else \
             tuple(1.0 / self.n_tasks for _ in range(self.n_tasks))
 
     def accuracy(self, weights: Optional[list[float]]) -> list[float]:
+        """Class-IL accuracy (%) per task."""
+        return self.accuracies(weights)[0]
+
+    def accuracies(self, weights: Optional[list[float]]) -> tuple[list[float], list[float]]:
+        """(class-IL, task-IL) accuracy (%) per task."""
         key = self._full_weights() if weights is None else tuple(float(w) for w in weights)
         if key not in self._memo:
             self._memo[key] = self._evaluate(list(key) if weights is not None else None)
-        return list(self._memo[key])
+        return list(self._memo[key][0]), list(self._memo[key][1])
 
-    def _evaluate(self, weights: Optional[list[float]]) -> list[float]:
+    def _evaluate(self, weights: Optional[list[float]]) -> tuple[list[float], list[float]]:
         import torch
 
         from utils.evaluate import evaluate
@@ -130,18 +142,19 @@ class EditEvaluator:
                     self.terms = [self._terms(loader) for loader in self.loaders]
                 self.passes += 1
             with eval_mode(model), torch.no_grad():
+                offsets = [self.dataset.get_offsets(t) for t in range(len(self.terms))]
                 return linear_feature_accuracy(model, self.terms, weights or list(self._full_weights()),
-                                               self.n_visible)
+                                               self.n_visible, offsets)
         model.eval_task_weights = weights
         model.compose_eval()
         original = self.dataset.test_loaders
         self.dataset.test_loaders = self.loaders
         try:
-            accuracies, _ = evaluate(model, self.dataset)
+            accuracies, task_il = evaluate(model, self.dataset)
         finally:
             self.dataset.test_loaders = original
         self.passes += 1
-        return accuracies
+        return accuracies, task_il
 
     def _terms(self, loader: Any) -> tuple[Any, list[Any], Any]:
         import torch
@@ -171,15 +184,16 @@ def run_protocol(model: Any, dataset: Any, raw_weights: bool) -> list[dict[str, 
     evaluator = EditEvaluator(model, dataset)
     with torch.no_grad():
         try:
-            full = evaluator.accuracy(None)
+            full, full_til = evaluator.accuracies(None)
             for name, kind, targets, kept in edits(n_tasks):
                 weights = edit_weights(n_tasks, kept, raw_weights) if kept else [0.0] * n_tasks
-                edited = evaluator.accuracy(weights)
+                edited, edited_til = evaluator.accuracies(weights)
                 controls = [t for t in range(n_tasks) if t not in targets]
                 records.append({"edit": name, "kind": kind, "targets": targets, "weights": weights,
                                 "target_before": _mean(full, targets), "target_after": _mean(edited, targets),
                                 "control_before": _mean(full, controls), "control_after": _mean(edited, controls),
-                                "per_task_after": edited, "per_task_before": full})
+                                "per_task_after": edited, "per_task_before": full,
+                                "per_task_til_after": edited_til, "per_task_til_before": full_til})
         finally:
             model.eval_task_weights = None
             model.compose_eval()
@@ -259,12 +273,26 @@ def saved_records(out: str, method: str, checkpoint: str, raw_weights: bool) -> 
     if saved.get("checkpoint") != os.path.abspath(checkpoint) or saved.get("raw_weights") != raw_weights \
             or os.path.getmtime(records_path(out, method)) < os.path.getmtime(checkpoint):
         return None
-    return saved.get("records")
+    records = saved.get("records")
+    return records if records and "per_task_til_after" in records[0] else None  # older records: no task-IL
+
+
+def parse_methods(text: str) -> dict[str, str]:
+    """``"ita,ita_free=ita"`` -> ``{"ita": "ita", "ita_free": "ita"}`` (label -> model)."""
+    methods = {}
+    for item in (m.strip() for m in text.split(",") if m.strip()):
+        label, _, model = item.partition("=")
+        label, model = label.strip(), (model or label).strip()
+        if model not in EDITABLE:
+            raise UserError(f"--methods: '{model}' cannot be edited; choose from {', '.join(EDITABLE)}")
+        methods[label] = model
+    return methods
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.editing", description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="ita,iel,tmc", help=f"comma-separated, from {', '.join(EDITABLE)}")
+    parser.add_argument("--methods", default="ita,iel,tmc", help=f"comma-separated, from {', '.join(EDITABLE)}; LABEL=MODEL runs MODEL under LABEL "
+                        "(its own --extra, checkpoint and records)")
     parser.add_argument("--checkpoint", action="append", default=[], help="METHOD=PATH: edit this checkpoint")
     parser.add_argument("--extra", action="append", default=[], help="'METHOD:--flag value ...' (repeatable)")
     parser.add_argument("--raw_weights", type=parse_bool, default=False, help="kept modules weigh 1/T, not 1/|kept|")
@@ -277,10 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def editing(argv: Optional[list[str]] = None) -> dict[str, str]:
     args, shared = parse_with_shared(build_parser(), argv)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = [m for m in methods if m not in EDITABLE]
-    if bad:
-        raise UserError(f"--methods: '{bad[0]}' cannot be edited; choose from {', '.join(EDITABLE)}")
+    methods = parse_methods(args.methods)
     extras, given = parse_extras(args.extra), parse_checkpoints(args.checkpoint)
     from app.edit import load_model
     from app.runner import run
@@ -292,7 +317,7 @@ def editing(argv: Optional[list[str]] = None) -> dict[str, str]:
         if path is None:
             path = last_checkpoint(folder) if args.reuse else None
         if path is None:
-            command = ["--model", method, *merge_flags(shared, extras.get(method, []), [
+            command = ["--model", methods[method], *merge_flags(shared, extras.get(method, []), [
                 "--savecheck", "last", "--checkpoint_path", folder, "--non_verbose", "1",
                 "--results_file", os.path.join(args.out, "results", f"{method}.json")])]
             print(f"[editing] {method}: python main.py {' '.join(command)}", flush=True)

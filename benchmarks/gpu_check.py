@@ -22,6 +22,15 @@ Fisher sums, optimizer state, heads; the GMMs are host-side by design) on the ru
 holds per-phase seconds (features, GMMs, pre-tuning, Fisher, training, evaluation), the peak GPU memory and the
 accuracies of every run. Exit code 0 when every check passes, 1 otherwise.
 
+``--full`` runs instead the ITA line unchanged but for the data size: not in debug mode (every image, the Fisher's
+micro-batch structure and all seen classes), ``-O 2``, stopped after task 2 and resumed from its checkpoint to the
+last task, under ``torchrun`` with 2 processes when 2 GPUs exist; flags the script does not know are passed to both
+halves. Its JSON adds per-phase seconds of both halves, the peak memory, the Fisher's achieved FLOP/s (the FLOPs of
+``benchmarks.phases.vit_flops`` over the images and seen classes of every task, divided by the Fisher's seconds)
+and the square-and-sum forms timed on the device (``benchmarks.square_sum``) with the fastest one. About 5 minutes
+on one H200 (ViT-B/16, 1,117 training images, 20 epochs); ``--full --device cpu`` runs 3 tasks of 1 epoch with
+the small ViT (the test suite).
+
 ``--device cpu`` replaces ViT-B/16 by ``vit_tiny_patch16_224`` with one block, 32-pixel patches and 96 dimensions
 through the test-only variable ``CL_TEST_VIT_B16_ARCH`` (backbone/vit.py), stops after 2 tasks of 1 epoch and runs
 ITA fp32 and IEL bf16 only (about 45 s of CPU time in all).
@@ -172,6 +181,89 @@ def plan(device: str, gpus: int) -> list[tuple[str, str, int]]:
     return runs
 
 
+FULL_STOP = 2  # --full: the first half stops after this task, the second resumes from its checkpoint
+CPU_FULL_TASKS = 3
+DIMS = {"cuda": {"dim": 768, "depth": 12, "tokens": 197, "patches": 196},
+        "cpu": {"dim": 96, "depth": 1, "tokens": 50, "patches": 49}}  # CPU_ARCH at 224 px
+
+
+def fisher_flops(data: str, tasks: int, classes_per_task: int, dims: dict[str, int]) -> float:
+    """Matmul FLOPs of the exact Fisher passes of the first ``tasks`` tasks (every training image of a task, one
+    forward and one class backward per seen class), from ``benchmarks.phases.vit_flops``."""
+    from benchmarks.phases import vit_flops
+    v = vit_flops(dims["dim"], dims["depth"], dims["tokens"], dims["patches"])
+    with np.load(data) as npz:
+        y = npz["y_train"]
+    total = 0.0
+    for t in range(tasks):
+        n = int(((y >= t * classes_per_task) & (y < (t + 1) * classes_per_task)).sum())
+        total += n * (v["forward"] + (t + 1) * classes_per_task * v["fisher_class"])
+    return total
+
+
+def square_sum_check(device: str) -> dict[str, Any]:
+    """The square-and-sum forms timed on ``device`` at the per-sample product shapes of the run's ViT."""
+    from benchmarks.square_sum import measure
+    import torch
+
+    from models.second_order_utils.fisher import square_sum_form
+    shapes = [(16, 2304, 768), (16, 3072, 768)] if device != "cpu" else [(8, 288, 96), (8, 384, 96)]
+    rows = [measure(shape, torch.device(device), 5) for shape in shapes]
+    fastest = [r["fastest"] for r in rows]
+    chosen = square_sum_form(torch.device(device))
+    return {"rows": rows, "chosen": chosen, "fastest": fastest, "chosen_is_fastest": all(f == chosen for f in fastest)}
+
+
+def launch(run_args: list[str], procs: int, out: str, env: dict[str, str]) -> tuple[dict[str, Any], Any]:
+    """One run of the script's worker (under torchrun with ``procs`` > 1); its JSON and the finished process."""
+    launcher = [sys.executable] if procs == 1 else [sys.executable, "-m", "torch.distributed.run",
+                                                    "--standalone", "--nproc_per_node", str(procs)]
+    if procs > 1:
+        run_args = [*run_args, "--distributed", "ddp"]
+    cmd = [*launcher, "-m" if procs == 1 else os.path.join(ROOT, "benchmarks", "gpu_check.py"),
+           *(["benchmarks.gpu_check"] if procs == 1 else []), "--worker", out, *run_args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    return (json.load(open(out)) if os.path.isfile(out) else {"ok": False}), proc
+
+
+def full_check(opts: argparse.Namespace, extra: list[str], tmp: str, env: dict[str, str], gpus: int) -> dict[str, Any]:
+    """--full: the ITA line at -O 2, stopped after task FULL_STOP and resumed to the end; figures of both halves."""
+    procs = 2 if gpus >= 2 else 1
+    ckpt = os.path.join(tmp, "ckpt")
+    base = [*LINES["ita"], "-O", "2", "--seed", "0", "--non_verbose", "--base_path", os.path.join(tmp, "data"),
+            "--device", opts.device, "--num_workers", "2" if opts.device != "cpu" else "0", "--savecheck", "task",
+            "--checkpoint_path", ckpt, "--ckpt_name", "full"]
+    if opts.device == "cpu":
+        base += ["--n_epochs", str(opts.n_epochs or 1)]
+    elif opts.n_epochs:
+        base += ["--n_epochs", str(opts.n_epochs)]
+    halves = [[*base, "--stop_after", str(FULL_STOP), *extra],
+              [*base, "--loadcheck", os.path.join(ckpt, "full", f"task_{FULL_STOP}.pt"), *extra,
+               *(["--stop_after", str(CPU_FULL_TASKS)] if opts.device == "cpu" else [])]]
+    entries = []
+    for i, run_args in enumerate(halves):
+        t0 = time.perf_counter()
+        entry, proc = launch(run_args, procs, os.path.join(tmp, f"full{i}.json"), env)
+        entry.update(exit_code=proc.returncode, wall_seconds=round(time.perf_counter() - t0, 2), processes=procs)
+        if proc.returncode != 0 or not entry.get("ok"):
+            entry["ok"] = False
+            entry["stderr_tail"] = proc.stderr[-3000:]
+        entries.append(entry)
+        print(f"full, half {i + 1}: {'ok' if entry['ok'] else 'FAILED'} ({entry['wall_seconds']} s, tasks "
+              f"{entry.get('tasks_done')}, peak {entry.get('peak_memory_mib')} MiB)", flush=True)
+    seconds: dict[str, float] = defaultdict(float)
+    for e in entries:
+        for phase, v in e.get("seconds", {}).items():
+            seconds[phase] += v
+    tasks = entries[-1].get("tasks_done") or 0
+    flops = fisher_flops(opts.data, tasks, 10, DIMS["cpu" if opts.device == "cpu" else "cuda"]) if tasks else 0.0
+    peaks = [e.get("peak_memory_mib") for e in entries if e.get("peak_memory_mib") is not None]
+    return {"runs": entries, "ok": all(e["ok"] for e in entries) and tasks > FULL_STOP, "tasks_done": tasks,
+            "resumed_after_task": FULL_STOP, "seconds": dict(seconds), "peak_memory_mib": max(peaks) if peaks else None,
+            "fisher_flops": flops, "fisher_flop_per_s": flops / seconds["fisher"] if seconds.get("fisher") else None,
+            "final_class_il": entries[-1].get("final_class_il"), "square_sum": square_sum_check(opts.device)}
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--worker"]:  # inside torchrun (or a child process): one run, its arguments passed verbatim
@@ -186,7 +278,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", default="gpu_check.json", help="JSON report")
     parser.add_argument("--n_epochs", type=int, default=None,
                         help="epochs per task (default: the published 20 on CUDA, 1 on the CPU)")
-    opts = parser.parse_args(argv)
+    parser.add_argument("--full", action="store_true", help="the ITA line at -O 2 on all the data, resumed after "
+                                                            "task 2, with Fisher FLOP/s and the square-sum re-check")
+    opts, extra = parser.parse_known_args(argv)
+    if extra and not opts.full:
+        parser.error(f"unrecognized arguments: {' '.join(extra)} (extra run flags go with --full)")
     if not os.path.isfile(opts.data):
         print(f"error: {opts.data} not found; pass --data PATH/cifar100_mini.npz", file=sys.stderr)
         return 2
@@ -212,7 +308,13 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 2
         report["gpu"] = accelerator.device_name(f"{opts.device}:0") if gpus else None
         epochs = opts.n_epochs or (1 if opts.device == "cpu" else None)
-        for i, (line, precision, procs) in enumerate(plan(opts.device, gpus)):
+        if opts.full:
+            report["full"] = full_check(opts, extra, tmp, env, gpus)
+            full = report["full"]
+            print(f"Fisher {full['fisher_flops'] / 1e12:.1f} TFLOP at "
+                  f"{(full['fisher_flop_per_s'] or 0) / 1e12:.2f} TFLOP/s; square-sum forms fastest: "
+                  f"{full['square_sum']['fastest']} (chosen {full['square_sum']['chosen']})", flush=True)
+        for i, (line, precision, procs) in enumerate([] if opts.full else plan(opts.device, gpus)):
             run_args = [*LINES[line], "--debug_mode", "1", "--vbs_tail", "flush", "--precision", precision,
                         "--seed", "0", "--non_verbose", "--base_path", os.path.join(tmp, "data"),
                         "--device", opts.device, "--num_workers", "2" if opts.device != "cpu" else "0"]
@@ -220,16 +322,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 run_args += ["--n_epochs", str(epochs)]
             if opts.device == "cpu":
                 run_args += ["--stop_after", "2"]
-            out = os.path.join(tmp, f"run{i}.json")
-            launcher = [sys.executable] if procs == 1 else [sys.executable, "-m", "torch.distributed.run",
-                                                            "--standalone", "--nproc_per_node", str(procs)]
-            if procs > 1:
-                run_args += ["--distributed", "ddp"]
-            cmd = [*launcher, "-m" if procs == 1 else os.path.join(ROOT, "benchmarks", "gpu_check.py"),
-                   *(["benchmarks.gpu_check"] if procs == 1 else []), "--worker", out, *run_args]
             t0 = time.perf_counter()
-            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-            entry = json.load(open(out)) if os.path.isfile(out) else {"ok": False}
+            entry, proc = launch(run_args, procs, os.path.join(tmp, f"run{i}.json"), env)
             entry.update(line=line, precision=precision, processes=procs, exit_code=proc.returncode,
                          wall_seconds=round(time.perf_counter() - t0, 2))
             if proc.returncode != 0 or not entry["ok"]:
@@ -240,7 +334,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                   f"({entry['wall_seconds']} s, class-IL {entry.get('final_class_il')}, "
                   f"peak {entry.get('peak_memory_mib')} MiB)", flush=True)
         report["total_seconds"] = round(time.perf_counter() - started, 2)
-        report["ok"] = all(r["ok"] for r in report["runs"])
+        report["ok"] = all(r["ok"] for r in report["runs"]) and report.get("full", {}).get("ok", True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     tmp_out = opts.out + ".tmp"

@@ -1,4 +1,4 @@
-"""Seeded, class-balanced ``seq-custom`` npz subsets of the offline real datasets (issue 18's benchmarks).
+"""Seeded, class-balanced ``seq-custom`` npz subsets of the offline real datasets (benchmarks/real_data.sh).
 
     python -m benchmarks.mini_data --out benchmarks/out/data --train_per_class 100 --test_per_class 100
 

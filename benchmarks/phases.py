@@ -189,3 +189,108 @@ def projected_run_seconds(res: dict, project: Optional[dict] = None) -> float:
         total += scale * sum((1 - w) * first[p] + w * last[p] for p in PHASES)
         total += train * epochs / res["train_images_per_s"] + (t + 1) * test / res["eval_img_s"]
     return total
+
+
+# ---- run-time model of the published line: python -m benchmarks.phases --estimate h100 ----------------------
+
+# dense peak FLOP/s (SXM parts; TF32 and bf16 on tensor cores, without sparsity) and memory bandwidth, bytes/s
+GPUS = {"h100": {"fp32": 67e12, "tf32": 494.7e12, "bf16": 989.4e12, "bytes_per_s": 3.35e12},
+        "h200": {"fp32": 67e12, "tf32": 494.7e12, "bf16": 989.4e12, "bytes_per_s": 4.8e12}}
+UTILISATION = 0.40  # of the peak of the precision each phase runs in (the goal's 40 % of bf16 peak for training)
+BANDWIDTH_UTILISATION = 0.70  # of the memory bandwidth, for the Fisher's memory-bound square-and-sum pass
+# bytes per per-sample product element of the square-and-sum pass on a GPU, "norm" form (fisher.square_sum_form):
+# the GEMM's write and one read ("inplace", the CPU's form, moves 16: write, square read+write, sum read)
+SQUARE_SUM_BYTES = 8
+# the published line: --dataset seq-cifar100-224 --model_config best (models/config/ita.yaml)
+PUBLISHED = {"tasks": 10, "classes_per_task": 10, "train_per_task": 5000, "test_per_task": 1000, "epochs": 20,
+             "dim": 768, "depth": 12, "tokens": 197, "patches": 196, "lora_r": 16, "gmm_components": 5,
+             "kmeans_inits": 50, "kmeans_iters": 30, "em_iters": 100, "probe_epochs": 3, "align_epochs": 10,
+             "align_samples": 256, "image_bytes": 32 * 32 * 3}
+
+
+def vit_flops(dim: int, depth: int, tokens: int, patches: int) -> dict[str, float]:
+    """Matmul FLOPs per image of a ViT (2 per multiply-add): ``forward``; ``linear`` and ``attention`` of the blocks;
+    ``fisher_class`` = one class backward of the exact Fisher (input gradients of every block but the first
+    layer's, the per-sample products of the 4 adapted layers, the attention backward at 2x its forward)."""
+    linear = depth * 24 * tokens * dim ** 2  # qkv 3d^2, proj d^2, fc1 4d^2, fc2 4d^2; 2 FLOPs per MAC
+    attention = depth * 4 * tokens ** 2 * dim  # q k^T and p v
+    embed = 2 * patches * (3 * 16 * 16) * dim
+    first_qkv = 6 * tokens * dim ** 2
+    return {"forward": linear + attention + embed, "linear": linear, "attention": attention,
+            "fisher_class": (linear - first_qkv) + linear + 2 * attention}
+
+
+def estimate(gpu: str, fisher_precision: str, train_precision: str, p: Optional[dict] = None) -> dict[str, Any]:
+    """FLOPs, loader bytes and seconds at ``UTILISATION`` of each phase of the published line on ``gpu``."""
+    p = {**PUBLISHED, **(p or {})}
+    peak = GPUS[gpu]
+    v = vit_flops(p["dim"], p["depth"], p["tokens"], p["patches"])
+    d, n, k = p["dim"], p["train_per_task"], p["gmm_components"]
+    lora = p["depth"] * 2 * p["tokens"] * (3 * p["lora_r"] * 4 * d + p["lora_r"] * 2 * d + 2 * p["lora_r"] * 5 * d)
+    train_image = v["forward"] + lora + (v["linear"] + 2 * v["attention"]) + 2 * lora  # fwd, input grads, LoRA grads
+    flops = {ph: 0.0 for ph in ("fisher", "pretuning", "gmm", "training", "evaluation")}
+    adapted = p["depth"] * 12 * d ** 2  # dense weight elements of the adapted layers (qkv, proj, fc1, fc2)
+    square_bytes = 0.0
+    images = 0
+    for t in range(p["tasks"]):
+        seen, new = (t + 1) * p["classes_per_task"], p["classes_per_task"]
+        flops["fisher"] += n * (v["forward"] + seen * v["fisher_class"])
+        square_bytes += n * seen * adapted * SQUARE_SUM_BYTES
+        per_class = n / new
+        flops["gmm"] += new * (p["kmeans_inits"] * p["kmeans_iters"] * 2 * per_class * k * d
+                               + p["em_iters"] * 10 * per_class * k * d)
+        align = (p["align_epochs"] + 5 * t) * p["align_samples"] * seen * 6 * d * seen
+        flops["pretuning"] += n * v["forward"] + p["probe_epochs"] * n * 6 * d * new + align
+        flops["training"] += p["epochs"] * n * train_image
+        flops["evaluation"] += (t + 1) * p["test_per_task"] * v["forward"]
+        images += n * (2 + p["epochs"]) + (t + 1) * p["test_per_task"]  # features, Fisher, epochs; evaluation
+    precision = {"fisher": fisher_precision, "pretuning": train_precision, "gmm": "fp32",
+                 "training": train_precision, "evaluation": train_precision}
+    seconds = {ph: f / (UTILISATION * peak[precision[ph]]) for ph, f in flops.items()}
+    seconds["fisher"] += square_bytes / (BANDWIDTH_UTILISATION * peak["bytes_per_s"])  # not overlapped: an upper bound
+    return {"gpu": gpu, "utilisation": UTILISATION, "precision": precision, "flops": flops, "seconds": seconds,
+            "fisher_square_sum_bytes": square_bytes,
+            "total_seconds": sum(seconds.values()), "loader_bytes": images * p["image_bytes"],
+            "loader_images": images, "settings": p}
+
+
+def print_estimate(e: dict[str, Any], label: str) -> None:
+    print(f"\n{label}: {e['gpu'].upper()}, {e['utilisation']:.0%} of the peak of each phase's precision")
+    print(f"{'phase':11s} {'precision':>9s} {'PFLOP':>9s} {'seconds':>9s} {'share':>6s}")
+    for ph, f in e["flops"].items():
+        print(f"{ph:11s} {e['precision'][ph]:>9s} {f / 1e15:9.2f} {e['seconds'][ph]:9.0f} "
+              f"{e['seconds'][ph] / e['total_seconds']:6.1%}")
+    print(f"{'total':11s} {'':9s} {sum(e['flops'].values()) / 1e15:9.2f} {e['total_seconds']:9.0f}   "
+          f"= {e['total_seconds'] / 60:.0f} min; loader {e['loader_images'] / 1e6:.2f} M images, "
+          f"{e['loader_bytes'] / 1e9:.1f} GB (32x32 uint8, device augmentation)")
+    print(f"the Fisher's seconds include its square-and-sum pass: {e['fisher_square_sum_bytes'] / 1e15:.1f} PB at "
+          f"{BANDWIDTH_UTILISATION:.0%} of {GPUS[e['gpu']]['bytes_per_s'] / 1e12:.2f} TB/s, added to the GEMM time")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    import argparse
+    parser = argparse.ArgumentParser(description="run-time model of the published ITA line (FLOPs per phase)")
+    parser.add_argument("--estimate", choices=sorted(GPUS), required=True)
+    parser.add_argument("--fisher_precision", choices=["fp32", "tf32", "bf16"], default=None,
+                        help="default: the CUDA default of --fisher_precision")
+    parser.add_argument("--train_precision", choices=["fp32", "tf32", "bf16"], default=None,
+                        help="default: what the CUDA default -O level runs the training forward in")
+    opts = parser.parse_args(argv)
+    fisher, train = cuda_defaults()
+    print_estimate(estimate(opts.estimate, "fp32", "fp32"), "strict fp32 (-O 0 --fisher_precision fp32)")
+    print_estimate(estimate(opts.estimate, opts.fisher_precision or fisher, opts.train_precision or train),
+                   f"default on CUDA (Fisher {opts.fisher_precision or fisher}, training {opts.train_precision or train})")
+    return 0
+
+
+def cuda_defaults() -> tuple[str, str]:
+    """The Fisher and training-forward precisions a CUDA run of the published line gets without flags."""
+    from models.second_order_utils.flags import SecondOrderSettings
+    from utils.optimization import default_level
+    level = default_level("cuda")
+    train = "bf16" if level >= 2 else "tf32" if level >= 1 else "fp32"
+    return SecondOrderSettings().fisher_precision, train
+
+
+if __name__ == "__main__":
+    sys.exit(main())

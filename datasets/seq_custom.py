@@ -12,7 +12,8 @@ from torchvision import transforms
 
 from datasets.utils.arrays import check_npz_fits, npz_headers
 from datasets.utils.continual_dataset import ContinualDataset
-from datasets.utils.folders import IMAGE_EXTENSIONS, train_test_folders
+from datasets.utils.folders import IMAGE_EXTENSIONS, is_folder, train_test_folders
+from datasets.utils.paths import check_regular
 from datasets.utils.sources import ImageSource
 from utils.args import none_or, parse_bool, positive_int
 from utils.errors import UserError
@@ -123,7 +124,7 @@ def read_image_folder(root: str) -> tuple[ImageSource, ImageSource, list[str]]:
     for split in ("train", "test"):
         if not os.path.isdir(os.path.join(root, split)):
             raise UserError(f"{root} must contain train/ and test/ folders with one sub-folder per class")
-    folders = sorted(e.name for e in os.scandir(os.path.join(root, "train")) if e.is_dir())
+    folders = sorted(e.name for e in os.scandir(os.path.join(root, "train")) if is_folder(e))
     train, test, classes = train_test_folders(root, "seq-custom")
     if not classes:
         raise UserError(f"{root}/train has no class folders with images ({', '.join(IMAGE_EXTENSIONS)}); "
@@ -163,8 +164,7 @@ class SequentialCustom(ContinualDataset):
         path = self.args.data_path
         if not path:
             raise UserError("seq-custom needs --data_path: an .npz file or a folder with train/ and test/")
-        if not os.path.exists(path):
-            raise UserError(f"--data_path {path} does not exist")
+        check_regular(path, "--data_path", folder_ok=True)
         if os.path.isdir(path):
             train, test, names = read_image_folder(path)
             native = 224
@@ -187,7 +187,9 @@ class SequentialCustom(ContinualDataset):
                 raise UserError(f"--n_tasks {n_tasks} exceeds the {n_classes} classes of {path}")
             base, extra = divmod(n_classes, n_tasks)
             per_task = [base + (1 if t < extra else 0) for t in range(n_tasks)]
-        self.n_tasks, self.n_classes_per_task = len(per_task), per_task
+        # an int when all tasks are equal, as Mammoth's datasets declare it; a list otherwise
+        self.n_tasks = len(per_task)
+        self.n_classes_per_task = per_task[0] if len(set(per_task)) == 1 else per_task
         size = self.args.img_size or (native if native > 0 else int(train.data.shape[1]))
         self.size = (size, size)
         self._native = native

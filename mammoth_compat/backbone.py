@@ -1,6 +1,8 @@
 """``MammothBackbone``'s flat-vector helpers (used by EWC/SI/GEM-style Mammoth models)."""
 from __future__ import annotations
 
+import argparse
+
 import torch
 
 
@@ -36,3 +38,11 @@ class MammothBackboneAPI:
     def head(self) -> torch.nn.Module:
         """Mammoth's ViT name of the classifier (ResNets call it ``classifier``, as here)."""
         return self.classifier  # type: ignore[attr-defined]
+
+
+
+def dataset_context(args: argparse.Namespace) -> tuple[int, int, int]:
+    """(classes, image size, channels) of the dataset ``args`` names (for ``get_backbone(args)``, Mammoth's call)."""
+    from datasets import get_dataset
+    built = get_dataset(args)
+    return int(built.n_classes), int(built.img_size), int(built.in_chans)

@@ -63,6 +63,11 @@ class Buffer(ReservoirBuffer):
     def _fields(self) -> list[str]:
         return [name for name in self.FIELDS if getattr(self, name) is not None]
 
+    @property
+    def used_attributes(self) -> list[str]:
+        """The fields that hold data (``examples``, ``labels``, ...)."""
+        return self._fields()
+
     def _select(self, index: torch.Tensor, transform: Optional[Callable], device: Optional[torch.device]) -> tuple:
         target = torch.device(device) if device is not None else self.device
         out = [apply_transform(self.examples[index].to(target), transform).to(target)]

@@ -1,6 +1,7 @@
 """Mammoth's ``utils.conf`` helpers used by model files (``utils.conf`` re-exports them)."""
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any, Optional
 
@@ -9,6 +10,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 _BASE_PATH = "./data/"
+_WARNED: set[str] = set()
+
+
+def warn_once(*msg: Any) -> None:
+    """Log a warning the first time this message (its parts joined by spaces) is given."""
+    text = " ".join(str(m) for m in msg)
+    if text not in _WARNED:
+        _WARNED.add(text)
+        logging.warning(text)
 
 
 def get_device() -> torch.device:

@@ -34,3 +34,12 @@ class MammothDatasetAPI:
 
     def get_iters(self) -> Optional[int]:
         return getattr(self.args, "n_iters", None)
+
+    @staticmethod
+    def evaluate(model: Any, dataset: Any, last: bool = False, return_loss: bool = False) -> tuple[list, list]:
+        """(class-IL, task-IL) accuracies (%) on the tasks seen so far, or on the last one with ``last``."""
+        if return_loss:
+            raise ValueError("evaluate(..., return_loss=True) is not available; it returns the accuracies only")
+        from utils.evaluate import evaluate
+        cil, til = evaluate(model, dataset)
+        return (cil[-1:], til[-1:]) if last else (cil, til)

@@ -114,7 +114,8 @@ def uses_not_aug(cls: type, base: type) -> bool:
 
     A class (below ``base``) that declares ``USES_NOT_AUG`` decides; otherwise - a model file written for
     Mammoth, where ``not_aug_inputs`` is always given - the view is built when ``observe`` mentions its
-    third argument (read, stored, or passed on).
+    third argument (read, stored, or passed on), or when the model's module reads the dataset's items itself
+    (``train_loader``) or calls Mammoth's ``fill_buffer``/``icarl_replay``, which store that view.
     """
     for klass in cls.__mro__:
         if klass is base:
@@ -129,7 +130,20 @@ def uses_not_aug(cls: type, base: type) -> bool:
         tree = ast.parse(textwrap.dedent(inspect.getsource(observe)))
     except (TypeError, ValueError, OSError, SyntaxError):
         return True
+    if _reads_items(cls):
+        return True
     if len(params) < 4:  # (self, inputs, labels, not_aug_inputs, ...)
         return False
     name = params[3]
     return any(isinstance(node, ast.Name) and node.id == name for node in ast.walk(tree))
+
+
+def _reads_items(cls: type) -> bool:
+    """Whether ``cls``'s module iterates or indexes the task's items (where the not-augmented view is)."""
+    import sys
+    module = sys.modules.get(cls.__module__)
+    try:
+        source = inspect.getsource(module) if module is not None else ""
+    except (TypeError, OSError):
+        return True
+    return any(word in source for word in ("train_loader", "fill_buffer", "icarl_replay"))

@@ -1,5 +1,5 @@
 """``second_order``: ITA and IEL, *A Second-Order Perspective on Model Compositionality and Incremental
-Learning* (Porrello et al., ICLR 2025). See docs/second_order.md and /work/shared/docs/algorithm.md.
+Learning* (Porrello et al., ICLR 2025). See docs/second_order.md and the offline assets' docs/algorithm.md.
 
 One module (LoRA, full or (IA)^3) per task on the frozen pre-trained backbone; the evaluated model is
 the merged average theta0 + (1/T) sum_t tau_t with the per-task heads concatenated. ITA trains

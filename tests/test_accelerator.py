@@ -3,7 +3,6 @@ that reports memory and RNG states through its device module (a stand-in module,
 registered from Python provides one)."""
 import os
 import re
-import types
 import warnings
 
 import pytest
@@ -185,3 +184,29 @@ def test_seeded_seeds_and_restores_the_named_devices_rng(stand_in, monkeypatch):
     with seeding.seeded(5):  # no device: the accelerator's RNG is not touched
         pass
     assert seeds == [("cuda:0", 1234)]
+
+
+def test_the_virtual_batch_retry_runs_after_the_failed_pass_is_released():
+    """--vbs_mode batched: when the group's one large pass runs out of memory, the micro-batches are retried one by
+    one outside the exception handler, so the failed pass's graph (held by its traceback) is freed first."""
+    import sys
+    import weakref
+
+    from models.second_order_utils.stepping import VirtualBatches
+    graphs, seen = [], []
+
+    def backward(micro_batches, group):
+        if len(micro_batches) > 1:
+            graph = torch.ones(1000)  # what the failed pass holds
+            graphs.append(weakref.ref(graph))
+            raise accelerator.OutOfMemoryError("out of memory (simulated)")
+        seen.append((sys.exc_info()[0], graphs[0]() is None))
+        return micro_batches[0][0].sum()
+
+    steps, zeroed = [], []
+    vb = VirtualBatches()
+    for i in range(2):
+        vb.observe(torch.full((2,), float(i)), torch.zeros(2), 2, "batched", backward, lambda: steps.append(1),
+                   lambda: zeroed.append(1))
+    assert seen == [(None, True), (None, True)]  # not inside the handler, the failed graph already freed
+    assert steps == [1] and zeroed == [1] and float(vb.last_loss) == 1.0  # mean of the micro-batch losses 0 and 2

@@ -116,3 +116,16 @@ def test_bf16_step_gradients_match_fp32(tmp_path):
     errors = [float((b - a).norm() / a.norm()) for a, b in zip(exact, bf16)]
     assert len(errors) == 10 and all(a.dtype == b.dtype == torch.float32 for a, b in zip(exact, bf16))
     assert 0 < min(errors) and max(errors) <= 2e-2, errors  # measured 3.7e-3 .. 6.4e-3
+
+
+def test_unset_level_is_the_device_types_default(monkeypatch):
+    import argparse
+
+    from utils import optimization
+    monkeypatch.setitem(optimization.DEFAULT_LEVELS, "cuda", 2)
+    resolve = optimization.resolve_code_optimization
+    assert resolve(argparse.Namespace(code_optimization=None, precision=None, device="cuda:1")).code_optimization == 2
+    assert resolve(argparse.Namespace(code_optimization=None, precision=None, device="cpu")).code_optimization == 0
+    # an explicit flag wins: --precision fp32 alone is -O 0 on any device, -O 1 stays 1
+    assert resolve(argparse.Namespace(code_optimization=None, precision="fp32", device="cuda")).code_optimization == 0
+    assert resolve(argparse.Namespace(code_optimization=1, precision=None, device="cuda")).code_optimization == 1

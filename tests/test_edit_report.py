@@ -41,3 +41,40 @@ def test_edit_writes_table_and_plot(tmp_path, capsys):
     assert means["full"] == pytest.approx(sum(report["full_class_il"]) / 3)
     assert (f"theta0 with the same heads (every module dropped): class-IL mean {means['theta0']:.2f}; the modules "
             f"add {means['full'] - means['theta0']:+.2f} points") in printed
+
+
+def test_edit_save_writes_a_checkpoint_of_the_edited_model(tmp_path, capsys):
+    """``--save``: the edited model as a checkpoint; evaluated afresh it scores what the edit measured, and
+    ``main.py --loadcheck`` on it reports the edited accuracies."""
+    from app.edit import load_model
+
+    argv = [*argv_for(tmp_path, "--alpha_ita", "1", n_classes=6, n_tasks=3), "--plots", "0"]
+    run([*argv, "--savecheck", "last", "--ckpt_name", "ed", "--results_file", str(tmp_path / "r.json")])
+    ckpt, saved = str(tmp_path / "ckpt" / "ed" / "task_3.pt"), str(tmp_path / "edited.pt")
+    out = tmp_path / "keep.json"
+    assert edit.main(["--checkpoint", ckpt, "--keep", "0,2", "--out", str(out), "--save", saved]) == 0
+    assert f"edited checkpoint: {saved}" in capsys.readouterr().out
+    report = json.load(open(out))
+    _, dataset, model, state = load_model(saved, "cpu")
+    assert state["edit"]["weights"] == pytest.approx([0.5, 0.0, 0.5])
+    with torch.no_grad():
+        fresh = evaluate(model, dataset)  # the checkpoint's own (uniform) composition
+    layers = list(model.pool.layers.values())
+    assert all(float(layer.dense_delta(1).abs().max()) == 0 for layer in layers)  # the dropped module is zero
+    assert any(float(layer.dense_delta(0).abs().max()) > 0 for layer in layers)
+    _, _, original, _ = load_model(ckpt, "cpu")
+    x = next(iter(dataset.test_loaders[0]))[0]
+    from utils.modes import eval_mode
+    with torch.no_grad(), eval_mode(original), eval_mode(model):  # the saved model computes the edit
+        original.eval_task_weights = report["weights"]
+        edited_logits = original(x)
+        original.eval_task_weights = None
+        full_logits = original(x)
+        saved_logits = model(x)
+    assert torch.allclose(saved_logits, edited_logits, atol=1e-5)
+    assert not torch.allclose(saved_logits, full_logits, atol=1e-3)
+    assert fresh[0] == pytest.approx(report["edited_class_il"], abs=1e-6)
+    assert fresh[1] == pytest.approx(report["edited_task_il"], abs=1e-6)
+    loaded = run([*argv, "--loadcheck", saved, "--results_file", str(tmp_path / "loaded.json")])
+    assert loaded["final_class_il"] == pytest.approx(sum(report["edited_class_il"]) / 3, abs=1e-6)
+    assert loaded["final_task_il"] == pytest.approx(sum(report["edited_task_il"]) / 3, abs=1e-6)

@@ -12,6 +12,14 @@ from tests.conftest import make_npz
 from utils.errors import UserError
 
 
+def test_methods_may_carry_labels():
+    from benchmarks.editing import parse_methods
+
+    assert parse_methods("ita, free=ita,tmc") == {"ita": "ita", "free": "ita", "tmc": "tmc"}
+    with pytest.raises(UserError, match="'sgd' cannot be edited"):
+        parse_methods("mine=sgd")
+
+
 def test_edits_cover_the_protocol():
     names = [e[0] for e in edits(4)]
     assert names[:5] == ["keep all", "keep first (0)", "keep middle (2)", "keep last (3)", "keep 0,2,3"]
@@ -84,8 +92,9 @@ def test_protocol_matches_direct_evaluation_with_fewer_passes(trained, capsys):
         for record in records:
             model.eval_task_weights = record["weights"]
             model.compose_eval()
-            direct, _ = evaluate(model, dataset)
+            direct, direct_til = evaluate(model, dataset)
             assert record["per_task_after"] == pytest.approx(direct, abs=1e-9), (method, record["edit"])
+            assert record["per_task_til_after"] == pytest.approx(direct_til, abs=1e-9), (method, record["edit"])
         model.eval_task_weights = None
         full, _ = evaluate(model, dataset)
         assert records[0]["per_task_before"] == pytest.approx(full, abs=1e-9)

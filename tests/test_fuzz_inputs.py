@@ -2,8 +2,11 @@
 
 Every variant is certainly invalid (the mutation kind guarantees it; the generator picks where and how), and
 must end with exit code 2, one ``error:`` line, no traceback and no new file. Runs in-process through the CLI
-entry ``app.runner.main``. ``CL_FUZZ_SEED`` picks another seed (the default is fixed: reproducible runs),
-``CL_FUZZ_PER_FAMILY`` more variants;
+entry ``app.runner.main``. Besides npz files, image folders and YAML values, the families of
+``tests/fuzz_cases.py`` (incomplete test sets, backbone settings, unreadable configs, checkpoint arguments, data
+paths, devices, caches, aliases) run ``PER_FAMILY // 2`` variants each, their index picking the kind.
+``CL_FUZZ_SEED`` picks another seed (the default is fixed: reproducible runs), ``CL_FUZZ_PER_FAMILY`` more
+variants;
 a failing variant names its seed, family and mutation in the test id and message.
 """
 from __future__ import annotations
@@ -20,6 +23,7 @@ import yaml
 import app.config
 from tests.bad_inputs import (folder_run_args, npy_bytes, npy_with_header, png_header_only, run_expecting_error,
                               write_image_folder, write_npz_members)
+from tests.fuzz_cases import FAMILIES
 
 SEED = int(os.environ.get("CL_FUZZ_SEED", "19"))
 PER_FAMILY = int(os.environ.get("CL_FUZZ_PER_FAMILY", "12"))  # 3 families: 36 variants per run by default
@@ -243,7 +247,8 @@ def yaml_variant(rng: random.Random) -> tuple[str, str, str]:
 
 # ----- the test ----------------------------------------------------------------------------------------------------
 def variant_ids() -> list[str]:
-    return [f"{family}-{i}" for family in ("npz", "folder", "yaml") for i in range(PER_FAMILY)]
+    return [f"{family}-{i}" for family in ("npz", "folder", "yaml") for i in range(PER_FAMILY)] + \
+        [f"{family}-{i}" for family in FAMILIES for i in range(max(1, PER_FAMILY // 2))]
 
 
 @pytest.mark.parametrize("variant", variant_ids())
@@ -256,7 +261,9 @@ def test_malformed_input_is_one_line_exit_2(variant, tmp_path, capsys, monkeypat
               "--backbone", "vit_tiny", "--embed_dim", "32", "--depth", "1", "--num_heads", "2",
               "--base_path", str(work / "data"), "--checkpoint_path", str(work / "ckpt"),
               "--results_file", str(work / "res" / "r.json")]
-    if family == "npz":
+    if family in FAMILIES:
+        argv, what = FAMILIES[family](rng, int(index), tmp_path, monkeypatch)
+    elif family == "npz":
         mutation = NPZ_MUTATIONS[(int(index) * 5 + SEED) % len(NPZ_MUTATIONS)]
         path = write_npz_variant(rng, mutation, tmp_path)
         what = mutation.__name__

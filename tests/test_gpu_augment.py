@@ -164,16 +164,20 @@ def test_a_sharded_device_augmented_loader_equals_the_single_process_loader(tmp_
     argv = ("--dataset", "seq-cifar100-224", "--backbone", "resnet18", "--device", "cpu", "--gpu_augmentation", "1",
             "--num_workers", "0", "--seed", "3")
 
-    def batches(world: int, rank: int) -> list:
+    def batches(world: int, rank: int, size: int = 8) -> list:
         monkeypatch.setattr(distributed, "world_size", lambda: world)
         monkeypatch.setattr(distributed, "rank", lambda: rank)
         loader = dataset_for(tmp_path, *argv).get_data_loaders()[0]
         assert isinstance(loader, DeviceAugmentedLoader)
-        loader.loader.batch_sampler.batch_size = 8
-        return [(x, y) for x, y, _ in loader]
+        loader.loader.batch_sampler.batch_size = size
+        return [(x, y) for _ in range(2) for x, y, _ in loader]  # two passes (epochs)
 
     single, shares = batches(1, 0), [batches(2, r) for r in range(2)]
-    assert [len(y) for _, y in single] == [8, 8, 4]
+    assert [len(y) for _, y in single] == [8, 8, 4] * 2
     for i, (x, y) in enumerate(single):
         assert torch.equal(torch.cat([shares[0][i][1], shares[1][i][1]]), y)
         assert torch.allclose(torch.cat([shares[0][i][0], shares[1][i][0]]), x, atol=1e-6)
+    assert not torch.allclose(single[0][0], single[3][0])  # the second pass draws anew
+    # the batch size does not change an image's augmentation either (the statistics passes rely on it)
+    small = batches(1, 0, size=5)
+    assert torch.allclose(torch.cat([x for x, _ in small]), torch.cat([x for x, _ in single]), atol=1e-6)

@@ -45,3 +45,29 @@ def test_gpu_check_runs_the_published_lines_on_the_cpu(tmp_path):
         for phase in ("features", "gmms", "pretuning", "fisher", "training", "evaluation"):
             assert run["seconds"][phase] > 0, phase
         assert run["penalties"] and run["penalties_finite"]
+
+
+def test_full_mode_resumes_after_task_2_and_reports_fisher_flops(tmp_path):
+    out = tmp_path / "full.json"
+    # an extra run flag passes through to both halves
+    assert gpu_check.main(["--device", "cpu", "--full", "--data", mini_cifar100(), "--out", str(out),
+                           "--num_epochs_align_pretuning", "1"]) == 0
+    report = json.load(open(out))
+    full = report["full"]
+    assert report["ok"] and full["ok"] and report["runs"] == []
+    first, second = full["runs"]
+    assert first["tasks_done"] == gpu_check.FULL_STOP and second["tasks_done"] == full["tasks_done"] == 3
+    for half in (first, second):
+        argv = half["argv"]
+        assert argv[argv.index("-O") + 1] == "2" and "--debug_mode" not in argv and "--model_config" in argv
+        assert argv[argv.index("--num_epochs_align_pretuning") + 1] == "1"
+        assert not half["misplaced_tensors"] and half["finite"]
+    assert "--loadcheck" in second["argv"] and "--loadcheck" not in first["argv"]
+    assert second["seconds"]["fisher"] > 0 and full["seconds"]["fisher"] >= second["seconds"]["fisher"]
+    # FLOPs of the three tasks' Fisher passes: every training image, one class backward per seen class
+    expected = gpu_check.fisher_flops(mini_cifar100(), 3, 10, gpu_check.DIMS["cpu"])
+    assert full["fisher_flops"] == expected > 0
+    assert abs(full["fisher_flop_per_s"] - expected / full["seconds"]["fisher"]) < 1e-6 * expected
+    sq = full["square_sum"]
+    assert sq["chosen"] in ("inplace", "norm", "einsum") and len(sq["fastest"]) == len(sq["rows"]) == 2
+    assert all(max(r["max_rel_err"].values()) < 1e-5 for r in sq["rows"])

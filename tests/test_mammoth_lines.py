@@ -105,7 +105,7 @@ def test_mammoth_line_runs(index, mammoth_world, tmp_path):
         from app.config import build_parser
         from models import get_model_class
         if "--code_optimization" not in build_parser(get_model_class("sgd"), None, None)._option_string_actions:
-            pytest.skip("--code_optimization is added by the GPU-speed branch (issue 14)")
+            pytest.skip("this build has no --code_optimization flag")
     results_file = tmp_path / "r.json"
     res = run(argv + ["--base_path", str(mammoth_world / "data"), "--plots", "0", "--results_file", str(results_file),
                       "--checkpoint_path", str(tmp_path / "ckpt")])

@@ -99,9 +99,9 @@ def test_model_incompatible_with_the_setting(setup, capsys, monkeypatch):
     with pytest.raises(UserError, match="model classy does not support the domain-il setting of rotated"):
         check_compatibility(only_class, domain)
     check_compatibility(Sgd, domain)  # sgd supports it: no error
-    monkeypatch.setattr(Sgd, "COMPATIBILITY", ["task-il"])
+    monkeypatch.setattr(Sgd, "COMPATIBILITY", ["domain-il"])
     assert_one_line_error(capsys, setup, setup.argv(), "model sgd does not support the class-il setting",
-                          "supports: task-il")
+                          "supports: domain-il")
 
 
 def write_npz(path, **arrays):

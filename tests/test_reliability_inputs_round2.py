@@ -1,4 +1,4 @@
-"""Bad input, round 2 (issue #19): each case is one ``error:`` line naming the file or flag, the bad value and the
+"""Bad input, second set: each case is one ``error:`` line naming the file or flag, the bad value and the
 fix, exit code 2, no traceback and no new file."""
 import os
 

@@ -4,8 +4,8 @@ Small on purpose (the whole suite must stay within its time budget): a seeded cl
 20 training and 30 test images per class (benchmarks.mini_data.write_subset), 32 px, one epoch, the demo's
 settings (app/demo.py: the top-1 Fisher ``--fisher_mc_classes 1``, the trained heads re-aligned at each task end
 ``--use_ca 1``, chosen by validation; the exact Fisher is covered by tests/test_second_order_math.py). The margins
-leave room below the measured values (below; about 110 s of CPU for both datasets); docs/second_order.md (issue 18)
-has the full-size runs.
+leave room below the measured values (below; about 110 s of CPU for both datasets); docs/second_order.md has the
+full-size runs.
 """
 import numpy as np
 import pytest
@@ -18,7 +18,7 @@ from tests.conftest import shared_file
 TRAIN_PER_CLASS, TEST_PER_CLASS = 20, 30
 # Measured (seed 0; class-IL / task-IL): cifar10 sgd 8.33 / 50.33, simplecil (prototypes) 36.00 / 72.00, ITA 28.67 /
 # 71.33; mnist sgd 14.67 / 58.33, simplecil 60.00 / 91.00, ITA 66.00 / 93.33. Without --use_ca ITA scored 19.67 and
-# 10.00 class-IL (its heads not calibrated across tasks; docs/second_order.md, issue 18).
+# 10.00 class-IL (its heads not calibrated across tasks; docs/second_order.md).
 # dataset -> ITA class-IL >= sgd's + first; ITA class-IL >= the prototype classifier's + second (negative: at most
 # that far below); ITA task-IL >= sgd's + third.
 MARGINS = {"cifar10": (15.0, -12.0, 10.0), "mnist": (15.0, 2.0, 15.0)}

@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from models.second_order_utils.heads import IncrementalHead
-from models.second_order_utils.pretuning import (DiagonalGMM, StackedGMM, _batches, align_classifier, linear_probe,
-                                                 sample_features)
+from models.second_order_utils.alignment import align_classifier
+from models.second_order_utils.pretuning import DiagonalGMM, StackedGMM, _batches, linear_probe, sample_features
 
 
 def make_head(sizes, dim=6, seed=0):

@@ -94,3 +94,14 @@ def test_throughput_syncs_and_projection_relate(figures):
         expected += 120 * 3 / res["train_images_per_s"] + (t + 1) * 30 / res["eval_img_s"]
     assert res["projected_run_s"] == pytest.approx(expected)
     assert res["projected_run_s"] > sum(res["phase_seconds"]["task1"][p] for p in phases.PHASES)
+
+
+def test_run_tasks_with_loader_worker_processes(tmp_path):
+    """As ``python benchmarks/speed.py --quick`` runs outside the test suite: loaders with worker processes (the
+    default --num_workers), whose live iterators the step timer's copy of the model must not try to copy."""
+    data = make_npz(str(tmp_path / "d.npz"), n_classes=4, per_class=6)
+    common = [*tiny_run_args(data, tmp_path, n_tasks=2), "--num_workers", "1"]
+    argv = speed.with_overrides(common, ["--model", "ita", "--alpha_ita", "1", *speed.STEP_ARGS])
+    times, model, dataset = speed.run_tasks(argv, repeats=1)
+    assert dataset.train_loader.num_workers == 1 and dataset.train_loader.persistent_workers
+    assert times[0] > 0 and times[1] > 0 and times["images_0"] == 4

@@ -103,9 +103,13 @@ def check_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"bad --device '{name}'; use cpu, cuda, cuda:N, mps or xpu") from None
+    if device.type == "meta":
+        raise UserError(f"--device {name}: not a device that computes (it holds shapes only); use --device cpu or "
+                        f"leave --device out to pick the best one")
     if is_accelerator(device):
         if not is_available(device.type):
-            raise UserError(f"--device {name}: {device.type} is not available on this machine; use --device cpu")
+            raise UserError(f"--device {name}: {device.type} is not available on this machine or in this torch build "
+                            f"({torch.__version__}); use --device cpu, or leave --device out to pick the best one")
         if device.index is not None and device.index >= device_count(device.type):
             raise UserError(f"--device {name}: this machine has {device_count(device.type)} {device.type} "
                             f"device(s); pick an index below that")
@@ -274,6 +278,12 @@ def fused_optimizer(params: list[torch.Tensor]) -> bool:
     accelerator type of :data:`FUSED_OPTIMIZER_TYPES`."""
     kinds = {p.device.type for p in params}
     return len(kinds) == 1 and next(iter(kinds)) in FUSED_OPTIMIZER_TYPES
+
+
+def tf32_available() -> bool:
+    """Whether fp32 matmuls here can run in TF32 when the switches allow it (a CUDA device; elsewhere they do
+    nothing)."""
+    return is_available("cuda")
 
 
 def tf32() -> tuple[bool, bool]:

@@ -164,6 +164,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     exp.add_argument("--validation", type=none_or(percentage), default=None,
                      help="percentage of each class's training images held out as the test set (Mammoth's "
                           "meaning: 10 = 10%%; a value below 1 is a fraction, 0.1 = 10%%)")
+    add_run_flag(exp, "--allow_incomplete_test_set", type=parse_bool, default=False, nargs="?", const=True,
+                 help="accept a test (or --validation) set without images of some classes or tasks: accuracy is "
+                      "over the classes that have test images, a task without any is null in the results "
+                      "(default 0: such a run is refused before training)")
     exp.add_argument("--validation_mode", type=str, default="current", choices=["current", "complete"],
                      help="validation loaders hold the current task's classes, or all classes seen so far")
     exp.add_argument("--joint", type=parse_bool, default=False, nargs="?", const=True,

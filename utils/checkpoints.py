@@ -178,6 +178,27 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     return state
 
 
+def load_run_checkpoint(path: str) -> dict[str, Any]:
+    """:func:`load_checkpoint` of a run's checkpoint, whose stored arguments are checked."""
+    state = load_checkpoint(path)
+    check_stored_args(path, state.get("args"))
+    return state
+
+
+def check_stored_args(path: str, stored: Any) -> None:
+    """The arguments stored in a checkpoint: a mapping of flag names, naming the model and the dataset."""
+    fix = "the file is damaged or was not written by this framework: use another checkpoint"
+    if not isinstance(stored, dict):
+        what = "no arguments" if stored is None else f"arguments that are a {type(stored).__name__}, not a mapping"
+        raise UserError(f"checkpoint {path} stores {what}; {fix}")
+    bad = [k for k in stored if not isinstance(k, str)]
+    if bad:
+        raise UserError(f"checkpoint {path} stores an argument named {bad[0]!r:.40} (not a flag name); {fix}")
+    for key in ("model", "dataset"):
+        if not isinstance(stored.get(key), str) or not stored[key]:
+            raise UserError(f"checkpoint {path} stores no {key} name in its arguments; {fix}")
+
+
 def checkpoint_path(args: argparse.Namespace, tasks_done: int) -> str:
     return os.path.join(run_dir(args), f"task_{tasks_done}.pt")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sized
 
 import torch
 import torch.distributed as dist
@@ -135,6 +135,23 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([p[:int(s.item())] for p, s in zip(parts, sizes)])
 
 
+def gather_batches(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Every rank's per-batch ``parts`` in the order of the global batches: batch 0 of rank 0, of rank 1, ..., then
+    batch 1 ... (a rank's share of a global batch is consecutive rows of it, :class:`ShardedBatchSampler`), i.e.
+    the rows of a single-process pass; ``torch.cat(parts)`` in a single process. Every rank holds as many batches
+    (the sharded sampler gives each rank a share of every batch)."""
+    local = torch.cat(parts)
+    if not is_distributed():
+        return local
+    counts = all_gather_cat(torch.tensor([len(p) for p in parts], device=local.device)).view(world_size(), -1)
+    rows = all_gather_cat(local)
+    starts = torch.cat([counts.new_zeros(1), counts.sum(1).cumsum(0)[:-1]])  # each rank's first row in ``rows``
+    offsets = torch.cat([counts.new_zeros(world_size(), 1), counts.cumsum(1)[:, :-1]], 1) + starts[:, None]
+    order = [torch.arange(int(o), int(o) + int(c)) for o, c in zip(offsets.t().flatten().tolist(),
+                                                                     counts.t().flatten().tolist())]
+    return rows[torch.cat(order).to(rows.device)] if order else rows
+
+
 def broadcast_object(obj: object) -> object:
     """Rank 0's ``obj`` on every rank."""
     if not is_distributed():
@@ -199,10 +216,16 @@ class ShardedBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False,
-                 sample_seeds: bool = False):
-        self.n, self.batch_size, self.shuffle, self.seed, self.drop_last = n, batch_size, shuffle, seed, drop_last
+                 sample_seeds: bool = False, sized: Optional[Sized] = None):
+        self._n, self.batch_size, self.shuffle, self.seed, self.drop_last = n, batch_size, shuffle, seed, drop_last
         self.sample_seeds = sample_seeds
+        self.sized = sized
         self.passes = 0
+
+    @property
+    def n(self) -> int:
+        """Samples per pass: the current length of ``sized`` when given (a model may replace a task's samples)."""
+        return len(self.sized) if self.sized is not None else self._n
 
     def _slices(self, order: list[int]) -> Iterator[list[int]]:
         for batch, lo, hi in self._cuts(order):
@@ -269,3 +292,7 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(range(rank(), self.n, world_size()))
+
+
+# Mammoth's data-parallel helpers, for model files written for Mammoth (see mammoth_compat.dp)
+from mammoth_compat.dp import CustomDP, make_dp  # noqa: E402,F401

@@ -10,10 +10,13 @@ early stopping and per-epoch evaluation (``--eval_epochs``).
 * ``--lr_scheduler multisteplr|cosine`` schedules ``model.opt`` (rebuilt at every task start):
   stepped after every epoch, or every iteration with ``--scheduler_mode iter``. Milestones
   count scheduler steps; cosine anneals to 0 over the task's scheduler steps (Mammoth's
-  cosine uses ``T_max = n_epochs`` even in iteration mode; here it covers the whole task).
+  cosine uses ``T_max = n_epochs`` even in iteration mode; here it covers the whole task). The learning rate is
+  set from the closed form of ``MultiStepLR`` / ``CosineAnnealingLR`` after each scheduler step, so an epoch in
+  which the model took no optimizer step still advances the schedule, as it does in Mammoth.
 """
 from __future__ import annotations
 
+import bisect
 import copy
 import math
 from typing import Any, Optional
@@ -43,6 +46,30 @@ def check_flags(args: Any) -> None:
         raise UserError("--custom_class_order and --permute_classes both set the class order; keep one")
 
 
+class LRSchedule:
+    """The learning rate of ``opt``'s parameter groups after ``k`` scheduler steps: ``MultiStepLR``'s
+    ``base * gamma ** (milestones <= k)``, or with ``cosine_steps`` ``CosineAnnealingLR``'s (eta_min 0)
+    ``base * (1 + cos(pi k / cosine_steps)) / 2``. Set directly, it needs no optimizer step before its own."""
+
+    def __init__(self, opt: torch.optim.Optimizer, milestones: Optional[list[int]] = None, gamma: float = 0.1,
+                 cosine_steps: Optional[int] = None):
+        self.opt, self.milestones, self.gamma = opt, sorted(milestones or []), gamma
+        self.cosine_steps = cosine_steps
+        self.base = [group["lr"] for group in opt.param_groups]
+        self.k = 0
+
+    def factor(self, k: int) -> float:
+        if self.cosine_steps is not None:
+            return (1 + math.cos(math.pi * k / self.cosine_steps)) / 2
+        return self.gamma ** bisect.bisect_right(self.milestones, k)
+
+    def step(self) -> None:
+        self.k += 1
+        factor = self.factor(self.k)
+        for group, base in zip(self.opt.param_groups, self.base):
+            group["lr"] = base * factor
+
+
 class TaskFitting:
     """The stopping rule and the schedule of one task; the loop asks it after every step and epoch."""
 
@@ -55,19 +82,18 @@ class TaskFitting:
         self.bad_checks = 0
         self.stopped_early = False
 
-    def _scheduler(self, steps_per_epoch: int) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
+    def _scheduler(self, steps_per_epoch: int) -> Optional["LRSchedule"]:
         args, opt = self.args, self.model.opt
         if not args.lr_scheduler or opt is None:
             return None
         if args.lr_scheduler == "multisteplr":
-            return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(args.lr_milestones or []),
-                                                        gamma=args.sched_multistep_lr_gamma)
+            return LRSchedule(opt, milestones=list(args.lr_milestones or []), gamma=args.sched_multistep_lr_gamma)
         if args.scheduler_mode == "iter":
             total = args.n_iters if args.fitting_mode == "iters" else args.n_epochs * steps_per_epoch
         else:
             total = math.ceil(args.n_iters / max(1, steps_per_epoch)) if args.fitting_mode == "iters" \
                 else args.n_epochs
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(total)))
+        return LRSchedule(opt, cosine_steps=max(1, int(total)))
 
     def epochs(self) -> Any:
         """Epoch indices of this task (unbounded for iters/early stopping; :meth:`done` ends them)."""

@@ -28,11 +28,13 @@ def task_scalars(matrix_class_il: Sequence[Sequence[float]], matrix_task_il: Seq
     """The scalars logged after ``task`` (0-based) from the accuracy matrices (rows = tasks done)."""
     cil = list(matrix_class_il[task])
     til = list(matrix_task_il[task]) if len(matrix_task_il) > task else []  # none in domain-il/general-continual
-    out = {"RESULT_class_mean_accs": sum(cil) / len(cil)}
-    if til:
-        out["RESULT_task_mean_accs"] = sum(til) / len(til)
-    out.update({f"RESULT_class_acc_{j}": float(v) for j, v in enumerate(cil)})
-    out.update({f"RESULT_task_acc_{j}": float(v) for j, v in enumerate(til)})
+    out = {}
+    for key, row in (("RESULT_class_mean_accs", cil), ("RESULT_task_mean_accs", til)):
+        values = [v for v in row if v is not None]  # None: a task without test images
+        if values:
+            out[key] = sum(values) / len(values)
+    out.update({f"RESULT_class_acc_{j}": float(v) for j, v in enumerate(cil) if v is not None})
+    out.update({f"RESULT_task_acc_{j}": float(v) for j, v in enumerate(til) if v is not None})
     return out
 
 

@@ -25,18 +25,34 @@ from utils import accelerator
 from utils.errors import UserError
 
 LEVELS = (0, 1, 2, 3)
+# the -O level when neither -O nor --precision is given, per device type (docs/speed.md: the rule and its numbers)
+DEFAULT_LEVELS = {"cuda": 0}
 BF16_LEVEL = 2
 COMPILE_LEVEL = 3
 # the torch.compile backend of -O 3; tests set "aot_eager" (no C++ toolchain needed, the same graph capture)
 COMPILE_BACKEND_ENV = "CL_COMPILE_BACKEND"
 
 
+def default_level(device_type: str) -> int:
+    """The -O level of a run that gives neither -O nor --precision on this device type."""
+    return DEFAULT_LEVELS.get(device_type, 0)
+
+
+def run_device_type(args: argparse.Namespace) -> str:
+    """The device type the run will use: ``--device``'s, else the default device's."""
+    device = getattr(args, "device", None)
+    if device:
+        return str(device).split(":")[0]
+    return accelerator.default_device().type
+
+
 def resolve_code_optimization(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill ``args.code_optimization`` and ``args.precision`` from whichever was given (in place)."""
+    """Fill ``args.code_optimization`` and ``args.precision`` from whichever was given (in place); with neither,
+    the device type's default level."""
     level: Optional[int] = getattr(args, "code_optimization", None)
     precision: Optional[str] = getattr(args, "precision", None)
     if level is None:
-        level = BF16_LEVEL if precision == "bf16" else 0
+        level = BF16_LEVEL if precision == "bf16" else 0 if precision == "fp32" else default_level(run_device_type(args))
     implied = "bf16" if level >= BF16_LEVEL else "fp32"
     if precision is not None and precision != implied:
         raise UserError(f"--code_optimization {level} runs in {implied} but --precision {precision} was given; "

@@ -33,10 +33,16 @@ def _save(fig: Any, path: str) -> str:
     return path
 
 
+def _gaps(values: Sequence[Optional[float]]) -> list[float]:
+    """Values to plot: a missing one (None) becomes a gap in the line, never a number."""
+    return [float("nan") if v is None else float(v) for v in values]
+
+
 def square_matrix(rows: Sequence[Sequence[Optional[float]]]) -> list[list[float]]:
-    """A ragged lower-triangular matrix padded with NaN to ``len(rows)`` x ``max row length``."""
+    """A ragged lower-triangular matrix padded to ``len(rows)`` x ``max row length``; padding and missing
+    values (None: a task without test images) are NaN, drawn as empty cells without a number."""
     width = max((len(r) for r in rows), default=0)
-    return [[float("nan") if v is None else float(v) for v in r] + [float("nan")] * (width - len(r)) for r in rows]
+    return [_gaps(r) + [float("nan")] * (width - len(r)) for r in rows]
 
 
 def plot_accuracy_matrix(matrix: Sequence[Sequence[Optional[float]]], path: str,
@@ -67,7 +73,7 @@ def plot_average_accuracy(series: Mapping[str, Sequence[Optional[float]]], path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.0, 3.2))
     for label, values in series.items():
-        ys = [float("nan") if v is None else float(v) for v in values]
+        ys = _gaps(values)
         ax.plot(range(1, len(ys) + 1), ys, marker="o", label=label)
     longest = max((len(v) for v in series.values()), default=1)
     ax.set_xticks(range(1, longest + 1))
@@ -81,23 +87,25 @@ def plot_average_accuracy(series: Mapping[str, Sequence[Optional[float]]], path:
     return _save(fig, path)
 
 
-def plot_task_comparison(panels: Mapping[str, Mapping[str, Sequence[float]]], path: str,
-                         stds: Optional[Mapping[str, Mapping[str, Sequence[float]]]] = None,
+def plot_task_comparison(panels: Mapping[str, Mapping[str, Sequence[Optional[float]]]], path: str,
+                         stds: Optional[Mapping[str, Mapping[str, Sequence[Optional[float]]]]] = None,
                          ylabel: str = "average class-IL accuracy (%)") -> str:
     """Methods compared task by task: ``panels[dataset][method]`` = mean accuracy after each task.
 
-    ``stds`` (same layout) draws a shaded band of ±1 standard deviation.
+    ``stds`` (same layout) draws a shaded band of ±1 standard deviation. A missing value (None) is a gap.
     """
     plt = _pyplot()
     n = max(len(panels), 1)
     fig, axes = plt.subplots(1, n, figsize=(5.0 * n, 3.4), squeeze=False)
     for ax, (dataset, methods) in zip(axes[0], panels.items()):
-        for method, means in methods.items():
+        for method, values in methods.items():
+            means = _gaps(values)
             xs = list(range(1, len(means) + 1))
             ax.plot(xs, means, marker="o", label=method)
             band = (stds or {}).get(dataset, {}).get(method)
             if band is not None:
-                ax.fill_between(xs, [m - s for m, s in zip(means, band)], [m + s for m, s in zip(means, band)],
+                spread = _gaps(band)
+                ax.fill_between(xs, [m - s for m, s in zip(means, spread)], [m + s for m, s in zip(means, spread)],
                                 alpha=0.2)
         ax.set_title(dataset)
         ax.set_xlabel("after task")

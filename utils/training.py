@@ -69,7 +69,7 @@ class RunRecord:
 
 
 def _fmt(values: list[float]) -> str:
-    return " ".join(f"{v:6.2f}" for v in values)
+    return " ".join(metrics.percent(v, 6) for v in values)
 
 
 def print_task_table(record: RunRecord, out=None) -> None:
@@ -79,9 +79,11 @@ def print_task_table(record: RunRecord, out=None) -> None:
     t = len(R) - 1
     print(f"\nAccuracy after task {t + 1} (class-IL, % per task):", file=out)
     for i, row in enumerate(R):
-        print(f"  after task {i + 1:2d}: {_fmt(row)}   | mean {metrics.average_accuracy(row):6.2f}", file=out)
-    task_il = f"{metrics.average_accuracy(Rt[-1]):.2f}" if Rt else "not reported (every task has all classes)"
-    print(f"  mean class-IL {metrics.average_accuracy(R[-1]):.2f}   mean task-IL {task_il}", file=out, flush=True)
+        print(f"  after task {i + 1:2d}: {_fmt(row)}   | mean {metrics.percent(metrics.average_accuracy(row), 6)}",
+              file=out)
+    task_il = metrics.percent(metrics.average_accuracy(Rt[-1])) if Rt else "not reported (every task has all classes)"
+    print(f"  mean class-IL {metrics.percent(metrics.average_accuracy(R[-1]))}   mean task-IL {task_il}", file=out,
+          flush=True)
 
 
 def _untrained_accuracy(model: Any, dataset: Any) -> tuple[list[float], list[float]]:
@@ -102,7 +104,8 @@ def run_epochs(model: LoopModel, dataset: LoopDataset, args: LoopSettings, train
     """
     quiet = bool(args.non_verbose) or not distributed.is_main_process()
     fitting = TaskFitting(model, dataset, args, len(train_loader))
-    extra_names = tuple(getattr(dataset, "extra_return_fields", ()))
+    attached = getattr(getattr(train_loader, "dataset", None), "extra_return_fields", ())  # by a Mammoth model
+    extra_names = tuple(getattr(dataset, "extra_return_fields", ())) + tuple(attached)
     for epoch in tqdm(fitting.epochs(), desc=f"task {task + 1} epochs", leave=False, disable=quiet):
         model.meta_begin_epoch(epoch, dataset)
         bar = tqdm(train_loader, desc=f"task {task + 1} epoch {epoch + 1}", leave=False, disable=quiet)
@@ -131,8 +134,8 @@ def run_epochs(model: LoopModel, dataset: LoopDataset, args: LoopSettings, train
             cil, til = evaluate(model, dataset)
             model.epoch_evaluations.append({"task": task, "epoch": epoch, "class_il": cil, "task_il": til})
             if distributed.is_main_process():
-                print(f"task {task + 1} epoch {epoch + 1}: class-IL {metrics.average_accuracy(cil):.2f} "
-                      f"task-IL {metrics.average_accuracy(til):.2f}", flush=True)
+                print(f"task {task + 1} epoch {epoch + 1}: class-IL {metrics.percent(metrics.average_accuracy(cil))} "
+                      f"task-IL {metrics.percent(metrics.average_accuracy(til))}", flush=True)
 
 
 def future_accuracy(model: Any, dataset: Any) -> list[float]:

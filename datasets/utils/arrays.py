@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from datasets.utils.download import verify_file
+from datasets.utils.paths import check_regular
 from datasets.utils.sources import ImageSource
 from utils.errors import UserError
 from utils.resources import check_fits, human
@@ -24,6 +25,7 @@ def npz_headers(path: str, fix: str = "the file is corrupt or of another format"
     A ``.npy`` file, a file that is not a zip archive, or an array whose header declares more bytes
     than the archive stores (a corrupt header, or a truncated file) is a one-line :class:`UserError`.
     """
+    check_regular(path, "data file")
     try:
         with open(path, "rb") as fh:
             start = fh.read(len(NPY_MAGIC))
@@ -90,6 +92,7 @@ def read_npz_split(path: str) -> tuple[ImageSource, Optional[list[str]]]:
 
 def read_tensor(path: str) -> torch.Tensor:
     """A tensor saved with ``torch.save`` (loaded with ``weights_only=True``)."""
+    check_regular(path, "data file")
     verify_file(path)
     try:
         value = torch.load(path, map_location="cpu", weights_only=True)

@@ -204,8 +204,12 @@ class ContinualDataset(MammothDatasetAPI):
         return int(self.size[0])
 
     def get_offsets(self, task: Optional[int] = None) -> tuple[int, int]:
-        """``(start, end)`` label range of ``task`` (default: the current task)."""
-        return self.scenario.offsets(self.c_task if task is None else task)
+        """``(start, end)`` label range of ``task`` (default: the current task); ``task = n_tasks`` gives the empty
+        range after the last class (Mammoth's models read its start as the end of every task's classes)."""
+        task = self.c_task if task is None else task
+        if task == self.scenario.n_tasks:
+            return self.scenario.n_classes, self.scenario.n_classes
+        return self.scenario.offsets(task)
 
     @property
     def splits(self) -> tuple[ImageSource, ImageSource]:
@@ -303,7 +307,8 @@ class ContinualDataset(MammothDatasetAPI):
         if shuffle:
             self._shuffled_loaders[task] = n + int(counted)
             sampler = distributed.ShardedBatchSampler(len(dataset), batch_size, shuffle=True, seed=seed,
-                                                      drop_last=bool(self.args.drop_last), sample_seeds=True)
+                                                      drop_last=bool(self.args.drop_last), sample_seeds=True,
+                                                      sized=dataset)  # a model may replace the samples
             return DataLoader(dataset, batch_sampler=sampler, **common)
         if distributed.world_size() > 1:  # each rank evaluates a disjoint shard; counts are summed
             return DataLoader(dataset, batch_size=batch_size, sampler=distributed.ShardSampler(len(dataset)),

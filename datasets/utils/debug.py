@@ -15,20 +15,55 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
+from datasets.utils.sources import with_fields
+
 DEBUG_IMAGES = 4
 
 
 class CappedDataset(Subset):
     """A :class:`Subset` that also forwards ``(position, seed)`` items (seeded per-sample augmentation)."""
 
+    extra_return_fields: tuple[str, ...] = ()  # per-sample attributes a model attached (see TaskDataset)
+
     def __getitem__(self, i):
         if isinstance(i, tuple):
             position, seed = i
-            return self.dataset[(self.indices[position], seed)]
-        return self.dataset[self.indices[i]]
+            return with_fields(self.dataset[(self.indices[position], seed)], self, position)
+        return with_fields(self.dataset[self.indices[i]], self, i)
 
     def __getitems__(self, indices: list) -> list:
         return [self.__getitem__(i) for i in indices]
+
+    @property
+    def data(self):
+        """The kept images (Mammoth models read and assign ``train_loader.dataset.data``/``targets``)."""
+        inner = self.dataset.data
+        return inner[self.indices] if isinstance(inner, np.ndarray) else [inner[i] for i in self.indices]
+
+    @data.setter
+    def data(self, value) -> None:
+        self._own()
+        self.dataset.data = value
+
+    @property
+    def targets(self) -> np.ndarray:
+        return np.asarray(self.dataset.targets)[self.indices]
+
+    @targets.setter
+    def targets(self, value: np.ndarray) -> None:
+        self._own()
+        self.dataset.targets = value
+        self.indices = list(range(len(value)))
+
+    def _own(self) -> None:
+        """Cut the wrapped dataset to the kept items once: assignments then replace exactly what is served."""
+        if getattr(self, "_owned", False):
+            return
+        data, targets = self.data, self.targets
+        self.dataset.targets = targets
+        self.dataset.data = data
+        self.indices = list(range(len(targets)))
+        self._owned = True
 
 
 class SeededConcatDataset(ConcatDataset):

@@ -6,6 +6,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from datasets.utils.paths import check_regular
 from datasets.utils.sources import ImageSource
 from utils.errors import UserError
 
@@ -16,16 +17,48 @@ def is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
 
+def is_folder(entry: os.DirEntry, follow: bool = True) -> bool:
+    """``entry.is_dir()``; a symbolic-link loop is a one-line error (not an OSError)."""
+    try:
+        return entry.is_dir(follow_symlinks=follow)
+    except OSError as exc:  # a symbolic-link loop
+        raise UserError(f"{entry.path} cannot be read ({exc.strerror}); fix or remove it") from None
+
+
+def image_files(folder: str, root: str) -> list[str]:
+    """Image paths under ``folder`` relative to ``root``, in ``os.walk`` order (top-down, sorted; linked folders
+    are not entered). An image name that is not a regular file (a pipe, a device, a link loop) is an error."""
+    files: list[str] = []
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        try:
+            entries = sorted(os.scandir(current), key=lambda e: e.name)
+        except OSError as exc:
+            raise UserError(f"cannot list {current} ({exc.strerror}); fix its permissions or remove it") from None
+        subfolders = []
+        for entry in entries:
+            if is_folder(entry, follow=False):
+                subfolders.append(entry.path)
+            elif is_image(entry.name):
+                try:
+                    regular = entry.is_file()
+                except OSError:
+                    regular = False
+                if not regular:
+                    check_regular(entry.path, "image", fix="remove it or replace it by an image file")
+                files.append(os.path.relpath(entry.path, root))
+        pending.extend(reversed(subfolders))
+    return files
+
+
 def class_tree(root: str) -> dict[str, list[str]]:
     """``{class folder: sorted image paths relative to root}`` for ``root/<class>/**/<image>``."""
     tree: dict[str, list[str]] = {}
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if not entry.is_dir() or entry.name.startswith("."):
+        if entry.name.startswith(".") or not is_folder(entry):
             continue
-        files = []
-        for dirpath, dirnames, filenames in os.walk(entry.path):
-            dirnames.sort()
-            files.extend(os.path.relpath(os.path.join(dirpath, f), root) for f in sorted(filenames) if is_image(f))
+        files = image_files(entry.path, root)
         if files:
             tree[entry.name] = files
     return tree

@@ -92,19 +92,30 @@ class DeviceRRCFlip:
             self._constants[device] = (self.mean.to(device), self.std.to(device))
         return self._constants[device]
 
-    def __call__(self, images: torch.Tensor, rows: Optional[tuple[int, int]] = None) -> torch.Tensor:
-        """``images``: (B, C, H, W) in [0, 1] on the target device. ``rows = (total, first)``: the images are rows
-        ``first .. first + B - 1`` of a global batch of ``total`` (a DDP rank's share): the crops and flips of all
-        ``total`` are drawn and this share's kept."""
-        n, _, height, width = images.shape
-        total, first = rows if rows is not None else (n, 0)
-        gen = self.generator(images.device)
-        crops = sample_crops(total, height, width, self.scale, self.ratio, gen, images.device)[first:first + n]
+    def draw(self, n: int, height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next ``n`` crops (n, 4) and flips (n,) of the stream, for ``height`` x ``width`` source images."""
+        gen = self.generator(device)
+        crops = sample_crops(n, height, width, self.scale, self.ratio, gen, device)
+        return crops, torch.rand(n, device=device, generator=gen) < 0.5
+
+    def apply(self, images: torch.Tensor, crops: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        """Crop, resize, flip and normalise ``images`` (B, C, H, W) in [0, 1] with the drawn ``crops`` and ``flips``."""
         out = crop_resize(images.float(), crops, self.size, self.mode)
-        flip = (torch.rand(total, device=images.device, generator=gen) < 0.5)[first:first + n]
-        out = torch.where(flip[:, None, None, None], out.flip(-1), out)
+        out = torch.where(flips[:, None, None, None], out.flip(-1), out)
         mean, std = self.constants(out.device)
         return (out - mean) / std
+
+    def __call__(self, images: torch.Tensor, rows: Optional[tuple[int, int]] = None,
+                 drawn: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        """``images``: (B, C, H, W) in [0, 1] on the target device. ``rows = (total, first)``: the images are rows
+        ``first .. first + B - 1`` of ``total`` (a DDP rank's share of a global batch): the crops and flips of all
+        ``total`` are drawn and this share's kept. ``drawn``: the images' crops and flips, drawn before."""
+        n, _, height, width = images.shape
+        if drawn is None:
+            total, first = rows if rows is not None else (n, 0)
+            crops, flips = self.draw(total, height, width, images.device)
+            drawn = crops[first:first + n], flips[first:first + n]
+        return self.apply(images, *drawn)
 
 
 def rrc_flip_spec(ops: Sequence, mean: Sequence[float], std: Sequence[float]) -> Optional[dict]:
@@ -131,7 +142,11 @@ def rrc_flip_spec(ops: Sequence, mean: Sequence[float], std: Sequence[float]) ->
 
 
 class DeviceAugmentedLoader:
-    """A train loader whose batches are moved to ``device`` and augmented there (same length and items)."""
+    """A train loader whose batches are moved to ``device`` and augmented there (same length and items).
+
+    Over a :class:`utils.distributed.ShardedBatchSampler` the crops and flips of a whole pass are drawn at its first
+    batch and the image at position p of the pass's (global) order gets the p-th: the augmentation depends neither
+    on the batch size nor on the number of ranks. Other loaders draw batch by batch."""
 
     def __init__(self, loader: torch.utils.data.DataLoader, augment: DeviceRRCFlip, device: torch.device):
         self.loader, self.augment, self.device = loader, augment, device
@@ -141,7 +156,18 @@ class DeviceAugmentedLoader:
 
     def __iter__(self) -> Iterator:
         layout = getattr(self.loader.batch_sampler, "layout", None)  # (global batch, first row) of each batch
-        shares = iter(layout()) if callable(layout) else None
-        for inputs, *rest in self.loader:
-            rows = next(shares) if shares is not None else None
-            yield (self.augment(inputs.to(self.device, non_blocking=True), rows), *rest)
+        if not callable(layout):
+            for inputs, *rest in self.loader:
+                yield (self.augment(inputs.to(self.device, non_blocking=True)), *rest)
+            return
+        cuts = layout()
+        starts = [0]
+        for total, _ in cuts:
+            starts.append(starts[-1] + total)
+        drawn: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        for (total, first), start, (inputs, *rest) in zip(cuts, starts, self.loader):
+            x = inputs.to(self.device, non_blocking=True)
+            if drawn is None:  # the whole pass's crops and flips, in its global order
+                drawn = self.augment.draw(starts[-1], x.shape[-2], x.shape[-1], x.device)
+            lo, hi = start + first, start + first + x.shape[0]
+            yield (self.augment(x, drawn=(drawn[0][lo:hi], drawn[1][lo:hi])), *rest)

@@ -15,6 +15,7 @@ from typing import Optional
 
 import numpy as np
 
+from datasets.utils.paths import check_regular
 from utils.errors import UserError
 from utils.io import atomic_write
 
@@ -44,20 +45,53 @@ def noisy_labels(targets: np.ndarray, n_classes: int, rate: float, kind: str, se
     return noisy
 
 
+def noisy_cache_file(args, dataset: str, n: int) -> str:
+    """Where the noisy labels of ``n`` training images of ``dataset`` are cached."""
+    return os.path.join(args.base_path, args.cache_path_noisy_labels,
+                        f"{dataset}_{args.noise_type}_{args.noise_rate}_s{args.seed}_n{n}.npy")
+
+
 def cached_noisy_labels(targets: np.ndarray, n_classes: int, args, dataset: str) -> np.ndarray:
-    """:func:`noisy_labels`, cached under ``<base_path>/<cache_path_noisy_labels>/`` unless disabled."""
+    """:func:`noisy_labels`, cached under ``<base_path>/<cache_path_noisy_labels>/`` unless disabled.
+
+    A cache folder that is not a folder, or a cache file that is not an ``.npy`` of ``len(targets)`` integer
+    labels in ``[0, n_classes)`` (checked from its header before it is read), is a one-line error."""
     if args.disable_noisy_labels_cache:
         return noisy_labels(targets, n_classes, args.noise_rate, args.noise_type, args.seed, dataset)
     folder = os.path.join(args.base_path, args.cache_path_noisy_labels)
-    path = os.path.join(folder, f"{dataset}_{args.noise_type}_{args.noise_rate}_s{args.seed}_n{len(targets)}.npy")
-    if os.path.isfile(path):
-        cached = np.load(path)
-        if cached.shape == targets.shape:
-            return cached.astype(np.int64)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"the noisy-label cache folder {folder} is a file; remove it, or pass another "
+                        f"--cache_path_noisy_labels (or --disable_noisy_labels_cache 1)")
+    path = noisy_cache_file(args, dataset, len(targets))
+    if os.path.lexists(path):
+        return read_cached_labels(path, len(targets), n_classes)
     noisy = noisy_labels(targets, n_classes, args.noise_rate, args.noise_type, args.seed, dataset)
     os.makedirs(folder, exist_ok=True)
     atomic_write(path, lambda fh: np.save(fh, noisy), binary=True)
     return noisy
+
+
+def read_cached_labels(path: str, n: int, n_classes: int) -> np.ndarray:
+    """The ``n`` labels of a noisy-label cache file; anything else is a one-line :class:`UserError`."""
+    fix = "delete it (it is computed again) or pass --disable_noisy_labels_cache 1"
+    check_regular(path, "the noisy-label cache")
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                               np.lib.format.read_array_header_2_0)(fh)
+            if shape != (n,) or dtype.hasobject or not np.issubdtype(dtype, np.integer):
+                raise UserError(f"the noisy-label cache {path} holds an array of {dtype} and shape {shape}, "
+                                f"not {n} integer labels; {fix}")
+        labels = np.load(path, allow_pickle=False)
+    except UserError:
+        raise
+    except (OSError, ValueError, EOFError) as exc:
+        raise UserError(f"the noisy-label cache {path} is not a label file ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:100] if str(exc) else ''}); {fix}") from None
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        raise UserError(f"the noisy-label cache {path} holds labels outside [0, {n_classes}); {fix}")
+    return labels.astype(np.int64)
 
 
 def labelled_mask(groups: np.ndarray, fraction: float, seed: Optional[int]) -> np.ndarray:

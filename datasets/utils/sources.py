@@ -51,18 +51,57 @@ class ImageSource:
                             f"; remove or replace the file") from None
 
 
+def with_fields(item: tuple, owner: object, position: int) -> tuple:
+    """``item`` followed by ``owner``'s per-sample ``extra_return_fields`` at ``position`` (Mammoth models attach
+    e.g. ``logits`` to ``train_loader.dataset`` and receive them as ``observe`` keywords)."""
+    names = getattr(owner, "extra_return_fields", ())
+    return item + tuple(getattr(owner, name)[position] for name in names) if names else item
+
+
 class TaskDataset(Dataset):
     """Samples of ``source`` at ``indices``: train items are (augmented, label, not_augmented), test (image, label)."""
+
+    extra_return_fields: tuple[str, ...] = ()  # per-sample attributes a model attached, appended to train items
 
     def __init__(self, source: ImageSource, indices: Sequence[int], transform: Callable,
                  not_aug_transform: Optional[Callable] = None, extra_targets: Optional[np.ndarray] = None):
         self.source, self.indices = source, np.asarray(indices, dtype=np.int64)
         self.transform, self.not_aug_transform = transform, not_aug_transform
         self.extra_targets = extra_targets  # e.g. the true labels under label noise, appended to train items
+        self._owned = False
 
     @property
     def targets(self) -> np.ndarray:
         return self.source.targets[self.indices]
+
+    @targets.setter
+    def targets(self, value: np.ndarray) -> None:
+        """Replace the labels (Mammoth models assign ``train_loader.dataset.targets``); ``len`` follows them."""
+        self._own()
+        self.source.targets = np.asarray(value, dtype=np.int64)
+        self.indices = np.arange(len(self.source.targets))
+
+    @property
+    def data(self) -> Union[np.ndarray, list[str]]:
+        """The task's images (Mammoth's ``train_loader.dataset.data``); assigning it replaces them."""
+        if isinstance(self.source.data, np.ndarray):
+            return self.source.data[self.indices]
+        return [self.source.data[i] for i in self.indices]
+
+    @data.setter
+    def data(self, value: Union[np.ndarray, list[str]]) -> None:
+        self._own()
+        self.source.data = value
+
+    def _own(self) -> None:
+        """Copy this task's samples out of the shared split once, so that assigning them changes only this task."""
+        if self._owned:
+            return
+        if self.extra_targets is not None:
+            self.extra_targets = self.extra_targets[self.indices]
+        self.source = ImageSource(self.data, self.targets)
+        self.indices = np.arange(len(self.source))
+        self._owned = True
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -84,8 +123,8 @@ class TaskDataset(Dataset):
         if self.not_aug_transform is None:
             return image, label
         if self.extra_targets is not None:
-            return image, label, self.not_aug_transform(img), int(self.extra_targets[index])
-        return image, label, self.not_aug_transform(img)
+            return with_fields((image, label, self.not_aug_transform(img), int(self.extra_targets[index])), self, i)
+        return with_fields((image, label, self.not_aug_transform(img)), self, i)
 
 
 def seed_worker(worker_id: int) -> None:

@@ -68,4 +68,29 @@ def build_transform(spec: list[Any], where: str = "config", channels: Optional[i
             ops.append(op(**kwargs))
         except (TypeError, ValueError) as exc:
             raise UserError(f"{where}: bad arguments for {name}: {exc}") from None
+    if not any(isinstance(op, TENSOR_CONVERSIONS) for op in ops):
+        raise UserError(f"{where}: the transform list has no ToTensor (or PILToTensor), so the images never become "
+                        f"tensors; add ToTensor after the image ops (before Normalize)")
     return transforms.Compose(ops)
+
+
+TENSOR_CONVERSIONS = (transforms.ToTensor, transforms.PILToTensor)
+
+
+def check_on_image(transform: Callable, image: Any, where: str) -> None:
+    """Apply ``transform`` to one ``image`` of the data (e.g. a crop larger than the images fails here, before
+    any training, not in a data-loader worker); the global RNGs are left as they were."""
+    import torch
+
+    from utils.seeding import seeded
+    try:
+        with seeded(0):
+            out = transform(image)
+    except (TypeError, ValueError, RuntimeError, IndexError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{where} fails on the {image.size[0]}x{image.size[1]} images of the data ({text}); "
+                        f"change the transform (e.g. a crop no larger than the images)") from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 3:
+        raise UserError(f"{where} turns an image into {type(out).__name__} "
+                        f"{tuple(out.shape) if isinstance(out, torch.Tensor) else ''}, not a (C, H, W) tensor; "
+                        f"end the transform with ToTensor (and Normalize)")

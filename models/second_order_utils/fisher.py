@@ -47,11 +47,31 @@ def fisher_precision(precision: str, device: torch.device) -> Iterator[None]:
         accelerator.set_tf32(*saved)
 
 
-def square_sum(per_sample: torch.Tensor) -> torch.Tensor:
-    """sum_b per_sample[b]^2 in fp32 in one pass over memory (no squared copy; bf16 inputs are not upcast first)."""
-    if per_sample.dtype == torch.float32:
-        return torch.einsum("boi,boi->oi", per_sample, per_sample)  # one batched dot per element
-    return torch.linalg.vector_norm(per_sample, dim=0, dtype=torch.float32).square()
+SQUARE_SUM_FORMS = ("inplace", "norm", "einsum")
+# per device type; chosen by benchmarks/square_sum.py on the CPU; on accelerators the one-read "norm" form by its
+# bytes (8 per element with the product's write, against 16), re-checked by benchmarks/gpu_check.py --full
+SQUARE_SUM_FORM = {"cpu": "inplace"}
+ACCELERATOR_SQUARE_SUM_FORM = "norm"
+
+
+def square_sum_form(device: torch.device) -> str:
+    """The square-and-sum form used on ``device``."""
+    return SQUARE_SUM_FORM.get(device.type, ACCELERATOR_SQUARE_SUM_FORM)
+
+
+def square_sum(per_sample: torch.Tensor, form: Optional[str] = None) -> torch.Tensor:
+    """sum_b per_sample[b]^2 in fp32. fp32 ``inplace``: squared in place (the argument is consumed), then summed
+    over the contiguous leading dimension (two elementwise passes, no copy); ``norm``: the 2-norm over the leading
+    dimension, squared (one read pass; within 2 ulp of the plain sum); ``einsum``: the batched dot
+    ``boi,boi->oi`` (a bmm of O*I (1 x B)(B x 1) products). bf16: a norm accumulating in fp32 (no upcast copy)."""
+    if per_sample.dtype != torch.float32:
+        return torch.linalg.vector_norm(per_sample, dim=0, dtype=torch.float32).square()
+    form = form or square_sum_form(per_sample.device)
+    if form == "einsum":
+        return torch.einsum("boi,boi->oi", per_sample, per_sample)
+    if form == "norm":
+        return torch.linalg.vector_norm(per_sample, dim=0).square()
+    return per_sample.square_().sum(0)
 
 
 def per_sample_sq_grads(inputs: torch.Tensor, grad_out: torch.Tensor, is_conv: bool,
@@ -118,19 +138,22 @@ class FisherHooks:
     inputs and outputs are kept in ``self.captured`` instead, for :meth:`backward_batched`.
 
     The input of the first adapted layer reached by the forward (whose input does not require grad)
-    is made a leaf (``self.leaves``): backward passes stop there, nothing upstream is differentiated.
+    is made a leaf: nothing upstream is differentiated; the class backward passes stop at that layer's output
+    (``self.stops``), so not even its input gradient is formed.
     """
 
     def __init__(self, layers: dict[str, AdaptedLayer], dtype: torch.dtype = torch.float32, batched: bool = False):
         self.layers, self.dtype, self.batched = layers, dtype, batched
         self.sums = {n: torch.zeros(l.d_out, l.d_in, device=l.base.weight.device) for n, l in layers.items()}
         self.leaves: list[torch.Tensor] = []
+        self.stops: list[torch.Tensor] = []  # outputs of the layers fed by a leaf: where class backwards stop
         self.captured: list[tuple[str, AdaptedLayer, torch.Tensor, torch.Tensor]] = []  # name, layer, input, output
         self._handles: list = []
 
     def clear(self) -> None:
         """Forget the last forward's leaves and captured layers (call before each forward)."""
         self.leaves.clear()
+        self.stops.clear()
         self.captured.clear()
 
     def backward_batched(self, scores: list[torch.Tensor], chunk: int) -> int:
@@ -196,6 +219,8 @@ class FisherHooks:
         def forward_hook(module, args, output):
             if not output.requires_grad:
                 return
+            if any(args[0] is leaf for leaf in self.leaves):
+                self.stops.append(output)
             x = args[0].detach()
             if self.batched:
                 self.captured.append((name, layer, x, output))
@@ -297,8 +322,8 @@ def network_fisher(forward: Callable[[torch.Tensor], torch.Tensor], layers: dict
                     done = hooks.backward_batched(scores, chunk)
                     fitted = done if done < chunk else fitted
                 else:
-                    for i, score in enumerate(scores):
-                        torch.autograd.grad(score, hooks.leaves, retain_graph=i < len(scores) - 1)
+                    for i, score in enumerate(scores):  # the output hooks accumulate the squares
+                        torch.autograd.grad(score, hooks.stops, retain_graph=i < len(scores) - 1, allow_unused=True)
             n += x.shape[0]
     return hooks.sums, n
 

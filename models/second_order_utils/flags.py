@@ -80,11 +80,13 @@ class SecondOrderSettings:
     stats_batch_size: Optional[int] = setting(
         None, auto_or_int, "batch of the theta0 passes (features, Fisher); the results do not depend on it (also "
                            f"with --fisher_mc_classes k, chosen per --batch_size micro-batch). auto (None): "
-                           f"{CPU_STATS_BATCH} on a CPU, sized from the free memory on CUDA", changes_results=False)
+                           f"{CPU_STATS_BATCH} on a CPU, sized from the free memory on an accelerator",
+        changes_results=False)
     fisher_class_batch: Optional[int] = setting(
         None, auto_or_int, "class backward passes of the Fisher run together in one vmapped backward (1: one by "
-                           "one; equal up to fp32 rounding). auto (None): 1 on a CPU (faster there), on CUDA enough "
-                           "classes for 512 (image, class) pairs per backward", changes_results=False)
+                           "one; equal up to fp32 rounding). auto (None): 1 on a CPU (faster there), on an "
+                           "accelerator enough classes for 512 (image, class) pairs per backward",
+        changes_results=False)
     fisher_precision: str = setting("fp32", str, "GEMM precision of the Fisher pass (squares always summed in fp32); "
                                                  "docs/speed.md has the measured error and accuracy effect",
                                     choices=["fp32", "tf32", "bf16"])

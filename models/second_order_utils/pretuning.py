@@ -1,5 +1,6 @@
-"""Task pre-consolidation on frozen theta0 features: per-class diagonal GMMs (fitted in gmm.py), a linear
-probe of the new head, and classifier alignment of all heads on GMM samples (docs/algorithm.md §4.2)."""
+"""Task pre-consolidation on frozen theta0 features: per-class diagonal GMMs (fitted in gmm.py, sampled here), a
+linear probe of the new head; the classifier alignment of all heads on GMM samples is in alignment.py
+(docs/algorithm.md §4.2)."""
 from __future__ import annotations
 
 import math
@@ -9,7 +10,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from models.feature_utils.alignment import align_classifier as shared_alignment, shuffled_batches
+from models.feature_utils.alignment import shuffled_batches
 from models.second_order_utils.heads import IncrementalHead
 
 LOG_2PI = math.log(2 * math.pi)
@@ -76,28 +77,6 @@ def linear_probe(head: IncrementalHead, epoch_features: Callable[[], tuple[torch
             loss.backward()
             opt.step()
     unstack_head(head, weight, bias, last)
-
-
-def align_classifier(head: IncrementalHead, gmms: dict[int, DiagonalGMM], epochs: int, lr: float,
-                     samples_per_class: int, batch_size: int, temperature: float = 0.1) -> None:
-    """Align all heads on fresh GMM samples of every seen class: CE(z / (T (||z|| + 1e-7))), SGD with
-    cosine annealing over ``epochs`` (stepped per epoch).
-
-    Plain SGD is element-wise, so one stacked weight/bias (the heads concatenated) is optimised and
-    copied back at the end: the same updates as SGD on the separate heads, with far less overhead.
-    """
-    if epochs == 0 or not len(head.heads):
-        return
-    weight, bias = stacked_head(head)
-    sampler = StackedGMM(gmms)
-
-    def logits(feats: torch.Tensor) -> torch.Tensor:
-        z = F.linear(feats, weight, bias)
-        return z / (temperature * (z.norm(dim=1, keepdim=True) + 1e-7))
-
-    shared_alignment(torch.optim.SGD([weight, bias], lr=lr), logits, lambda: sampler.sample(samples_per_class),
-                     epochs, batch_size, weight.device, drop_last=True)
-    unstack_head(head, weight, bias)
 
 
 class StackedGMM:

@@ -20,7 +20,8 @@ from models.second_order_utils.flags import CPU_STATS_BATCH, SecondOrderSettings
 from models.second_order_utils.gmm import fit_gmms_distributed
 from models.second_order_utils.heads import IncrementalHead
 from models.second_order_utils.modules import ModulePool
-from models.second_order_utils.pretuning import DiagonalGMM, align_classifier, linear_probe, sample_features
+from models.second_order_utils.alignment import align_classifier
+from models.second_order_utils.pretuning import DiagonalGMM, linear_probe, sample_features
 from utils import accelerator, distributed, seeding
 from utils.killpoints import kill_point
 
@@ -111,10 +112,8 @@ class TaskStatistics:
             with self.autocast():
                 feats.append(self.net.features(x.to(self.device)).float())
             labels.append(y.to(self.device).long())
-        feats, labels = torch.cat(feats), torch.cat(labels)
-        if distributed.is_distributed():  # every rank fits the same GMMs / probe on all ranks' features
-            feats, labels = distributed.all_gather_cat(feats), distributed.all_gather_cat(labels)
-        return feats, labels
+        # every rank fits the same GMMs / probe on all ranks' features, in the order of a single-process pass
+        return distributed.gather_batches(feats), distributed.gather_batches(labels)
 
     def fit_gmms(self, feats: torch.Tensor, labels: torch.Tensor,
                  into: Optional[dict[int, DiagonalGMM]] = None) -> None:

@@ -1,23 +1,22 @@
 #!/usr/bin/env bash
-# Issue 18's measurements (docs/second_order.md): sgd, simplecil, joint, ITA and IEL on the offline real datasets
-# with EfficientNet-Lite0 (ImageNet) at 64 px, seed 0, 1 epoch; then, from each ITA/IEL checkpoint, the
+# The real-data measurements of docs/second_order.md: sgd, simplecil, joint, ITA and IEL on the offline real
+# datasets with EfficientNet-Lite0 (ImageNet) at 64 px, seed 0, 1 epoch; then, from each ITA/IEL checkpoint, the
 # head/module components (benchmarks/components.py). Resumable: complete results are reused by benchmarks.compare
-# and a components JSON that exists is not recomputed. Usage: bash benchmarks/issue18.sh [DATASET ...]
+# and a components JSON that exists is not recomputed. Usage: bash benchmarks/real_data.sh [DATASET ...]
 # with DATASET among c10 (5x2), c10t5 (2x5), mnist, fmnist, c100 (10x10), c100t20 (20x5); default: all.
 set -u
-OUT=${OUT:-benchmarks/out/issue18}
+OUT=${OUT:-benchmarks/out/real_data}
 DATA=${DATA:-benchmarks/out/data}   # written by: python -m benchmarks.mini_data --out benchmarks/out/data
 SHARED=${SHARED:-../shared/data}
 PY=${PY:-.venv/bin/python}
 RUN="env OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 CL_DEFAULT_NUM_WORKERS=0 nice -n 5 timeout 3600 $PY"
-# The demo's cheap pre-tuning (app/demo.py CHEAP) and head regulariser; "old" = the demo's ITA/IEL before
-# issue 18, "new" = the same with the trained heads started from the pre-tuned ones (--init_head_from_pretuned 1);
-# "_ca" = the old demo's with the end-of-task alignment of the trained heads (--use_ca 1); "_demo" = app/demo.py's
-# settings now (ALIGN below).
+# A cheap pre-tuning (32 alignment samples, 5 + 5t epochs) and the demo's head regulariser; "_old" = the published
+# head handling, plain "ita"/"iel" = the trained heads started from the pre-tuned ones (--init_head_from_pretuned 1);
+# "_ca" = with the end-of-task alignment of the trained heads (--use_ca 1); "_demo" = with ALIGN below.
 CHEAP="--batch_size 16 --lr 0.001 --num_epochs_pretuning 1 --num_epochs_align_pretuning 5 \
 --num_samples_align_pretuning 32 --batch_size_align_pretuning 32 --stats_batch_size 256 \
 --req_weight_cls 0.01 --simple_reg_weight_cls 0.3"
-# The demo's settings since issue 18 (app/demo.py): the published alignment samples/epochs and --use_ca 1.
+# The published alignment samples/epochs (256, 10 + 5t) and --use_ca 1.
 ALIGN="--num_epochs_align_pretuning 10 --num_samples_align_pretuning 256 --use_ca 1"
 MODELS=${MODELS:-sgd,simplecil,ita_old=ita,ita=ita,iel=iel,ita_exact=ita}
 
@@ -43,7 +42,7 @@ declare -A EXTRA=(
 )
 
 run_dataset() {  # $1 label, $2 data file, $3 n_tasks
-  local out="$OUT/$1" ck="i18_$1" extras=() label
+  local out="$OUT/$1" ck="real_$1" extras=() label
   for entry in ${MODELS//,/ }; do
     label=${entry%%=*}
     case $label in ita*|iel*) extras+=(--extra "$label:${EXTRA[$label]} --savecheck last --ckpt_name ${ck}_$label") ;;

@@ -1,0 +1,240 @@
+"""The exact Fisher pass of this project against the reference implementation's, side by side.
+
+    python -m benchmarks.fisher_reference [--mammoth DIR|TAR.GZ] [--embed_dim 192] [--depth 12] [--img_size 224]
+                                          [--classes 10] [--images 32] [--repeats 2] [--out FILE.json]
+
+The reference is the authors' code in the Mammoth snapshot (``models/lora_prototype_utils/lora_prompt.py``,
+``Model.__compute_fisher_hooks``: full backward hooks, one backward per class down to the image, per-sample
+products ``(g^T x)^2`` summed over the batch), run on its own ViT (``backbone/vit.py`` with ``use_lora=True``) at
+its published batch (``--ref_batch``, 8 = the published micro-batch). This project's pass is
+``models.second_order_utils.fisher.network_fisher`` on a timm ViT with the adapters injected, at its CPU
+statistics batch (``--our_batch``). Both load the same random ViT weights (timm layout) and the same images, each
+side runs in its own Python process with one thread, and the two alternate ``--repeats`` times; the script
+checks that the Fisher of every adapted weight agrees (relative error) and prints the seconds of each side, the
+ratio (reference / ours, best of the repeats) and the FLOPs of each side (``torch.utils.flop_counter``, counted in
+the same processes on one batch, scaled to the images).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import types
+from typing import Any, Optional
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+DEFAULT_MAMMOTH = os.path.join(ROOT, "..", "shared", "mammoth", "mammoth-e75a491.tar.gz")
+TARGETS = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+
+
+def make_inputs(folder: str, opts: argparse.Namespace) -> None:
+    """A random timm ViT's weights (head over ``--classes``) and ``--images`` random images, saved in ``folder``."""
+    from timm.models.vision_transformer import VisionTransformer
+    torch.manual_seed(opts.seed)
+    net = VisionTransformer(img_size=opts.img_size, patch_size=16, embed_dim=opts.embed_dim, depth=opts.depth,
+                            num_heads=opts.num_heads, num_classes=opts.classes)
+    with torch.no_grad():
+        net.head.weight.mul_(20.0)  # a confident, non-uniform prediction, as a pre-tuned head gives
+    torch.save(net.state_dict(), os.path.join(folder, "weights.pt"))
+    torch.save(torch.randn(opts.images, 3, opts.img_size, opts.img_size), os.path.join(folder, "images.pt"))
+
+
+def count_flops(fn: Any) -> tuple[int, int, float]:
+    """Matmul FLOPs, kernels (aten operations that are not views) and bytes written by the per-sample
+    square-and-sum passes (elements of the 3-d tensors squared) of ``fn()``."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    class Kernels(TorchDispatchMode):
+        count, squared = 0, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if not getattr(func, "is_view", False):
+                Kernels.count += 1
+                if func.__name__.split(".")[0] in ("pow", "square_", "pow_", "mul_") and args[0].dim() == 3:
+                    Kernels.squared += args[0].numel()
+            return out
+    with FlopCounterMode(display=False) as counter, Kernels():
+        fn()
+    return int(counter.get_total_flops()), Kernels.count, float(Kernels.squared)
+
+
+def project_gpu(flops: float, kernels: float, squared: float, precision: str, square_bytes: int,
+                gpu: str = "h100", launch_s: float = 5e-6) -> float:
+    """Seconds on ``gpu``: matmul FLOPs at ``phases.UTILISATION`` of the precision's peak, plus the square-and-sum
+    pass (``square_bytes`` per squared element) at ``phases.BANDWIDTH_UTILISATION`` of the bandwidth, plus
+    ``launch_s`` per kernel (nothing overlapped: an upper bound for both sides)."""
+    from benchmarks.phases import BANDWIDTH_UTILISATION, GPUS, UTILISATION
+    peak = GPUS[gpu]
+    return (flops / (UTILISATION * peak[precision]) + squared * square_bytes / (BANDWIDTH_UTILISATION *
+            peak["bytes_per_s"]) + kernels * launch_s)
+
+
+def run_ours(folder: str, opts: argparse.Namespace) -> dict[str, Any]:
+    from timm.models.vision_transformer import VisionTransformer
+
+    from models.second_order_utils.fisher import network_fisher
+    from models.second_order_utils.modules import inject_adapters
+    net = VisionTransformer(img_size=opts.img_size, patch_size=16, embed_dim=opts.embed_dim, depth=opts.depth,
+                            num_heads=opts.num_heads, num_classes=opts.classes)
+    net.load_state_dict(torch.load(os.path.join(folder, "weights.pt")))
+    net.eval().requires_grad_(False)
+    layers = inject_adapters(net, "lora", 16)
+    images = torch.load(os.path.join(folder, "images.pt"))
+
+    def once(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return network_fisher(net, layers, list(x.split(opts.our_batch)), class_batch=1)[0]
+    start = time.perf_counter()
+    sums = once(images)
+    seconds = time.perf_counter() - start
+    counts = [c * len(images) / min(len(images), opts.our_batch)
+              for c in count_flops(lambda: once(images[:opts.our_batch]))] if opts.count_flops else None
+    fisher = {f"{short}_{name.split('.')[1]}": v for name, v in sums.items()
+              for short, long in TARGETS.items() if name.endswith(long)}
+    return {"seconds": seconds, "counts": counts, "fisher": fisher}
+
+
+def run_reference(folder: str, opts: argparse.Namespace) -> dict[str, Any]:
+    sys.path.insert(0, opts.mammoth)
+    os.chdir(opts.mammoth)
+    for package in ("models", "datasets"):  # the packages without their __init__ (which imports every dataset)
+        module = types.ModuleType(package)
+        module.__path__ = [os.path.join(opts.mammoth, package)]
+        sys.modules[package] = module
+    from models.lora_prototype_utils.lora_prompt import Model
+    from models.lora_prototype_utils.lora_vit import VisionTransformer
+    vit = VisionTransformer(embed_dim=opts.embed_dim, depth=opts.depth, num_heads=opts.num_heads,
+                            num_classes=opts.classes, img_size=opts.img_size)
+    state = {k.replace("head.", "head.heads.0."): v for k, v in torch.load(os.path.join(folder, "weights.pt")).items()}
+    vit.load_state_dict(state)  # its head is an incremental classifier: one task's head of --classes classes
+    vit.eval()
+    model = Model.__new__(Model)
+    torch.nn.Module.__init__(model)
+    model.vit, model.device, model.fisher_mc_classes = vit, torch.device("cpu"), 100  # N_CLASSES: all seen classes
+    names = {f"blocks.{i}.{long}.weight": f"{short}_{i}" for i in range(opts.depth) for short, long in TARGETS.items()}
+    params = {n: p for n, p in vit.named_parameters() if n in names}
+    cls_names = {"head.heads.0.weight": "weight", "head.heads.0.bias": "bias"}
+    cls_params = {n: p for n, p in vit.named_parameters() if n in cls_names}
+    images = torch.load(os.path.join(folder, "images.pt"))
+
+    class Loader:
+        def __init__(self, x: torch.Tensor):
+            self.train_loader = [(b, None, None) for b in x.split(opts.ref_batch)]
+
+    def once(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return model._Model__compute_fisher_hooks(params, names, cls_params, cls_names, Loader(x))[0]
+    start = time.perf_counter()
+    fisher = once(images)
+    seconds = time.perf_counter() - start
+    counts = [c * len(images) / min(len(images), opts.ref_batch)
+              for c in count_flops(lambda: once(images[:opts.ref_batch]))] if opts.count_flops else None
+    return {"seconds": seconds, "counts": counts, "fisher": {k: v.detach() for k, v in fisher.items()}}
+
+
+def extract(path: str) -> str:
+    """The Mammoth source folder (a .tar.gz is extracted to a temporary folder first)."""
+    if os.path.isdir(path):
+        return path
+    folder = tempfile.mkdtemp(prefix="mammoth_")
+    with tarfile.open(path) as tar:
+        tar.extractall(folder, filter="data")
+    return folder
+
+
+def side(name: str, folder: str, opts: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    """One side in its own single-threaded process; its Fisher saved in ``folder``."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    out = os.path.join(folder, f"{name}.pt")
+    subprocess.run([sys.executable, "-m", "benchmarks.fisher_reference", "--side", name, "--workdir", folder,
+                    "--mammoth", opts.mammoth, *argv], check=True, cwd=ROOT, env=env)
+    return torch.load(out)
+
+
+def compare(ours: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> float:
+    if sorted(ours) != sorted(ref):
+        raise RuntimeError(f"different layers: {sorted(ours)[:4]}... vs {sorted(ref)[:4]}...")
+    return max(float((ours[k] - ref[k]).norm() / ref[k].norm()) for k in ref)
+
+
+def parse(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mammoth", default=DEFAULT_MAMMOTH, help="Mammoth source folder or its .tar.gz")
+    parser.add_argument("--embed_dim", type=int, default=192, help="ViT width (ViT-B/16: 768)")
+    parser.add_argument("--depth", type=int, default=12)
+    parser.add_argument("--num_heads", type=int, default=3)
+    parser.add_argument("--img_size", type=int, default=224, help="224 px: 197 tokens, as ViT-B/16")
+    parser.add_argument("--classes", type=int, default=10, help="seen classes (the published line: 10 per task)")
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--ref_batch", type=int, default=8, help="the reference's batch (published micro-batch 8)")
+    parser.add_argument("--our_batch", type=int, default=64, help="this project's batch (its CPU default)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--side", choices=["ours", "reference"], default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--count_flops", action="store_true", help=argparse.SUPPRESS)
+    opts = parser.parse_args(argv)
+    passed = [a for a in (argv if argv is not None else sys.argv[1:])]
+    return opts, passed
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    opts, passed = parse(argv)
+    torch.set_num_threads(1)
+    if opts.side:  # a child process
+        result = (run_ours if opts.side == "ours" else run_reference)(opts.workdir, opts)
+        torch.save(result, os.path.join(opts.workdir, f"{opts.side}.pt"))
+        return 0
+    opts.mammoth = os.path.abspath(extract(opts.mammoth))
+    forward = [a for i, a in enumerate(passed) if a not in ("--mammoth", "--out") and
+               (i == 0 or passed[i - 1] not in ("--mammoth", "--out"))]
+    with tempfile.TemporaryDirectory(prefix="fisher_reference_") as folder:
+        make_inputs(folder, opts)
+        times: dict[str, list[float]] = {"ours": [], "reference": []}
+        results: dict[str, dict[str, Any]] = {}
+        flops: dict[str, list[float]] = {}  # side -> [matmul FLOPs, kernels, squared elements]
+        for i in range(opts.repeats):  # alternating, so both sides see the same machine load
+            for name in ("reference", "ours"):
+                results[name] = side(name, folder, opts, forward if i else [*forward, "--count_flops"])
+                times[name].append(results[name]["seconds"])
+                flops.setdefault(name, results[name]["counts"])
+    err = compare(results["ours"]["fisher"], results["reference"]["fisher"])
+    best = {k: min(v) for k, v in times.items()}
+    ratio = best["reference"] / best["ours"]
+    tokens = (opts.img_size // 16) ** 2 + 1
+    print(f"ViT width {opts.embed_dim}, {opts.depth} blocks, {tokens} tokens, {opts.classes} classes, "
+          f"{opts.images} images; reference batch {opts.ref_batch}, ours {opts.our_batch}; one thread each")
+    for name in ("reference", "ours"):
+        print(f"{name:9s} {' '.join(f'{t:7.2f}' for t in times[name])} s   best {best[name]:7.2f} s   "
+              f"{flops[name][0] / 1e9:9.1f} GFLOP {flops[name][1]:9.0f} kernels")
+    print(f"reference / ours: {ratio:.2f}x   (max rel. err of the Fisher {err:.1e})")
+    from models.second_order_utils.flags import SecondOrderSettings
+    ours_precision = SecondOrderSettings().fisher_precision
+    from benchmarks.phases import SQUARE_SUM_BYTES
+    # the reference: bmm write, pow read + write, sum read (16 bytes); ours: the GPU form of fisher.square_sum
+    projected = {"reference": project_gpu(*flops["reference"], "fp32", 16),
+                 "ours": project_gpu(*flops["ours"], ours_precision, SQUARE_SUM_BYTES)}
+    print(f"projected on an H100 (reference fp32, ours {ours_precision} = the CUDA default): reference "
+          f"{projected['reference']:.3f} s, ours {projected['ours']:.3f} s, "
+          f"ratio {projected['reference'] / projected['ours']:.2f}x")
+    if opts.out:
+        with open(opts.out, "w") as f:
+            json.dump({"settings": {k: v for k, v in vars(opts).items() if k not in ("side", "workdir")},
+                       "tokens": tokens, "seconds": times, "best_seconds": best, "ratio": ratio,
+                       "flops_kernels_squared": flops, "max_rel_err": err,
+                       "projected_h100_seconds": projected, "ours_gpu_precision": ours_precision}, f, indent=1)
+    return 0 if err < 1e-4 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Classifier alignment of all heads on GMM samples (docs/algorithm.md §4.2), as a few large operations per step.
+
+The procedure is the reference's: ``epochs`` epochs; each draws ``samples_per_class`` fresh samples of every seen
+class's GMM, shuffles them and takes one plain-SGD step per batch of ``batch_size`` (the last incomplete batch
+dropped, a set smaller than one batch used whole) on CE(z / (T (||z|| + 1e-7))), z the concatenated logits of all
+heads; the learning rate follows ``CosineAnnealingLR(T_max=epochs)`` stepped per epoch.
+
+The steps are sequential, so what is batched is everything around them: each epoch gathers its shuffled batches
+and one-hot targets in one operation, and each step is a closed-form forward and backward of the stacked
+weight/bias (all heads as one (C, D) matrix) with in-place updates, without autograd or an optimizer object.
+``benchmarks/alignment.py`` times it against the autograd loop; ``tests/test_alignment.py`` checks it equals that
+loop to a stated tolerance.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from models.second_order_utils.heads import IncrementalHead
+from models.second_order_utils.pretuning import DiagonalGMM, StackedGMM, stacked_head, unstack_head
+
+NORM_EPS = 1e-7  # the logit normalisation's epsilon: z / (T (||z|| + NORM_EPS))
+
+
+def cosine_lr(lr: float, epoch: int, epochs: int) -> float:
+    """``CosineAnnealingLR(T_max=epochs, eta_min=0)``'s learning rate at ``epoch`` (its closed form)."""
+    return lr * (1 + math.cos(math.pi * epoch / max(1, epochs))) / 2
+
+
+def epoch_batches(n: int, batch_size: int, device: torch.device) -> torch.Tensor:
+    """(steps, batch) indices of a random permutation of ``range(n)`` drawn on ``device`` from its global generator;
+    the last incomplete batch is dropped, a set smaller than one batch is one batch."""
+    order = torch.randperm(n, device=device)
+    if n < batch_size:
+        return order[None]
+    steps = n // batch_size
+    return order[:steps * batch_size].view(steps, batch_size)
+
+
+def sgd_step(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, target: torch.Tensor, lr: float,
+             temperature: float) -> None:
+    """One SGD step, in place, on CE(z / (T (||z|| + eps))) with z = x W^T + b; ``target`` is one-hot (B, C).
+
+    The gradient in closed form: with s = T (||z|| + eps) and g = (softmax(z / s) - target) / B,
+    dL/dz = (g - z (g . z) / ((||z|| + eps) ||z||)) / s."""
+    z = torch.addmm(bias, x, weight.t())
+    norm = z.norm(dim=1, keepdim=True)
+    shifted = norm + NORM_EPS
+    scale = shifted * temperature
+    g = torch.softmax(z / scale, dim=1).sub_(target)
+    dot = (g * z).sum(1, keepdim=True)
+    radial = dot.div_(shifted * norm.clamp_min(torch.finfo(z.dtype).tiny))  # autograd's norm gradient: 0 at z = 0
+    g_z = g.sub_(z.mul_(radial)).div_(scale)
+    step = lr / x.shape[0]  # the mean over the batch
+    weight.addmm_(g_z.t(), x, alpha=-step)
+    bias.add_(g_z.sum(0), alpha=-step)
+
+
+@torch.no_grad()
+def align_stacked(weight: torch.Tensor, bias: torch.Tensor, sampler: StackedGMM, epochs: int, lr: float,
+                  samples_per_class: int, batch_size: int, temperature: float = 0.1) -> None:
+    """The alignment of a stacked ``weight`` (C, D) / ``bias`` (C,) in place (row c: class c). Random draws come
+    from the global generators of the weight's device (seed them around the call)."""
+    device, n_classes = weight.device, weight.shape[0]
+    for epoch in range(epochs):
+        feats, labels = sampler.sample(samples_per_class)
+        feats, labels = feats.to(device), labels.to(device)
+        idx = epoch_batches(len(labels), batch_size, device)
+        xs = feats.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)  # (steps, batch, D)
+        targets = F.one_hot(labels.index_select(0, idx.reshape(-1)), n_classes).to(weight.dtype)
+        targets = targets.view(*idx.shape, n_classes)
+        step_lr = cosine_lr(lr, epoch, epochs)
+        for x, target in zip(xs, targets):
+            sgd_step(weight, bias, x, target, step_lr, temperature)
+
+
+def align_classifier(head: IncrementalHead, gmms: dict[int, DiagonalGMM], epochs: int, lr: float,
+                     samples_per_class: int, batch_size: int, temperature: float = 0.1) -> None:
+    """Align all heads of ``head`` on fresh samples of ``gmms`` (classes among ``0..C-1``, its C outputs): the
+    heads are stacked into one weight/bias, aligned by :func:`align_stacked` and copied back."""
+    if epochs == 0 or not len(head.heads):
+        return
+    weight, bias = stacked_head(head)
+    weight, bias = weight.detach(), bias.detach()
+    sampler = StackedGMM(gmms)
+    align_stacked(weight, bias, sampler, epochs, lr, samples_per_class, batch_size, temperature)
+    unstack_head(head, weight, bias)
