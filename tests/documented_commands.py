@@ -150,11 +150,11 @@ RULES: list[Rule] = [
     Rule(r"^(#!|export MASTER_HOST|srun )", "listed", "a SLURM job script: needs a cluster of GPU nodes"),
     Rule(r"^torchrun ", "listed", "needs several GPUs (NCCL); the DDP path runs on CPU processes with gloo in "
                                   "tests/test_torchrun_launch.py"),
+    Rule(r"main\.py .*--help", "run", "prints every flag"),
     Rule(r"main\.py --model \S+ --dataset seq-cifar100-224 --model_config best", "exit2",
          "the published line: full CIFAR-100 and the ViT-B/16 weights are not available offline"),
     Rule(r"main\.py --model sgd --dataset seq-cifar10 ", "exit2", "full CIFAR-10 is a download"),
     Rule(r"--data_path my_data\.npz", "exit2", "my_data.npz is the user's own file"),
-    Rule(r"main\.py .*--help", "run", "prints every flag"),
     Rule(r"main\.py --model ita --dataset seq-custom --data_path \.\./shared/data/cifar100_mini\.npz", "run",
          "debug-sized (--debug_mode 1)", _append("--debug_mode", "1")),
     Rule(r"-m app\.edit --checkpoint checkpoints/ita_c100/task_10\.pt", "run", "edits the previous command's model"),
@@ -174,7 +174,10 @@ RULES: list[Rule] = [
     Rule(r"-m benchmarks\.editing\b", "listed", "30 full runs (about an hour); tests/test_editing_benchmark.py "
                                                "runs it small"),
     Rule(r"-m benchmarks\.mini_data ", "run", "writes the class-balanced subsets (seconds)"),
-    Rule(r"bash benchmarks/issue18\.sh", "listed", "a batch of full comparisons (hours)"),
+    Rule(r"bash benchmarks/\w+\.sh", "listed", "a batch of full comparisons (hours)"),
+    Rule(r"^python -m benchmarks\.alignment$", "listed", "a timing of the alignment step (minutes on a CPU)"),
+    Rule(r"main\.py --loadcheck edited\.pt", "listed", "continues from edited.pt, which the app.edit template next to "
+                                                      "it writes"),
     Rule(r"-m benchmarks\.fisher_precision\b", "listed", "the precision study (tens of minutes on a CPU); "
                                                          "tests/test_fisher_precision_benchmark.py runs it small"),
     Rule(r"-m benchmarks\.gpu_check --device cpu", "listed", "tests/test_gpu_check.py runs exactly this"),
