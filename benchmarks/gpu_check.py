@@ -223,7 +223,10 @@ def launch(run_args: list[str], procs: int, out: str, env: dict[str, str]) -> tu
     cmd = [*launcher, "-m" if procs == 1 else os.path.join(ROOT, "benchmarks", "gpu_check.py"),
            *(["benchmarks.gpu_check"] if procs == 1 else []), "--worker", out, *run_args]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    return (json.load(open(out)) if os.path.isfile(out) else {"ok": False}), proc
+    if not os.path.isfile(out):
+        return {"ok": False}, proc
+    with open(out) as fh:
+        return json.load(fh), proc
 
 
 def full_check(opts: argparse.Namespace, extra: list[str], tmp: str, env: dict[str, str], gpus: int) -> dict[str, Any]:

@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from models.second_order_utils.fisher import square_sum  # noqa: E402
+from utils.accelerator import synchronize  # noqa: E402
 from utils.io import write_json  # noqa: E402
 
 DEFAULT_SHAPES = ["16,2304,768", "16,3072,768", "64,576,192"]
@@ -33,11 +34,6 @@ FORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "einsum": lambda p: square_sum(p, "einsum"),
     "pow_sum": lambda p: p.pow(2).sum(0),
 }
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type != "cpu":
-        torch.accelerator.synchronize()
 
 
 def measure(shape: tuple[int, int, int], device: torch.device, repeats: int) -> dict[str, Any]:

@@ -52,7 +52,7 @@ def test_full_mode_resumes_after_task_2_and_reports_fisher_flops(tmp_path):
     # an extra run flag passes through to both halves
     assert gpu_check.main(["--device", "cpu", "--full", "--data", mini_cifar100(), "--out", str(out),
                            "--num_epochs_align_pretuning", "1"]) == 0
-    report = json.load(open(out))
+    report = json.loads(out.read_text())
     full = report["full"]
     assert report["ok"] and full["ok"] and report["runs"] == []
     first, second = full["runs"]
