@@ -20,6 +20,7 @@ from torch import nn
 from models.utils.buffer import FIELDS
 from models.utils.buffer import Buffer as ReservoirBuffer
 from models.utils.buffer import reservoir_index
+from mammoth_compat.selection import ScoredSelection
 
 
 def reservoir(num_seen_examples: int, buffer_size: int) -> int:
@@ -36,35 +37,54 @@ def apply_transform(x: torch.Tensor, transform: Optional[Callable]) -> torch.Ten
     return torch.stack([transform(img) for img in x])
 
 
+SCORED = ("lars", "labrs", "abs")
+
+
+class _NoScores:
+    """Reservoir and balancoir keep no per-slot scores: a model's score updates change nothing (as in Mammoth)."""
+
+    def update(self, *_: Any, **__: Any) -> None:
+        return None
+
+
 class Buffer(ReservoirBuffer):
     """Reservoir buffer with Mammoth's signatures; ``device`` is where tensors are stored."""
 
     FIELDS = (*FIELDS, "true_labels")
 
     def __init__(self, buffer_size: int, device: str | torch.device = "cpu", n_tasks: Optional[int] = None,
-                 mode: str = "reservoir", sample_selection_strategy: str = "reservoir", **_: Any):
+                 mode: str = "reservoir", sample_selection_strategy: str = "reservoir", **kwargs: Any):
         strategy = sample_selection_strategy if sample_selection_strategy != "reservoir" else mode
-        if strategy not in ("reservoir", "balancoir"):
-            raise ValueError(f"sample selection strategy {strategy!r} is not available; use reservoir or balancoir")
+        if strategy not in ("reservoir", "balancoir", *SCORED):
+            raise ValueError(f"sample selection strategy {strategy!r} is not available; use reservoir, balancoir, "
+                             f"{', '.join(SCORED)}")
         super().__init__(buffer_size)
         self.device = torch.device(device)
         self.sample_selection_strategy = strategy
+        self.sample_selection_fn = ScoredSelection(strategy, buffer_size, kwargs.get("dataset")) \
+            if strategy in SCORED else _NoScores()
 
     def _add(self, given: dict[str, Optional[torch.Tensor]]) -> None:
         if self.sample_selection_strategy == "reservoir":
             return super()._add(given)
+        scores = given.pop("sample_selection_scores", None)
         if given["labels"] is None:
-            raise ValueError("the balancoir buffer needs the labels of the examples")
+            raise ValueError(f"the {self.sample_selection_strategy} buffer needs the labels of the examples")
         for name, value in given.items():
             if value is not None and getattr(self, name) is None:
                 self._allocate(name, value)
         for i in range(given["examples"].shape[0]):
-            slot = self._balanced_slot(int(given["labels"][i]))
+            if self.sample_selection_strategy == "balancoir":
+                slot = self._balanced_slot(int(given["labels"][i]))
+            else:
+                slot = self.sample_selection_fn.slot(self.num_seen_examples, self.labels)
             self.num_seen_examples += 1
             if slot >= 0:
                 for name, value in given.items():
                     if value is not None:
                         getattr(self, name)[slot] = value[i].detach().to(getattr(self, name).dtype)
+                if scores is not None:
+                    self.sample_selection_fn.update([slot], scores[i:i + 1])
 
     def _balanced_slot(self, label: int) -> int:
         """Balanced reservoir ("balancoir"): a full buffer takes a sample of a class stored less often than the
@@ -87,10 +107,14 @@ class Buffer(ReservoirBuffer):
 
     def add_data(self, examples: torch.Tensor, labels: Optional[torch.Tensor] = None,
                  logits: Optional[torch.Tensor] = None, task_labels: Optional[torch.Tensor] = None,
-                 true_labels: Optional[torch.Tensor] = None, **_: Any) -> None:
+                 true_labels: Optional[torch.Tensor] = None, sample_selection_scores: Optional[torch.Tensor] = None,
+                 **_: Any) -> None:
         given = {"examples": examples, "labels": labels, "logits": logits, "task_labels": task_labels,
                  "true_labels": true_labels}
-        self._add({k: None if v is None else v.to(self.device) for k, v in given.items()})
+        given = {k: None if v is None else v.to(self.device) for k, v in given.items()}
+        if sample_selection_scores is not None and self.sample_selection_strategy in SCORED:
+            given["sample_selection_scores"] = sample_selection_scores
+        self._add(given)
 
     def _fields(self) -> list[str]:
         return [name for name in self.FIELDS if getattr(self, name) is not None]

@@ -194,3 +194,19 @@ def test_mammoth_framework_helpers():
     assert batch_hard_triplet_loss(torch.zeros(4).long(), emb, k=1) is None  # no negatives
     feats = torch.nn.functional.normalize(torch.randn(4, 2, 8), dim=2)
     assert SupConLoss()(feats, labels).item() > 0
+
+
+def test_mammoth_buffer_selection_strategies():
+    lars = Buffer(4, sample_selection_strategy="lars")
+    lars.add_data(torch.zeros(4, 1), labels=torch.arange(4), sample_selection_scores=torch.tensor([1., 0, 0, 0]))
+    lars.add_data(torch.ones(30, 1), labels=torch.full((30,), 9))
+    assert lars.labels.tolist()[1:] == [1, 2, 3] and lars.labels[0] in (0, 9)  # only the top-scored slot is replaced
+    balanced = Buffer(10, sample_selection_strategy="balancoir")
+    balanced.add_data(torch.zeros(30, 1), labels=torch.zeros(30).long())
+    balanced.add_data(torch.ones(8, 1), labels=torch.ones(8).long())
+    assert balanced.labels.tolist().count(1) >= 5  # a class below the median always enters
+    _, labels = balanced.get_balanced_data(4, n_classes=2)
+    assert sorted(labels.tolist()) == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match="not available"):
+        Buffer(4, sample_selection_strategy="unknown")
+
