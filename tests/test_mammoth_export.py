@@ -180,3 +180,15 @@ def test_mammoths_own_second_order_tests(mammoth):
                            "-k", "cifar100"], cwd=checkout, env={**env, "HF_HUB_CACHE": hub}, capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stdout[-3000:]
+
+
+def test_the_contribution_guide_matches_the_export():
+    """docs/mammoth.md's section names every exported method and the command and flags the tests run."""
+    with open(os.path.join(ROOT, "docs", "mammoth.md")) as fh:
+        text = fh.read()
+    section = text[text.index("## Contributing a method to Mammoth"):]
+    assert "python -m app.export_mammoth --to path/to/mammoth" in section
+    for name in METHODS:
+        assert f"models/{name}.py" in section, name
+    assert "`open_clip_torch` and `six`" in section and all(p.startswith(("open_clip_torch", "six", "ftfy", "regex",
+                                                                          "wcwidth")) for p in EXTRA)
