@@ -10,6 +10,7 @@ ViT-B/16, about 6 min per task on one CPU core) runs with ``CL_MAMMOTH_VIT=1``."
 from __future__ import annotations
 
 import ast
+import fcntl
 import os
 import pickle
 import site
@@ -41,16 +42,24 @@ def mammoth_python() -> str:
     """The cached environment: a venv whose site-packages extend the project's with :data:`EXTRA`."""
     python = os.path.join(CACHE, "bin", "python")
     stamp = os.path.join(CACHE, ".ready-" + "-".join(EXTRA))
-    if not os.path.isfile(stamp):
-        subprocess.run([sys.executable, "-m", "venv", "--clear", "--without-pip", CACHE], check=True)
-        out = subprocess.run([python, "-c", "import site; print(site.getsitepackages()[0])"], check=True,
-                             capture_output=True, text=True).stdout.strip()
-        with open(os.path.join(out, "_project.pth"), "w") as fh:
-            fh.write(site.getsitepackages()[0] + "\n")
-        subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", *EXTRA],
-                       check=True)
-        open(stamp, "w").close()
+    os.makedirs(os.path.dirname(CACHE), exist_ok=True)
+    with open(CACHE + ".lock", "w") as lock:  # parallel test workers build it once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.isfile(stamp):
+            build_environment(python, stamp)
     return python
+
+
+def build_environment(python: str, stamp: str) -> None:
+    """Create the venv, point it at the project's site-packages, install :data:`EXTRA` without dependencies."""
+    subprocess.run([sys.executable, "-m", "venv", "--clear", "--without-pip", CACHE], check=True)
+    out = subprocess.run([python, "-c", "import site; print(site.getsitepackages()[0])"], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    with open(os.path.join(out, "_project.pth"), "w") as fh:
+        fh.write(site.getsitepackages()[0] + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", *EXTRA],
+                   check=True)
+    open(stamp, "w").close()
 
 
 def write_zero_clip(root: str) -> None:
@@ -192,3 +201,22 @@ def test_the_contribution_guide_matches_the_export():
         assert f"models/{name}.py" in section, name
     assert "`open_clip_torch` and `six`" in section and all(p.startswith(("open_clip_torch", "six", "ftfy", "regex",
                                                                           "wcwidth")) for p in EXTRA)
+
+
+def test_adapters_replace_every_reference_to_a_layer():
+    """A backbone holding a layer twice (Mammoth's MLP: ``fc1`` and in ``_features``) computes with the adapter."""
+    from torch import nn
+    from models.second_order_utils.modules import AdaptedLayer, inject_adapters
+
+    class Body(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(4, 3)
+            self.seq = nn.Sequential(self.fc1, nn.ReLU())
+
+        def forward(self, x):
+            return self.seq(x)
+    body = Body()
+    layers = inject_adapters(body, "lora", 1)
+    assert list(layers) == ["fc1"]
+    assert isinstance(body.fc1, AdaptedLayer) and body.seq[0] is body.fc1
