@@ -91,7 +91,7 @@ def test_batched_virtual_batch_gives_the_accumulated_gradient(tmp_path, style):
     assert len(grads["batched"]) == len(grads["accumulate"]) == 4  # two steps per task
     for g_batched, g_accumulated in zip(grads["batched"], grads["accumulate"]):
         for a, b in zip(g_batched, g_accumulated):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)  # summation order; a lost or misweighted micro-batch is ~30 %
     for key, value in finals["accumulate"].items():  # Adam amplifies fp32 rounding a little over the steps
         torch.testing.assert_close(finals["batched"][key], value, rtol=1e-3, atol=1e-4, msg=key)
 
