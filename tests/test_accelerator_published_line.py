@@ -98,7 +98,8 @@ def runs(tmp_path_factory):
             out.update(json.load(fh))
     for name in out:
         path = tmp / f"{name}.json"
-        out[name]["results"] = json.load(open(path)) if path.exists() else None
+        with open(path) if path.exists() else open(os.devnull) as fh:
+            out[name]["results"] = json.load(fh) if path.exists() else None
     out["tmp"] = tmp
     return out
 

@@ -127,7 +127,8 @@ def test_no_copy_or_sync_in_the_accelerator_step_outside_logging(tmp_path, extra
                            *ACC_LINE, "--base_path", str(tmp_path / "data"), *extra], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.load(open(out))
+    with open(out) as fh:
+        report = json.load(fh)
     steps = report["steps"]
     assert len(steps) >= 2 * 8 and report["augmented"] >= len(steps) and report["optimizer_state"]
     assert sum(step["counts"].get("to_host", 0) for step in steps) >= len(steps) // LOG_EVERY - 2  # reads happen
