@@ -52,6 +52,8 @@ MODEL_FLAGS = {"gdumb": ["--fitting_epochs", "2"], "gdumb_lider": ["--fitting_ep
                "spr": ["--spr_debug_mode", "1", *NOISY], "cnll": ["--cnll_debug_mode", "1", *NOISY],
                "er_ace_aer_abs": NOISY, "puridiver": NOISY, "bic": ["--bic_epochs", "5"],
                "lucir": ["--fitting_epochs", "2"],
+               # CaSpeR's k-NN graph over a replay batch needs k below the batch size (4 here, 32 in Mammoth's tests)
+               **{f"{m}_casper": ["--knn_laplace", "3"] for m in ("derpp", "er_ace", "icarl", "xder_rpc")},
                "twf": ["--lambda_diverse_loss", "0.1", "--lambda_fp_replay", "0.1"]}
 COMMON = ["--n_epochs", "1", "--batch_size", "4", "--lr", "0.03", "--seed", "0", "--debug_mode", "1",
           "--num_workers", "0", "--non_verbose", "1", "--backbone", "resnet18", "--plots", "0", "--traceback"]
