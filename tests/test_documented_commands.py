@@ -98,7 +98,7 @@ def test_every_documented_command_is_run_or_listed():
 RUNNABLE = [c for c in COMMANDS if not is_template(c) and rule_for(c) and rule_for(c).action in ("run", "exit2")]
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1800)  # the first test waits for every command (2 at a time)
 @pytest.mark.parametrize("command", RUNNABLE, ids=[c.where for c in RUNNABLE])
 def test_documented_command(outcomes, command):
     out = outcomes[command.text]
