@@ -52,7 +52,7 @@ def build_model(style: str, backbone_flags: list[str], img_size: int, n_tasks: i
     from models import get_model_class
     from app.config import parse_args
     args = parse_args(["--model", "second_order", "--dataset", "seq-cifar100-224",
-                       "--tuning_style", style, "--lr", "0.0003", "--non_verbose", *backbone_flags])
+                       "--tuning_style", style, "--lr", "0.0003", "--seed", "0", "--non_verbose", *backbone_flags])
     torch.manual_seed(0)
     backbone = get_backbone(args, N_TASKS * CLASSES_PER_TASK, img_size, 3)
     dataset = SimpleNamespace(N_TASKS=n_tasks, N_CLASSES=N_TASKS * CLASSES_PER_TASK)  # what the model reads

@@ -86,6 +86,23 @@ def test_second_order_checkpoint_leaves_out_the_backbone_and_resumes(tmp_path, c
     assert not (tmp_path / "b.json").exists()
 
 
+def test_an_unseeded_run_keeps_its_random_layers_and_edits(tmp_path, capsys):
+    """Without --seed the random initial layers cannot be rebuilt: the checkpoint keeps every tensor, and
+    app.edit (which builds a new model) loads it."""
+    from app.edit import main as edit_main
+    data = make_npz(str(tmp_path / "d.npz"), n_classes=4, per_class=6)
+    base = tiny_run_args(data, tmp_path)
+    at = base.index("--seed")
+    base = base[:at] + base[at + 2:]
+    run(["--model", "second_order", *base, *FAST, "--alpha_ita", "1", "--plots", "0", "--savecheck", "last",
+         "--ckpt_name", "unseeded", "--results_file", str(tmp_path / "u.json")])
+    ckpt = tmp_path / "ckpt" / "unseeded" / "task_2.pt"
+    state = checkpoints.load_checkpoint(str(ckpt))
+    assert "pretrained" not in state["model_state"] and "net.body.patch_embed.proj.weight" in state["model_state"]["model"]
+    capsys.readouterr()
+    assert edit_main(["--checkpoint", str(ckpt), "--drop", "1"]) == 0, capsys.readouterr().err
+
+
 def test_checkpoint_size_benchmark_counts_the_bytes_a_file_holds(tmp_path):
     from benchmarks.checkpoint_size import measure
     row = measure("lora", ("--backbone", "vit_tiny", "--embed_dim", "32", "--depth", "1", "--num_heads", "2"),

@@ -252,8 +252,12 @@ class ContinualModel(MammothModelAPI, nn.Module):
 
     def lean_checkpoint_state(self) -> dict[str, Any]:
         """:meth:`checkpoint_state` without the tensors that still equal the pretrained backbone (their hash
-        is kept); what is written to checkpoint files."""
-        return self.pretrained_index.strip(self.checkpoint_state())
+        is kept); what is written to checkpoint files. A run without ``--seed`` keeps every tensor: its randomly
+        initialised layers (a new classifier, random weights) could not be rebuilt to fill a lean state."""
+        state = self.checkpoint_state()
+        if getattr(self.args, "seed", None) is None:
+            return state
+        return self.pretrained_index.strip(state)
 
     def load_lean_checkpoint_state(self, state: dict[str, Any], dataset: Any, where: str = "") -> None:
         """Restore a :meth:`lean_checkpoint_state` on a freshly built model with the same pretrained weights
