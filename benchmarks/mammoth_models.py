@@ -294,12 +294,14 @@ def run_all(mammoth: str, jobs: list[tuple[str, str]], clone: str, work: str, da
     return [done[job] for job in jobs]
 
 
-def table(results: list[Outcome], models: list[str], mammoth: str) -> str:
+def table(results: list[Outcome], models: list[str], mammoth: str, merged: bool = False) -> str:
     """The markdown section body: totals per dataset, then one row per model file."""
     by = {(r.model, r.dataset): r for r in results}
     datasets = [d for d in DATASETS if any(r.dataset == d for r in results)]
+    how = " (the outcomes of several invocations, the latest run of each pair kept, merged with `--merge`)" \
+        if merged else ""
     lines = [f"Measured on {len(models)} model files of Mammoth's snapshot with "
-             f"`python -m benchmarks.mammoth_models --doc docs/mammoth.md`.", ""]
+             f"`python -m benchmarks.mammoth_models --doc docs/mammoth.md`{how}.", ""]
     missing = Outcome("", "", "not measured", "", 0.0)
     by.update({(m, d): missing for m in models for d in DATASETS if (m, d) not in by})
     for d in datasets:
@@ -379,7 +381,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             merged.update({(r.model, r.dataset): r for r in results})
             results = list(merged.values())
             models = sorted(set(models) | {r.model for r in results})
-        body = table(results, models, mammoth)
+        body = table(results, models, mammoth, merged=bool(args.merge))
     print(body.split("\n\n")[1])
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
