@@ -145,8 +145,8 @@ class Rule:
 
 RULES: list[Rule] = [
     Rule(r"^make test\b", "listed", "the test suite itself"),
-    Rule(r"^make demo\b", "listed", "creates a virtual environment and trains for about 21 minutes; app.demo's "
-                                    "runs are covered by tests/test_second_order_real.py"),
+    Rule(r"^make demo\b", "listed", "creates a virtual environment and trains for about 15 minutes; app.demo's "
+                                    "runs are covered by tests/test_second_order_real.py and tests/test_demo.py"),
     Rule(r"^(#!|export MASTER_HOST|srun )", "listed", "a SLURM job script: needs a cluster of GPU nodes"),
     Rule(r"^torchrun ", "listed", "needs several GPUs (NCCL); the DDP path runs on CPU processes with gloo in "
                                   "tests/test_torchrun_launch.py"),
@@ -191,7 +191,18 @@ RULES: list[Rule] = [
          "a measurement of minutes on a CPU; its test runs it small"),
     Rule(r"^python -m app\.(edit|report)$", "listed", "names the entry point only (usage shown next to it)"),
     Rule(r"^python main\.py$", "listed", "names the entry point only"),
-    Rule(r"-m app\.demo ", "listed", "make demo's run (about 21 minutes)"),
+    Rule(r"-m app\.demo ", "listed", "make demo's run (about 15 minutes); tests/test_demo.py runs its --debug_mode 1 "
+                                      "smoke variant"),
+    Rule(r"-m benchmarks\.mammoth_models\b", "listed", "runs Mammoth's 70 model files twice (tens of minutes); "
+                                                      "tests/test_mammoth_models.py runs a fixed list of them"),
+    Rule(r"-m app\.export_mammoth --to path/to/mammoth", "exit2", "needs a Mammoth checkout at that path; "
+                                                               "tests/test_mammoth_export.py exports into one"),
+    Rule(r"main\.py --model tmc --dataset seq-cifar10 .*--debug_mode 1", "listed",
+         "runs inside the Mammoth checkout the export wrote (tests/test_mammoth_export.py runs it there)"),
+    Rule(r"-m benchmarks\.claims\b", "listed", "the editing table on four datasets, three seeds (about an hour); "
+                                             "tests/test_claims.py runs its MNIST part"),
+    Rule(r"-m benchmarks\.module_lr\b", "listed", "first-task runs under several learning rates (tens of minutes); "
+                                                 "tests/test_module_lr.py runs it small"),
     Rule(r"-m app\.report benchmarks/out/readme/results", "listed", "reads the README comparison's results "
                                                                     "(written by the compare command above)"),
 ]
