@@ -87,10 +87,10 @@ def run_ours(folder: str, opts: argparse.Namespace) -> dict[str, Any]:
     from models.second_order_utils.modules import inject_adapters
     net = VisionTransformer(img_size=opts.img_size, patch_size=16, embed_dim=opts.embed_dim, depth=opts.depth,
                             num_heads=opts.num_heads, num_classes=opts.classes)
-    net.load_state_dict(torch.load(os.path.join(folder, "weights.pt")))
+    net.load_state_dict(torch.load(os.path.join(folder, "weights.pt"), weights_only=True))
     net.eval().requires_grad_(False)
     layers = inject_adapters(net, "lora", 16)
-    images = torch.load(os.path.join(folder, "images.pt"))
+    images = torch.load(os.path.join(folder, "images.pt"), weights_only=True)
 
     def once(x: torch.Tensor) -> dict[str, torch.Tensor]:
         return network_fisher(net, layers, list(x.split(opts.our_batch)), class_batch=1)[0]
@@ -115,7 +115,8 @@ def run_reference(folder: str, opts: argparse.Namespace) -> dict[str, Any]:
     from models.lora_prototype_utils.lora_vit import VisionTransformer
     vit = VisionTransformer(embed_dim=opts.embed_dim, depth=opts.depth, num_heads=opts.num_heads,
                             num_classes=opts.classes, img_size=opts.img_size)
-    state = {k.replace("head.", "head.heads.0."): v for k, v in torch.load(os.path.join(folder, "weights.pt")).items()}
+    saved = torch.load(os.path.join(folder, "weights.pt"), weights_only=True)
+    state = {k.replace("head.", "head.heads.0."): v for k, v in saved.items()}
     vit.load_state_dict(state)  # its head is an incremental classifier: one task's head of --classes classes
     vit.eval()
     model = Model.__new__(Model)
@@ -125,7 +126,7 @@ def run_reference(folder: str, opts: argparse.Namespace) -> dict[str, Any]:
     params = {n: p for n, p in vit.named_parameters() if n in names}
     cls_names = {"head.heads.0.weight": "weight", "head.heads.0.bias": "bias"}
     cls_params = {n: p for n, p in vit.named_parameters() if n in cls_names}
-    images = torch.load(os.path.join(folder, "images.pt"))
+    images = torch.load(os.path.join(folder, "images.pt"), weights_only=True)
 
     class Loader:
         def __init__(self, x: torch.Tensor):
@@ -157,7 +158,7 @@ def side(name: str, folder: str, opts: argparse.Namespace, argv: list[str]) -> d
     out = os.path.join(folder, f"{name}.pt")
     subprocess.run([sys.executable, "-m", "benchmarks.fisher_reference", "--side", name, "--workdir", folder,
                     "--mammoth", opts.mammoth, *argv], check=True, cwd=ROOT, env=env)
-    return torch.load(out)
+    return torch.load(out, weights_only=True)
 
 
 def compare(ours: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> float:
