@@ -20,6 +20,7 @@ import argparse
 import ast
 import json
 import os
+from pathlib import Path
 import pickle
 import re
 import shutil
@@ -87,7 +88,7 @@ def model_files(mammoth: str) -> list[str]:
 
 def imported_modules(path: str) -> set[str]:
     """Dotted names of the modules a Python file imports (absolute imports; relative ones resolved)."""
-    tree = ast.parse(open(path, encoding="utf-8").read())
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
     package = os.path.dirname(path)
     out: set[str] = set()
     for node in ast.walk(tree):
@@ -130,7 +131,7 @@ def method_code(mammoth: str, model: str) -> list[str]:
 
 def required_flags(path: str) -> list[str]:
     """The ``--flag`` names a model file declares ``required=True`` (and ``buffer_size`` for rehearsal files)."""
-    source = open(path, encoding="utf-8").read()
+    source = Path(path).read_text(encoding="utf-8")
     flags = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument" and node.args:
@@ -284,7 +285,7 @@ def run_all(mammoth: str, jobs: list[tuple[str, str]], clone: str, work: str, da
                 continue
             else:
                 code = os.waitstatus_to_exitcode(status)
-            output = open(log, encoding="utf-8", errors="replace").read() if os.path.exists(log) else ""
+            output = Path(log).read_text(encoding="utf-8", errors="replace") if os.path.exists(log) else ""
             outcome, error = classify(code, output)
             done[(model, dataset)] = Outcome(model, dataset, outcome, error, round(elapsed, 1))
             r = done[(model, dataset)]
@@ -327,7 +328,7 @@ def table(results: list[Outcome], models: list[str], mammoth: str, merged: bool 
 
 def write_doc(path: str, body: str) -> None:
     """Replace the text between the markers of ``path`` with ``body``."""
-    text = open(path, encoding="utf-8").read()
+    text = Path(path).read_text(encoding="utf-8")
     if BEGIN not in text or END not in text:
         raise SystemExit(f"error: {path} lacks the markers {BEGIN} and {END}")
     head, rest = text.split(BEGIN, 1)

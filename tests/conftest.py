@@ -26,6 +26,18 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest -n N: share the cores 
     torch.set_num_threads(int(_threads))
 
 
+def read_file(path, mode: str = "r", **kwargs):
+    """The whole content of ``path`` (text, or bytes with ``mode="rb"``), the file closed again."""
+    with open(path, mode, **kwargs) as fh:
+        return fh.read()
+
+
+def write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path``, the file closed again."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+
+
 def shared_missing(path: str) -> None:
     """A ../shared asset is absent: skip the calling test, or fail it where the assets are required
     (``CL_REQUIRE_SHARED=1``, set by .ci/run: CI has ../shared beside the clone, so a skip there would hide a bug)."""

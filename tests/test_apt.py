@@ -16,6 +16,7 @@ from models.apt import prompt_mask, structured_forward
 from models.prompt_utils.vit_prompting import embed_tokens
 from tests.conftest import EXTRA_FLAGS, make_npz, tiny_run_args
 from utils.training import train
+from tests.conftest import read_file
 
 DEPTH, DIM, LENGTH, MEMORY = 2, 16, 2, 3
 
@@ -195,7 +196,7 @@ def test_edit_command_drops_a_prompt_and_its_classes(data, tmp_path):
     assert ckpts
     out = tmp_path / "edit.json"
     assert edit_main(["--checkpoint", str(ckpts[-1]), "--drop", "1", "--out", str(out), "--device", "cpu"]) == 0
-    report = json.load(open(out))
+    report = json.loads(read_file(out))
     assert report["weights"] == [0.5, 0.0, 0.5] and report["targets"] == [1]
     assert report["edited_class_il"][1] == 0.0  # exact unlearning: task 1's classes are gone with its prompt
     # the editing benchmark's protocol on the same checkpoint: a kept-alone prompt predicts only its classes

@@ -9,6 +9,7 @@ from models import MODELS
 from tests.conftest import EXTRA_FLAGS, make_npz, shared_file, tiny_run_args
 from utils.errors import UserError
 from app.runner import main, run
+from tests.conftest import read_file
 
 # the end-to-end and resume matrix: generated from the model registry, so every future model is covered
 METHODS = {MODELS.get(name).NAME: EXTRA_FLAGS.get(MODELS.get(name).NAME, []) for name in MODELS.names()}
@@ -89,13 +90,13 @@ def test_compare_writes_table_and_plot(data, tmp_path):
                                "--out", str(out), "--", "--plots", "0", *[a for a in shared if a != "--dataset"
                                                           and a != "seq-custom"]])
     assert failures == []
-    table = open(paths["markdown"]).read()
+    table = read_file(paths["markdown"])
     for method in ("er", "l2p"):
         assert f"| {method} | 2 | 0, 1 |" in table
     assert os.path.getsize(paths["png"]) > 1000
-    er = json.load(open(out / "results" / "er" / "seed1.json"))
+    er = json.loads(read_file(out / "results" / "er" / "seed1.json"))
     assert er["args"]["buffer_size"] == 6 and er["args"]["backbone"] == "resnet18" and er["args"]["seed"] == 1
-    l2p = json.load(open(out / "results" / "l2p" / "seed0.json"))
+    l2p = json.loads(read_file(out / "results" / "l2p" / "seed0.json"))
     assert l2p["args"]["backbone"] == "vit_tiny" and l2p["args"]["lr"] == 0.01
     with pytest.raises(UserError, match="not in --models"):
         compare(["--dataset", "seq-custom", "--models", "sgd", "--extra", "er:--buffer_size 5"])

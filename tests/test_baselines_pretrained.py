@@ -18,6 +18,7 @@ from models.tmc import linearized
 from tests.conftest import make_npz, tiny_run_args
 from app.config import parse_args
 from utils.training import train
+from tests.conftest import read_file
 
 CNN = ["--backbone", "resnet18", "--num_filters", "4"]
 
@@ -182,7 +183,7 @@ def test_tmc_checkpoint_is_edited_by_the_edit_command(data, tmp_path, capsys):
     out = tmp_path / "edit.json"
     assert edit_main(["--checkpoint", str(ckpts[-1]), "--drop", "1", "--out", str(out), "--device", "cpu"]) == 0
     import json
-    report = json.load(open(out))
+    report = json.loads(read_file(out))
     assert report["weights"] == [0.5, 0.0, 0.5] and report["targets"] == [1]
     assert "target class-IL mean" in capsys.readouterr().out
 
@@ -333,7 +334,7 @@ def test_best_configs_parse_and_name_their_sources(method):
 
     from tests.conftest import ROOT
     path = os.path.join(ROOT, "models", "config", f"{method}.yaml")
-    sections = yaml.safe_load(open(path))
+    sections = yaml.safe_load(read_file(path))
     assert "seq-cifar100-224" in sections
     for dataset, values in sections.items():
         args = parse_args(["--model", method, "--dataset", dataset, "--model_config", "best"])
@@ -341,7 +342,7 @@ def test_best_configs_parse_and_name_their_sources(method):
             got = getattr(args, key)
             got = ",".join(map(str, got)) if isinstance(got, list) else int(got) if isinstance(got, bool) else got
             assert str(got) == str(value), (dataset, key, got, value)
-    text = open(path).read().split("seq-cifar100-224:\n")[1]
+    text = read_file(path).split("seq-cifar100-224:\n")[1]
     keyed = []
     for line in text.splitlines():
         if not line.startswith("  "):

@@ -8,6 +8,7 @@ import pytest
 from benchmarks.claims import aggregate, claims, goals, mean_std, method_flags, seed_metrics
 from benchmarks.editing import edits
 from utils.errors import UserError
+from tests.conftest import read_file
 
 
 def fake_records(full: list[float], full_til: list[float], alone: list[float], alone_til: list[float],
@@ -108,4 +109,4 @@ def test_table_on_mnist_unlearns_and_the_penalties_keep_the_composition(tmp_path
     assert ita["class_il"] - free["class_il"] >= PENALTY_CLASS_IL_GAIN_AT_LEAST
     assert abs(ita["gap"]) <= ITA_GAP_WITHIN
     assert ita["theta0"] < ita["class_il"] - 10  # the modules carry the tasks: every module dropped costs > 10
-    assert os.path.isfile(found["paths"]["png"]) and "| MNIST | ITA | 1 |" in open(found["paths"]["markdown"]).read()
+    assert os.path.isfile(found["paths"]["png"]) and "| MNIST | ITA | 1 |" in read_file(found["paths"]["markdown"])

@@ -10,6 +10,7 @@ import torch
 from benchmarks import components as comp
 from benchmarks.mini_data import balanced_subset, write_subset
 from tests.conftest import make_npz
+from tests.conftest import read_file
 
 
 def test_balanced_subset_is_seeded_and_balanced():
@@ -40,11 +41,11 @@ def test_components_of_a_tiny_ita_run(tmp_path, capsys):
          "--num_epochs_pretuning", "1", "--num_epochs_align_pretuning", "1", "--num_samples_align_pretuning", "8",
          "--batch_size_align_pretuning", "8", "--alpha_ita", "1", "--non_verbose", "1", "--results_file",
          str(result), "--savecheck", "last", "--checkpoint_path", str(tmp_path / "ck")])
-    final = json.load(open(result))
+    final = json.loads(read_file(result))
     ckpt = next((tmp_path / "ck").rglob("*.pt"))
     out = tmp_path / "comp.json"
     assert comp.main(["--checkpoint", str(ckpt), "--drops", "1", "--out", str(out), "--device", "cpu"]) == 0
-    report = json.load(open(out))
+    report = json.loads(read_file(out))
     assert report["full"]["class_il"] == pytest.approx(final["accuracy_matrix_class_il"][-1], abs=1e-6)
     assert report["full"]["mean_class_il"] == pytest.approx(final["final_class_il"], abs=1e-6)
     assert [r["task"] for r in report["drops"]] == [0, 1, 2]

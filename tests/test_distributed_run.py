@@ -8,6 +8,7 @@ import pytest
 
 from tests.conftest import ROOT, make_npz, tiny_run_args
 from app.runner import run
+from tests.conftest import read_file
 
 
 def torchrun(args, env_extra=None, timeout=240):
@@ -30,7 +31,7 @@ def test_ddp_metrics_equal_single_process(setup):
     tmp, args, single = setup
     out = torchrun(args + ["--results_file", str(tmp / "ddp.json")])
     assert out.returncode == 0, out.stderr[-2000:]
-    ddp = json.load(open(tmp / "ddp.json"))
+    ddp = json.loads(read_file(tmp / "ddp.json"))
     assert out.stdout.count("results: ") == 1  # only rank 0 reports and writes
     for key in ("accuracy_matrix_class_il", "accuracy_matrix_task_il"):
         for row_a, row_b in zip(single[key], ddp[key]):
@@ -64,7 +65,7 @@ def test_ddp_ewc_matches_single_process(setup):
     single = run(args + ["--results_file", str(tmp / "ewc_single.json")])
     out = torchrun(args + ["--results_file", str(tmp / "ewc_ddp.json")])
     assert out.returncode == 0, out.stderr[-2000:]
-    ddp = json.load(open(tmp / "ewc_ddp.json"))
+    ddp = json.loads(read_file(tmp / "ewc_ddp.json"))
     for row_a, row_b in zip(single["accuracy_matrix_class_il"], ddp["accuracy_matrix_class_il"]):
         assert row_a == pytest.approx(row_b, abs=1e-6)
 
@@ -100,7 +101,7 @@ def test_ddp_gathered_class_features_match_single_process(setup):
     single = run(args + ["--results_file", str(tmp / f"{model}_single.json")])
     out = torchrun(args + ["--results_file", str(tmp / f"{model}_ddp.json")])
     assert out.returncode == 0, out.stderr[-2000:]
-    ddp = json.load(open(tmp / f"{model}_ddp.json"))
+    ddp = json.loads(read_file(tmp / f"{model}_ddp.json"))
     for row_a, row_b in zip(single["accuracy_matrix_class_il"], ddp["accuracy_matrix_class_il"]):
         assert row_a == pytest.approx(row_b, abs=1e-6)
 
@@ -122,7 +123,7 @@ def test_ddp_stop_and_resume_equals_single_process(setup):
     assert first.returncode == 0, first.stderr[-2000:]
     second = torchrun(args + ck + ["--resume", "--results_file", str(tmp / "resumed.json")])
     assert second.returncode == 0, second.stderr[-2000:]
-    resumed = json.load(open(tmp / "resumed.json"))
+    resumed = json.loads(read_file(tmp / "resumed.json"))
     assert resumed["complete"]
     for row_a, row_b in zip(single["accuracy_matrix_class_il"], resumed["accuracy_matrix_class_il"]):
         assert row_a == pytest.approx(row_b, abs=1e-6)

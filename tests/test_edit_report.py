@@ -8,6 +8,7 @@ from tests.test_second_order_model import argv_for
 from app import edit
 from app.runner import run
 from utils.evaluate import evaluate
+from tests.conftest import read_file
 
 
 def test_edit_writes_table_and_plot(tmp_path, capsys):
@@ -16,7 +17,7 @@ def test_edit_writes_table_and_plot(tmp_path, capsys):
     ckpt = str(tmp_path / "ckpt" / "ed" / "task_3.pt")
     out, png = tmp_path / "drop.json", tmp_path / "drop.png"
     assert edit.main(["--checkpoint", ckpt, "--drop", "1", "--out", str(out), "--plot", str(png)]) == 0
-    report = json.load(open(out))
+    report = json.loads(read_file(out))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = edit.edit_plot_rows(report)
     assert [r["name"] for r in rows] == ["target", "control"]
@@ -54,7 +55,7 @@ def test_edit_save_writes_a_checkpoint_of_the_edited_model(tmp_path, capsys):
     out = tmp_path / "keep.json"
     assert edit.main(["--checkpoint", ckpt, "--keep", "0,2", "--out", str(out), "--save", saved]) == 0
     assert f"edited checkpoint: {saved}" in capsys.readouterr().out
-    report = json.load(open(out))
+    report = json.loads(read_file(out))
     _, dataset, model, state = load_model(saved, "cpu")
     assert state["edit"]["weights"] == pytest.approx([0.5, 0.0, 0.5])
     with torch.no_grad():

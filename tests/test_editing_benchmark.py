@@ -10,6 +10,7 @@ import pytest
 from benchmarks.editing import editing, edits
 from tests.conftest import make_npz
 from utils.errors import UserError
+from tests.conftest import read_file
 
 
 def test_methods_may_carry_labels():
@@ -45,11 +46,11 @@ def trained(tmp_path_factory):
 
 def test_editing_runs_trains_edits_and_reuses(trained, capsys):
     out, argv, paths = trained
-    rows = list(csv.DictReader(open(paths["csv"])))
+    rows = list(csv.DictReader(read_file(paths["csv"]).splitlines()))
     assert len(rows) == 2 * len(edits(3))
     for method in ("ita", "tmc"):
         mine = {r["edit"]: r for r in rows if r["method"] == method}
-        result = json.load(open(out / "results" / f"{method}.json"))
+        result = json.loads(read_file(out / "results" / f"{method}.json"))
         full_targets = float(mine["theta0 (all dropped)"]["target_before"])  # every task, full composition
         assert full_targets == pytest.approx(result["final_class_il"], abs=1e-6)
         keep_all = mine["keep all"]  # uniform weights are the full composition
@@ -57,19 +58,19 @@ def test_editing_runs_trains_edits_and_reuses(trained, capsys):
         for t in range(3):  # the controls of 'drop t' are the other tasks, evaluated with the same full model
             drop = mine[f"drop {t}"]
             assert drop["targets"] == str(t)
-    markdown = open(paths["markdown"]).read()
+    markdown = read_file(paths["markdown"])
     assert "| tmc | drop one task (mean over tasks) |" in markdown and "| ita | theta0 (all dropped) |" in markdown
     capsys.readouterr()
-    before = open(paths["csv"]).read()
+    before = read_file(paths["csv"])
     editing(argv)  # checkpoints and finished edits are reused: nothing is trained or evaluated again
     log = capsys.readouterr().out
     assert "python main.py" not in log and "passes over the test set" not in log
-    assert open(paths["csv"]).read() == before
+    assert read_file(paths["csv"]) == before
     os.utime(out / "records" / "tmc.json", (0, 0))  # older than its checkpoint: the edits of tmc are redone
     editing(argv)
     log = capsys.readouterr().out
     assert log.count("passes over the test set") == 1 and "tmc: editing" in log
-    assert open(paths["csv"]).read() == before
+    assert read_file(paths["csv"]) == before
     with pytest.raises(UserError, match="'sgd' cannot be edited"):
         editing(["--methods", "sgd"])
 

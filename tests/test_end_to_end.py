@@ -6,6 +6,7 @@ import pytest
 
 from tests.conftest import make_npz, shared_file, tiny_run_args
 from app.runner import main, run
+from tests.conftest import read_file
 
 METRIC_KEYS = ("accuracy_matrix_class_il", "accuracy_matrix_task_il", "final_class_il", "final_task_il",
                "forgetting", "bwt")
@@ -18,7 +19,7 @@ def test_run_writes_complete_results(tmp_path, capsys):
                                                   "--enable_other_metrics")]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1] == f"results: {out}"
-    res = json.load(open(out))
+    res = json.loads(read_file(out))
     for key in METRIC_KEYS + ("args", "timings", "peak_memory_mb", "versions", "fwt"):
         assert key in res, key
     R = res["accuracy_matrix_class_il"]

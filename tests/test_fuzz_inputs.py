@@ -24,6 +24,7 @@ import app.config
 from tests.bad_inputs import (folder_run_args, npy_bytes, npy_with_header, png_header_only, run_expecting_error,
                               write_image_folder, write_npz_members)
 from tests.fuzz_cases import FAMILIES
+from tests.conftest import read_file, write_bytes
 
 SEED = int(os.environ.get("CL_FUZZ_SEED", "19"))
 PER_FAMILY = int(os.environ.get("CL_FUZZ_PER_FAMILY", "12"))  # 3 families: 36 variants per run by default
@@ -148,7 +149,7 @@ def write_npz_variant(rng: random.Random, mutation, folder) -> str:
             fh.write(content)
         return path
     np.savez(path, **arrays)
-    raw = bytearray(open(path, "rb").read())
+    raw = bytearray(read_file(path, "rb"))
     if mutation is npz_truncated:
         raw = raw[:rng.randint(0, len(raw) - 1)]
     elif mutation is npz_flipped_bytes:
@@ -173,19 +174,19 @@ def folder_variant(rng: random.Random, folder) -> tuple[str, list[str], str]:
     split, cls = rng.choice(("train", "test")), rng.choice("abcd")
     victim = os.path.join(root, split, cls, f"{rng.randint(0, 1) if split == 'train' else 0}.{ext}")
     if kind == "garbage":
-        open(victim, "wb").write(rng.randbytes(rng.randint(1, 300)))
+        write_bytes(victim, rng.randbytes(rng.randint(1, 300)))
     elif kind == "truncated":
-        data = open(victim, "rb").read()
-        open(victim, "wb").write(data[:rng.randint(0, len(data) // 2)])
+        data = read_file(victim, "rb")
+        write_bytes(victim, data[:rng.randint(0, len(data) // 2)])
     elif kind == "empty_file":
-        open(victim, "wb").close()
+        write_bytes(victim, b"")
     elif kind == "bomb":
-        open(victim, "wb").write(png_header_only(rng.randint(20000, 60000), rng.randint(20000, 60000)))
+        write_bytes(victim, png_header_only(rng.randint(20000, 60000), rng.randint(20000, 60000)))
     elif kind in ("no_test", "no_train"):
         shutil.rmtree(os.path.join(root, kind[3:]))
     elif kind == "unknown_test_class":
         os.makedirs(os.path.join(root, "test", "zz"))
-        open(os.path.join(root, "test", "zz", f"0.{ext}"), "wb").write(open(victim, "rb").read())
+        write_bytes(os.path.join(root, "test", "zz", f"0.{ext}"), read_file(victim, "rb"))
     elif kind == "no_images":
         for dirpath, _, files in os.walk(os.path.join(root, "train")):
             for f in files:
@@ -193,8 +194,8 @@ def folder_variant(rng: random.Random, folder) -> tuple[str, list[str], str]:
     elif kind == "no_class_folders":
         shutil.rmtree(os.path.join(root, "train"))
         os.makedirs(os.path.join(root, "train"))
-        open(os.path.join(root, "train", f"0.{ext}"), "wb").write(open(os.path.join(root, "test", "a", f"0.{ext}"),
-                                                                         "rb").read())
+        write_bytes(os.path.join(root, "train", f"0.{ext}"), read_file(os.path.join(root, "test", "a", f"0.{ext}"),
+                                                                         "rb"))
     else:
         extra = ["--n_tasks", str(rng.randint(5, 10 ** 6))]
     if kind in ("garbage", "truncated", "empty_file", "bomb"):

@@ -7,6 +7,7 @@ import pytest
 
 from benchmarks import gpu_check
 from tests.conftest import SHARED_DATA, shared_missing
+from tests.conftest import read_file
 
 
 def mini_cifar100():
@@ -32,7 +33,7 @@ def test_cifar100_is_written_in_the_official_layout_the_loader_reads(tmp_path):
 def test_gpu_check_runs_the_published_lines_on_the_cpu(tmp_path):
     out = tmp_path / "check.json"
     assert gpu_check.main(["--device", "cpu", "--data", mini_cifar100(), "--out", str(out)]) == 0
-    report = json.load(open(out))
+    report = json.loads(read_file(out))
     assert report["ok"] and [(r["line"], r["precision"]) for r in report["runs"]] == [("ita", "fp32"),
                                                                                       ("iel", "bf16")]
     for run in report["runs"]:

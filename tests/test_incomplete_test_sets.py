@@ -15,6 +15,7 @@ from app.runner import main
 from tests.bad_inputs import run_expecting_error
 from tests.fuzz_cases import run_args, write_npz
 from utils import metrics
+from tests.conftest import read_file
 
 
 def no_nan(text: str) -> dict:
@@ -57,8 +58,8 @@ def test_accepted_task_without_test_images_is_null_and_stated(tmp_path, capsys):
 
     report = build_report([str(results_file)], str(tmp_path / "report"))
     for kind in ("markdown", "csv"):
-        assert "nan" not in open(report[kind]).read().lower()
-    row = next(csv.DictReader(open(report["csv"])))
+        assert "nan" not in read_file(report[kind]).lower()
+    row = next(csv.DictReader(read_file(report["csv"]).splitlines()))
     assert float(row["final_class_il_mean"]) == pytest.approx(results["final_class_il"])
 
 
@@ -98,9 +99,9 @@ def test_report_treats_missing_and_non_finite_values_as_missing(tmp_path):
                   "timings": {"total_seconds": 1.0}}
         (tmp_path / f"r{seed}.json").write_text(json.dumps(result))  # the second holds NaN, as older files may
     report = build_report([str(tmp_path)], str(tmp_path / "out"))
-    markdown, table = open(report["markdown"]).read(), open(report["csv"]).read()
+    markdown, table = read_file(report["markdown"]), read_file(report["csv"])
     assert "nan" not in markdown.lower() and "nan" not in table.lower()
-    row = next(csv.DictReader(open(report["csv"])))
+    row = next(csv.DictReader(read_file(report["csv"]).splitlines()))
     assert float(row["final_class_il_mean"]) == 40.0 and row["final_task_il_mean"] == ""
     assert "| – |" in markdown
     assert np.isfinite(float(row["final_class_il_std"]))

@@ -59,7 +59,8 @@ def build_environment(python: str, stamp: str) -> None:
         fh.write(site.getsitepackages()[0] + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", *EXTRA],
                    check=True)
-    open(stamp, "w").close()
+    with open(stamp, "w"):
+        pass
 
 
 def write_zero_clip(root: str) -> None:

@@ -9,6 +9,7 @@ import pytest
 from benchmarks.module_lr import VARIANTS, module_lr, slug
 from tests.conftest import make_npz
 from utils.errors import UserError
+from tests.conftest import read_file
 
 
 def test_module_lr_measures_each_variant_and_resumes(tmp_path, capsys):
@@ -26,9 +27,9 @@ def test_module_lr_measures_each_variant_and_resumes(tmp_path, capsys):
         assert 0 <= r["task0_with_module"] <= 100 and 0 <= r["task0_module_dropped"] <= 100
         assert 0 < r["relative_update_median"] <= r["relative_update_max"]
     assert large["relative_update_median"] > 2 * small["relative_update_median"]  # lr 1e-2 against 1e-3
-    result = json.load(open(out / "results" / f"{slug(names[0])}.json"))
+    result = json.loads(read_file(out / "results" / f"{slug(names[0])}.json"))
     assert result["tasks_done"] == 1 and result["final_class_il"] == pytest.approx(small["task0_with_module"])
-    assert "| lr 1e-2 |" in open(out / "module_lr.md").read()
+    assert "| lr 1e-2 |" in read_file(out / "module_lr.md")
     capsys.readouterr()
     assert module_lr(argv) == found  # finished variants are read back, nothing is trained again
     assert "[module_lr]" not in capsys.readouterr().out

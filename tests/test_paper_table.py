@@ -10,6 +10,7 @@ import pytest
 from benchmarks.paper import TABLES, main, paper, row_dir
 from tests.conftest import make_npz
 from utils.errors import UserError
+from tests.conftest import read_file
 
 TINY = ["--model_config", "default", "--dataset", "seq-custom", "--n_tasks", "2", "--backbone", "vit_tiny",
         "--embed_dim", "32", "--depth", "1", "--num_heads", "2", "--lr", "0.05", "--n_epochs", "1", "--batch_size",
@@ -30,7 +31,7 @@ def test_table1_end_to_end_on_tiny_data(tmp_path, capsys):
     paths, failures = paper(["--table", "1", "--dataset", "seq-cifar100-224", "--seeds", "1", "--out", str(out),
                              "--rows", ",".join(RUN), *EXTRAS, "--", *shared])
     assert failures == []
-    rows = {r["method"]: r for r in csv.DictReader(open(paths["csv"]))}
+    rows = {r["method"]: r for r in csv.DictReader(read_file(paths["csv"]).splitlines())}
     expected = TABLES["1"]["seq-cifar100-224"]
     assert list(rows) == [r[0] for r in expected]  # every row of the paper's table, in its order
     for name, model, flags, number in expected:
@@ -41,17 +42,17 @@ def test_table1_end_to_end_on_tiny_data(tmp_path, capsys):
         if name not in RUN:
             assert rows[name]["status"] == "not run" and not (out / "results" / row_dir(name)).exists()
             continue
-        result = json.load(open(out / "results" / row_dir(name) / "seed0.json"))
+        result = json.loads(read_file(out / "results" / row_dir(name) / "seed0.json"))
         assert result["args"]["model"] == model and result["args"]["dataset"] == "seq-custom"
         assert float(rows[name]["measured_mean"]) == pytest.approx(result["final_class_il"])
         assert rows[name]["n_seeds"] == "1"
     # the rows' own flags reach their runs
-    assert json.load(open(out / "results" / "der_buffer_1000" / "seed0.json"))["args"]["buffer_size"] == 1000
-    iel = json.load(open(out / "results" / "iel_ia3" / "seed0.json"))["args"]
+    assert json.loads(read_file(out / "results" / "der_buffer_1000" / "seed0.json"))["args"]["buffer_size"] == 1000
+    iel = json.loads(read_file(out / "results" / "iel_ia3" / "seed0.json"))["args"]
     assert (iel["use_iel"], iel["tuning_style"], iel["beta_iel"]) == (True, "ia3", 20.0)
-    ita = json.load(open(out / "results" / "ita_fft" / "seed0.json"))["args"]
+    ita = json.loads(read_file(out / "results" / "ita_fft" / "seed0.json"))["args"]
     assert (ita["use_iel"], ita["tuning_style"]) == (False, "full")
-    markdown = open(paths["markdown"]).read()
+    markdown = read_file(paths["markdown"])
     assert "| ITA-LoRA | second_order | 89.96 | not run |" in markdown and "| APT | apt | 86.19 | " in markdown
     assert os.path.getsize(paths["png"]) > 1000
     # resumable: a second call reuses every complete result and runs nothing

@@ -9,10 +9,11 @@ from app.config import DATASET_CONFIG_DIR, MODEL_CONFIG_DIR, _coerce, build_pars
 from datasets import DATASETS
 from models import MODELS
 from tests.conftest import ROOT
+from tests.conftest import read_file
 
 MODEL_SECTIONS = [(os.path.splitext(os.path.basename(path))[0], section)
                   for path in sorted(glob.glob(os.path.join(MODEL_CONFIG_DIR, "*.yaml")))
-                  for section in yaml.safe_load(open(path)) if section != "default"]
+                  for section in yaml.safe_load(read_file(path)) if section != "default"]
 DATASET_FILES = sorted(glob.glob(os.path.join(DATASET_CONFIG_DIR, "*", "*.yaml")))
 
 
@@ -22,7 +23,7 @@ def test_the_shipped_files_are_found():
 
 @pytest.mark.parametrize("model, section", MODEL_SECTIONS)
 def test_every_best_section_parses_and_applies(model, section):
-    values = yaml.safe_load(open(os.path.join(MODEL_CONFIG_DIR, f"{model}.yaml")))[section]
+    values = yaml.safe_load(read_file(os.path.join(MODEL_CONFIG_DIR, f"{model}.yaml")))[section]
     args = parse_args(["--model", model, "--dataset", section, "--model_config", "best"])
     parser = build_parser(MODELS.get(model), DATASETS.get(section), args.backbone)
     for key, value in values.items():
@@ -30,7 +31,7 @@ def test_every_best_section_parses_and_applies(model, section):
             continue  # per-buffer-size subsections
         assert getattr(args, key) == _coerce(parser, key, value, "test"), key  # the YAML value, as its flag parses it
     if "dataset_config" in values:  # the dataset YAML it names is applied too
-        ds_values = yaml.safe_load(open(os.path.join(DATASET_CONFIG_DIR, section, values["dataset_config"] + ".yaml")))
+        ds_values = yaml.safe_load(read_file(os.path.join(DATASET_CONFIG_DIR, section, values["dataset_config"] + ".yaml")))
         structure = {k: v for k, v in ds_values.items() if k.isupper()}
         assert args.dataset_structure == structure
 
@@ -39,7 +40,7 @@ def test_every_best_section_parses_and_applies(model, section):
 def test_every_dataset_yaml_parses_and_builds_its_split(path):
     dataset = os.path.basename(os.path.dirname(path))
     name = os.path.splitext(os.path.basename(path))[0]
-    values = yaml.safe_load(open(path)) or {}
+    values = yaml.safe_load(read_file(path)) or {}
     args = parse_args(["--model", "sgd", "--dataset", dataset, "--dataset_config", name, "--lr", "0.1"])
     for key, value in values.items():
         if key.isupper():

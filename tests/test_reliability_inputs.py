@@ -17,6 +17,7 @@ from utils.errors import UserError
 from datasets.utils.continual_dataset import ContinualDataset
 from datasets.utils.sources import ImageSource
 from app.runner import check_compatibility, main, wants_traceback
+from tests.conftest import read_file
 
 
 @pytest.fixture
@@ -122,7 +123,7 @@ def test_bad_data_files(setup, capsys, tmp_path):
          ["x_train must be uint8"]),
     ]
     partial = tmp_path / "partial.npz"
-    partial.write_bytes(open(setup.data, "rb").read()[:300])  # a download cut short
+    partial.write_bytes(read_file(setup.data, "rb")[:300])  # a download cut short
     cases.append((str(partial), ["cannot read", "as an npz file"]))
     junk = tmp_path / "junk.npz"
     junk.write_bytes(os.urandom(2000))
@@ -247,7 +248,7 @@ def test_every_torch_load_uses_weights_only():
         dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("tests", "data", "checkpoints")]
         for name in (f for f in files if f.endswith(".py")):
             path = os.path.join(folder, name)
-            for node in ast.walk(ast.parse(open(path).read(), path)):
+            for node in ast.walk(ast.parse(read_file(path), path)):
                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
                         and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
                     safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True

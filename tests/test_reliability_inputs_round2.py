@@ -13,6 +13,7 @@ from tests.conftest import make_npz, tiny_run_args
 from app.config import parse_args
 from utils.errors import UserError, one_line
 from utils.resources import check_run_memory, is_out_of_memory, out_of_memory_message
+from tests.conftest import read_file
 
 
 @pytest.fixture
@@ -114,7 +115,7 @@ def test_image_dimensions_in_the_data(base, tmp_path, monkeypatch, capsys):
 def test_corrupt_jpeg_in_an_image_folder(tmp_path, capsys, workers):
     root = write_image_folder(tmp_path / "folder", ext="jpg")
     bad = os.path.join(root, "train", "b", "1.jpg")
-    data = open(bad, "rb").read()
+    data = read_file(bad, "rb")
     with open(bad, "wb") as fh:
         fh.write(data[:20] + os.urandom(40))
     line = run_expecting_error(capsys, folder_run_args(root, tmp_path, "--num_workers", workers), tmp_path)

@@ -8,6 +8,7 @@ import pytest
 from utils import plots
 from utils.errors import UserError
 from app.report import build_report, main as report_main
+from tests.conftest import read_file
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -54,11 +55,11 @@ def test_report_numbers_equal_the_inputs(results_dir, tmp_path):
             values = [e[col + 1] for e in entries]
             assert float(row[f"{key}_mean"]) == pytest.approx(statistics.mean(values), abs=1e-12)
             assert float(row[f"{key}_std"]) == pytest.approx(statistics.stdev(values), abs=1e-12)
-    md = open(paths["markdown"]).read()
+    md = read_file(paths["markdown"])
     sgd_cil = [e[1] for e in runs["sgd"]]
     assert f"{statistics.mean(sgd_cil):.2f} ± {statistics.stdev(sgd_cil):.2f}" in md
     assert "## seq-custom" in md and "partial.json" in md  # the incomplete run is listed, not averaged
-    assert open(paths["png"], "rb").read(8) == PNG_MAGIC
+    assert read_file(paths["png"], "rb")[:8] == PNG_MAGIC
 
 
 def test_runs_with_different_hyperparameters_are_kept_apart(tmp_path):

@@ -13,6 +13,7 @@ from utils.errors import UserError
 from app.experiment import build_experiment
 from app.runner import run
 from utils.training import train
+from tests.conftest import read_file
 
 FAST = ["--num_epochs_pretuning", "1", "--num_epochs_align_pretuning", "1", "--num_samples_align_pretuning", "8",
         "--batch_size_align_pretuning", "8"]
@@ -171,14 +172,14 @@ def test_edit_command_keeps_and_drops_modules(tmp_path, capsys):
     ckpt = str(tmp_path / "ckpt" / "ed" / "task_3.pt")
     out = str(tmp_path / "keep.json")
     assert edit.main(["--checkpoint", ckpt, "--keep", "0,1,2", "--out", out]) == 0
-    report = json.load(open(out))
+    report = json.loads(read_file(out))
     assert report["edited_class_il"] == report["full_class_il"] == res["accuracy_matrix_class_il"][-1]
     assert report["weights"] == pytest.approx([1 / 3] * 3)
     assert edit.main(["--checkpoint", ckpt, "--drop", "1", "--out", out]) == 0
-    report = json.load(open(out))
+    report = json.loads(read_file(out))
     assert report["weights"] == [0.5, 0.0, 0.5] and report["targets"] == [1] and report["controls"] == [0, 2]
     assert edit.main(["--checkpoint", ckpt, "--keep", "2", "--raw_weights", "--out", out]) == 0
-    report = json.load(open(out))
+    report = json.loads(read_file(out))
     assert report["weights"] == pytest.approx([0, 0, 1 / 3])
     printed = capsys.readouterr().out
     assert "target class-IL mean" in printed and "control class-IL mean" in printed

@@ -2,6 +2,7 @@
 import pytest
 
 from tests.conftest import shared_file, shared_missing
+from tests.conftest import read_file
 
 
 def test_missing_asset_skips_without_the_requirement(monkeypatch):
@@ -19,4 +20,4 @@ def test_missing_asset_fails_when_required(monkeypatch):
 def test_ci_requires_the_shared_assets():
     import os
     ci = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".ci", "run")
-    assert "CL_REQUIRE_SHARED=1" in open(ci).read()
+    assert "CL_REQUIRE_SHARED=1" in read_file(ci)

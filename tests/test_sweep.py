@@ -8,6 +8,7 @@ import pytest
 
 from benchmarks import sweep as sweep_mod
 from tests.conftest import tiny_run_args
+from tests.conftest import read_file
 
 
 def flag_value(argv: list[str], flag: str):
@@ -52,12 +53,12 @@ def test_selection_uses_validation_not_test_and_resume_skips_finished(fake_run, 
     # best on validation is alpha 2 / weight 0.1 (test would pick alpha 0.1 / weight 0.01)
     assert flag_value(test_calls[0], "--alpha_ita") == "2"
     assert flag_value(test_calls[0], "--req_weight_cls") == "0.1"
-    summary = json.load(open(os.path.join(out, "sweep.json")))
+    summary = json.loads(read_file(os.path.join(out, "sweep.json")))
     assert summary["chosen"] == {"alpha_ita": "2", "req_weight_cls": "0.1"}
     assert summary["test_class_il"] == pytest.approx(90 - 20 - 0.1)
     assert {r["label"]: r["validation_class_il"] for r in summary["rows"]}["alpha_ita=1,req_weight_cls=0.01"] \
         == pytest.approx(10.01)
-    md = open(os.path.join(out, "sweep.md")).read()
+    md = read_file(os.path.join(out, "sweep.md"))
     assert "| alpha_ita=2,req_weight_cls=0.1 | 20.10 | 21.10 | yes |" in md and "class-IL 69.90" in md
     # resume: an interrupted sweep (one validation result lost, one half-written) reruns only those
     os.remove(os.path.join(out, "validation", "alpha_ita=1,req_weight_cls=0.1.json"))
@@ -96,11 +97,11 @@ def test_real_tiny_sweep_holds_out_validation(tiny_npz, tmp_path):
     del shared[lr_at:lr_at + 2]
     assert sweep_mod.main(["--model", "sgd", "--grid", "lr=0.05,0.0001", "--validation", "50", "--out", out,
                            "--", *shared]) == 0
-    summary = json.load(open(os.path.join(out, "sweep.json")))
+    summary = json.loads(read_file(os.path.join(out, "sweep.json")))
     assert len(summary["rows"]) == 2 and all("validation_class_il" in r for r in summary["rows"])
     best = max(summary["rows"], key=lambda r: r["validation_class_il"])
     assert summary["chosen_label"] == best["label"]
-    val = json.load(open(summary["rows"][0]["validation_file"]))
-    test = json.load(open(summary["test_file"]))
+    val = json.loads(read_file(summary["rows"][0]["validation_file"]))
+    test = json.loads(read_file(summary["test_file"]))
     assert val["args"]["validation"] == 50 and test["args"].get("validation") is None
     assert test["final_class_il"] == pytest.approx(summary["test_class_il"])
