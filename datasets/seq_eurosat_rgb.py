@@ -6,7 +6,7 @@ import os
 from typing import Callable
 
 from datasets.utils.download import download_and_extract, ensure_data, hf_file
-from datasets.utils.folders import source
+from datasets.utils.folders import has_class_folder, source
 from datasets.utils.continual_dataset import ContinualDataset
 from datasets.utils.transforms import CLIP_MEAN, CLIP_STD, resize_crop, rrc_flip
 from datasets.utils.sources import ImageSource
@@ -51,8 +51,7 @@ class SequentialEuroSatRgb(ContinualDataset):
         def image_dir() -> str:
             """The folder the split's paths are relative to: 2750/ (the archive's), images/, or the root."""
             for folder in (os.path.join(root, name) for name in IMAGE_DIRS):
-                if os.path.isdir(folder) and any(e.is_dir() and not e.name.startswith(".")
-                                                 and e.name not in IMAGE_DIRS for e in os.scandir(folder)):
+                if os.path.isdir(folder) and has_class_folder(folder, IMAGE_DIRS):
                     return folder
             return ""
 

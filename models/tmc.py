@@ -1,6 +1,7 @@
 """``tmc``: Tangent Model Composition (Liu & Soatto, ICCV 2023)."""
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional, Sequence
 
 import torch
@@ -27,7 +28,10 @@ def linearized(body: nn.Module, x: torch.Tensor, tangent: Tangent) -> tuple[torc
     def f(params: Tangent) -> torch.Tensor:
         return functional_call(body, {**fixed, **params}, (x,))
 
-    with sdpa_kernel([SDPBackend.MATH]):
+    with sdpa_kernel([SDPBackend.MATH]), warnings.catch_warnings():
+        # torch loads its own forward-mode decompositions through the deprecated torch.jit.script on first use:
+        # a warning about torch's internals that a user of this method cannot act on
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
         return jvp(f, (theta0,), ({n: tangent[n] for n in theta0},))
 
 

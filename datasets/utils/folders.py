@@ -120,9 +120,17 @@ def train_test_folders(root: str, dataset: str,
     return splits[0], splits[1], classes
 
 
+def has_class_folder(folder: str, skip: tuple[str, ...] = ()) -> bool:
+    """Whether ``folder`` holds a visible sub-folder (not named in ``skip``); the listing is closed again."""
+    with os.scandir(folder) as entries:
+        return any(e.is_dir() and not e.name.startswith(".") and e.name not in skip for e in entries)
+
+
 def has_train_test_folders(root: str) -> bool:
-    return all(os.path.isdir(os.path.join(root, s)) and any(os.scandir(os.path.join(root, s)))
-               for s in ("train", "test"))
+    def non_empty(folder: str) -> bool:
+        with os.scandir(folder) as entries:
+            return any(True for _ in entries)
+    return all(os.path.isdir(os.path.join(root, s)) and non_empty(os.path.join(root, s)) for s in ("train", "test"))
 
 
 def folders_with_split(root: str, n_classes: int, dataset: str,
