@@ -43,8 +43,9 @@ def test_gpu_check_runs_the_published_lines_on_the_cpu(tmp_path):
         # the run's own flags reach it (the worker once swallowed --device and --n_epochs: 20 epochs on the CPU)
         assert argv[argv.index("--device") + 1] == run["device"] == "cpu" and argv[argv.index("--n_epochs") + 1] == "1"
         assert argv[argv.index("--precision") + 1] == run["precision"] and "--debug_mode" in argv
-        for phase in ("features", "gmms", "pretuning", "fisher", "training", "evaluation"):
+        for phase in ("features", "pretuning", "fisher", "training", "evaluation"):
             assert run["seconds"][phase] > 0, phase
+        assert run["seconds"]["gmms"] >= 0  # timed, but a few ms on debug-sized data: 0.00 once rounded
         assert run["penalties"] and run["penalties_finite"]
 
 

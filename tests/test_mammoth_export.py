@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import fcntl
+import hashlib
 import os
 import pickle
 import site
@@ -41,7 +42,8 @@ cifar.check_integrity = lambda fpath, md5=None: os.path.isfile(fpath)  # synthet
 def mammoth_python() -> str:
     """The cached environment: a venv whose site-packages extend the project's with :data:`EXTRA`."""
     python = os.path.join(CACHE, "bin", "python")
-    stamp = os.path.join(CACHE, ".ready-" + "-".join(EXTRA))
+    key = hashlib.sha256("\n".join([site.getsitepackages()[0], *EXTRA]).encode()).hexdigest()[:12]
+    stamp = os.path.join(CACHE, ".ready-" + key)  # rebuilt for another project environment or other packages
     os.makedirs(os.path.dirname(CACHE), exist_ok=True)
     with open(CACHE + ".lock", "w") as lock:  # parallel test workers build it once
         fcntl.flock(lock, fcntl.LOCK_EX)
