@@ -101,11 +101,6 @@ def mammoth_world(tmp_path_factory):
                               for i, line in enumerate(MAMMOTH_LINES)])
 def test_mammoth_line_runs(index, mammoth_world, tmp_path):
     argv = MAMMOTH_LINES[index].split()
-    if "--code_optimization" in argv:
-        from app.config import build_parser
-        from models import get_model_class
-        if "--code_optimization" not in build_parser(get_model_class("sgd"), None, None)._option_string_actions:
-            pytest.skip("this build has no --code_optimization flag")
     results_file = tmp_path / "r.json"
     res = run(argv + ["--base_path", str(mammoth_world / "data"), "--plots", "0", "--results_file", str(results_file),
                       "--checkpoint_path", str(tmp_path / "ckpt")])
