@@ -16,7 +16,8 @@ def test_torchrun_without_distributed_ddp_is_refused(tmp_path):
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 2, out.stderr[-2000:]  # one line per process
+    # one line per process that reached its check: torchrun stops the other one after the first failure
+    assert 1 <= len(errors) <= 2, out.stderr[-2000:]
     assert all("WORLD_SIZE=2" in e and "--distributed ddp" in e for e in errors)
     assert "File \"" + os.path.join(ROOT, "main.py") not in out.stderr  # no traceback of ours (torchrun prints its own)
     assert "exitcode  : 2" in out.stderr  # torchrun's failure summary: the processes exited with 2
