@@ -1,7 +1,8 @@
 """Precision defaults from numbers: TF32 and the bf16 training forward against fp32, over seeds and datasets.
 
     python -m benchmarks.fisher_precision [--data A.npz B.npz] [--seeds 0 1 2] [--variants fp32 tf32 O2 bf16]
-                                          [--train_per_class N] [--test_per_class N] [--out FILE.json] [run flags ...]
+                                          [--train_per_class N] [--test_per_class N] [--tf32_dense] [--out FILE.json]
+                                          [run flags ...]
 
 Each (dataset, seed, variant) is one ``second_order`` ITA run with ``--savecheck task``; runs of one dataset and seed
 differ only in the variant:
@@ -89,8 +90,14 @@ class FisherTimer:
         self.cls.compute_fisher = self.original
 
 
+# a diagnostic paired pass, not ruled on (a CPU only): TF32 emulated except in grouped (depthwise) convolutions
+TF32_DENSE = "tf32_dense"
+
+
 def in_precision(precision: str) -> ContextManager:
     """Around a Fisher pass in ``precision``: TF32 emulated where fp32 matmuls cannot run in TF32 (a CPU)."""
+    if precision == TF32_DENSE:
+        return TF32Emulation(grouped=False)
     return TF32Emulation() if precision == "tf32" and not accelerator.tf32_available() else contextlib.nullcontext()
 
 
@@ -144,7 +151,8 @@ class PairedFisher:
                 start = time.perf_counter()
                 with in_precision(precision):
                     fisher, _ = network_fisher(logits, stats.pool.layers, iter(images), mc_classes,
-                                               precision=precision, mc_group=stats.args.batch_size,
+                                               precision="tf32" if precision == TF32_DENSE else precision,
+                                               mc_group=stats.args.batch_size,
                                                class_batch=s.fisher_class_batch)
                 row["seconds"][f"{estimator}_{precision}"] = time.perf_counter() - start
                 if precision != "fp32":
@@ -286,10 +294,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--img_size", type=int, default=32)
     parser.add_argument("--train_per_class", type=int, default=None, help="keep the first N training images a class")
     parser.add_argument("--test_per_class", type=int, default=None, help="keep the first N test images a class")
+    parser.add_argument("--tf32_dense", action="store_true",
+                        help="also a paired TF32 pass that leaves grouped (depthwise) convolutions in fp32, beside "
+                             "the full TF32 one (a CPU diagnostic, not ruled on)")
     parser.add_argument("--out", default=None, help="also write the figures as JSON to this file")
     opts, extra = parser.parse_known_args(argv)
     variants = ["fp32"] + [v for v in opts.variants if v != "fp32"]  # the reference always runs first
     paired = tuple(v for v in variants if v in CHANGES_FISHER)
+    if opts.tf32_dense:  # beside the full TF32 pass, whether or not the tf32 runs are asked for
+        paired = (*dict.fromkeys([*paired, "tf32"]), TF32_DENSE)
+    if opts.tf32_dense and accelerator.tf32_available():
+        parser.error("--tf32_dense emulates TF32: a CPU diagnostic (a GPU runs every convolution its own way)")
     workdir = tempfile.mkdtemp(prefix="fisher_precision_")
     device = str(accelerator.default_device())
     runs: list[dict[str, Any]] = []

@@ -54,7 +54,7 @@ def test_paired_passes_leave_the_run_unchanged_and_match_its_fisher(tmp_path):
 
     def fp32_run(paired):
         return fisher_precision.one_run(data, "fp32", 1, str(tmp_path / ("p" if paired else "n")), 8, top1, paired)
-    plain, paired = fp32_run(()), fp32_run(("tf32", "bf16"))
+    plain, paired = fp32_run(()), fp32_run(("tf32", "bf16", fisher_precision.TF32_DENSE))
     assert paired["final_class_il"] == plain["final_class_il"] and not plain["paired"]
     assert all(torch.equal(a, b) for a, b in zip(paired["fishers"], plain["fishers"]))
     assert len(paired["fishers"]) == 1  # the last task's checkpoint keeps no Fisher sums
@@ -64,7 +64,9 @@ def test_paired_passes_leave_the_run_unchanged_and_match_its_fisher(tmp_path):
         assert r["run_check"] < 1e-6
         assert 1e-6 < r["errors"]["tf32"]["exact"] < 1e-2 and 1e-6 < r["errors"]["tf32"]["top1"] < 1e-2
         assert r["errors"]["bf16"]["exact"] > 10 * r["errors"]["tf32"]["exact"]  # 8 mantissa bits against 11
-        assert set(r["seconds"]) == {f"{e}_{p}" for e in ("exact", "top1") for p in ("fp32", "tf32", "bf16")}
+        assert r["errors"]["tf32_dense"] == r["errors"]["tf32"]  # the ViT has no grouped convolution
+        assert set(r["seconds"]) == {f"{e}_{p}" for e in ("exact", "top1")
+                                     for p in ("fp32", "tf32", "bf16", "tf32_dense")}
 
 
 def test_fisher_error_is_the_frobenius_error_over_all_layers():
