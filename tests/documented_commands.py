@@ -184,7 +184,8 @@ RULES: list[Rule] = [
     Rule(r"-m benchmarks\.gpu_check --full --out", "exit2", "needs CUDA (its CPU size is tests/test_gpu_check.py)"),
     Rule(r"-m benchmarks\.fisher_reference\b", "listed", "the Fisher beside the reference implementation (minutes on "
                                                        "a CPU); tests/test_fisher_reference_benchmark.py runs it small"),
-    Rule(r"^python -m benchmarks\.phases --estimate h(100|200)$", "run", "prints the run-time model (seconds)"),
+    Rule(r"^python -m benchmarks\.phases --estimate h(100|200)( --fisher_precision \w+)?( --train_precision \w+)?$",
+         "run", "prints the run-time model (seconds)"),
     Rule(r"^python -m benchmarks\.square_sum$", "listed", "a measurement of a minute on a CPU; tests/test_gpu_check.py "
                                                          "times its forms small"),
     Rule(r"^python -m benchmarks\.(feature_stats|debug_lines|checkpoint_size)$", "listed",

@@ -88,3 +88,29 @@ def test_other_dtypes_and_ops_pass_through():
         assert torch.equal(a @ a, outside)  # float64: untouched
         s = torch.randn(5).exp()
     assert mode.calls == 1 and s.dtype == torch.float32
+
+
+def test_grouped_convolutions_can_stay_in_fp32():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 8, 8, generator=g, requires_grad=True)
+    wd, wf = torch.randn(4, 1, 3, 3, generator=g), torch.randn(5, 4, 1, 1, generator=g)
+    up = torch.randn(2, 5, 6, 6, generator=g)
+
+    def net():
+        y = F.conv2d(F.conv2d(x, wd, groups=4), wf)  # depthwise, then pointwise
+        return y, torch.autograd.grad(y, x, up)[0]
+    exact_y, exact_gx = net()
+    with TF32Emulation(grouped=False) as mode:
+        y, gx = net()
+    # by hand: the depthwise forward and backward exact, the pointwise ones on rounded operands
+    d = F.conv2d(x, wd, groups=4)
+    dr = d.detach().clone().requires_grad_(True)
+    ref_y = F.conv2d(hand(dr.detach()), hand(wf))
+    g_d = F.conv_transpose2d(hand(up), hand(wf))  # grad of the pointwise conv wrt its input
+    ref_gx = torch.autograd.grad(d, x, g_d.float())[0]
+    assert (y.double() - ref_y).abs().max() < 1e-5 and (gx.double() - ref_gx.double()).abs().max() < 1e-5
+    assert (y - exact_y).abs().max() > 1e-4  # the pointwise convolution was rounded
+    assert mode.calls == 2  # the pointwise forward and backward; the depthwise ones passed through
+    with TF32Emulation() as every:
+        net()
+    assert every.calls == 4

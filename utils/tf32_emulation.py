@@ -9,7 +9,9 @@ forward and backward, so a CPU run shows what TF32 does to a result.
 Covered: ``mm``, ``bmm``, ``addmm``, ``baddbmm``, ``addbmm``, ``convolution`` and ``convolution_backward`` (linear
 layers and ``matmul`` reach these), and the query, key and value of ``scaled_dot_product_attention``'s CPU
 kernels (the attention-probability x value product inside the fused kernel is not rounded). Bias terms are added
-in fp32, as in the GEMM epilogue. Tensors of other dtypes pass through unchanged.
+in fp32, as in the GEMM epilogue. Tensors of other dtypes pass through unchanged. ``TF32Emulation(grouped=False)``
+leaves grouped convolutions (depthwise ones included) in fp32: a GPU may run those in kernels that are not GEMMs
+and do not use TF32, so the two bracket what TF32 does to a network that has them.
 """
 from __future__ import annotations
 
@@ -45,21 +47,26 @@ _OPERANDS: dict[Any, tuple[int, ...]] = {
     aten.convolution.default: (0, 1),
     aten.convolution_backward.default: (0, 1, 2),  # grad_output, input, weight
 }
+_GROUPS = {aten.convolution.default: 8, aten.convolution_backward.default: 9}  # position of ``groups``
 for _name in ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_attention_math"):
     if hasattr(aten, _name):
         _OPERANDS[getattr(aten, _name).default] = (0, 1, 2)
 
 
 class TF32Emulation(TorchDispatchMode):
-    """While active, every covered matrix product and convolution runs on TF32-rounded fp32 operands."""
+    """While active, every covered matrix product and convolution runs on TF32-rounded fp32 operands
+    (``grouped=False``: convolutions with ``groups > 1`` excepted)."""
 
-    def __init__(self) -> None:
+    def __init__(self, grouped: bool = True) -> None:
         super().__init__()
+        self.grouped = grouped
         self.calls = 0  # products and convolutions rounded so far
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         positions = _OPERANDS.get(func)
+        if positions is not None and not self.grouped and func in _GROUPS and int(args[_GROUPS[func]]) > 1:
+            positions = None
         if positions is not None:
             args = tuple(round_to_tf32(a) if i in positions and isinstance(a, torch.Tensor) else a
                          for i, a in enumerate(args))
