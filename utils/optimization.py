@@ -6,8 +6,8 @@
  0    plain fp32 (matmuls at full fp32 precision)                           fp32
  1    TF32 matmuls and convolutions on CUDA (a no-op on a CPU)              fp32
  2    1 + bf16 autocast of the training and evaluation forwards             bf16
- 3    2 + ``torch.compile`` of the training forward (models that opt in;    bf16
-      recompiles at every task: not recommended, docs/speed.md)
+ 3    2 + ``torch.compile`` of the training forward, compiled once per run    bf16
+      (:func:`compiled`; docs/speed.md)
 ====  ====================================================================  ===========
 
 ``--precision`` is kept as the older spelling: ``--precision bf16`` alone means ``-O 2``; given together, the two
@@ -73,9 +73,15 @@ def compile_backend() -> str:
     return os.environ.get(COMPILE_BACKEND_ENV, "inductor")
 
 
-def compiled(module: torch.nn.Module) -> Callable[..., Any]:
-    """``torch.compile(module)`` with the backend of -O 3 (recompiles when a task changes the composition)."""
-    import torch._dynamo
-    # one graph per task composition and batch shape: room for a 20-task run before falling back to eager
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    return torch.compile(module, backend=compile_backend())
+def compiled(module: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``module``'s forward ``torch.compile``-d with the backend of -O 3, compiled once: the batch dimension of the
+    input is dynamic from the first call (a smaller last batch, a concatenated virtual batch or a batch of one
+    reuse the same graph). The module must read its per-task state as tensors (``second_order``'s adapted layers
+    do; their heads run outside, ``SecondOrder.train_net``): a guard on a Python value recompiles, and past
+    torch's recompile limit (kept at its default) that frame runs eagerly."""
+    forward = torch.compile(module, backend=compile_backend())
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        torch._dynamo.maybe_mark_dynamic(x, 0)
+        return forward(x)
+    return run
