@@ -88,3 +88,19 @@ def test_one_compilation_for_the_run_and_results_of_the_eager_run(tmp_path, monk
         assert compiled.keys() == eager.keys() and any(".deltas." in k for k in eager)
         for key, b in eager.items():  # measured: bitwise equal (aot_eager runs the eager kernels)
             assert float((compiled[key] - b).abs().max()) <= 1e-5 * max(1.0, float(b.abs().max())), key
+
+
+def test_inflora_on_the_same_adapted_layers_compiles_once(tmp_path, monkeypatch):
+    """InfLoRA trains one module per task on the same adapted layers, its whole network compiled
+    (``ContinualModel.train_net``): one graph for the 3 tasks, run by every training forward."""
+    backend = CountingBackend()
+    torch._dynamo.reset()
+    counters.clear()
+    monkeypatch.setattr(optimization, "compile_backend", lambda: backend)
+    data = make_npz(str(tmp_path / "d.npz"), n_classes=2 * N_TASKS, per_class=PER_CLASS)
+    argv = ["--model", "inflora", *tiny_run_args(data, tmp_path, n_tasks=N_TASKS), "--inflora_rank", "2",
+            "--plots", "0", "-O", "3"]
+    assert main(argv) == 0
+    assert backend.graphs == 1 and dict(counters["frames"]) == {"total": 1, "ok": 1}
+    assert not counters["graph_break"]
+    assert backend.calls == Counter({4: 3 * N_TASKS, 2: N_TASKS})

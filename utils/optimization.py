@@ -74,11 +74,16 @@ def compile_backend() -> str:
 
 
 def compiled(module: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``module``'s forward ``torch.compile``-d with the backend of -O 3, compiled once: the batch dimension of the
-    input is dynamic from the first call (a smaller last batch, a concatenated virtual batch or a batch of one
-    reuse the same graph). The module must read its per-task state as tensors (``second_order``'s adapted layers
-    do; their heads run outside, ``SecondOrder.train_net``): a guard on a Python value recompiles, and past
-    torch's recompile limit (kept at its default) that frame runs eagerly."""
+    """``module``'s forward ``torch.compile``-d with the backend of -O 3, compiled once for the run.
+
+    The batch dimension is dynamic from the first call, so a smaller last batch or a concatenated virtual batch
+    reuses the graph (a first batch of one is specialised, as torch does for sizes 0 and 1: only ``--batch_size 1``
+    starts so, and the loaders merge a one-sample tail into the previous batch; torch 2.14's inductor rejects the
+    unspecialised alternative, ``mark_unbacked``, on the patch convolution). The module must read its per-task
+    state as tensors (``second_order``'s adapted layers do, and its heads run outside the compiled body,
+    ``SecondOrder.train_net``): a guard on a Python value would recompile, and past torch's recompile limit (left at
+    its default) that frame would run eagerly. ``tests/test_compile_once.py`` counts the compilations."""
+    import torch._dynamo
     forward = torch.compile(module, backend=compile_backend())
 
     def run(x: torch.Tensor) -> torch.Tensor:
