@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -28,6 +28,7 @@ from models.second_order_utils.task_stats import TaskStatistics
 from models.utils.continual_model import ContinualModel
 from utils import seeding
 from utils.errors import UserError
+from utils.optimization import COMPILE_LEVEL, compiled
 from utils.modes import eval_mode
 
 
@@ -175,6 +176,17 @@ class SecondOrder(ContinualModel):
             self.compose_training()
         return self.vbatches.observe(inputs, labels, group, self.settings.vbs_mode, self.group_backward,
                                      lambda: self.optimizer_step(), lambda: self.opt.zero_grad(set_to_none=True))
+
+    @property
+    def train_net(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The training forward; under ``-O 3`` the body is compiled once for the run (the adapted layers read
+        the task's composition as tensors) and the heads, one more per task, run eagerly after it."""
+        if self.code_optimization < COMPILE_LEVEL:
+            return self.net
+        if self.__dict__.get("_compiled_net") is None:  # (outside the module tree: state dicts unchanged)
+            body, net = compiled(self.net.body), self.net
+            self.__dict__["_compiled_net"] = lambda x: net.classifier(body(x))
+        return self.__dict__["_compiled_net"]
 
     def masked_logits(self, inputs: torch.Tensor) -> torch.Tensor:
         """Logits of the seen classes with the past tasks' classes masked out (the current task's CE)."""

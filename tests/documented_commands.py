@@ -186,6 +186,9 @@ RULES: list[Rule] = [
                                                        "a CPU); tests/test_fisher_reference_benchmark.py runs it small"),
     Rule(r"^python -m benchmarks\.phases --estimate h(100|200)( --fisher_precision \w+)?( --train_precision \w+)?$",
          "run", "prints the run-time model (seconds)"),
+    Rule(r"^python -m benchmarks\.compile_step$", "listed", "compiles ViT-B/16 with inductor on a CPU (up to 8 minutes) "
+         "and times 2 tasks' steps (about 5 minutes more); the quick variant below runs the same script"),
+    Rule(r"^python -m benchmarks\.compile_step --backbone vit_tiny ", "run", "the tiny ViT with aot_eager (seconds)"),
     Rule(r"^python -m benchmarks\.square_sum$", "listed", "a measurement of a minute on a CPU; tests/test_gpu_check.py "
                                                          "times its forms small"),
     Rule(r"^python -m benchmarks\.(feature_stats|debug_lines|checkpoint_size)$", "listed",

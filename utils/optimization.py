@@ -6,8 +6,8 @@
  0    plain fp32 (matmuls at full fp32 precision)                           fp32
  1    TF32 matmuls and convolutions on CUDA (a no-op on a CPU)              fp32
  2    1 + bf16 autocast of the training and evaluation forwards             bf16
- 3    2 + ``torch.compile`` of the training forward (models that opt in;    bf16
-      recompiles at every task: not recommended, docs/speed.md)
+ 3    2 + ``torch.compile`` of the training forward, compiled once per run    bf16
+      (:func:`compiled`; docs/speed.md)
 ====  ====================================================================  ===========
 
 ``--precision`` is kept as the older spelling: ``--precision bf16`` alone means ``-O 2``; given together, the two
@@ -73,9 +73,20 @@ def compile_backend() -> str:
     return os.environ.get(COMPILE_BACKEND_ENV, "inductor")
 
 
-def compiled(module: torch.nn.Module) -> Callable[..., Any]:
-    """``torch.compile(module)`` with the backend of -O 3 (recompiles when a task changes the composition)."""
+def compiled(module: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``module``'s forward ``torch.compile``-d with the backend of -O 3, compiled once for the run.
+
+    The batch dimension is dynamic from the first call, so a smaller last batch or a concatenated virtual batch
+    reuses the graph (a first batch of one is specialised, as torch does for sizes 0 and 1: only ``--batch_size 1``
+    starts so, and the loaders merge a one-sample tail into the previous batch; torch 2.14's inductor rejects the
+    unspecialised alternative, ``mark_unbacked``, on the patch convolution). The module must read its per-task
+    state as tensors (``second_order``'s adapted layers do, and its heads run outside the compiled body,
+    ``SecondOrder.train_net``): a guard on a Python value would recompile, and past torch's recompile limit (left at
+    its default) that frame would run eagerly. ``tests/test_compile_once.py`` counts the compilations."""
     import torch._dynamo
-    # one graph per task composition and batch shape: room for a 20-task run before falling back to eager
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    return torch.compile(module, backend=compile_backend())
+    forward = torch.compile(module, backend=compile_backend())
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        torch._dynamo.maybe_mark_dynamic(x, 0)
+        return forward(x)
+    return run

@@ -111,6 +111,9 @@ class AdaptedLayer(nn.Module):
         self._weight: Optional[torch.Tensor] = None  # W0 + fixed, as a (d_out, d_in) matrix; None = W0
         self.train_task: Optional[int] = None
         self.train_coef = 1.0
+        # the training composition as tensors: (weight, coefficient (0-d), the task module's parameters...); the
+        # forward reads only these, so a compiled forward is guarded on their shapes, not on the task index
+        self._active: Optional[tuple[torch.Tensor, ...]] = None
 
     @property
     def w0(self) -> torch.Tensor:
@@ -132,11 +135,21 @@ class AdaptedLayer(nn.Module):
         """Compute with ``W0 + fixed`` (detached) plus ``train_coef * dW_{train_task}`` (trainable)."""
         self._weight = None if fixed is None else (self.w0 + fixed).detach()
         self.train_task, self.train_coef = train_task, float(train_coef)
+        self._activate()
+
+    def _activate(self) -> None:
+        """Build ``_active`` from ``_weight``, ``train_task`` and ``train_coef`` (None when nothing trains)."""
+        self._active = None
+        if self.train_task is not None:
+            coef = torch.tensor(self.train_coef, dtype=torch.float32, device=self.base.weight.device)
+            weight = self.w0 if self._weight is None else self._weight
+            self._active = (weight, coef, *self.deltas[self.train_task].parameters())
 
     def _apply(self, fn, recurse=True):  # keep the merged weight on the module's device/dtype
         out = super()._apply(fn, recurse)
         if self._weight is not None:
             self._weight = fn(self._weight)
+        self._activate()
         return out
 
     def _op(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -145,16 +158,16 @@ class AdaptedLayer(nn.Module):
         return F.linear(x, weight, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.w0 if self._weight is None else self._weight
-        if self.train_task is None:
-            return self._op(x, weight, self.base.bias)
-        delta = self.deltas[self.train_task]
-        if isinstance(delta, LoraDelta):  # low-rank path: never materialise B A in the forward
-            low = self._op(x, delta.A, None) if not self.is_conv else \
-                F.conv2d(x, delta.A[:, :, None, None], None, self.base.stride)
-            up = F.linear(low, delta.B) if not self.is_conv else F.conv2d(low, delta.B[:, :, None, None])
-            return self._op(x, weight, self.base.bias) + self.train_coef * up
-        return self._op(x, weight + self.train_coef * delta.delta(self.w0), self.base.bias)
+        if self._active is None:
+            return self._op(x, self.w0 if self._weight is None else self._weight, self.base.bias)
+        weight, coef, *params = self._active
+        if self.style == "lora":  # low-rank path: never materialise B A in the forward
+            a, b = params
+            low = self._op(x, a, None) if not self.is_conv else F.conv2d(x, a[:, :, None, None], None, self.base.stride)
+            up = F.linear(low, b) if not self.is_conv else F.conv2d(low, b[:, :, None, None])
+            return self._op(x, weight, self.base.bias) + coef * up
+        delta = params[0] if self.style == "full" else (params[0] - 1.0)[:, None] * self.w0  # ia3: diag(l - 1) W0
+        return self._op(x, weight + coef * delta, self.base.bias)
 
 
 def _target_names(body: nn.Module) -> list[str]:
