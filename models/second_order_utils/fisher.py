@@ -8,7 +8,8 @@ independent of the batch size, so large batches cut the cost without changing th
 
 The class backward passes run one by one (``class_batch=1``: tensor hooks on the layers' outputs) or
 ``class_batch`` at a time in one vmapped backward (``torch.autograd.grad(..., is_grads_batched=True)`` to the
-layers' outputs; equal to the loop up to fp32 rounding).
+layers' outputs; equal to the loop up to fp32 rounding). A class-token ViT's last block runs for the class token
+alone (``fisher_vit.py``: the other rows' gradients are zero).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 
 from models.second_order_utils.fisher_exact import exact_scores
 from models.second_order_utils.fisher_ops import ReusedBackward
+from models.second_order_utils.fisher_vit import ClsOnlyLastBlock
 from models.second_order_utils.modules import AdaptedLayer
 from utils import accelerator
 
@@ -312,7 +314,7 @@ def network_fisher(forward: Callable[[torch.Tensor], torch.Tensor], layers: dict
             chunk = class_batch if class_batch is not None else auto_class_batch(x.device, x.shape[0])
             chunk = chunk if fitted is None else min(chunk, fitted)
             hooks.batched = chunk > 1
-            with fisher_precision(precision, x.device), \
+            with fisher_precision(precision, x.device), ClsOnlyLastBlock(), \
                     (ReusedBackward() if not hooks.batched else contextlib.nullcontext()):
                 logits = forward(x)  # one class backward after another: activation slopes, attention kept
             logp = F.log_softmax(logits.float(), dim=1)
