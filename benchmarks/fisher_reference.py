@@ -17,7 +17,6 @@ the same processes on one batch, scaled to the images).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -258,12 +257,13 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"{projected['reference'] * 1e3:.2f} ms, ours {projected['ours'] * 1e3:.2f} ms, "
           f"ratio {projected['reference'] / projected['ours']:.2f}x")
     if opts.out:
-        with open(opts.out, "w") as f:
-            json.dump({"settings": {k: v for k, v in vars(opts).items() if k not in ("side", "workdir")},
-                       "tokens": tokens, "seconds": times, "cpu_seconds": cpu, "best_seconds": best,
-                       "ratio": ratio, "pair_ratios": pairs, "wall_ratio": wall_ratio, "load_average": os.getloadavg(),
-                       "flops_kernels_squared": flops, "gpu_flops_kernels_squared": gpu_flops, "max_rel_err": err,
-                       "projected_h100_seconds": projected, "ours_gpu_precision": ours_precision}, f, indent=1)
+        from utils.io import write_json  # here: the reference's process imports Mammoth's own utils package
+        write_json(opts.out, {
+            "settings": {k: v for k, v in vars(opts).items() if k not in ("side", "workdir")}, "tokens": tokens,
+            "seconds": times, "cpu_seconds": cpu, "best_seconds": best, "ratio": ratio, "pair_ratios": pairs,
+            "wall_ratio": wall_ratio, "load_average": list(os.getloadavg()), "flops_kernels_squared": flops,
+            "gpu_flops_kernels_squared": gpu_flops, "max_rel_err": err, "projected_h100_seconds": projected,
+            "ours_gpu_precision": ours_precision})
     return 0 if err < 1e-4 else 1
 
 
