@@ -31,3 +31,33 @@ def test_reference_and_ours_agree_on_a_tiny_vit(tmp_path):
     assert res["ratio"] == pytest.approx(res["best_seconds"]["reference"] / res["best_seconds"]["ours"])
     assert res["best_seconds"]["ours"] == min(res["cpu_seconds"]["ours"])
     assert set(res["projected_h100_seconds"]) == {"reference", "ours"}
+    vit_b = res["projected_h100_seconds_vit_b"]
+    assert 1.0 < vit_b["reference"] / vit_b["ours"] < 2.0  # FLOP-bound at ViT-B/16: the same per-block work
+
+
+def test_vit_b_projection_follows_the_flop_formulas():
+    from benchmarks.phases import GPUS, UTILISATION, vit_flops
+    none = {"reference": 0.0, "ours": 0.0}
+    one, two = (fisher_reference.project_vit_b(n, 10, none, 2, "fp32") for n in (1, 2))
+    assert two["ours"] == pytest.approx(2 * one["ours"]) and two["reference"] == pytest.approx(2 * one["reference"])
+    v = vit_flops(768, 12, 197, 196)
+    gemm = (v["forward"] + 9 * v["fisher_direction"]) / (UTILISATION * GPUS["h100"]["fp32"])
+    assert gemm < one["ours"] < 1.2 * gemm  # the square-and-sum bytes add less than a fifth
+    kernels = fisher_reference.project_vit_b(1, 10, {"reference": 100.0, "ours": 10.0}, 2, "fp32")
+    assert kernels["ours"] - one["ours"] == pytest.approx(10 * 6 * 5e-6)  # 12 blocks / 2: 6x the kernels
+
+
+def test_fused_attention_is_counted_like_its_products():
+    """torch's FLOP counter skips the CPU's fused attention: the benchmark adds q k^T and p v (forward) and the
+    backward's 5 products (q k^T recomputed), the same count the kept-probabilities attention gets from its matmuls
+    (less the one recomputation)."""
+    import torch
+    import torch.nn.functional as F
+
+    from models.second_order_utils.fisher_ops import attention_kept_probs
+    b, h, t, d = 2, 3, 10, 8
+    q = torch.randn(b, h, t, d, requires_grad=True)
+    fused, kernels, _ = fisher_reference.count_flops(lambda: F.scaled_dot_product_attention(q, q, q).sum().backward())
+    assert fused == (4 + 10) * b * h * t * t * d and kernels > 0
+    kept, _, _ = fisher_reference.count_flops(lambda: attention_kept_probs(q, q, q).sum().backward())
+    assert kept == fused - 2 * b * h * t * t * d
