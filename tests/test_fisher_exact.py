@@ -143,3 +143,18 @@ def test_vit_fisher_with_both_savings_equals_the_brute_force(class_batch):
     sums, n = network_fisher(net, layers, [x[:2], x[2:]], class_batch=class_batch)
     assert n == 3
     assert rel_err(sums, brute_force(net, layers, x)) <= 1e-4
+
+
+def test_the_projects_vit_backbone_gets_the_class_token_block_through_a_wrapping_forward():
+    from backbone.vit import vit_tiny
+    torch.manual_seed(0)
+    net = vit_tiny(num_classes=4, img_size=16, embed_dim=16, depth=2, num_heads=2)
+    net.eval().requires_grad_(False)
+    layers = inject_adapters(net.body, "lora", 2)
+    seen = []
+    hook = net.body.blocks[-1].mlp.fc2.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[1]))
+    x = torch.randn(3, 3, 16, 16)
+    sums, _ = network_fisher(lambda z: net.classifier(net.features(z)), layers, [x])  # as the model calls it
+    hook.remove()
+    assert seen == [1]  # the last block ran for the class token alone
+    assert rel_err(sums, brute_force(net, layers, x)) <= 1e-4
