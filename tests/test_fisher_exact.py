@@ -158,3 +158,11 @@ def test_the_projects_vit_backbone_gets_the_class_token_block_through_a_wrapping
     hook.remove()
     assert seen == [1]  # the last block ran for the class token alone
     assert rel_err(sums, brute_force(net, layers, x)) <= 1e-4
+
+
+@pytest.mark.parametrize("class_batch", [1, 3])
+def test_one_class_has_a_zero_fisher_and_needs_no_backward(class_batch):
+    net = vit()
+    layers = inject_adapters(net, "lora", 2)
+    sums, n = network_fisher(lambda z: net(z)[:, :1], layers, [torch.randn(2, 3, 32, 32)], class_batch=class_batch)
+    assert n == 2 and all(float(v.abs().max()) == 0.0 for v in sums.values())
