@@ -145,7 +145,7 @@ def run_ours(folder: str, opts: argparse.Namespace) -> dict[str, Any]:
         saved = dict(fisher.SQUARE_SUM_FORM)
         fisher.SQUARE_SUM_FORM["cpu"] = fisher.ACCELERATOR_SQUARE_SUM_FORM
         try:
-            chunk = fisher.auto_class_batch(torch.device("cuda"), min(len(images), opts.our_batch))
+            chunk = max(1, fisher.CLASS_BATCH_ROWS // min(len(images), opts.our_batch))  # auto on an accelerator
             gpu_counts = [c * scale for c in count_flops(lambda: once(images[:opts.our_batch], chunk))]
         finally:
             fisher.SQUARE_SUM_FORM.update(saved)

@@ -1,9 +1,10 @@
 """The exact diagonal (true) Fisher at theta0, with per-sample gradients from hooks.
 
 F[W] = sum_x sum_c p_c(x) (d log p_c(x) / dW)^2, element-wise, for the dense weight W of every
-adapted layer. One forward per batch; C - 1 backward passes for C seen classes (a factor of the logits' Fisher,
-``fisher_exact.py``), or one per class of the top-k of ``fisher_mc_classes``; per-sample gradients are formed from the layers' output gradients
-(sum over tokens / pixels of g_out (x) x_in), squared and accumulated. The result is
+adapted layer. One forward per batch; C - 1 backward passes for C seen classes (a factor of the logits'
+Fisher, ``fisher_exact.py``), or one per class of the top-k of ``fisher_mc_classes``; per-sample gradients
+are formed from the layers' output gradients (sum over tokens / pixels of g_out (x) x_in), squared and
+accumulated. The result is
 independent of the batch size, so large batches cut the cost without changing the values.
 
 The class backward passes run one by one (``class_batch=1``: tensor hooks on the layers' outputs) or

@@ -3,11 +3,11 @@
 For one image with class probabilities p, sum_c p_c (d log p_c / dW)^2 = diag(J^T A J) with J = dz/dW (z the
 logits) and A = sum_c p_c (e_c - p)(e_c - p)^T = diag(p) - p p^T, of rank C - 1 (A 1 = 0). With A = L L^T,
 L of shape (C, C - 1), the same Fisher is sum_j (J^T L[:, j])^2: C - 1 backward passes of the scores
-sum_b L_b[:, j] . z_b (or . log p_b: the columns of L sum to 0). The factor: A = D^1/2 (I - q q^T) D^1/2 with D = diag(p), q = sqrt(p) a unit vector, and
-I - q q^T = R' R'^T for R' the columns j != k of the Householder reflection R = I - v v^T / (1 + q_k),
-v = q + e_k, which maps q to -e_k (k = the most likely class, so 1 + q_k >= 1: no cancellation). Classes whose
-probability is 0 for every image of the batch (fp32 underflow) add nothing and are left out, so a batch with
-C' such classes needs C' - 1 backward passes.
+sum_b L_b[:, j] . z_b (or . log p_b: the columns of L sum to 0). The factor: A = D^1/2 (I - q q^T) D^1/2
+with D = diag(p), q = sqrt(p) a unit vector, and I - q q^T = R' R'^T for R' the columns j != k of the
+Householder reflection R = I - v v^T / (1 + q_k), v = q + e_k, which maps q to -e_k (k = the most likely class,
+so 1 + q_k >= 1: no cancellation). Classes whose probability is 0 for every image of the batch (fp32 underflow)
+add nothing and are left out, so a batch with C' such classes needs C' - 1 backward passes.
 """
 from __future__ import annotations
 
