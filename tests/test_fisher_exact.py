@@ -166,3 +166,14 @@ def test_one_class_has_a_zero_fisher_and_needs_no_backward(class_batch):
     layers = inject_adapters(net, "lora", 2)
     sums, n = network_fisher(lambda z: net(z)[:, :1], layers, [torch.randn(2, 3, 32, 32)], class_batch=class_batch)
     assert n == 2 and all(float(v.abs().max()) == 0.0 for v in sums.values())
+
+
+def test_fp32_factor_keeps_the_logits_fisher_to_fp32_rounding():
+    logits = torch.randn(64, 100) * 6
+    probs = torch.softmax(logits, dim=1)
+    factor = logit_fisher_factor(probs)
+    assert factor.dtype == torch.float32
+    p = torch.softmax(logits.double(), dim=1)
+    expected = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    err = (factor.double() @ factor.double().transpose(1, 2) - expected).abs().amax((1, 2)) / p.amax(1)
+    assert float(err.max()) < 1e-6

@@ -16,8 +16,8 @@ import torch
 
 def logit_fisher_factor(probs: torch.Tensor) -> torch.Tensor:
     """L of shape (B, C, C - 1) with L_b L_b^T = diag(p_b) - p_b p_b^T for each row p_b of ``probs`` (B, C)
-    (rows summing to 1), in ``probs``' dtype (float64 for the Fisher)."""
-    p = probs.double()
+    (rows summing to 1), in ``probs``' dtype and on its device."""
+    p = probs
     n, c = p.shape
     q = p.clamp_min(0).sqrt()
     k = q.argmax(1)
@@ -34,8 +34,9 @@ def exact_scores(logp: torch.Tensor, probs: torch.Tensor) -> list[torch.Tensor]:
     """The C' - 1 scores sum_b L_b[:, j] . log p_b of the exact Fisher (``logp`` (B, C) the log-softmax with
     gradients, ``probs`` its exp, detached), C' the classes whose probability is non-zero somewhere in the batch.
     The gradient of a score is the same through log p as through the logits (the columns of L sum to 0: d log p /
-    dz = I - 1 p^T); the factor is taken from the float64 softmax of those classes' log-probabilities."""
+    dz = I - 1 p^T); the factor is taken from the softmax of those classes' log-probabilities (rows summing to 1 in
+    ``logp``'s dtype: the reflection has no cancellation, so fp32 keeps L L^T = A to fp32 rounding)."""
     active = (probs > 0).any(0).nonzero().flatten()
     logp = logp if len(active) == probs.shape[1] else logp[:, active]
-    factor = logit_fisher_factor(torch.softmax(logp.detach().double(), dim=1)).to(logp.dtype)  # (B, C', C'-1)
+    factor = logit_fisher_factor(torch.softmax(logp.detach(), dim=1))  # (B, C', C' - 1), on logp's device
     return [(factor[:, :, j] * logp).sum() for j in range(factor.shape[2])]
