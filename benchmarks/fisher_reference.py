@@ -17,7 +17,6 @@ the same processes on one batch, scaled to the images).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -48,25 +47,39 @@ def make_inputs(folder: str, opts: argparse.Namespace) -> None:
     torch.save(torch.randn(opts.images, 3, opts.img_size, opts.img_size), os.path.join(folder, "images.pt"))
 
 
+SQUARING = ("pow", "square_", "pow_", "mul_", "linalg_vector_norm")  # the square-and-sum passes' first kernel
+
+
+# fused attention kernels without a FLOP rule: (index of the query argument, FLOPs per query element per key)
+FUSED_ATTENTION = {"_scaled_dot_product_flash_attention_for_cpu": (0, 4),
+                   "_scaled_dot_product_flash_attention_for_cpu_backward": (1, 10)}
+
+
 def count_flops(fn: Any) -> tuple[int, int, float]:
     """Matmul FLOPs, kernels (aten operations that are not views) and bytes written by the per-sample
-    square-and-sum passes (elements of the 3-d tensors squared) of ``fn()``."""
+    square-and-sum passes (elements of the 3-d tensors squared) of ``fn()``. torch's counter has no rule for the
+    CPU's fused attention kernels: their products are added here (forward q k^T and p v; backward 5 products,
+    q k^T recomputed), so the two sides count the same attention arithmetic whichever kernel runs it."""
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import FlopCounterMode
 
     class Kernels(TorchDispatchMode):
-        count, squared = 0, 0
+        count, squared, attention = 0, 0, 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             if not getattr(func, "is_view", False):
                 Kernels.count += 1
-                if func.__name__.split(".")[0] in ("pow", "square_", "pow_", "mul_") and args[0].dim() == 3:
+                name = func.__name__.split(".")[0]
+                if name in SQUARING and args[0].dim() == 3:
                     Kernels.squared += args[0].numel()
+                elif name in FUSED_ATTENTION:
+                    q, k = args[FUSED_ATTENTION[name][0]], args[FUSED_ATTENTION[name][0] + 1]
+                    Kernels.attention += FUSED_ATTENTION[name][1] * q.numel() * k.shape[-2]
             return out
     with FlopCounterMode(display=False) as counter, Kernels():
         fn()
-    return int(counter.get_total_flops()), Kernels.count, float(Kernels.squared)
+    return int(counter.get_total_flops()) + Kernels.attention, Kernels.count, float(Kernels.squared)
 
 
 def project_gpu(flops: float, kernels: float, squared: float, precision: str, square_bytes: int,
@@ -80,9 +93,38 @@ def project_gpu(flops: float, kernels: float, squared: float, precision: str, sq
             peak["bytes_per_s"]) + kernels * launch_s)
 
 
+def project_vit_b(images: int, classes: int, kernels: dict[str, float], depth: int, ours_precision: str
+                  ) -> dict[str, float]:
+    """H100 seconds of both sides at ViT-B/16 (768 wide, 12 blocks, 197 tokens): FLOPs from
+    ``phases.vit_flops`` (the reference: ``classes`` backward passes through every block and the patch embedding,
+    its fused attention backward recomputing q k^T; ours: ``classes - 1`` passes of ``fisher_direction`` and, as
+    an upper bound, the full forward), the per-sample products squared (every adapted layer; ours: not the last
+    block's proj, fc1 and fc2), and this run's kernel counts scaled from ``depth`` to 12 blocks."""
+    from benchmarks.phases import SQUARE_SUM_BYTES, vit_flops
+    d, blocks = 768, 12
+    v = vit_flops(d, blocks, 197, 196)
+    embed_grad = 2 * 196 * (3 * 16 * 16) * d
+    ref = images * (v["forward"] + classes * (v["fisher_class"] + embed_grad + v["attention"] / 2))
+    ours = images * (v["forward"] + (classes - 1) * v["fisher_direction"])
+    squared = {"reference": images * classes * blocks * 12 * d ** 2,
+               "ours": images * (classes - 1) * ((blocks - 1) * 12 + 3) * d ** 2}
+    scale = blocks / depth
+    return {"reference": project_gpu(ref, kernels["reference"] * scale, squared["reference"], "fp32", 16),
+            "ours": project_gpu(ours, kernels["ours"] * scale, squared["ours"], ours_precision, SQUARE_SUM_BYTES)}
+
+
+def timed(fn: Any) -> tuple[float, float, Any]:
+    """Wall seconds, CPU seconds of this (single-threaded) process, and the result of ``fn()``. The CPU seconds
+    are what the ratio uses: on a shared machine other jobs stretch the wall time, not the CPU time."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return time.perf_counter() - wall, time.process_time() - cpu, out
+
+
 def run_ours(folder: str, opts: argparse.Namespace) -> dict[str, Any]:
     from timm.models.vision_transformer import VisionTransformer
 
+    from models.second_order_utils import fisher
     from models.second_order_utils.fisher import network_fisher
     from models.second_order_utils.modules import inject_adapters
     net = VisionTransformer(img_size=opts.img_size, patch_size=16, embed_dim=opts.embed_dim, depth=opts.depth,
@@ -92,16 +134,25 @@ def run_ours(folder: str, opts: argparse.Namespace) -> dict[str, Any]:
     layers = inject_adapters(net, "lora", 16)
     images = torch.load(os.path.join(folder, "images.pt"), weights_only=True)
 
-    def once(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return network_fisher(net, layers, list(x.split(opts.our_batch)), class_batch=1)[0]
-    start = time.perf_counter()
-    sums = once(images)
-    seconds = time.perf_counter() - start
-    counts = [c * len(images) / min(len(images), opts.our_batch)
-              for c in count_flops(lambda: once(images[:opts.our_batch]))] if opts.count_flops else None
+    def once(x: torch.Tensor, class_batch: int = 1) -> dict[str, torch.Tensor]:
+        return network_fisher(net, layers, list(x.split(opts.our_batch)), class_batch=class_batch)[0]
+    seconds, cpu_seconds, sums = timed(lambda: once(images))
+    counts = gpu_counts = None
+    if opts.count_flops:
+        scale = len(images) / min(len(images), opts.our_batch)
+        counts = [c * scale for c in count_flops(lambda: once(images[:opts.our_batch]))]
+        # as on CUDA: the class backward passes vmapped in chunks (fisher.auto_class_batch), the "norm" square-sum
+        saved = dict(fisher.SQUARE_SUM_FORM)
+        fisher.SQUARE_SUM_FORM["cpu"] = fisher.ACCELERATOR_SQUARE_SUM_FORM
+        try:
+            chunk = max(1, fisher.CLASS_BATCH_ROWS // min(len(images), opts.our_batch))  # auto on an accelerator
+            gpu_counts = [c * scale for c in count_flops(lambda: once(images[:opts.our_batch], chunk))]
+        finally:
+            fisher.SQUARE_SUM_FORM.update(saved)
     fisher = {f"{short}_{name.split('.')[1]}": v for name, v in sums.items()
               for short, long in TARGETS.items() if name.endswith(long)}
-    return {"seconds": seconds, "counts": counts, "fisher": fisher}
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "counts": counts, "gpu_counts": gpu_counts,
+            "fisher": fisher}
 
 
 def run_reference(folder: str, opts: argparse.Namespace) -> dict[str, Any]:
@@ -134,12 +185,11 @@ def run_reference(folder: str, opts: argparse.Namespace) -> dict[str, Any]:
 
     def once(x: torch.Tensor) -> dict[str, torch.Tensor]:
         return model._Model__compute_fisher_hooks(params, names, cls_params, cls_names, Loader(x))[0]
-    start = time.perf_counter()
-    fisher = once(images)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds, fisher = timed(lambda: once(images))
     counts = [c * len(images) / min(len(images), opts.ref_batch)
               for c in count_flops(lambda: once(images[:opts.ref_batch]))] if opts.count_flops else None
-    return {"seconds": seconds, "counts": counts, "fisher": {k: v.detach() for k, v in fisher.items()}}
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "counts": counts, "gpu_counts": counts,
+            "fisher": {k: v.detach() for k, v in fisher.items()}}
 
 
 def extract(path: str) -> str:
@@ -202,38 +252,54 @@ def main(argv: Optional[list[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fisher_reference_") as folder:
         make_inputs(folder, opts)
         times: dict[str, list[float]] = {"ours": [], "reference": []}
+        cpu: dict[str, list[float]] = {"ours": [], "reference": []}
         results: dict[str, dict[str, Any]] = {}
-        flops: dict[str, list[float]] = {}  # side -> [matmul FLOPs, kernels, squared elements]
+        flops: dict[str, list[float]] = {}  # side -> [matmul FLOPs, kernels, squared elements], as timed
+        gpu_flops: dict[str, list[float]] = {}  # the same, configured as on CUDA
         for i in range(opts.repeats):  # alternating, so both sides see the same machine load
             for name in ("reference", "ours"):
                 results[name] = side(name, folder, opts, forward if i else [*forward, "--count_flops"])
                 times[name].append(results[name]["seconds"])
+                cpu[name].append(results[name]["cpu_seconds"])
                 flops.setdefault(name, results[name]["counts"])
+                gpu_flops.setdefault(name, results[name]["gpu_counts"])
     err = compare(results["ours"]["fisher"], results["reference"]["fisher"])
-    best = {k: min(v) for k, v in times.items()}
+    best = {k: min(v) for k, v in cpu.items()}
     ratio = best["reference"] / best["ours"]
+    pairs = [r / o for r, o in zip(cpu["reference"], cpu["ours"])]
+    wall_ratio = min(times["reference"]) / min(times["ours"])
     tokens = (opts.img_size // 16) ** 2 + 1
     print(f"ViT width {opts.embed_dim}, {opts.depth} blocks, {tokens} tokens, {opts.classes} classes, "
-          f"{opts.images} images; reference batch {opts.ref_batch}, ours {opts.our_batch}; one thread each")
+          f"{opts.images} images; reference batch {opts.ref_batch}, ours {opts.our_batch}; one thread each; "
+          f"load average {os.getloadavg()[0]:.1f}")
     for name in ("reference", "ours"):
-        print(f"{name:9s} {' '.join(f'{t:7.2f}' for t in times[name])} s   best {best[name]:7.2f} s   "
-              f"{flops[name][0] / 1e9:9.1f} GFLOP {flops[name][1]:9.0f} kernels")
-    print(f"reference / ours: {ratio:.2f}x   (max rel. err of the Fisher {err:.1e})")
+        print(f"{name:9s} CPU {' '.join(f'{t:7.2f}' for t in cpu[name])} s  best {best[name]:7.2f} s  "
+              f"(wall {' '.join(f'{t:.2f}' for t in times[name])})  {flops[name][0] / 1e9:7.1f} GFLOP "
+              f"{flops[name][1]:6.0f} kernels ({gpu_flops[name][1]:.0f} as on CUDA)")
+    print(f"reference / ours: {ratio:.2f}x CPU time best/best (pairs {' '.join(f'{r:.2f}' for r in pairs)}; "
+          f"wall best/best {wall_ratio:.2f}x)   (max rel. err of the Fisher {err:.1e})")
     from models.second_order_utils.flags import SecondOrderSettings
     ours_precision = SecondOrderSettings().fisher_precision
     from benchmarks.phases import SQUARE_SUM_BYTES
     # the reference: bmm write, pow read + write, sum read (16 bytes); ours: the GPU form of fisher.square_sum
-    projected = {"reference": project_gpu(*flops["reference"], "fp32", 16),
-                 "ours": project_gpu(*flops["ours"], ours_precision, SQUARE_SUM_BYTES)}
+    projected = {"reference": project_gpu(*gpu_flops["reference"], "fp32", 16),
+                 "ours": project_gpu(*gpu_flops["ours"], ours_precision, SQUARE_SUM_BYTES)}
     print(f"projected on an H100 (reference fp32, ours {ours_precision} = the CUDA default): reference "
-          f"{projected['reference']:.3f} s, ours {projected['ours']:.3f} s, "
+          f"{projected['reference'] * 1e3:.2f} ms, ours {projected['ours'] * 1e3:.2f} ms, "
           f"ratio {projected['reference'] / projected['ours']:.2f}x")
+    vit_b = project_vit_b(opts.images, opts.classes, {k: v[1] for k, v in gpu_flops.items()}, opts.depth,
+                          ours_precision)
+    print(f"projected at ViT-B/16 size (768 wide, 12 blocks; FLOPs counted from the shapes): reference "
+          f"{vit_b['reference'] * 1e3:.1f} ms, ours {vit_b['ours'] * 1e3:.1f} ms, "
+          f"ratio {vit_b['reference'] / vit_b['ours']:.2f}x")
     if opts.out:
-        with open(opts.out, "w") as f:
-            json.dump({"settings": {k: v for k, v in vars(opts).items() if k not in ("side", "workdir")},
-                       "tokens": tokens, "seconds": times, "best_seconds": best, "ratio": ratio,
-                       "flops_kernels_squared": flops, "max_rel_err": err,
-                       "projected_h100_seconds": projected, "ours_gpu_precision": ours_precision}, f, indent=1)
+        from utils.io import write_json  # here: the reference's process imports Mammoth's own utils package
+        write_json(opts.out, {
+            "settings": {k: v for k, v in vars(opts).items() if k not in ("side", "workdir")}, "tokens": tokens,
+            "seconds": times, "cpu_seconds": cpu, "best_seconds": best, "ratio": ratio, "pair_ratios": pairs,
+            "wall_ratio": wall_ratio, "load_average": list(os.getloadavg()), "flops_kernels_squared": flops,
+            "gpu_flops_kernels_squared": gpu_flops, "max_rel_err": err, "projected_h100_seconds": projected,
+            "projected_h100_seconds_vit_b": vit_b, "ours_gpu_precision": ours_precision})
     return 0 if err < 1e-4 else 1
 
 

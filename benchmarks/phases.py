@@ -210,14 +210,22 @@ PUBLISHED = {"tasks": 10, "classes_per_task": 10, "train_per_task": 5000, "test_
 
 def vit_flops(dim: int, depth: int, tokens: int, patches: int) -> dict[str, float]:
     """Matmul FLOPs per image of a ViT (2 per multiply-add): ``forward``; ``linear`` and ``attention`` of the blocks;
-    ``fisher_class`` = one class backward of the exact Fisher (input gradients of every block but the first
-    layer's, the per-sample products of the 4 adapted layers, the attention backward at 2x its forward)."""
+    ``fisher_class`` = one class backward through every block (input gradients of every block but the first
+    layer's, the per-sample products of the 4 adapted layers, the attention backward at 2x its forward: what the
+    reference implementation does, less its gradients below the first layer); ``fisher_direction`` = one of the
+    C - 1 backward passes of ``network_fisher`` (the last block for the class token alone)."""
     linear = depth * 24 * tokens * dim ** 2  # qkv 3d^2, proj d^2, fc1 4d^2, fc2 4d^2; 2 FLOPs per MAC
     attention = depth * 4 * tokens ** 2 * dim  # q k^T and p v
     embed = 2 * patches * (3 * 16 * 16) * dim
     first_qkv = 6 * tokens * dim ** 2
+    # one backward pass as network_fisher runs it (C - 1 of them for C classes): the last block for the class token
+    # alone (fisher_vit.py): its qkv's per-sample product and input gradient over all tokens, a one-query attention
+    # backward, and proj, fc1, fc2 on one token (their squares from one product each, their input gradients)
+    block = 24 * tokens * dim ** 2
+    last = 6 * tokens * dim ** 2 + (6 * tokens * dim ** 2 if depth > 1 else 0) + 8 * tokens * dim + 36 * dim ** 2
+    dense = (depth - 1) * (2 * block + 2 * attention // depth) - (first_qkv if depth > 1 else 0)
     return {"forward": linear + attention + embed, "linear": linear, "attention": attention,
-            "fisher_class": (linear - first_qkv) + linear + 2 * attention}
+            "fisher_class": (linear - first_qkv) + linear + 2 * attention, "fisher_direction": dense + last}
 
 
 def estimate(gpu: str, fisher_precision: str, train_precision: str, p: Optional[dict] = None) -> dict[str, Any]:

@@ -33,7 +33,7 @@ def test_batched_fisher_equals_the_loop_and_the_brute_force(make, style):
     loop, n = network_fisher(net, layers, [x[:4], x[4:]])
     n_classes = net(x).shape[1]
     assert n_classes == 5
-    for class_batch in (n_classes, 2):  # all classes in one backward; chunks of 2 (3 backward passes, one of 1)
+    for class_batch in (n_classes, 3):  # all 4 directions in one backward; chunks of 3 (2 passes, one of 1)
         batched, m = network_fisher(net, layers, [x[:4], x[4:]], class_batch=class_batch)
         assert m == n == 7
         assert rel_err(batched, loop) <= 1e-5, class_batch
@@ -63,10 +63,13 @@ def test_one_vmapped_backward_per_chunk(monkeypatch):
 
     monkeypatch.setattr(torch.autograd, "grad", counting)
     network_fisher(net, layers, [torch.randn(3, 3, 8, 8), torch.randn(2, 3, 8, 8)], class_batch=2)
-    assert calls == [True] * 6  # 5 classes in chunks of 2, 2, 1, per batch
+    assert calls == [True] * 4  # 5 classes: 4 backward passes (the exact factor) in chunks of 2, 2, per batch
+    calls.clear()
+    network_fisher(net, layers, [torch.randn(3, 3, 8, 8)], class_batch=3)
+    assert calls == [True, True]  # chunks of 3 and 1
     calls.clear()
     network_fisher(net, layers, [torch.randn(3, 3, 8, 8)], class_batch=1)
-    assert calls == [False] * 5  # the per-class loop
+    assert calls == [False] * 4  # the per-direction loop
 
 
 def test_cuda_out_of_memory_halves_the_class_chunk(monkeypatch):
@@ -85,7 +88,7 @@ def test_cuda_out_of_memory_halves_the_class_chunk(monkeypatch):
 
     monkeypatch.setattr(torch.autograd, "grad", limited)
     batched, _ = network_fisher(net, layers, [x[:3], x[3:]], class_batch=5)
-    assert sizes == [5, 2, 2, 1, 2, 2, 1]  # 5 fails -> 2 fits and is kept for the next batch
+    assert sizes == [4, 2, 2, 2, 2]  # all 4 directions fail -> 2 fits and is kept for the next batch
     assert rel_err(batched, loop) <= 1e-5
 
 

@@ -19,8 +19,45 @@ def test_reference_and_ours_agree_on_a_tiny_vit(tmp_path):
     assert code == 0 and res["max_rel_err"] < 1e-4 and res["tokens"] == 10
     for side in ("reference", "ours"):
         flops, kernels, squared = res["flops_kernels_squared"][side]
-        assert flops > 0 and kernels > 0 and res["seconds"][side][0] > 0
-        # the per-sample products squared: images x classes x the 4 adapted layers' O*I (12 d^2)
-        assert squared == 4 * 3 * 12 * 32 ** 2
+        assert flops > 0 and kernels > 0 and res["seconds"][side][0] > 0 and res["cpu_seconds"][side][0] > 0
+    # the per-sample products squared. The reference: images x classes x the 4 adapted layers' O*I (12 d^2).
+    assert res["flops_kernels_squared"]["reference"][2] == 4 * 3 * 12 * 32 ** 2
+    # ours: images x (classes - 1) x the qkv's O*I (3 d^2): the one block is the last, whose proj, fc1 and fc2
+    # see the class token alone (their squares come from one matrix product, no per-sample tensor); the same
+    # elements as on CUDA (the "norm" form, the classes in one vmapped backward, with fewer kernels)
+    assert res["flops_kernels_squared"]["ours"][2] == res["gpu_flops_kernels_squared"]["ours"][2] == 4 * 2 * 3 * 32 ** 2
+    assert res["gpu_flops_kernels_squared"]["ours"][1] < res["flops_kernels_squared"]["ours"][1]
+    assert res["flops_kernels_squared"]["ours"][0] < res["flops_kernels_squared"]["reference"][0]
     assert res["ratio"] == pytest.approx(res["best_seconds"]["reference"] / res["best_seconds"]["ours"])
+    assert res["best_seconds"]["ours"] == min(res["cpu_seconds"]["ours"])
     assert set(res["projected_h100_seconds"]) == {"reference", "ours"}
+    vit_b = res["projected_h100_seconds_vit_b"]
+    assert 1.0 < vit_b["reference"] / vit_b["ours"] < 2.0  # FLOP-bound at ViT-B/16: the same per-block work
+
+
+def test_vit_b_projection_follows_the_flop_formulas():
+    from benchmarks.phases import GPUS, UTILISATION, vit_flops
+    none = {"reference": 0.0, "ours": 0.0}
+    one, two = (fisher_reference.project_vit_b(n, 10, none, 2, "fp32") for n in (1, 2))
+    assert two["ours"] == pytest.approx(2 * one["ours"]) and two["reference"] == pytest.approx(2 * one["reference"])
+    v = vit_flops(768, 12, 197, 196)
+    gemm = (v["forward"] + 9 * v["fisher_direction"]) / (UTILISATION * GPUS["h100"]["fp32"])
+    assert gemm < one["ours"] < 1.2 * gemm  # the square-and-sum bytes add less than a fifth
+    kernels = fisher_reference.project_vit_b(1, 10, {"reference": 100.0, "ours": 10.0}, 2, "fp32")
+    assert kernels["ours"] - one["ours"] == pytest.approx(10 * 6 * 5e-6)  # 12 blocks / 2: 6x the kernels
+
+
+def test_fused_attention_is_counted_like_its_products():
+    """torch's FLOP counter skips the CPU's fused attention: the benchmark adds q k^T and p v (forward) and the
+    backward's 5 products (q k^T recomputed), the same count the kept-probabilities attention gets from its matmuls
+    (less the one recomputation)."""
+    import torch
+    import torch.nn.functional as F
+
+    from models.second_order_utils.fisher_ops import attention_kept_probs
+    b, h, t, d = 2, 3, 10, 8
+    q = torch.randn(b, h, t, d, requires_grad=True)
+    fused, kernels, _ = fisher_reference.count_flops(lambda: F.scaled_dot_product_attention(q, q, q).sum().backward())
+    assert fused == (4 + 10) * b * h * t * t * d and kernels > 0
+    kept, _, _ = fisher_reference.count_flops(lambda: attention_kept_probs(q, q, q).sum().backward())
+    assert kept == fused - 2 * b * h * t * t * d

@@ -73,9 +73,12 @@ def test_phases_cover_begin_task_and_flops_scale_with_classes(figures):
         inner = sum(secs[tag][p] for p in phases.PHASES)
         assert 0.5 * secs[tag]["begin_task_total"] <= inner <= secs[tag]["begin_task_total"] * 1.001
         assert set(flops[tag]) == {*phases.PHASES, "training", "evaluation"}
-        assert flops[tag]["features"] > 0 and flops[tag]["fisher"] > flops[tag]["features"]
-    # one backward per seen class: 20 vs 2 classes on the same images (the forward and the head are shared)
+        assert flops[tag]["features"] > 0 and flops[tag]["fisher"] > 0
+    # C - 1 backward passes for C seen classes: 19 at 20 classes vs 1 at 2 on the same images (the forward and
+    # the head are shared; with one pass, through a last block run for the class token alone, the Fisher of
+    # task 1 may cost less than the feature pass)
     assert flops["task10"]["fisher"] > 4 * flops["task1"]["fisher"]
+    assert flops["task10"]["fisher"] > 4 * flops["task10"]["features"]
     assert flops["task10"]["features"] == pytest.approx(flops["task1"]["features"], rel=0.01)  # same task size
     assert flops["task10"]["evaluation"] == pytest.approx(10 * flops["task1"]["evaluation"], rel=1e-6)
 

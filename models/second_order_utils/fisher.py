@@ -1,14 +1,16 @@
 """The exact diagonal (true) Fisher at theta0, with per-sample gradients from hooks.
 
 F[W] = sum_x sum_c p_c(x) (d log p_c(x) / dW)^2, element-wise, for the dense weight W of every
-adapted layer. One forward per batch, one backward per class (of the seen classes, or the top-k
-of ``fisher_mc_classes``); per-sample gradients are formed from the layers' output gradients
-(sum over tokens / pixels of g_out (x) x_in), squared and accumulated. The result is
+adapted layer. One forward per batch; C - 1 backward passes for C seen classes (a factor of the logits'
+Fisher, ``fisher_exact.py``), or one per class of the top-k of ``fisher_mc_classes``; per-sample gradients
+are formed from the layers' output gradients (sum over tokens / pixels of g_out (x) x_in), squared and
+accumulated. The result is
 independent of the batch size, so large batches cut the cost without changing the values.
 
 The class backward passes run one by one (``class_batch=1``: tensor hooks on the layers' outputs) or
 ``class_batch`` at a time in one vmapped backward (``torch.autograd.grad(..., is_grads_batched=True)`` to the
-layers' outputs; equal to the loop up to fp32 rounding).
+layers' outputs; equal to the loop up to fp32 rounding). A class-token ViT's last block runs for the class token
+alone (``fisher_vit.py``: the other rows' gradients are zero).
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ from typing import Callable, Iterable, Iterator, Optional
 import torch
 import torch.nn.functional as F
 
+from models.second_order_utils.fisher_exact import exact_scores
 from models.second_order_utils.fisher_ops import ReusedBackward
+from models.second_order_utils.fisher_vit import ClsOnlyLastBlock
 from models.second_order_utils.modules import AdaptedLayer
 from utils import accelerator
 
@@ -267,11 +271,13 @@ def regroup(batches: Iterable[torch.Tensor], group: int) -> Iterator[torch.Tenso
 
 def class_scores(logp: torch.Tensor, probs: torch.Tensor, mc_classes: Optional[int],
                  group: Optional[int]) -> list[torch.Tensor]:
-    """One score per backpropagated class c: sum_b m_bc sqrt(p_bc) log p_bc, where m_bc = 1 when c is among
-    the classes selected for sample b's micro-batch of ``group`` rows (every class with ``mc_classes=None``)."""
+    """The scores to backpropagate. All classes (``mc_classes=None``): the C - 1 scores of
+    :func:`fisher_exact.exact_scores` (the same Fisher as one score per class). Top-k: one score per selected
+    class c, sum_b m_bc sqrt(p_bc) log p_bc, where m_bc = 1 when c is among the classes selected for sample b's
+    micro-batch of ``group`` rows."""
     n = probs.shape[1]
     if mc_classes is None or mc_classes >= n:
-        return [(probs[:, c].sqrt() * logp[:, c]).sum() for c in range(n)]
+        return exact_scores(logp, probs)
     group = group or probs.shape[0]
     mask = torch.zeros_like(probs)
     for start in range(0, probs.shape[0], group):
@@ -288,7 +294,8 @@ def network_fisher(forward: Callable[[torch.Tensor], torch.Tensor], layers: dict
     """Fisher sums of every adapted layer's weight over ``batches`` and the number of samples.
 
     ``forward(x)`` returns the logits over the classes the Fisher is taken on (already sliced).
-    Exact (default): one backward per class c of sum_b sqrt(p_c(x_b)) log p_c(x_b).
+    Exact (default): C - 1 backward passes of :func:`fisher_exact.exact_scores` (equal to one backward per class c
+    of sum_b sqrt(p_c(x_b)) log p_c(x_b)).
     ``mc_classes=k``: for each micro-batch of ``mc_group`` consecutive samples of the pass (the paper code's
     ``--batch_size``; default: each incoming batch), only the k classes of :func:`select_classes` (truncated
     sum, biased); the result does not depend on how ``batches`` is cut.
@@ -308,7 +315,7 @@ def network_fisher(forward: Callable[[torch.Tensor], torch.Tensor], layers: dict
             chunk = class_batch if class_batch is not None else auto_class_batch(x.device, x.shape[0])
             chunk = chunk if fitted is None else min(chunk, fitted)
             hooks.batched = chunk > 1
-            with fisher_precision(precision, x.device), \
+            with fisher_precision(precision, x.device), ClsOnlyLastBlock(), \
                     (ReusedBackward() if not hooks.batched else contextlib.nullcontext()):
                 logits = forward(x)  # one class backward after another: activation slopes, attention kept
             logp = F.log_softmax(logits.float(), dim=1)

@@ -8,8 +8,8 @@ forward:
 * ``gelu`` (exact) and ``silu``: the slope f'(x) is computed in the forward and kept; each backward is one multiply
   (instead of erf/exp of x per class);
 * ``scaled_dot_product_attention`` without mask, dropout or causal masking: the forward keeps the attention
-  probabilities P; each backward is four matrix products (dV = P^T dO, dP = dO V^T, dS = P (dP - rowsum(dP P)),
-  dQ = s dS K, dK = s dS^T Q) instead of the fused kernel's, which recomputes P.
+  probabilities P and its output O; each backward is four matrix products (dV = P^T dO, dP = dO V^T,
+  dS = P (dP - rowsum(dO O)), dQ = s dS K, dK = s dS^T Q) instead of the fused kernel's five, which recompute P.
 
 The gradients equal autograd's up to fp32 rounding (tests/test_fisher_ops.py). Calls it does not cover run as they
 are.
@@ -60,19 +60,21 @@ class _AttentionKeptProbs(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         p = torch.softmax((q @ k.transpose(-2, -1)) * scale, dim=-1)
-        ctx.save_for_backward(q, k, v, p)
+        out = p @ v
+        ctx.save_for_backward(q, k, v, p, out)
         ctx.scale = scale
-        return p @ v
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):
-        q, k, v, p = ctx.saved_tensors
+        q, k, v, p, out = ctx.saved_tensors
         need_q, need_k, need_v = ctx.needs_input_grad[:3]
         dv = p.transpose(-2, -1) @ grad if need_v else None
         dq = dk = None
         if need_q or need_k:
             dp = grad @ v.transpose(-2, -1)
-            ds = p * (dp - (dp * p).sum(-1, keepdim=True))
+            # rowsum(dP * P) = rowsum(dO * O) (O = P V): a (T, d) product instead of a (T, T) one
+            ds = dp.sub_((grad * out).sum(-1, keepdim=True)).mul_(p)
             dq = (ds @ k) * ctx.scale if need_q else None
             dk = (ds.transpose(-2, -1) @ q) * ctx.scale if need_k else None
         return dq, dk, dv, None
