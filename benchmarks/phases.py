@@ -242,8 +242,9 @@ def estimate(gpu: str, fisher_precision: str, train_precision: str, p: Optional[
     images = 0
     for t in range(p["tasks"]):
         seen, new = (t + 1) * p["classes_per_task"], p["classes_per_task"]
-        flops["fisher"] += n * (v["forward"] + seen * v["fisher_class"])
-        square_bytes += n * seen * adapted * SQUARE_SUM_BYTES
+        # network_fisher's exact estimator: C - 1 backward passes for C seen classes (fisher_exact.py)
+        flops["fisher"] += n * (v["forward"] + (seen - 1) * v["fisher_direction"])
+        square_bytes += n * (seen - 1) * adapted * SQUARE_SUM_BYTES
         per_class = n / new
         flops["gmm"] += new * (p["kmeans_inits"] * p["kmeans_iters"] * 2 * per_class * k * d
                                + p["em_iters"] * 10 * per_class * k * d)

@@ -56,6 +56,6 @@ def test_estimate_adds_up_and_follows_the_precision_peaks():
     p = phases.PUBLISHED
     assert fp32["loader_images"] == p["tasks"] * p["train_per_task"] * (2 + p["epochs"]) + \
         p["test_per_task"] * p["tasks"] * (p["tasks"] + 1) // 2
-    # the Fisher grows with the seen classes: 10 + 20 + ... + 100 class backwards per image
+    # the Fisher grows with the seen classes: 9 + 19 + ... + 99 backward passes per image (C - 1 for C classes)
     v = phases.vit_flops(768, 12, 197, 196)
-    assert fp32["flops"]["fisher"] == pytest.approx(p["train_per_task"] * (10 * v["forward"] + 550 * v["fisher_class"]))
+    assert fp32["flops"]["fisher"] == pytest.approx(p["train_per_task"] * (10 * v["forward"] + 540 * v["fisher_direction"]))
