@@ -10,8 +10,9 @@ and the same heads (every module dropped), which shows what the modules contribu
 are the kept tasks (``--keep``) or the dropped ones (``--drop``); the other tasks are the controls.
 Weights are 1/|kept| over the kept modules; ``--raw_weights`` keeps the reference's 1/T (docs §9 Q3).
 ``--save`` (``second_order``/``ita``/``iel`` only) writes the edited model as a checkpoint: every module rescaled so
-that the model's own uniform composition is the edit (a dropped module becomes zero), and its record's last row
-the edited accuracies, so ``main.py --loadcheck edited.pt`` reports them and ``python -m app.edit`` can edit it again.
+that the model's own uniform composition is the edit (a dropped module becomes zero), with the edit (and the
+accuracies measured here) under ``edit``; ``main.py --loadcheck edited.pt`` evaluates the edited model on the test
+data again and reports it, and ``python -m app.edit`` can edit it again.
 """
 from __future__ import annotations
 
@@ -122,12 +123,8 @@ def save_edited(model: Any, state: dict, report: dict[str, Any], path: str) -> s
             rescale_module(delta, n_tasks * report["weights"][task])  # uniform 1/T times T w_t = w_t
     model.eval_task_weights = None
     model.compose_eval()
-    record = dict(state["record"])
-    for key, name in (("accuracy_matrix_class_il", "edited_class_il"), ("accuracy_matrix_task_il", "edited_task_il")):
-        if record.get(key):
-            record[key] = [*record[key][:-1], list(report[name])]
-    saved = dict(state, model_state=model.lean_checkpoint_state(), record=record,
-                 edit={k: report[k] for k in ("mode", "kept", "targets", "weights")})
+    edit = {k: report[k] for k in ("mode", "kept", "targets", "weights", "edited_class_il", "edited_task_il")}
+    saved = dict(state, model_state=model.lean_checkpoint_state(), edit=edit)  # the record stays the training's
     checkpoints.save_checkpoint(path, saved)
     return path
 

@@ -252,7 +252,28 @@ def _resume(experiment: Experiment) -> RunRecord:
     resumed = _find_resume_state(experiment.args)
     if resumed is None:
         return RunRecord()
-    return _restore(experiment.model, experiment.dataset, *resumed, experiment.device)
+    record = _restore(experiment.model, experiment.dataset, *resumed, experiment.device)
+    edit = resumed[1].get("edit")
+    return record if edit is None else reevaluate_edited(experiment, record, edit)
+
+
+def reevaluate_edited(experiment: Experiment, record: RunRecord, edit: dict[str, Any]) -> RunRecord:
+    """A checkpoint written by ``python -m app.edit --save`` holds the edited model but the record of the run that
+    trained it: the last row of the record is measured again on the test data, so the edited model is reported."""
+    from utils.evaluate import evaluate
+
+    with torch.no_grad():
+        class_il, task_il = evaluate(experiment.model, experiment.dataset)
+    record.accuracy_matrix_class_il[-1] = list(class_il)
+    if record.accuracy_matrix_task_il:
+        record.accuracy_matrix_task_il[-1] = list(task_il)
+    if not distributed.is_main_process():
+        return record
+    targets = ", ".join(map(str, edit.get("targets", [])))
+    print(f"edited checkpoint ({edit.get('mode', 'edit')} task(s) {targets}), evaluated on the test data: class-IL "
+          f"per task {' '.join(percent(a) for a in class_il)}"
+          + (f"; task-IL per task {' '.join(percent(a) for a in task_il)}" if task_il else ""), flush=True)
+    return record
 
 
 def _task_end_callback(experiment: Experiment, trackers: list, main_process: bool) -> Callable[[RunRecord], None]:

@@ -6,8 +6,9 @@
 
 Each method is trained once (flags after ``--`` go to every run, ``--extra "ita:--alpha_ita 1"`` to one;
 ``--checkpoint ita=PATH`` uses a finished checkpoint instead; ``LABEL=MODEL`` in ``--methods`` runs a model under
-its own label, e.g. ``ita_free=ita``), saving its last checkpoint in ``<out>/checkpoints/<label>`` (reused with
-``--reuse 1``). Then, on the checkpoint's test sets:
+its own label, e.g. ``ita_free=ita``), saving a checkpoint after every task in ``<out>/checkpoints/<label>``; with
+``--reuse 1`` a finished run (its results file complete) is reused and an interrupted one continues from its last
+finished task (``--resume``). Then, on the last checkpoint's test sets:
 
 - specialization: compose only the modules of the first, the middle, the last task, of those three together,
   and of every single task (weights 1/|kept|; ``--raw_weights`` keeps the reference's 1/T);
@@ -259,6 +260,15 @@ def last_checkpoint(folder: str) -> Optional[str]:
     return files[-1] if files else None
 
 
+def run_complete(results_file: str) -> bool:
+    """The run that writes ``results_file`` finished every task (its last checkpoint is the final model)."""
+    try:
+        with open(results_file) as fh:
+            return json.load(fh).get("complete") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def records_path(out: str, method: str) -> str:
     return os.path.join(out, "records", f"{method}.json")
 
@@ -314,12 +324,13 @@ def editing(argv: Optional[list[str]] = None) -> dict[str, str]:
     for method in methods:
         path = given.get(method)
         folder = os.path.join(args.out, "checkpoints", method)
+        results_file = os.path.join(args.out, "results", f"{method}.json")
         if path is None:
-            path = last_checkpoint(folder) if args.reuse else None
-        if path is None:
+            path = last_checkpoint(folder) if args.reuse and run_complete(results_file) else None
+        if path is None:  # a checkpoint after every task: an interrupted run continues at its next task
             command = ["--model", methods[method], *merge_flags(shared, extras.get(method, []), [
-                "--savecheck", "last", "--checkpoint_path", folder, "--non_verbose", "1",
-                "--results_file", os.path.join(args.out, "results", f"{method}.json")])]
+                "--savecheck", "task", "--resume", "1" if args.reuse else "0", "--checkpoint_path", folder,
+                "--non_verbose", "1", "--results_file", results_file])]
             print(f"[editing] {method}: python main.py {' '.join(command)}", flush=True)
             run(command)
             path = last_checkpoint(folder)

@@ -176,8 +176,8 @@ RULES: list[Rule] = [
     Rule(r"-m benchmarks\.mini_data ", "run", "writes the class-balanced subsets (seconds)"),
     Rule(r"bash benchmarks/\w+\.sh", "listed", "a batch of full comparisons (hours)"),
     Rule(r"^python -m benchmarks\.alignment$", "listed", "a timing of the alignment step (minutes on a CPU)"),
-    Rule(r"main\.py --loadcheck edited\.pt", "listed", "continues from edited.pt, which the app.edit template next to "
-                                                      "it writes"),
+    Rule(r"main\.py --loadcheck checkpoints/ita_c100/edited\.pt", "run",
+         "evaluates the model that the app.edit command before it saved"),
     Rule(r"-m benchmarks\.fisher_precision\b", "listed", "the precision study (tens of minutes on a CPU); "
                                                          "tests/test_fisher_precision_benchmark.py runs it small"),
     Rule(r"-m benchmarks\.gpu_check --device cpu", "listed", "tests/test_gpu_check.py runs exactly this"),

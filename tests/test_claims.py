@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from benchmarks.claims import aggregate, claims, goals, mean_std, method_flags, seed_metrics
+from benchmarks.claims import aggregate, claims, goals, markdown, mean_std, method_flags, seed_metrics
 from benchmarks.editing import edits
 from utils.errors import UserError
 from tests.conftest import read_file
@@ -61,6 +61,13 @@ def test_aggregate_and_goals():
     assert found["MNIST: with the penalties (ITA) a smaller composition gap and a higher class-IL than Task Arithmetic"]
     worse = aggregate({"mnist": {"ita": [free], "ita_free": [good]}})
     assert not any(held for goal, held, _ in goals(worse, ("mnist",)) if "penalties" in goal)
+    # the table's goals cover every dataset in it, each with its own numbers
+    both = aggregate({"mnist": {"ita": [good]}, "c10": {"ita": [free]}})
+    text = "\n".join(markdown(both))
+    assert "- held: MNIST, ITA: dropping a module, target ≤ -10, control within ±2 (target -30.0, control +1.0)" \
+        in text
+    assert "- held: CIFAR-10 subset, ITA: a specialist ≥ the full composition on its tasks (module alone +30.0, " \
+           "trio +30.0)" in text
 
 
 def test_methods_are_the_demo_settings_with_penalties_removed():
