@@ -7,7 +7,9 @@ It is Mammoth's ``ContinualModel`` plus the interface this project's methods are
 - typed ``settings`` and the model's ``DEFAULTS`` applied to Mammoth's parser;
 - no optimiser while Mammoth's constructor runs (a method picks its trainable parameters in ``begin_task``);
 - everything the model owns outside ``net`` (heads, statistics) moved to the device with it;
-- the dataset's ``train_dataset(task)`` and ``make_loader(data, shuffle, batch_size)``;
+- the dataset's ``train_dataset(task)`` and ``make_loader(data, shuffle, batch_size)``, ``n_tasks`` and the
+  current task's images as the project's sources (``splits``, ``task_indices``, ``get_test_transform``);
+- for the methods of :data:`TIMM_VIT`, Mammoth's ViT backbone as timm's own ``VisionTransformer``;
 - ``autocast`` (bf16 from ``--code_optimization 2``), ``train_net``, ``is_logging_step``.
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from typing import Any, ContextManager, Iterable, Optional
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -25,6 +28,9 @@ from models.second_order_cl.utils.distributed import ShardedBatchSampler
 from models.second_order_cl.utils.settings import add_settings_flags, settings_from_args
 
 CLASSIFIER_NAMES = ("head", "classifier", "fc")
+# methods written against timm's VisionTransformer (its Block and Attention modules): Mammoth's ViT (a trimmed
+# copy of timm's class) is handed to them as timm's class with the same weights
+TIMM_VIT = ("apt", "inflora")
 
 
 def _in_features(head: nn.Module) -> int:
@@ -36,11 +42,36 @@ def _in_features(head: nn.Module) -> int:
     raise ValueError(f"cannot read the feature size of the backbone's head {type(head).__name__}")
 
 
+def timm_vision_transformer(vit: nn.Module) -> nn.Module:
+    """Mammoth's headless ``backbone.vit.VisionTransformer`` as timm's ``VisionTransformer`` (no head) with the
+    same configuration and every weight copied (strict: a block of another kind, e.g. LoRA, is an error)."""
+    from timm.models.vision_transformer import VisionTransformer
+    if isinstance(vit, VisionTransformer):
+        return vit
+    for name in ("patch_embed", "blocks", "embed_dim", "num_heads", "global_pool"):
+        if not hasattr(vit, name):
+            raise ValueError(f"{type(vit).__name__} is not a ViT (no {name}): this method needs a ViT backbone")
+    rate = float(getattr(vit, "drop_rate", 0.0))
+    timm_vit = VisionTransformer(
+        img_size=vit.patch_embed.img_size, patch_size=vit.patch_embed.patch_size,
+        in_chans=vit.patch_embed.proj.in_channels, num_classes=0, global_pool=vit.global_pool,
+        embed_dim=vit.embed_dim, depth=len(vit.blocks), num_heads=vit.num_heads, mlp_ratio=vit.mlp_ratio,
+        qkv_bias=vit.qkv_bias, init_values=vit.init_values, class_token=vit.cls_token is not None,
+        no_embed_class=vit.no_embed_class, pre_norm=not isinstance(vit.norm_pre, nn.Identity),
+        fc_norm=not isinstance(vit.fc_norm, nn.Identity), pos_drop_rate=rate, proj_drop_rate=rate,
+        attn_drop_rate=float(getattr(vit, "attn_drop_rate", 0.0)),
+        drop_path_rate=float(getattr(vit, "drop_path_rate", 0.0)), weight_init="skip")
+    state = {k: v for k, v in vit.state_dict().items() if not k.startswith("head.")}
+    timm_vit.load_state_dict(state, strict=True)
+    first = next(vit.parameters(), None)
+    return timm_vit.to(first.device) if first is not None else timm_vit
+
+
 class BackboneView(nn.Module):
     """A Mammoth backbone as a feature extractor ``body`` (its head replaced by the identity) and a linear
-    ``classifier`` over ``feature_dim`` features."""
+    ``classifier`` over ``feature_dim`` features; with ``timm_vit``, Mammoth's ViT becomes timm's class."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int):
+    def __init__(self, backbone: nn.Module, num_classes: int, timm_vit: bool = False):
         super().__init__()
         name = next((n for n in CLASSIFIER_NAMES if isinstance(getattr(backbone, n, None), nn.Module)), None)
         if name is None:
@@ -50,7 +81,7 @@ class BackboneView(nn.Module):
         identity = nn.Identity()  # every reference to the head (some backbones also keep it in a Sequential)
         for parent, child in [(p, c) for p in backbone.modules() for c, m in p.named_children() if m is head]:
             setattr(parent, child, identity)
-        self.body = backbone
+        self.body = timm_vision_transformer(backbone) if timm_vit else backbone
         self.classifier = nn.Linear(self.feature_dim, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,6 +112,29 @@ class DatasetView:
 
     def train_dataset(self, task: int) -> Any:
         return self._dataset.train_loader.dataset
+
+    @property
+    def splits(self) -> tuple[Any, Any]:
+        """The current task's training and (last) test images as the project's image sources; Mammoth's loaders
+        hold only the current task's (``task_indices`` selects them by their labels, as in the project)."""
+        from models.second_order_cl.datasets.utils.sources import ImageSource
+        out = []
+        for data in (self._dataset.train_loader.dataset, self._dataset.test_loaders[-1].dataset):
+            images = data.data if isinstance(data.data, list) else np.asarray(data.data)
+            out.append(ImageSource(images, np.asarray(data.targets)))
+        return out[0], out[1]
+
+    def task_indices(self, source: Any, task: int, cumulative: bool = False) -> np.ndarray:
+        start, end = self._dataset.get_offsets(task)
+        return np.flatnonzero((source.targets >= (0 if cumulative else start)) & (source.targets < end))
+
+    def get_test_transform(self) -> Any:
+        """Mammoth's test transform of the dataset (PIL image -> normalised tensor)."""
+        test = getattr(self._dataset, "TEST_TRANSFORM", None)
+        if test is not None:
+            return test
+        from torchvision import transforms
+        return transforms.Compose([transforms.ToTensor(), self._dataset.get_normalization_transform()])
 
     def make_loader(self, data: Any, shuffle: bool, batch_size: Optional[int] = None) -> DataLoader:
         batch_size = batch_size or self._args.batch_size
@@ -115,14 +169,19 @@ class ContinualModel(MammothContinualModel):
             init = cls.__dict__["__init__"]
 
             def __init__(self, backbone, loss, args, transform, dataset=None, _init=init):
+                if dataset is not None and not hasattr(dataset, "n_tasks"):
+                    dataset.n_tasks = dataset.N_TASKS  # the project's name of the task count
                 if backbone is not None and not isinstance(backbone, BackboneView):
-                    backbone = BackboneView(backbone, dataset.N_CLASSES)
+                    backbone = BackboneView(backbone, dataset.N_CLASSES, type(self).NAME in TIMM_VIT)
                 _init(self, backbone, loss, args, transform, dataset)
             cls.__init__ = __init__
-        own = cls.get_parser
+        if "get_parser" in cls.__dict__:  # the class's own parser; its subclasses inherit it, as in the project
+            cls._own_get_parser = cls.__dict__["get_parser"]
 
-        def get_parser(parser, _own=own, _cls=cls):
-            parser = _own(parser) or parser
+        def get_parser(parser, _cls=cls):
+            own = getattr(_cls, "_own_get_parser", None)  # else the flags of the class's own SETTINGS
+            parser = (own(parser) if own is not None else
+                      add_settings_flags(parser, _cls.SETTINGS) if _cls.SETTINGS is not None else parser) or parser
             parser.set_defaults(**_cls.DEFAULTS)
             return parser
         cls.get_parser = staticmethod(get_parser)
@@ -133,7 +192,7 @@ class ContinualModel(MammothContinualModel):
 
     def __init__(self, backbone: nn.Module, loss: Any, args: Any, transform: Any, dataset: Any = None):
         if backbone is not None and not isinstance(backbone, BackboneView):
-            backbone = BackboneView(backbone, dataset.N_CLASSES)
+            backbone = BackboneView(backbone, dataset.N_CLASSES, type(self).NAME in TIMM_VIT)
         super().__init__(backbone, loss, args, transform, dataset=dataset)
         self.settings: Any = settings_from_args(self.SETTINGS, args) if self.SETTINGS is not None else None
         self._building = False
