@@ -4,7 +4,8 @@
 with this project's code (run from the repository root); ``mammoth`` with Mammoth's own ``main.initialize`` (run
 from a Mammoth checkout holding the export). Both load the same ViT weights from the Hugging Face cache
 (``HF_HUB_CACHE``), shrunk to ``CL_TEST_VIT_B16_DIMS`` (this project reads it; Mammoth's ViT-B/16 builder is given
-the same sizes here), then set the same head and prompt weights and save: the frozen ViT's features, the
+the same sizes here), then set the same head and prompt weights and save: the frozen ViT's features (and those
+of Mammoth's own ViT class, which the export hands to these methods as timm's class), the
 method's task-start state (InfLoRA's designed projections, from the task's images through the dataset), the
 losses and trained parameters of two steps on the same batches, InfLoRA's subspace memory and the final logits."""
 from __future__ import annotations
@@ -33,7 +34,7 @@ def build(side: str, method: str, data: str):
         from app.experiment import build_experiment
         exp = build_experiment(parse_args(flags + ["--base_path", data]), torch.device("cpu"))
         exp.dataset.get_data_loaders()
-        return exp.model, exp.dataset
+        return exp.model, exp.dataset, exp.model.vit
     import backbone.vit as mammoth_vit
     create = mammoth_vit.create_vision_transformer
 
@@ -42,10 +43,11 @@ def build(side: str, method: str, data: str):
     mammoth_vit.create_vision_transformer = shrunk
     sys.argv = ["main.py", *flags, "--base_path", data + os.sep, "--non_verbose", "1"]
     from main import initialize
-    model, dataset, _ = initialize()
+    model, dataset, args = initialize()
     dataset.get_data_loaders()
     model.net.to(model.device)
-    return model, dataset
+    from backbone import get_backbone
+    return model, dataset, get_backbone(args)  # Mammoth's own ViT class, from the same cached weights
 
 
 def set_weights(model, method: str) -> None:
@@ -68,13 +70,15 @@ def task_state(model, method: str, task: int) -> dict[str, torch.Tensor]:
 
 
 def main(side: str, method: str, path: str, data: str) -> None:
-    model, dataset = build(side, method, data)
+    model, dataset, own_vit = build(side, method, data)
     set_weights(model, method)
     gen = torch.Generator().manual_seed(7)
     probe = torch.rand(2, 3, 224, 224, generator=gen)
     out: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
+    with torch.no_grad():  # the ViT the method computes with, and each framework's own ViT class
         out["features"] = model.vit.forward_head(model.vit.forward_features(probe), pre_logits=True).clone()
+        own_vit.eval()
+        out["own_vit_features"] = (own_vit(probe) if side == "project" else own_vit(probe, returnt="features")).clone()
     for task in range(2):
         if task:
             dataset.get_data_loaders()

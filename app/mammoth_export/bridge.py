@@ -4,23 +4,25 @@
 It is Mammoth's ``ContinualModel`` plus the interface this project's methods are written against:
 - the backbone seen as ``body`` + one linear ``classifier`` with ``feature_dim`` (Mammoth's backbones call their
   head ``head``, ``classifier`` or ``fc``);
+- for the methods of :data:`TIMM_VIT`, Mammoth's ViT backbone as timm's own ``VisionTransformer``;
 - typed ``settings`` and the model's ``DEFAULTS`` applied to Mammoth's parser;
 - no optimiser while Mammoth's constructor runs (a method picks its trainable parameters in ``begin_task``);
 - everything the model owns outside ``net`` (heads, statistics) moved to the device with it;
-- the dataset's ``train_dataset(task)`` and ``make_loader(data, shuffle, batch_size)``, ``n_tasks`` and the
-  current task's images as the project's sources (``splits``, ``task_indices``, ``get_test_transform``);
-- for the methods of :data:`TIMM_VIT`, Mammoth's ViT backbone as timm's own ``VisionTransformer``;
+- the dataset's ``train_dataset(task)``, ``plain_train_dataset(task)``, ``n_tasks`` and
+  ``make_loader(data, shuffle, batch_size)`` (the method's constructor, ``begin_task`` and ``end_task`` see them);
+- a task whose ``begin_task`` leaves no optimiser is not trained (Mammoth's static models: ``n_epochs`` 0 for
+  that task), the counterpart of a method's ``train_task`` that skips training;
 - ``autocast`` (bf16 from ``--code_optimization 2``), ``train_net``, ``is_logging_step``.
 """
 from __future__ import annotations
 
+import copy
 from contextlib import nullcontext
 from typing import Any, ContextManager, Iterable, Optional
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from models.utils.continual_model import ContinualModel as MammothContinualModel
 from models.second_order_cl.utils import seeding
@@ -69,9 +71,9 @@ def timm_vision_transformer(vit: nn.Module) -> nn.Module:
 
 class BackboneView(nn.Module):
     """A Mammoth backbone as a feature extractor ``body`` (its head replaced by the identity) and a linear
-    ``classifier`` over ``feature_dim`` features; with ``timm_vit``, Mammoth's ViT becomes timm's class."""
+    ``classifier`` over ``feature_dim`` features."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, timm_vit: bool = False):
+    def __init__(self, backbone: nn.Module, num_classes: int):
         super().__init__()
         name = next((n for n in CLASSIFIER_NAMES if isinstance(getattr(backbone, n, None), nn.Module)), None)
         if name is None:
@@ -81,7 +83,7 @@ class BackboneView(nn.Module):
         identity = nn.Identity()  # every reference to the head (some backbones also keep it in a Sequential)
         for parent, child in [(p, c) for p in backbone.modules() for c, m in p.named_children() if m is head]:
             setattr(parent, child, identity)
-        self.body = timm_vision_transformer(backbone) if timm_vit else backbone
+        self.body = backbone
         self.classifier = nn.Linear(self.feature_dim, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,6 +96,21 @@ class BackboneView(nn.Module):
             return feats
         out = self.classifier(feats)
         return (out, feats) if returnt == "both" else out
+
+
+class PlainTrainView(Dataset):
+    """The current task's training images (Mammoth's train set, in its order) with ``transform``: (x, label)."""
+
+    def __init__(self, train: Any, transform: Any):
+        self.train = copy.copy(getattr(train, "dataset", train))  # the images inside Mammoth's wrapper
+        self.train.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.train)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        item = self.train[index]
+        return item[0], item[1]
 
 
 class DatasetView:
@@ -114,29 +131,19 @@ class DatasetView:
         return self._dataset.train_loader.dataset
 
     @property
-    def splits(self) -> tuple[Any, Any]:
-        """The current task's training and (last) test images as the project's image sources; Mammoth's loaders
-        hold only the current task's (``task_indices`` selects them by their labels, as in the project)."""
-        from models.second_order_cl.datasets.utils.sources import ImageSource
-        out = []
-        for data in (self._dataset.train_loader.dataset, self._dataset.test_loaders[-1].dataset):
-            images = data.data if isinstance(data.data, list) else np.asarray(data.data)
-            out.append(ImageSource(images, np.asarray(data.targets)))
-        return out[0], out[1]
+    def n_tasks(self) -> int:
+        return self._dataset.N_TASKS
 
-    def task_indices(self, source: Any, task: int, cumulative: bool = False) -> np.ndarray:
-        start, end = self._dataset.get_offsets(task)
-        return np.flatnonzero((source.targets >= (0 if cumulative else start)) & (source.targets < end))
+    def plain_train_dataset(self, task: int) -> Dataset:
+        """The current task's training images with the transform Mammoth tests with."""
+        loaders = getattr(self._dataset, "test_loaders", None)
+        transform = loaders[-1].dataset.transform if loaders else self._dataset.TEST_TRANSFORM
+        return PlainTrainView(self._dataset.train_loader.dataset, transform)
 
-    def get_test_transform(self) -> Any:
-        """Mammoth's test transform of the dataset (PIL image -> normalised tensor)."""
-        test = getattr(self._dataset, "TEST_TRANSFORM", None)
-        if test is not None:
-            return test
-        from torchvision import transforms
-        return transforms.Compose([transforms.ToTensor(), self._dataset.get_normalization_transform()])
-
-    def make_loader(self, data: Any, shuffle: bool, batch_size: Optional[int] = None) -> DataLoader:
+    def make_loader(self, data: Any, shuffle: bool, batch_size: Optional[int] = None,
+                    counted: bool = True) -> DataLoader:
+        if batch_size is None and not shuffle:  # evaluation-style passes: larger batches, as in second-order-cl
+            batch_size = max(self._args.batch_size, 128)
         batch_size = batch_size or self._args.batch_size
         workers = self._args.num_workers or 0
         task = max(int(getattr(self._dataset, "c_task", 0)), 0)
@@ -145,7 +152,7 @@ class DatasetView:
         generator = torch.Generator().manual_seed(seed)  # a loader draws its base seed here, not from the global RNG
         if not shuffle:
             return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers, generator=generator)
-        self._shuffled[task] = n + 1
+        self._shuffled[task] = n + int(counted)  # counted=False: the next loader's stream, not counted as one
         sampler = ShardedBatchSampler(len(data), batch_size, shuffle=True, seed=seed,
                                       drop_last=bool(getattr(self._args, "drop_last", False)))
         return DataLoader(data, batch_sampler=sampler, num_workers=workers, generator=generator)
@@ -161,6 +168,7 @@ class ContinualModel(MammothContinualModel):
     LOG_EVERY = 25
     USES_NOT_AUG = False
     _building = True  # Mammoth's constructor asks for an optimiser before the method has chosen its parameters
+    _skipped_epochs: Optional[tuple] = None  # (--n_epochs,) during a task with no optimiser (restored at its end)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Each model's constructor gets a :class:`BackboneView`; its ``get_parser`` also sets its ``DEFAULTS``."""
@@ -169,10 +177,10 @@ class ContinualModel(MammothContinualModel):
             init = cls.__dict__["__init__"]
 
             def __init__(self, backbone, loss, args, transform, dataset=None, _init=init):
-                if dataset is not None and not hasattr(dataset, "n_tasks"):
-                    dataset.n_tasks = dataset.N_TASKS  # the project's name of the task count
                 if backbone is not None and not isinstance(backbone, BackboneView):
-                    backbone = BackboneView(backbone, dataset.N_CLASSES, type(self).NAME in TIMM_VIT)
+                    backbone = BackboneView(backbone, dataset.N_CLASSES)
+                if dataset is not None and not isinstance(dataset, DatasetView):
+                    dataset = DatasetView(dataset, args, {})
                 _init(self, backbone, loss, args, transform, dataset)
             cls.__init__ = __init__
         if "get_parser" in cls.__dict__:  # the class's own parser; its subclasses inherit it, as in the project
@@ -191,9 +199,13 @@ class ContinualModel(MammothContinualModel):
         return add_settings_flags(parser, cls.SETTINGS) if cls.SETTINGS is not None else parser
 
     def __init__(self, backbone: nn.Module, loss: Any, args: Any, transform: Any, dataset: Any = None):
+        if isinstance(dataset, DatasetView):  # Mammoth keeps its own dataset
+            dataset = dataset._dataset
         if backbone is not None and not isinstance(backbone, BackboneView):
-            backbone = BackboneView(backbone, dataset.N_CLASSES, type(self).NAME in TIMM_VIT)
+            backbone = BackboneView(backbone, dataset.N_CLASSES)
         super().__init__(backbone, loss, args, transform, dataset=dataset)
+        if type(self).NAME in TIMM_VIT:  # before the method's own constructor reads the backbone
+            self.net.body = timm_vision_transformer(self.net.body)
         self.settings: Any = settings_from_args(self.SETTINGS, args) if self.SETTINGS is not None else None
         self._building = False
         self._shuffled_loaders: dict[int, int] = {}
@@ -224,10 +236,15 @@ class ContinualModel(MammothContinualModel):
     def meta_begin_task(self, dataset: Any) -> None:
         self.to(self.device)  # the parts outside ``net`` (Mammoth moves only ``net``)
         super().meta_begin_task(DatasetView(dataset, self.args, self._shuffled_loaders))
+        if self.opt is None:  # nothing to train: Mammoth's loop skips the task (it trains while n_epochs > 0)
+            self._skipped_epochs = (self.args.n_epochs,)
+            self.args.n_epochs = 0
 
     def meta_observe(self, *args: Any, **kwargs: Any) -> Any:
         with self.autocast():
             return super().meta_observe(*args, **kwargs)
 
     def meta_end_task(self, dataset: Any) -> None:
+        if self._skipped_epochs is not None:
+            (self.args.n_epochs,), self._skipped_epochs = self._skipped_epochs, None
         super().meta_end_task(DatasetView(dataset, self.args, self._shuffled_loaders))
