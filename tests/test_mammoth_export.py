@@ -41,21 +41,23 @@ cifar.check_integrity = lambda fpath, md5=None: os.path.isfile(fpath)  # synthet
 
 
 def mammoth_python() -> str:
-    """The cached environment: a venv whose site-packages extend the project's with :data:`EXTRA`."""
-    python = os.path.join(CACHE, "bin", "python")
+    """The cached environment: a venv whose site-packages extend the project's with :data:`EXTRA`. One folder per
+    project environment and package list, so that test runs from other checkouts never rebuild it under a run."""
     key = hashlib.sha256("\n".join([site.getsitepackages()[0], *EXTRA]).encode()).hexdigest()[:12]
-    stamp = os.path.join(CACHE, ".ready-" + key)  # rebuilt for another project environment or other packages
+    root = f"{CACHE}-{key}"
+    python = os.path.join(root, "bin", "python")
+    stamp = os.path.join(root, ".ready")
     os.makedirs(os.path.dirname(CACHE), exist_ok=True)
-    with open(CACHE + ".lock", "w") as lock:  # parallel test workers build it once
+    with open(root + ".lock", "w") as lock:  # parallel test workers build it once
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not os.path.isfile(stamp):
-            build_environment(python, stamp)
+            build_environment(root, python, stamp)
     return python
 
 
-def build_environment(python: str, stamp: str) -> None:
+def build_environment(root: str, python: str, stamp: str) -> None:
     """Create the venv, point it at the project's site-packages, install :data:`EXTRA` without dependencies."""
-    subprocess.run([sys.executable, "-m", "venv", "--clear", "--without-pip", CACHE], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", "--without-pip", root], check=True)
     out = subprocess.run([python, "-c", "import site; print(site.getsitepackages()[0])"], check=True,
                          capture_output=True, text=True).stdout.strip()
     with open(os.path.join(out, "_project.pth"), "w") as fh:
