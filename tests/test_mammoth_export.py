@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import fcntl
 import hashlib
+import json
 import os
 import pickle
 import site
@@ -40,21 +41,23 @@ cifar.check_integrity = lambda fpath, md5=None: os.path.isfile(fpath)  # synthet
 
 
 def mammoth_python() -> str:
-    """The cached environment: a venv whose site-packages extend the project's with :data:`EXTRA`."""
-    python = os.path.join(CACHE, "bin", "python")
+    """The cached environment: a venv whose site-packages extend the project's with :data:`EXTRA`. One folder per
+    project environment and package list, so that test runs from other checkouts never rebuild it under a run."""
     key = hashlib.sha256("\n".join([site.getsitepackages()[0], *EXTRA]).encode()).hexdigest()[:12]
-    stamp = os.path.join(CACHE, ".ready-" + key)  # rebuilt for another project environment or other packages
+    root = f"{CACHE}-{key}"
+    python = os.path.join(root, "bin", "python")
+    stamp = os.path.join(root, ".ready")
     os.makedirs(os.path.dirname(CACHE), exist_ok=True)
-    with open(CACHE + ".lock", "w") as lock:  # parallel test workers build it once
+    with open(root + ".lock", "w") as lock:  # parallel test workers build it once
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not os.path.isfile(stamp):
-            build_environment(python, stamp)
+            build_environment(root, python, stamp)
     return python
 
 
-def build_environment(python: str, stamp: str) -> None:
+def build_environment(root: str, python: str, stamp: str) -> None:
     """Create the venv, point it at the project's site-packages, install :data:`EXTRA` without dependencies."""
-    subprocess.run([sys.executable, "-m", "venv", "--clear", "--without-pip", CACHE], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", "--without-pip", root], check=True)
     out = subprocess.run([python, "-c", "import site; print(site.getsitepackages()[0])"], check=True,
                          capture_output=True, text=True).stdout.strip()
     with open(os.path.join(out, "_project.pth"), "w") as fh:
@@ -180,13 +183,86 @@ def test_debug_line_runs_in_mammoth(mammoth, method):
     assert "Accuracy for 5 task(s)" in done.stdout + done.stderr
 
 
-@pytest.mark.skipif(os.environ.get("CL_MAMMOTH_VIT") != "1", reason="full-size ViT-B/16: set CL_MAMMOTH_VIT=1")
-def test_mammoths_own_second_order_tests(mammoth):
-    """Mammoth's ``tests/test_second_order.py`` on seq-cifar100-224 with random ViT-B/16 weights in the HF cache."""
+@pytest.fixture(scope="module")
+def vit_hub(mammoth):
+    """A Hugging Face cache holding random full-size ViT-B/16 weights under the names timm loads (written once)."""
+    from tests.mammoth_setup import write_vit_b16_cache
+    hub = os.path.join(os.path.dirname(mammoth[2]), "hub")
+    write_vit_b16_cache(hub)
+    return hub
+
+
+@pytest.mark.parametrize("method", ["apt", "inflora"])
+def test_vit_debug_line_runs_in_mammoth(mammoth, vit_hub, method):
+    """The ViT methods on seq-cifar100-224 with Mammoth's own ViT-B/16 backbone (handed to them as timm's class):
+    the first task, one optimisation step, the debug-mode evaluation (full-size ViT-B on the CPU: kept short)."""
+    python, checkout, data, env = mammoth
+    cmd = [python, "main.py", "--model", method, "--dataset", "seq-cifar100-224", "--lr", "0.001", "--n_epochs", "1",
+           "--batch_size", "2", "--fitting_mode", "iters", "--n_iters", "1", "--stop_after", "1", "--non_verbose",
+           "1", "--num_workers", "0", "--seed", "0", "--debug_mode", "1", "--base_path", data + os.sep]
+    done = subprocess.run(cmd, cwd=checkout, env={**env, "HF_HUB_CACHE": vit_hub}, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Accuracy for 1 task(s)" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("method", ["apt", "inflora"])
+def test_vit_configs_load_in_mammoth(mammoth, method):
+    """``--model_config best`` reads the exported ``models/config/<name>.yaml`` with Mammoth's own parser."""
+    import yaml
+    python, checkout, data, env = mammoth
+    with open(os.path.join(ROOT, "models", "config", f"{method}.yaml")) as fh:
+        expected = yaml.safe_load(fh)["seq-cifar100-224"]
+    code = ("import json, sys; sys.argv = ['main.py', '--model', %r, '--dataset', 'seq-cifar100-224', "
+            "'--model_config', 'best', '--base_path', %r]; from main import parse_args; args = parse_args(); "
+            "print('ARGS=' + json.dumps({k: getattr(args, k) for k in %r}))") % (method, data + os.sep, sorted(expected))
+    done = subprocess.run([python, "-c", code], cwd=checkout, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("ARGS="))
+    assert json.loads(line[5:]) == expected
+
+
+VIT_KEYS = {"apt": 15, "inflora": 25}  # what tests/mammoth_export_vit_probe.py saves
+
+
+@pytest.mark.parametrize("method", ["apt", "inflora"])
+def test_vit_methods_same_numbers_in_mammoth_and_here(mammoth, tmp_path, method):
+    """APT and InfLoRA over two tasks' first steps on seq-cifar100-224 (a ViT shrunk through both frameworks'
+    builders, weights from the same cache): Mammoth's own ViT, the timm copy the export hands to the method and
+    this project's ViT compute the same features; InfLoRA's designed projections (from the task's images read
+    through Mammoth's dataset), losses, trained parameters, subspace memory and the final logits are the
+    project's, to fp32 rounding."""
     from tests.mammoth_setup import write_vit_b16_cache
     python, checkout, data, env = mammoth
-    hub = os.path.join(os.path.dirname(data), "hub")
-    write_vit_b16_cache(hub)
+    hub = str(tmp_path / "hub")
+    write_vit_b16_cache(hub, embed_dim=32, depth=2, num_heads=2)
+    env = {**env, "HF_HUB_CACHE": hub, "CL_TEST_VIT_B16_DIMS": "embed_dim=32,depth=2,num_heads=2"}
+    probe = os.path.join(ROOT, "tests", "mammoth_export_vit_probe.py")
+    here, there = str(tmp_path / "here.pt"), str(tmp_path / "there.pt")
+    done = subprocess.run([sys.executable, probe, "project", method, here, data], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = subprocess.run([python, probe, "mammoth", method, there, data], cwd=checkout, env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = torch.load(here, weights_only=True), torch.load(there, weights_only=True)
+    assert list(a) == list(b) and len(a) == VIT_KEYS[method]
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6, msg=key)
+    torch.testing.assert_close(a["own_vit_features"], a["features"], rtol=1e-5, atol=1e-6)
+    assert float(a["0/loss/0"]) != float(a["0/loss/1"]) and bool(torch.isfinite(a["logits"]).all())
+    if method == "inflora":  # task 1's branch reads only input directions outside task 0's memory
+        for name in [k.split("/", 2)[2] for k in a if k.startswith("0/memory/")]:
+            memory, design = a[f"0/memory/{name}"], a[f"1/begin/design/{name}"]
+            assert float(torch.trace(memory)) >= 1 and float(torch.trace(design)) > 2.5
+            assert float((design @ memory).abs().max()) < 1e-4, name
+
+
+@pytest.mark.skipif(os.environ.get("CL_MAMMOTH_VIT") != "1", reason="full-size ViT-B/16: set CL_MAMMOTH_VIT=1")
+def test_mammoths_own_second_order_tests(mammoth, vit_hub):
+    """Mammoth's ``tests/test_second_order.py`` on seq-cifar100-224 with random ViT-B/16 weights in the HF cache."""
+    python, checkout, data, env = mammoth
+    hub = vit_hub
     os.symlink(data, os.path.join(checkout, "data"))  # Mammoth's tests read ./data/
     done = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_second_order.py",
                            "-k", "cifar100"], cwd=checkout, env={**env, "HF_HUB_CACHE": hub}, capture_output=True,

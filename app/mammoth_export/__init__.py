@@ -17,10 +17,12 @@ BRIDGE_NEEDS = ("utils.seeding", "utils.distributed", "utils.settings")  # what 
 
 # --model name -> this project's module; the flagship replaces Mammoth's own models/second_order.py. Each runs
 # there (tests/test_mammoth_export.py). Not yet exportable: seed and simplecil read the non-augmented training
-# split through the project's dataset API (``splits``); apt and inflora need timm's VisionTransformer where
-# Mammoth has its own ViT class.
+# split through the project's dataset API (``splits``). apt and inflora get Mammoth's ViT as timm's class
+# (bridge.py: TIMM_VIT).
 METHODS: dict[str, str] = {
     "second_order": "models.second_order",
+    "apt": "models.apt",
+    "inflora": "models.inflora",
     "tmc": "models.tmc",
     "task_arithmetic": "models.task_arithmetic",
 }
