@@ -169,15 +169,46 @@ def test_same_numbers_in_mammoth_and_here(mammoth, tmp_path):
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6, msg=key)
 
 
-@pytest.mark.parametrize("method", ["second_order", "tmc", "task_arithmetic"])
+@pytest.mark.parametrize("method", ["simplecil", "seed"])
+def test_same_features_statistics_in_mammoth_and_here(mammoth, tmp_path, method):
+    """Three tasks of SimpleCIL (APER: task 0 trains, later tasks have no optimiser) and SEED (two experts: task 2
+    picks one by KL and distils from its copy): losses, trained weights, the statistics ``end_task`` reads from the
+    task's non-augmented training images (through Mammoth's own train set there) and the logits of a fixed batch
+    are those of this project's run."""
+    python, checkout, data, env = mammoth
+    probe = os.path.join(ROOT, "tests", "mammoth_export_probe_features.py")
+    here, there = str(tmp_path / "here.pt"), str(tmp_path / "there.pt")
+    subprocess.run([sys.executable, probe, "project", method, here, data], check=True, cwd=ROOT, env=env,
+                   capture_output=True)
+    done = subprocess.run([python, probe, "mammoth", method, there, data], cwd=checkout, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = torch.load(here), torch.load(there)
+    assert list(a) == list(b)
+    assert [float(a[f"{t}/trains"]) for t in range(3)] == ([1.0, 0.0, 0.0] if method == "simplecil" else [1.0] * 3)
+    if method == "simplecil":
+        assert a["2/proto_counts"].tolist() == [3.0] * 6 + [0.0] * 4  # three training images per class
+    else:
+        assert a["2/known"][:, :6].all() and not a["2/known"][:, 6:].any() and float(a["2/selected"]) in (0.0, 1.0)
+    assert bool(a["2/logits"][:, :6].isfinite().all()) and float(a["2/logits"][:, :6].std()) > 1e-3
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+DEBUG_FLAGS = {"seed": ["--num_experts", "2"]}  # two experts: tasks 2-4 select one by KL in Mammoth's loop
+
+
+@pytest.mark.parametrize("method", ["second_order", "tmc", "task_arithmetic", "simplecil", "seed"])
 def test_debug_line_runs_in_mammoth(mammoth, method):
     python, checkout, data, env = mammoth
     cmd = [python, "main.py", "--model", method, "--dataset", "seq-cifar10", "--lr", "0.001", "--n_epochs", "1",
            "--batch_size", "4", "--non_verbose", "1", "--num_workers", "0", "--seed", "0", "--debug_mode", "1",
-           "--base_path", data + os.sep]
+           "--base_path", data + os.sep, *DEBUG_FLAGS.get(method, [])]
     done = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Accuracy for 5 task(s)" in done.stdout + done.stderr
+    if method == "simplecil":  # no optimiser: Mammoth's loop never iterates a train loader
+        assert "STOP ITERATION" not in done.stdout
 
 
 @pytest.mark.skipif(os.environ.get("CL_MAMMOTH_VIT") != "1", reason="full-size ViT-B/16: set CL_MAMMOTH_VIT=1")

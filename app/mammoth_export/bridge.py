@@ -7,17 +7,21 @@ It is Mammoth's ``ContinualModel`` plus the interface this project's methods are
 - typed ``settings`` and the model's ``DEFAULTS`` applied to Mammoth's parser;
 - no optimiser while Mammoth's constructor runs (a method picks its trainable parameters in ``begin_task``);
 - everything the model owns outside ``net`` (heads, statistics) moved to the device with it;
-- the dataset's ``train_dataset(task)`` and ``make_loader(data, shuffle, batch_size)``;
+- the dataset's ``train_dataset(task)``, ``plain_train_dataset(task)``, ``n_tasks`` and
+  ``make_loader(data, shuffle, batch_size)`` (the method's constructor, ``begin_task`` and ``end_task`` see them);
+- a task whose ``begin_task`` leaves no optimiser is not trained (Mammoth's static models: ``n_epochs`` 0 for
+  that task), the counterpart of a method's ``train_task`` that skips training;
 - ``autocast`` (bf16 from ``--code_optimization 2``), ``train_net``, ``is_logging_step``.
 """
 from __future__ import annotations
 
+import copy
 from contextlib import nullcontext
 from typing import Any, ContextManager, Iterable, Optional
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from models.utils.continual_model import ContinualModel as MammothContinualModel
 from models.second_order_cl.utils import seeding
@@ -65,6 +69,21 @@ class BackboneView(nn.Module):
         return (out, feats) if returnt == "both" else out
 
 
+class PlainTrainView(Dataset):
+    """The current task's training images (Mammoth's train set, in its order) with ``transform``: (x, label)."""
+
+    def __init__(self, train: Any, transform: Any):
+        self.train = copy.copy(getattr(train, "dataset", train))  # the images inside Mammoth's wrapper
+        self.train.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.train)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        item = self.train[index]
+        return item[0], item[1]
+
+
 class DatasetView:
     """Mammoth's dataset plus ``train_dataset(task)`` (the current task's training split, as Mammoth's train
     loader holds it) and ``make_loader`` (seeded as in second-order-cl: the n-th shuffled loader of a task draws
@@ -82,7 +101,20 @@ class DatasetView:
     def train_dataset(self, task: int) -> Any:
         return self._dataset.train_loader.dataset
 
-    def make_loader(self, data: Any, shuffle: bool, batch_size: Optional[int] = None) -> DataLoader:
+    @property
+    def n_tasks(self) -> int:
+        return self._dataset.N_TASKS
+
+    def plain_train_dataset(self, task: int) -> Dataset:
+        """The current task's training images with the transform Mammoth tests with."""
+        loaders = getattr(self._dataset, "test_loaders", None)
+        transform = loaders[-1].dataset.transform if loaders else self._dataset.TEST_TRANSFORM
+        return PlainTrainView(self._dataset.train_loader.dataset, transform)
+
+    def make_loader(self, data: Any, shuffle: bool, batch_size: Optional[int] = None,
+                    counted: bool = True) -> DataLoader:
+        if batch_size is None and not shuffle:  # evaluation-style passes: larger batches, as in second-order-cl
+            batch_size = max(self._args.batch_size, 128)
         batch_size = batch_size or self._args.batch_size
         workers = self._args.num_workers or 0
         task = max(int(getattr(self._dataset, "c_task", 0)), 0)
@@ -91,7 +123,7 @@ class DatasetView:
         generator = torch.Generator().manual_seed(seed)  # a loader draws its base seed here, not from the global RNG
         if not shuffle:
             return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers, generator=generator)
-        self._shuffled[task] = n + 1
+        self._shuffled[task] = n + int(counted)  # counted=False: the next loader's stream, not counted as one
         sampler = ShardedBatchSampler(len(data), batch_size, shuffle=True, seed=seed,
                                       drop_last=bool(getattr(self._args, "drop_last", False)))
         return DataLoader(data, batch_sampler=sampler, num_workers=workers, generator=generator)
@@ -107,6 +139,7 @@ class ContinualModel(MammothContinualModel):
     LOG_EVERY = 25
     USES_NOT_AUG = False
     _building = True  # Mammoth's constructor asks for an optimiser before the method has chosen its parameters
+    _skipped_epochs: Optional[tuple] = None  # (--n_epochs,) during a task with no optimiser (restored at its end)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Each model's constructor gets a :class:`BackboneView`; its ``get_parser`` also sets its ``DEFAULTS``."""
@@ -117,6 +150,8 @@ class ContinualModel(MammothContinualModel):
             def __init__(self, backbone, loss, args, transform, dataset=None, _init=init):
                 if backbone is not None and not isinstance(backbone, BackboneView):
                     backbone = BackboneView(backbone, dataset.N_CLASSES)
+                if dataset is not None and not isinstance(dataset, DatasetView):
+                    dataset = DatasetView(dataset, args, {})
                 _init(self, backbone, loss, args, transform, dataset)
             cls.__init__ = __init__
         own = cls.get_parser
@@ -132,6 +167,8 @@ class ContinualModel(MammothContinualModel):
         return add_settings_flags(parser, cls.SETTINGS) if cls.SETTINGS is not None else parser
 
     def __init__(self, backbone: nn.Module, loss: Any, args: Any, transform: Any, dataset: Any = None):
+        if isinstance(dataset, DatasetView):  # Mammoth keeps its own dataset
+            dataset = dataset._dataset
         if backbone is not None and not isinstance(backbone, BackboneView):
             backbone = BackboneView(backbone, dataset.N_CLASSES)
         super().__init__(backbone, loss, args, transform, dataset=dataset)
@@ -165,10 +202,15 @@ class ContinualModel(MammothContinualModel):
     def meta_begin_task(self, dataset: Any) -> None:
         self.to(self.device)  # the parts outside ``net`` (Mammoth moves only ``net``)
         super().meta_begin_task(DatasetView(dataset, self.args, self._shuffled_loaders))
+        if self.opt is None:  # nothing to train: Mammoth's loop skips the task (it trains while n_epochs > 0)
+            self._skipped_epochs = (self.args.n_epochs,)
+            self.args.n_epochs = 0
 
     def meta_observe(self, *args: Any, **kwargs: Any) -> Any:
         with self.autocast():
             return super().meta_observe(*args, **kwargs)
 
     def meta_end_task(self, dataset: Any) -> None:
+        if self._skipped_epochs is not None:
+            (self.args.n_epochs,), self._skipped_epochs = self._skipped_epochs, None
         super().meta_end_task(DatasetView(dataset, self.args, self._shuffled_loaders))

@@ -271,6 +271,11 @@ class ContinualDataset(MammothDatasetAPI):
         not_aug = self.get_not_aug_transform() if self.build_not_aug else no_view
         return TaskDataset(source, indices, self.get_transform(), not_aug, extra_targets=self._true_train_targets)
 
+    def plain_train_dataset(self, task: int) -> TaskDataset:
+        """Train samples of ``task`` with the test transform (no augmentation), in the split's order: (x, label)."""
+        train, _ = self.splits
+        return TaskDataset(train, self.task_indices(train, task), self.get_test_transform())
+
     def test_dataset(self, task: int) -> TaskDataset:
         """Test samples of ``task`` (of tasks 0..task with ``--validation_mode complete``)."""
         _, test = self.splits

@@ -5,7 +5,6 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from datasets.utils.sources import TaskDataset
 from utils import distributed
 
 
@@ -14,10 +13,8 @@ def task_features(features: Callable[[torch.Tensor], torch.Tensor], dataset: Any
                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """``features(x)`` of every training image of ``task`` with the test transform (no augmentation),
     in a fixed order (no random draws): (N, D) float32 and (N,) labels, on ``device``."""
-    train, _ = dataset.splits
-    data = TaskDataset(train, dataset.task_indices(train, task), dataset.get_test_transform())
     feats, labels = [], []
-    for x, y in dataset.make_loader(data, shuffle=False):
+    for x, y in dataset.make_loader(dataset.plain_train_dataset(task), shuffle=False):
         feats.append(features(x.to(device)).float())
         labels.append(y.to(device).long())
     return torch.cat(feats), torch.cat(labels)
