@@ -1,4 +1,5 @@
-"""Run ``simplecil`` (APER variant) or ``seed`` through three tasks of seq-mnist and save what they computed.
+"""Run ``simplecil`` (APER variant, seq-cifar10) or ``seed`` (seq-mnist) through three tasks and save what they
+computed.
 
 ``python tests/mammoth_export_probe_features.py {project|mammoth} METHOD OUT.pt DATA_ROOT``: ``project`` builds
 the model with this project's code (run from the repository root); ``mammoth`` with Mammoth's own
@@ -13,12 +14,16 @@ import sys
 
 import torch
 
-COMMON = ["--dataset", "seq-mnist", "--seed", "0", "--lr", "0.05", "--batch_size", "4", "--n_epochs", "1",
+COMMON = ["--seed", "0", "--lr", "0.05", "--batch_size", "4", "--n_epochs", "1",
           "--num_workers", "0", "--optimizer", "sgd", "--optim_mom", "0.9"]
 FLAGS = {
-    "simplecil": ["--model", "simplecil", "--aper_adapt", "1"],  # task 0 trains, later tasks have no optimiser
-    "seed": ["--model", "seed", "--num_experts", "2", "--seed_alpha", "0.5", "--seed_tau", "1000"],  # task 2 picks
+    # task 0 trains, later tasks have no optimiser; CIFAR: the statistics must see the test transform, not the
+    # training augmentation (MNIST has none)
+    "simplecil": ["--model", "simplecil", "--dataset", "seq-cifar10", "--aper_adapt", "1"],
+    "seed": ["--model", "seed", "--dataset", "seq-mnist", "--num_experts", "2", "--seed_alpha", "0.5",
+             "--seed_tau", "1000"],  # task 2 picks an expert by KL
 }
+SHAPE = {"simplecil": (3, 32, 32), "seed": (1, 28, 28)}
 TASKS = 3
 STATE = {"simplecil": ("proto_sums", "proto_counts"), "seed": ("means", "chols", "known", "expert_of_task")}
 
@@ -54,9 +59,9 @@ def main(side: str, method: str, path: str, data: str) -> None:
     out: dict[str, torch.Tensor] = {"shapes": torch.tensor([s for p in params for s in (*p.shape, -1)])}
     gen = torch.Generator().manual_seed(123)
     with torch.no_grad():
-        for p in params:
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    probe = torch.rand(6, 1, 28, 28, generator=gen)
+        for p in params:  # weights scaled by their fan-in (features that differ between images), the rest small
+            p.copy_(torch.randn(p.shape, generator=gen) * (p[0].numel() ** -0.5 if p.dim() > 1 else 0.1))
+    probe = torch.rand(6, *SHAPE[method], generator=gen)
     for task in range(TASKS):
         if task:
             dataset.get_data_loaders()
@@ -66,7 +71,7 @@ def main(side: str, method: str, path: str, data: str) -> None:
             out[f"{task}/selected"] = torch.tensor(float(model.selected))
         model.meta_begin_epoch(0, dataset)
         for step in range(2 if model.opt is not None else 0):
-            x = torch.rand(4, 1, 28, 28, generator=gen)
+            x = torch.rand(4, *SHAPE[method], generator=gen)
             y = torch.randint(2 * task, 2 * task + 2, (4,), generator=gen)
             out[f"{task}/loss/{step}"] = torch.tensor(float(model.meta_observe(x, y, x, epoch=0)), dtype=torch.float64)
         model.meta_end_epoch(0, dataset)
