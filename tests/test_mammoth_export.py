@@ -248,6 +248,22 @@ def test_mammoths_own_second_order_tests(mammoth):
     assert done.returncode == 0, done.stdout[-3000:]
 
 
+@pytest.mark.skipif(os.environ.get("CL_MAMMOTH_VIT") != "1", reason="full-size ViT-B/16: set CL_MAMMOTH_VIT=1")
+def test_simplecil_debug_line_on_mammoths_vit(mammoth):
+    """SimpleCIL's debug line on seq-cifar100-224 with Mammoth's ViT-B/16 (random weights in the HF cache; about
+    6.5 min of CPU): the backbone view of Mammoth's ViT and the 224-pixel test transform, ten tasks untrained."""
+    from tests.mammoth_setup import write_vit_b16_cache
+    python, checkout, data, env = mammoth
+    hub = os.path.join(os.path.dirname(data), "hub")
+    write_vit_b16_cache(hub)
+    cmd = [python, "main.py", "--model", "simplecil", "--dataset", "seq-cifar100-224", "--lr", "0.001",
+           "--n_epochs", "1", "--batch_size", "4", "--non_verbose", "1", "--num_workers", "0", "--seed", "0",
+           "--debug_mode", "1", "--base_path", data + os.sep]
+    done = subprocess.run(cmd, cwd=checkout, env={**env, "HF_HUB_CACHE": hub}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Accuracy for 10 task(s)" in done.stdout + done.stderr and "STOP ITERATION" not in done.stdout
+
+
 def test_the_contribution_guide_matches_the_export():
     """docs/mammoth.md's section names every exported method and the command and flags the tests run."""
     with open(os.path.join(ROOT, "docs", "mammoth.md")) as fh:
