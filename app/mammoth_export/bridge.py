@@ -116,8 +116,8 @@ class PlainTrainView(Dataset):
 class DatasetView:
     """Mammoth's dataset plus ``train_dataset(task)`` (the current task's training split, as Mammoth's train
     loader holds it) and ``make_loader`` (seeded as in second-order-cl: the n-th shuffled loader of a task draws
-    its order from (seed, task, ``loader<n>``); Mammoth's own train loader counts as the first); every other
-    attribute is the dataset's."""
+    its order from (seed, task, ``loader<n>``); Mammoth's own train loader counts as the first),
+    ``plain_train_dataset(task)`` and ``n_tasks``; every other attribute is the dataset's."""
 
     def __init__(self, dataset: Any, args: Any, shuffled: dict[int, int]):
         self._dataset = dataset
