@@ -13,13 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
-from app.runner import run
+from app.config import ROOT
 from benchmarks.paper import TABLES
 from utils.errors import UserError
+from utils.io import write_json
 
 IMG_SIZE = 96  # frozen-feature nearest-class-mean: 12% at 32 px, 27% at 64 px, 40% at 96 px, 44% at 128 px
 # Feature passes and Fisher kept small (with --n_epochs 1): one probe epoch, the top-1 Fisher. The data has ~11
@@ -82,11 +85,104 @@ def write_outputs(results: dict[str, dict[str, Any]], out: str) -> tuple[str, st
                | {"seconds": res["timings"]["total_seconds"], "results_file": res.get("results_file")}
                for label, res in results.items()}
     json_path = os.path.join(out, "demo.json")
-    with open(json_path, "w") as fh:
-        json.dump(summary, fh, indent=1)
+    write_json(json_path, summary)
     png = plot_average_accuracy({label: res["average_class_il_per_task"] for label, res in results.items()},
                                 os.path.join(out, "demo.png"), title="Class-IL accuracy after each task")
     return png, json_path
+
+
+def available_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def run_command(model: str, opts: argparse.Namespace) -> list[str]:
+    """The command line of one method's run (``main.py``, the framework's entry point)."""
+    extra = next(extra for _, name, extra, _ in METHODS if name == model)
+    return [sys.executable, os.path.join(ROOT, "main.py"), "--model", model,
+            *common_args(opts.data, opts.epochs, opts.img_size, opts.out, model), *extra,
+            "--debug_mode", str(opts.debug_mode)]
+
+
+class Run:
+    """One method's run in its own process; its output (stdout and stderr) printed line by line as it comes,
+    each line with ``tag`` in front."""
+
+    def __init__(self, label: str, model: str, opts: argparse.Namespace, tag: str, lock: threading.Lock):
+        self.label, self.model, self.tag, self.lock = label, model, tag, lock
+        self.results_file = os.path.join(opts.out, f"{model}.json")
+        env = dict(os.environ, OMP_NUM_THREADS=str(opts.threads), MKL_NUM_THREADS=str(opts.threads),
+                   PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(run_command(model, opts), env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, bufsize=1)
+        self.reader = threading.Thread(target=self._echo, daemon=True)
+        self.reader.start()
+
+    def _echo(self) -> None:
+        assert self.proc.stdout is not None
+        with self.proc.stdout:
+            for line in self.proc.stdout:
+                with self.lock:
+                    print(f"{self.tag}{line}".rstrip() if self.tag else line.rstrip("\n"), flush=True)
+
+    def finished(self) -> bool:
+        if self.proc.poll() is None:
+            return False
+        self.reader.join()
+        return True
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait()
+        self.reader.join()
+
+    def results(self) -> dict[str, Any]:
+        with open(self.results_file) as fh:
+            return json.load(fh) | {"results_file": self.results_file}
+
+
+def run_methods(opts: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Each method in its own process with ``opts.threads`` threads, ``opts.jobs`` at a time (the numbers do not
+    depend on ``jobs``: each run is the same process either way). Lines are marked with their method when several
+    run at once. Returns each method's results; a failed run stops the others and raises a UserError."""
+    lock = threading.Lock()
+    pending = list(enumerate(METHODS, 1))
+    results: dict[str, dict[str, Any]] = {}
+    while pending:
+        batch, pending = pending[:opts.jobs], pending[opts.jobs:]
+        runs: list[Run] = []
+        try:
+            for i, (label, model, _, _) in batch:
+                tag = f"[{model}] " if len(batch) > 1 else ""
+                with lock:
+                    print(f"\n=== [{i}/{len(METHODS)}] {label}: 10 tasks, accuracy printed after each"
+                          f"{f' (lines marked {tag.strip()})' if tag else ''} ===", flush=True)
+                runs.append(Run(label, model, opts, tag, lock))
+            if len(batch) > 1:
+                with lock:
+                    print(f"=== side by side: {len(batch)} processes, {opts.threads} thread(s) each ===", flush=True)
+            running = list(runs)
+            while running:
+                for run in [r for r in running if r.finished()]:
+                    running.remove(run)
+                    if run.proc.returncode:
+                        error = UserError(f"the {run.label} run failed (exit code {run.proc.returncode}; its "
+                                          f"output is above)")
+                        error.exit_code = run.proc.returncode if run.proc.returncode > 0 else 1
+                        raise error
+                    results[run.label] = run.results()
+                    with lock:
+                        print(f"=== {run.label} done in {results[run.label]['timings']['total_seconds']:.0f} s ===",
+                              flush=True)
+                time.sleep(0.1)
+        finally:
+            for run in runs:
+                run.stop()
+    return {label: results[label] for label, _, _, _ in METHODS}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,19 +193,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--img_size", type=int, default=IMG_SIZE, help="images are resized to this size")
     parser.add_argument("--out", default="data/results/demo", help="folder of the result JSONs and the plot")
     parser.add_argument("--debug_mode", type=int, default=0, help="1: a few batches per task (a smoke test)")
+    parser.add_argument("--jobs", type=int, default=len(METHODS),
+                        help="methods run at once, each in its own process (1: one after the other); the numbers "
+                             "do not depend on it")
+    parser.add_argument("--threads", type=int, default=max(1, available_cores() // len(METHODS)),
+                        help="threads of each run (default: the cores shared by the two runs)")
     opts = parser.parse_args(argv)
     if not os.path.isfile(opts.data):
         print(f"error: {opts.data} not found; pass --data PATH to the cifar100_mini.npz file", file=sys.stderr)
         return 2
+    if opts.jobs < 1 or opts.threads < 1:
+        print(f"error: --jobs and --threads take a positive number, not {min(opts.jobs, opts.threads)}",
+              file=sys.stderr)
+        return 2
     os.makedirs(opts.out, exist_ok=True)
-    results: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
     try:
-        for i, (label, model, extra, _) in enumerate(METHODS, 1):
-            print(f"\n=== [{i}/{len(METHODS)}] {label}: 10 tasks, accuracy printed after each ===", flush=True)
-            args = [*common_args(opts.data, opts.epochs, opts.img_size, opts.out, model), *extra]
-            results[label] = run(["--model", model, *args, "--debug_mode", str(opts.debug_mode)])
-            print(f"=== {label} done in {results[label]['timings']['total_seconds']:.0f} s ===", flush=True)
+        results = run_methods(opts)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -58,22 +58,39 @@ def sgd_step(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, target: 
     bias.add_(g_z.sum(0), alpha=-step)
 
 
+CHUNK_ROWS = 512  # samples scaled at once: a chunk of steps' inputs stays in the cache (benchmarks/alignment.py)
+
+
 @torch.no_grad()
 def align_stacked(weight: torch.Tensor, bias: torch.Tensor, sampler: StackedGMM, epochs: int, lr: float,
                   samples_per_class: int, batch_size: int, temperature: float = 0.1) -> None:
     """The alignment of a stacked ``weight`` (C, D) / ``bias`` (C,) in place (row c: class c). Random draws come
-    from the global generators of the weight's device (seed them around the call)."""
+    from the global generators of the weight's device (seed them around the call).
+
+    Each epoch draws the standard normal noise of all its samples at once (the same draws as
+    ``StackedGMM.sample``) and scales and shifts only the rows of the next few steps, in shuffled order: the same
+    values, bitwise, as scaling the whole epoch first and then gathering the batches, without three passes over
+    an epoch of samples that does not fit in the cache."""
     device, n_classes = weight.device, weight.shape[0]
+    if not sampler.classes:
+        return
+    flat_std, flat_means = sampler.flat_std.to(device), sampler.flat_means.to(device)
     for epoch in range(epochs):
-        feats, labels = sampler.sample(samples_per_class)
-        feats, labels = feats.to(device), labels.to(device)
+        noise, rows, labels = sampler.draw(samples_per_class)
+        noise, rows, labels = noise.to(device), rows.to(device), labels.to(device)
         idx = epoch_batches(len(labels), batch_size, device)
-        xs = feats.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)  # (steps, batch, D)
+        steps, batch = idx.shape
         targets = F.one_hot(labels.index_select(0, idx.reshape(-1)), n_classes).to(weight.dtype)
-        targets = targets.view(*idx.shape, n_classes)
+        targets = targets.view(steps, batch, n_classes)
         step_lr = cosine_lr(lr, epoch, epochs)
-        for x, target in zip(xs, targets):
-            sgd_step(weight, bias, x, target, step_lr, temperature)
+        per_chunk = max(1, CHUNK_ROWS // batch)
+        for first in range(0, steps, per_chunk):
+            chunk = idx[first:first + per_chunk].reshape(-1)
+            picked = rows.index_select(0, chunk)
+            xs = noise.index_select(0, chunk).mul_(flat_std.index_select(0, picked))
+            xs = xs.add_(flat_means.index_select(0, picked)).view(-1, batch, noise.shape[1])
+            for x, target in zip(xs, targets[first:first + per_chunk]):
+                sgd_step(weight, bias, x, target, step_lr, temperature)
 
 
 def align_classifier(head: IncrementalHead, gmms: dict[int, DiagonalGMM], epochs: int, lr: float,
