@@ -42,6 +42,7 @@ ALIGN = ["--use_ca", "1"]
 ITA_ARGS = [*CHEAP, "--alpha_ita", "1", *HEAD_REG, *ALIGN]
 IEL_ARGS = [*CHEAP, "--beta_iel", "1", *HEAD_REG, *ALIGN]
 SGD_ARGS = ["--batch_size", "16", "--lr", "0.01", "--optim_mom", "0.9"]
+TAGS = {"sgd": "sgd", "second_order": "ITA"}  # marks each output line of a run while both run at once
 METHODS = (("fine-tuning (sgd)", "sgd", SGD_ARGS, "Finetune"), ("ITA (second_order)", "second_order", ITA_ARGS,
                                                                  "ITA-LoRA"))
 
@@ -114,6 +115,7 @@ class Run:
     def __init__(self, label: str, model: str, opts: argparse.Namespace, tag: str, lock: threading.Lock):
         self.label, self.model, self.tag, self.lock = label, model, tag, lock
         self.results_file = os.path.join(opts.out, f"{model}.json")
+        self.error = ""  # the last "error: ..." line of its output
         env = dict(os.environ, OMP_NUM_THREADS=str(opts.threads), MKL_NUM_THREADS=str(opts.threads),
                    PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(run_command(model, opts), env=env, stdout=subprocess.PIPE,
@@ -125,6 +127,8 @@ class Run:
         assert self.proc.stdout is not None
         with self.proc.stdout:
             for line in self.proc.stdout:
+                if line.startswith("error: "):
+                    self.error = line.strip()[len("error: "):]
                 with self.lock:
                     print(f"{self.tag}{line}".rstrip() if self.tag else line.rstrip("\n"), flush=True)
 
@@ -157,7 +161,7 @@ def run_methods(opts: argparse.Namespace) -> dict[str, dict[str, Any]]:
         runs: list[Run] = []
         try:
             for i, (label, model, _, _) in batch:
-                tag = f"[{model}] " if len(batch) > 1 else ""
+                tag = f"[{TAGS[model]}] " if len(batch) > 1 else ""
                 with lock:
                     print(f"\n=== [{i}/{len(METHODS)}] {label}: 10 tasks, accuracy printed after each"
                           f"{f' (lines marked {tag.strip()})' if tag else ''} ===", flush=True)
@@ -170,8 +174,8 @@ def run_methods(opts: argparse.Namespace) -> dict[str, dict[str, Any]]:
                 for run in [r for r in running if r.finished()]:
                     running.remove(run)
                     if run.proc.returncode:
-                        error = UserError(f"the {run.label} run failed (exit code {run.proc.returncode}; its "
-                                          f"output is above)")
+                        error = UserError(f"the {run.label} run failed (exit code {run.proc.returncode}): "
+                                          f"{run.error or 'its output is above'}")
                         error.exit_code = run.proc.returncode if run.proc.returncode > 0 else 1
                         raise error
                     results[run.label] = run.results()
