@@ -3,6 +3,7 @@ the reference); the second-order alignment's closed-form steps (models/second_or
 autograd loop (benchmarks/alignment.py) to float32 rounding."""
 import argparse
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -97,10 +98,17 @@ def test_pretuning_alignment_equals_the_autograd_loop():
         torch.testing.assert_close(bias, ref_b, rtol=1e-5, atol=1e-6)
 
 
-def test_chunked_scaling_equals_the_materialised_epoch_bitwise(monkeypatch):
+@pytest.mark.parametrize("second_thread", [True, False])
+def test_chunked_scaling_equals_the_materialised_epoch_bitwise(monkeypatch, second_thread):
     """Scaling the samples of a few steps at a time gives the same weights, bit for bit, as scaling the whole epoch
     and then gathering its batches (the same draws; chunks of 1, 3 and all steps, the last one partial; a set
-    smaller than a batch), and leaves the random generator at the same point."""
+    smaller than a batch), and leaves the random generator at the same point; with the next epoch's draws made in
+    a second thread (a CPU) or in line (an accelerator)."""
+    monkeypatch.setattr(alignment.accelerator, "is_accelerator", lambda device: not second_thread)
+    threads = []
+    submit = alignment.ThreadPoolExecutor.submit
+    monkeypatch.setattr(alignment.ThreadPoolExecutor, "submit",
+                        lambda pool, fn: threads.append(1) or submit(pool, fn))
     gen = torch.Generator().manual_seed(5)
     gmms = {c: DiagonalGMM(torch.tensor([0.2, 0.5, 0.3]), torch.randn(3, 9, generator=gen) * 2,
                            torch.rand(3, 9, generator=gen) + 0.05) for c in range(6)}
@@ -122,6 +130,7 @@ def test_chunked_scaling_equals_the_materialised_epoch_bitwise(monkeypatch):
         assert (weight - first).abs().max() > 1e-2  # it trained
         assert torch.equal(weight, ref_w) and torch.equal(bias, ref_b)
         assert torch.equal(torch.rand(3), ref_next)
+    assert len(threads) == (4 * 3 if second_thread else 0)  # every epoch's draws, in the second thread or not
 
 
 def test_cosine_lr_is_the_schedulers():
