@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Optional
 
 from app.config import ROOT
 from benchmarks.paper import TABLES
@@ -78,12 +78,13 @@ def reading(sgd: dict[str, Any], ita: dict[str, Any]) -> str:
 
 
 def write_outputs(results: dict[str, dict[str, Any]], out: str) -> tuple[str, str]:
-    """``demo.json`` (each method's final accuracies, forgetting, curve and seconds) and ``demo.png`` (class-IL
+    """``demo.json`` (each method's final accuracies, forgetting, curve, wall and CPU seconds) and ``demo.png`` (class-IL
     after each task, both methods); returns their paths."""
     from utils.plots import plot_average_accuracy
     summary = {label: {key: res[key] for key in ("final_class_il", "final_task_il", "forgetting",
                                                    "average_class_il_per_task")}
-               | {"seconds": res["timings"]["total_seconds"], "results_file": res.get("results_file")}
+               | {"seconds": res["timings"]["total_seconds"], "cpu_seconds": res.get("cpu_seconds"),
+                  "results_file": res.get("results_file")}
                for label, res in results.items()}
     json_path = os.path.join(out, "demo.json")
     write_json(json_path, summary)
@@ -116,6 +117,7 @@ class Run:
         self.label, self.model, self.tag, self.lock = label, model, tag, lock
         self.results_file = os.path.join(opts.out, f"{model}.json")
         self.error = ""  # the last "error: ..." line of its output
+        self.cpu_seconds: Optional[float] = None
         env = dict(os.environ, OMP_NUM_THREADS=str(opts.threads), MKL_NUM_THREADS=str(opts.threads),
                    PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(run_command(model, opts), env=env, stdout=subprocess.PIPE,
@@ -133,8 +135,17 @@ class Run:
                     print(f"{self.tag}{line}".rstrip() if self.tag else line.rstrip("\n"), flush=True)
 
     def finished(self) -> bool:
-        if self.proc.poll() is None:
-            return False
+        """Whether the process has ended; then its exit code is set, and on Linux/macOS ``cpu_seconds`` (user +
+        system time of the run and its data-loading workers)."""
+        if not hasattr(os, "wait4"):
+            if self.proc.poll() is None:
+                return False
+        else:
+            pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
+            if pid == 0:
+                return False
+            self.proc.returncode = os.waitstatus_to_exitcode(status)
+            self.cpu_seconds = usage.ru_utime + usage.ru_stime
         self.reader.join()
         return True
 
@@ -147,6 +158,10 @@ class Run:
     def results(self) -> dict[str, Any]:
         with open(self.results_file) as fh:
             return json.load(fh) | {"results_file": self.results_file}
+
+
+def cpu_note(seconds: Optional[float]) -> str:
+    return "" if seconds is None else f" ({seconds:.0f} s of CPU)"
 
 
 def run_methods(opts: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -178,10 +193,10 @@ def run_methods(opts: argparse.Namespace) -> dict[str, dict[str, Any]]:
                                           f"{run.error or 'its output is above'}")
                         error.exit_code = run.proc.returncode if run.proc.returncode > 0 else 1
                         raise error
-                    results[run.label] = run.results()
+                    results[run.label] = run.results() | {"cpu_seconds": run.cpu_seconds}
                     with lock:
-                        print(f"=== {run.label} done in {results[run.label]['timings']['total_seconds']:.0f} s ===",
-                              flush=True)
+                        print(f"=== {run.label} done in {results[run.label]['timings']['total_seconds']:.0f} s"
+                              f"{cpu_note(run.cpu_seconds)} ===", flush=True)
                 time.sleep(0.1)
         finally:
             for run in runs:
@@ -220,11 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     png, json_path = write_outputs(results, opts.out)
     print(f"\nFinal accuracy (%), {os.path.basename(opts.data)}, 10 tasks x 10 classes, EfficientNet-Lite0 "
           f"ImageNet weights, {opts.img_size} px, CPU; the paper: full CIFAR-100, ViT-B/16 IN-21k, GPU:")
-    print(f"  {'method':22s} {'class-IL':>9s} {'task-IL':>9s} {'seconds':>8s} {'paper (Table 1)':>16s}")
+    print(f"  {'method':22s} {'class-IL':>9s} {'task-IL':>9s} {'seconds':>8s} {'CPU s':>7s} {'paper (Table 1)':>16s}")
     for label, _, _, paper_name in METHODS:
         res = results[label]
+        cpu = "-" if res["cpu_seconds"] is None else f"{res['cpu_seconds']:.0f}"
         print(f"  {label:22s} {res['final_class_il']:9.2f} {res['final_task_il']:9.2f} "
-              f"{res['timings']['total_seconds']:8.0f} {paper_accuracy(paper_name):16.2f}")
+              f"{res['timings']['total_seconds']:8.0f} {cpu:>7s} {paper_accuracy(paper_name):16.2f}")
     sgd, ita = (results[label] for label, _, _, _ in METHODS)
     print(reading(sgd, ita))
     print(f"total {time.perf_counter() - started:.0f} s\nplot: {png}\nresults: {json_path}", flush=True)

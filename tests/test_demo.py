@@ -29,6 +29,7 @@ def test_demo_smoke_run_shows_progress_and_ends_with_its_files(tmp_path, capsys)
     summary = json.loads((out / "demo.json").read_text())
     assert list(summary) == ["fine-tuning (sgd)", "ITA (second_order)"]
     assert all(len(s["average_class_il_per_task"]) == 10 for s in summary.values())
+    assert all(0 < s["cpu_seconds"] < 3600 for s in summary.values())  # each run's own user + system time
     text = "\n".join(lines)
     assert "=== [1/2] fine-tuning (sgd)" in text and "=== [2/2] ITA (second_order)" in text
     assert "=== side by side: 2 processes, 1 thread(s) each ===" in text
@@ -36,6 +37,8 @@ def test_demo_smoke_run_shows_progress_and_ends_with_its_files(tmp_path, capsys)
     assert sorted(line.split()[0] for line in progress) == ["[ITA]", "[sgd]"]  # each run's, marked
     assert any(line.startswith("After the last task ITA still gets ") for line in lines)
     assert "89.96" in text and "21.57" in text  # the paper's numbers beside ours
+    table = lines[lines.index(next(line for line in lines if line.strip().startswith("method"))) + 1:][:2]
+    assert [row.split()[-2] for row in table] == [f"{s['cpu_seconds']:.0f}" for s in summary.values()]
 
     seq = tmp_path / "seq"
     assert main(["--data", data, "--img_size", "32", "--debug_mode", "1", "--out", str(seq), "--jobs", "1",
