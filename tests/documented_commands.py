@@ -176,6 +176,7 @@ RULES: list[Rule] = [
     Rule(r"-m benchmarks\.mini_data ", "run", "writes the class-balanced subsets (seconds)"),
     Rule(r"bash benchmarks/\w+\.sh", "listed", "a batch of full comparisons (hours)"),
     Rule(r"^python -m benchmarks\.alignment$", "listed", "a timing of the alignment step (minutes on a CPU)"),
+    Rule(r"^python -m benchmarks\.malloc_env$", "listed", "a timing of two child processes (a minute on a CPU)"),
     Rule(r"main\.py --loadcheck edited\.pt", "listed", "continues from edited.pt, which the app.edit template next to "
                                                       "it writes"),
     Rule(r"-m benchmarks\.fisher_precision\b", "listed", "the precision study (tens of minutes on a CPU); "
