@@ -54,8 +54,10 @@ def real_data_args(data: str, img_size: int = IMG_SIZE) -> list[str]:
 
 
 def common_args(data: str, epochs: int, img_size: int, out: str, model: str) -> list[str]:
+    """Flags of both runs. The images are loaded in the run's own process (``--num_workers 0``: the same images and
+    augmentations as with workers, by the loaders' design, without forking a worker pair for every pass)."""
     return [*real_data_args(data, img_size), "--non_verbose", "--results_file", os.path.join(out, f"{model}.json"),
-            "--n_epochs", str(epochs), "--plots", "0"]
+            "--n_epochs", str(epochs), "--plots", "0", "--num_workers", "0"]
 
 
 def paper_accuracy(method: str) -> float:
