@@ -7,6 +7,10 @@ paper's (ViT-B/16 on the full CIFAR-100, a GPU run), and writes one plot and one
 The settings below (shared with tests/test_second_order_real.py) are cheaper than the published ones: one
 epoch, one probe epoch, the top-1 Fisher (``--fisher_mc_classes 1``); the trained heads are re-aligned at each
 task end (``--use_ca 1``); docs/results.md has their validation and timings.
+
+The two runs go side by side (``--jobs``), each a ``main.py`` process with ``--threads`` threads (half the cores
+each), the glibc malloc settings of :data:`MALLOC_ENV` and ``--num_workers 0``; their lines are printed as they
+come, marked with their method, and the table adds each run's CPU seconds.
 """
 from __future__ import annotations
 
