@@ -145,7 +145,7 @@ class Rule:
 
 RULES: list[Rule] = [
     Rule(r"^make test\b", "listed", "the test suite itself"),
-    Rule(r"^make demo\b", "listed", "creates a virtual environment and trains for about 7.5 minutes; app.demo's "
+    Rule(r"^make demo\b", "listed", "creates a virtual environment and trains for about 4-7 minutes; app.demo's "
                                     "runs are covered by tests/test_second_order_real.py and tests/test_demo.py"),
     Rule(r"^(#!|export MASTER_HOST|srun )", "listed", "a SLURM job script: needs a cluster of GPU nodes"),
     Rule(r"^torchrun ", "listed", "needs several GPUs (NCCL); the DDP path runs on CPU processes with gloo in "
@@ -178,6 +178,7 @@ RULES: list[Rule] = [
     Rule(r"^python -m benchmarks\.alignment$", "listed", "a timing of the alignment step (minutes on a CPU)"),
     Rule(r"main\.py --loadcheck checkpoints/ita_c100/edited\.pt", "run",
          "evaluates the model that the app.edit command before it saved"),
+    Rule(r"^python -m benchmarks\.malloc_env$", "listed", "a timing of two child processes (a minute on a CPU)"),
     Rule(r"-m benchmarks\.fisher_precision\b", "listed", "the precision study (tens of minutes on a CPU); "
                                                          "tests/test_fisher_precision_benchmark.py runs it small"),
     Rule(r"-m benchmarks\.gpu_check --device cpu", "listed", "tests/test_gpu_check.py runs exactly this"),
@@ -195,7 +196,7 @@ RULES: list[Rule] = [
          "a measurement of minutes on a CPU; its test runs it small"),
     Rule(r"^python -m app\.(edit|report)$", "listed", "names the entry point only (usage shown next to it)"),
     Rule(r"^python main\.py$", "listed", "names the entry point only"),
-    Rule(r"-m app\.demo ", "listed", "make demo's run (about 7.5 minutes); tests/test_demo.py runs its --debug_mode 1 "
+    Rule(r"-m app\.demo ", "listed", "make demo's run (about 4-7 minutes); tests/test_demo.py runs its --debug_mode 1 "
                                       "smoke variant"),
     Rule(r"-m benchmarks\.mammoth_models\b", "listed", "runs Mammoth's 70 model files twice (tens of minutes); "
                                                       "tests/test_mammoth_models.py runs a fixed list of them"),

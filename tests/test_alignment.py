@@ -3,6 +3,7 @@ the reference); the second-order alignment's closed-form steps (models/second_or
 autograd loop (benchmarks/alignment.py) to float32 rounding."""
 import argparse
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,7 +11,7 @@ from torch import nn
 from models.feature_utils.alignment import shuffled_batches
 from models.feature_utils.features import sample_gaussians
 from models.second_order_utils.heads import IncrementalHead
-from benchmarks.alignment import autograd_alignment
+from benchmarks.alignment import autograd_alignment, materialised_alignment
 from models.second_order_utils import alignment
 from models.second_order_utils.alignment import align_classifier, cosine_lr
 from models.second_order_utils.pretuning import DiagonalGMM
@@ -95,6 +96,41 @@ def test_pretuning_alignment_equals_the_autograd_loop():
         assert (weight - before).abs().max() > 1e-2  # it trained
         torch.testing.assert_close(weight, ref_w, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(bias, ref_b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("second_thread", [True, False])
+def test_chunked_scaling_equals_the_materialised_epoch_bitwise(monkeypatch, second_thread):
+    """Scaling the samples of a few steps at a time gives the same weights, bit for bit, as scaling the whole epoch
+    and then gathering its batches (the same draws; chunks of 1, 3 and all steps, the last one partial; a set
+    smaller than a batch), and leaves the random generator at the same point; with the next epoch's draws made in
+    a second thread (a CPU) or in line (an accelerator)."""
+    monkeypatch.setattr(alignment.accelerator, "is_accelerator", lambda device: not second_thread)
+    threads = []
+    submit = alignment.ThreadPoolExecutor.submit
+    monkeypatch.setattr(alignment.ThreadPoolExecutor, "submit",
+                        lambda pool, fn: threads.append(1) or submit(pool, fn))
+    gen = torch.Generator().manual_seed(5)
+    gmms = {c: DiagonalGMM(torch.tensor([0.2, 0.5, 0.3]), torch.randn(3, 9, generator=gen) * 2,
+                           torch.rand(3, 9, generator=gen) + 0.05) for c in range(6)}
+    torch.manual_seed(3)
+    head = IncrementalHead(9, 6)
+    head.add_task(2)
+    head.add_task(4)
+    start = head.state_dict()
+    first, _ = stacked(head)
+    for rows, samples, batch in ((8, 13, 8), (24, 13, 8), (4096, 13, 8), (8, 1, 16)):
+        monkeypatch.setattr(alignment, "CHUNK_ROWS", rows)
+        head.load_state_dict(start)
+        torch.manual_seed(7)
+        ref_w, ref_b = materialised_alignment(head, gmms, 3, 0.5, samples, batch)
+        ref_next = torch.rand(3)
+        torch.manual_seed(7)
+        align_classifier(head, gmms, epochs=3, lr=0.5, samples_per_class=samples, batch_size=batch)
+        weight, bias = stacked(head)
+        assert (weight - first).abs().max() > 1e-2  # it trained
+        assert torch.equal(weight, ref_w) and torch.equal(bias, ref_b)
+        assert torch.equal(torch.rand(3), ref_next)
+    assert len(threads) == (4 * 3 if second_thread else 0)  # every epoch's draws, in the second thread or not
 
 
 def test_cosine_lr_is_the_schedulers():
