@@ -145,7 +145,7 @@ class Rule:
 
 RULES: list[Rule] = [
     Rule(r"^make test\b", "listed", "the test suite itself"),
-    Rule(r"^make demo\b", "listed", "creates a virtual environment and trains for about 4-7 minutes; app.demo's "
+    Rule(r"^make demo\b", "listed", "creates a virtual environment and trains for about 3.5 minutes; app.demo's "
                                     "runs are covered by tests/test_second_order_real.py and tests/test_demo.py"),
     Rule(r"^(#!|export MASTER_HOST|srun )", "listed", "a SLURM job script: needs a cluster of GPU nodes"),
     Rule(r"^torchrun ", "listed", "needs several GPUs (NCCL); the DDP path runs on CPU processes with gloo in "
