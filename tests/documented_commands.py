@@ -196,7 +196,7 @@ RULES: list[Rule] = [
          "a measurement of minutes on a CPU; its test runs it small"),
     Rule(r"^python -m app\.(edit|report)$", "listed", "names the entry point only (usage shown next to it)"),
     Rule(r"^python main\.py$", "listed", "names the entry point only"),
-    Rule(r"-m app\.demo ", "listed", "make demo's run (about 4-7 minutes); tests/test_demo.py runs its --debug_mode 1 "
+    Rule(r"-m app\.demo ", "listed", "make demo's run (about 3.5 minutes); tests/test_demo.py runs its --debug_mode 1 "
                                       "smoke variant"),
     Rule(r"-m benchmarks\.mammoth_models\b", "listed", "runs Mammoth's 70 model files twice (tens of minutes); "
                                                       "tests/test_mammoth_models.py runs a fixed list of them"),
