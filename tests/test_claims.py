@@ -84,6 +84,8 @@ def test_methods_are_the_demo_settings_with_penalties_removed():
         assert flags["--alpha_ita"] == flags["--req_weight_cls"] == flags["--simple_reg_weight_cls"] == "0"
         assert flags["--lr"] == as_dict(ITA_ARGS)["--lr"]
     assert free["--use_ca"] == "1" and alone["--use_ca"] == "0" and alone["--num_epochs_pretuning"] == "0"
+    noca, free_noca = as_dict(method_flags("ita_noca")[1]), as_dict(method_flags("ita_free_noca")[1])
+    assert noca == {**as_dict(ITA_ARGS), "--use_ca": "0"} and free_noca == {**free, "--use_ca": "0"}
     with pytest.raises(UserError, match="unknown method 'sgd'"):
         method_flags("sgd")
     with pytest.raises(UserError, match="unknown 'svhn'"):
