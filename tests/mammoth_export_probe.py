@@ -19,15 +19,16 @@ FLAGS = ["--model", "second_order", "--dataset", "seq-mnist", "--seed", "0", "--
          "--batch_size_align_pretuning", "8", "--num_epochs_align_pretuning", "2", "--clip_grad", "100"]
 
 
-def build(side: str, data: str):
+def build(side: str, data: str, flags: list[str] = FLAGS):
+    """(model, dataset) built from ``flags`` by this project (``project``) or by Mammoth's ``main.initialize``."""
     sys.path.insert(0, os.getcwd())  # the repository root or the Mammoth checkout
     if side == "project":
         from app.config import parse_args
         from app.experiment import build_experiment
-        exp = build_experiment(parse_args(FLAGS + ["--base_path", data]), torch.device("cpu"))
+        exp = build_experiment(parse_args(flags + ["--base_path", data]), torch.device("cpu"))
         exp.dataset.get_data_loaders()
         return exp.model, exp.dataset
-    sys.argv = ["main.py", *FLAGS, "--base_path", data + os.sep, "--non_verbose", "1"]
+    sys.argv = ["main.py", *flags, "--base_path", data + os.sep, "--non_verbose", "1"]
     from main import initialize
     model, dataset, _ = initialize()
     dataset.get_data_loaders()

@@ -14,6 +14,8 @@ import sys
 
 import torch
 
+from mammoth_export_probe import build as build_from  # this script's folder is first on sys.path
+
 COMMON = ["--seed", "0", "--lr", "0.05", "--batch_size", "4", "--n_epochs", "1",
           "--num_workers", "0", "--optimizer", "sgd", "--optim_mom", "0.9"]
 FLAGS = {
@@ -29,20 +31,7 @@ STATE = {"simplecil": ("proto_sums", "proto_counts"), "seed": ("means", "chols",
 
 
 def build(side: str, method: str, data: str):
-    sys.path.insert(0, os.getcwd())  # the repository root or the Mammoth checkout
-    flags = FLAGS[method] + COMMON
-    if side == "project":
-        from app.config import parse_args
-        from app.experiment import build_experiment
-        exp = build_experiment(parse_args(flags + ["--base_path", data]), torch.device("cpu"))
-        exp.dataset.get_data_loaders()
-        return exp.model, exp.dataset
-    sys.argv = ["main.py", *flags, "--base_path", data + os.sep, "--non_verbose", "1"]
-    from main import initialize
-    model, dataset, _ = initialize()
-    dataset.get_data_loaders()
-    model.net.to(model.device)
-    return model, dataset
+    return build_from(side, data, FLAGS[method] + COMMON)
 
 
 def weights(model, method: str) -> list[torch.nn.Parameter]:

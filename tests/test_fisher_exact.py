@@ -1,5 +1,7 @@
 """The exact Fisher's savings: C - 1 backward passes of a factor of diag(p) - p p^T (fisher_exact.py) and a
 class-token ViT's last block run for the class token alone (fisher_vit.py), against brute force."""
+from unittest import mock
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,23 +11,7 @@ from models.second_order_utils.fisher import network_fisher
 from models.second_order_utils.fisher_exact import exact_scores, logit_fisher_factor
 from models.second_order_utils.fisher_vit import ClsOnlyLastBlock, eligible_block
 from models.second_order_utils.modules import inject_adapters
-
-
-def brute_force(net, layers, x):
-    """sum_b sum_c p_c (d log p_c / dW)^2, one autograd call per sample and class, outside any Fisher mode."""
-    weights = {name: layer.base.weight for name, layer in layers.items()}
-    for w in weights.values():
-        w.requires_grad_(True)
-    out = {name: torch.zeros_like(w) for name, w in weights.items()}
-    for b in range(x.shape[0]):
-        logp = F.log_softmax(net(x[b:b + 1]), dim=1)[0]
-        for c in range(logp.shape[0]):
-            grads = torch.autograd.grad(logp[c], list(weights.values()), retain_graph=True)
-            for name, g in zip(weights, grads):
-                out[name] += logp[c].exp().detach() * g ** 2
-    for w in weights.values():
-        w.requires_grad_(False)
-    return {name: v.view(layers[name].d_out, layers[name].d_in) for name, v in out.items()}
+from tests.test_second_order_math import brute_force_fisher as brute_force
 
 
 def rel_err(a, b):
@@ -74,18 +60,9 @@ def test_classes_of_zero_probability_are_left_out_and_the_fisher_is_unchanged():
         net.head.bias[3:] = -1e4  # classes 3 and 4: probability exactly 0 in fp32 for every image
     layers = inject_adapters(net, "lora", 2)
     x = torch.randn(3, 3, 32, 32)
-    calls = []
-    original = torch.autograd.grad
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-    torch.autograd.grad = counting
-    try:
+    with mock.patch.object(torch.autograd, "grad", wraps=torch.autograd.grad) as grad:
         sums, n = network_fisher(net, layers, [x], class_batch=1)
-    finally:
-        torch.autograd.grad = original
-    assert n == 3 and len(calls) == 2  # 3 classes of non-zero probability: 2 backward passes (not 5)
+    assert n == 3 and grad.call_count == 2  # 3 classes of non-zero probability: 2 backward passes (not 5)
     assert rel_err(sums, brute_force(net, layers, x)) <= 1e-4
 
 
