@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+SHARED_ROOT = os.path.join(os.path.dirname(ROOT), "shared")  # the offline assets beside the clone
+SHARED_DATA = os.path.join(SHARED_ROOT, "data")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["CL_NO_DOWNLOAD"] = "1"  # no test may reach the network
 os.environ.setdefault("CL_DEFAULT_NUM_WORKERS", "0")  # tiny data: worker processes would only cost start-up time
@@ -39,11 +40,14 @@ def write_bytes(path, data: bytes) -> None:
 
 
 def shared_missing(path: str) -> None:
-    """A ../shared asset is absent: skip the calling test, or fail it where the assets are required
-    (``CL_REQUIRE_SHARED=1``, set by .ci/run: CI has ../shared beside the clone, so a skip there would hide a bug)."""
+    """A ../shared asset is absent. With ../shared beside the clone, or ``CL_REQUIRE_SHARED=1`` (set by .ci/run),
+    the calling test fails: a file missing from present assets is a bug a skip would hide. Only a checkout without
+    any ../shared folder skips the tests that need it."""
     if os.environ.get("CL_REQUIRE_SHARED") == "1":
         pytest.fail(f"{path} is not available, but CL_REQUIRE_SHARED=1 requires it (put ../shared beside the clone)")
-    pytest.skip(f"{path} is not available")
+    if os.path.isdir(SHARED_ROOT):
+        pytest.fail(f"{path} is not available although {SHARED_ROOT} exists: restore the asset in ../shared")
+    pytest.skip(f"{path} is not available (no ../shared beside the clone)")
 
 
 def shared_file(name: str) -> str:

