@@ -12,7 +12,11 @@ differ only in the variant:
   CPU the whole run is under :class:`utils.tf32_emulation.TF32Emulation` (operands rounded to TF32, fp32 sums);
 * ``O2``: ``-O 2 --fisher_precision fp32``: bf16 autocast of the training and evaluation forwards (torch's CPU
   autocast on a CPU), the Fisher in fp32;
-* ``bf16``: ``-O 0 --fisher_precision bf16`` (the bf16 Fisher GEMMs).
+* ``bf16``: ``-O 0 --fisher_precision bf16`` (the bf16 Fisher GEMMs);
+* ``bf16x3``: ``-O 0 --fisher_precision bf16x3`` (every Fisher GEMM as three bf16 products with fp32 sums,
+  ``utils/split_precision.py``; computed the same way on a CPU);
+* ``x3tf32``: ``-O 1 --fisher_precision bf16x3``: the bf16x3 Fisher and TF32 for the training and evaluation
+  matmuls; on a CPU under ``TF32Emulation(follow_switches=True)`` (TF32 where CUDA's switches would allow it).
 
 The Fisher criterion (docs/speed.md, as amended): in every fp32 run, at each task, right after the run's own Fisher
 pass and on the same network at theta0, pre-tuned head and images (:class:`PairedFisher`), the Fisher pass runs again
@@ -54,8 +58,12 @@ from utils.tf32_emulation import TF32Emulation  # noqa: E402
 
 MAX_REL_ERR, MAX_CIL_DROP = 1e-2, 0.5  # the rule of docs/speed.md
 VARIANTS = {"fp32": ["-O", "0", "--fisher_precision", "fp32"], "tf32": ["-O", "1", "--fisher_precision", "tf32"],
-            "O2": ["-O", "2", "--fisher_precision", "fp32"], "bf16": ["-O", "0", "--fisher_precision", "bf16"]}
-CHANGES_FISHER = ("tf32", "bf16")
+            "O2": ["-O", "2", "--fisher_precision", "fp32"], "bf16": ["-O", "0", "--fisher_precision", "bf16"],
+            "bf16x3": ["-O", "0", "--fisher_precision", "bf16x3"],
+            "x3tf32": ["-O", "1", "--fisher_precision", "bf16x3"]}
+# the Fisher precision of each variant that changes the Fisher (its paired passes)
+FISHER_OF = {"tf32": "tf32", "bf16": "bf16", "bf16x3": "bf16x3", "x3tf32": "bf16x3"}
+CHANGES_FISHER = tuple(FISHER_OF)
 # the estimators of the paired Fisher passes (--fisher_mc_classes): every seen class (the published line's), top-1
 ESTIMATORS: dict[str, Optional[int]] = {"exact": None, "top1": 1}
 # small enough for a CPU: 5 tasks, 32 px, one epoch, the demo's top-1 Fisher, short alignments
@@ -216,10 +224,11 @@ def one_run(data: str, variant: str, seed: int, workdir: str, img_size: int, ext
     argv = override(argv, [*VARIANTS[variant], "--seed", str(seed), "--savecheck", "task",
                            "--checkpoint_path", os.path.join(workdir, "ckpt"), "--ckpt_name", tag,
                            "--results_file", os.path.join(workdir, f"{tag}.json")])
-    emulate = variant == "tf32" and not accelerator.tf32_available()
+    emulate = variant in ("tf32", "x3tf32") and not accelerator.tf32_available()
+    emulation = TF32Emulation(follow_switches=variant == "x3tf32") if emulate else contextlib.nullcontext()
     start = time.perf_counter()
     with FisherTimer() as timer, (PairedFisher(list(paired)) if paired else contextlib.nullcontext()) as pairs, \
-            (TF32Emulation() if emulate else contextlib.nullcontext()):
+            emulation:
         res = run(argv)
     fishers = task_fishers(os.path.join(workdir, "ckpt", tag))
     return {"variant": variant, "seed": seed, "final_class_il": float(res["final_class_il"]),
@@ -236,7 +245,7 @@ def rel_err(approx: list[torch.Tensor], exact: list[torch.Tensor]) -> float:
 
 def paired_errors(runs: list[dict[str, Any]], precision: str) -> dict[str, float]:
     """Per estimator, the largest paired error of ``precision`` over the tasks of ``runs`` (fp32 runs)."""
-    rows = [row for r in runs for row in r["paired"]]
+    rows = [row for r in runs for row in r["paired"] if precision in row["errors"]]
     if not rows:
         raise RuntimeError(f"no paired Fisher pass of {precision}: the fp32 runs measured none")
     return {e: max(row["errors"][precision][e] for row in rows) for e in ESTIMATORS}
@@ -254,7 +263,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             refs = [r for r in runs if r["variant"] == "fp32" and r["data"] == data]
             base = {r["seed"]: r["final_class_il"] for r in refs}
             changes = [r["final_class_il"] - base[r["seed"]] for r in mine]
-            paired = paired_errors(refs, variant) if variant in CHANGES_FISHER else {e: 0.0 for e in ESTIMATORS}
+            paired = (paired_errors(refs, FISHER_OF[variant]) if variant in FISHER_OF
+                      else {e: 0.0 for e in ESTIMATORS})
             per_data[data] = {"seeds": [r["seed"] for r in mine], "class_il": [r["final_class_il"] for r in mine],
                               "class_il_change": changes, "class_il_change_mean": statistics.mean(changes),
                               "class_il_change_sem": (statistics.stdev(changes) / len(changes) ** 0.5
@@ -300,7 +310,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", default=None, help="also write the figures as JSON to this file")
     opts, extra = parser.parse_known_args(argv)
     variants = ["fp32"] + [v for v in opts.variants if v != "fp32"]  # the reference always runs first
-    paired = tuple(v for v in variants if v in CHANGES_FISHER)
+    paired = tuple(dict.fromkeys(FISHER_OF[v] for v in variants if v in FISHER_OF))
     if opts.tf32_dense:  # beside the full TF32 pass, whether or not the tf32 runs are asked for
         paired = (*dict.fromkeys([*paired, "tf32"]), TF32_DENSE)
     if opts.tf32_dense and accelerator.tf32_available():

@@ -1,7 +1,8 @@
 """``--fisher_precision`` and the Fisher pass's memory-lean square-sum, automatic ``--stats_batch_size``.
 
 Tolerances: tf32 equals fp32 on a CPU (no TF32 there; rel. err <= 1e-6); bf16 GEMMs with fp32 squares stay within
-rel. Frobenius error 3e-2 of fp32 on a tiny ViT/CNN (bf16 rounds every operand to 8 mantissa bits, ~4e-3 each).
+rel. Frobenius error 3e-2 of fp32 on a tiny ViT/CNN (bf16 rounds every operand to 8 mantissa bits, ~4e-3 each);
+bf16x3 (three bf16 products, fp32 sums) within 1e-4 (about 2^-17 per product).
 """
 import pytest
 import torch
@@ -40,6 +41,14 @@ def test_fisher_precisions_against_fp32(make):
         assert rel_err(tf32[name], value) <= 1e-6
         assert bf16[name].dtype == torch.float32
         assert 0 < rel_err(bf16[name], value) <= 3e-2, name  # > 0: bf16 really ran
+
+
+@pytest.mark.parametrize("make", [tiny_vit, tiny_cnn])
+def test_bf16x3_fisher_is_fp32_to_about_1e_5(make):
+    ref, split = fisher_at(make, "fp32"), fisher_at(make, "bf16x3")
+    for name, value in ref.items():
+        assert split[name].dtype == torch.float32
+        assert 0 < rel_err(split[name], value) <= 1e-4, name  # > 0: the split ran; bf16 alone is ~1e-2 here
 
 
 def test_fisher_precision_overrides_the_training_autocast():

@@ -54,7 +54,7 @@ def test_paired_passes_leave_the_run_unchanged_and_match_its_fisher(tmp_path):
 
     def fp32_run(paired):
         return fisher_precision.one_run(data, "fp32", 1, str(tmp_path / ("p" if paired else "n")), 8, top1, paired)
-    plain, paired = fp32_run(()), fp32_run(("tf32", "bf16", fisher_precision.TF32_DENSE))
+    plain, paired = fp32_run(()), fp32_run(("tf32", "bf16", fisher_precision.TF32_DENSE, "bf16x3"))
     assert paired["final_class_il"] == plain["final_class_il"] and not plain["paired"]
     assert all(torch.equal(a, b) for a, b in zip(paired["fishers"], plain["fishers"]))
     assert len(paired["fishers"]) == 1  # the last task's checkpoint keeps no Fisher sums
@@ -65,8 +65,25 @@ def test_paired_passes_leave_the_run_unchanged_and_match_its_fisher(tmp_path):
         assert 1e-6 < r["errors"]["tf32"]["exact"] < 1e-2 and 1e-6 < r["errors"]["tf32"]["top1"] < 1e-2
         assert r["errors"]["bf16"]["exact"] > 10 * r["errors"]["tf32"]["exact"]  # 8 mantissa bits against 11
         assert r["errors"]["tf32_dense"] == r["errors"]["tf32"]  # the ViT has no grouped convolution
+        for e in ("exact", "top1"):  # the split: about 2^-17 per product against TF32's 2^-11
+            assert 0 < r["errors"]["bf16x3"][e] < r["errors"]["tf32"][e] / 10
         assert set(r["seconds"]) == {f"{e}_{p}" for e in ("exact", "top1")
-                                     for p in ("fp32", "tf32", "bf16", "tf32_dense")}
+                                     for p in ("fp32", "tf32", "bf16", "tf32_dense", "bf16x3")}
+
+
+def test_split_fisher_variants_pair_with_the_bf16x3_passes(tmp_path):
+    data = make_npz(str(tmp_path / "d.npz"), n_classes=4, per_class=6)
+    out = tmp_path / "x3.json"
+    assert fisher_precision.main(["--data", data, "--seeds", "0", "--img_size", "8", "--variants", "bf16x3",
+                                  "x3tf32", "--out", str(out), *TINY]) == 0
+    res = json.loads(out.read_text())
+    s = res["summary"]
+    assert list(s) == ["fp32", "bf16x3", "x3tf32"]
+    fp32_run = next(r for r in res["runs"] if r["variant"] == "fp32")
+    assert set(fp32_run["paired"][0]["errors"]) == {"bf16x3"}  # one paired precision serves both variants
+    worst = max(max(row["errors"]["bf16x3"].values()) for row in fp32_run["paired"])
+    assert s["bf16x3"]["fisher_rel_err"] == s["x3tf32"]["fisher_rel_err"] == worst and 0 < worst < 1e-4
+    assert [r["tf32_emulated"] for r in res["runs"]] == [False, False, True]  # x3tf32 trains in (emulated) TF32
 
 
 def test_fisher_error_is_the_frobenius_error_over_all_layers():

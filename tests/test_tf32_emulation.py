@@ -114,3 +114,23 @@ def test_grouped_convolutions_can_stay_in_fp32():
     with TF32Emulation() as every:
         net()
     assert every.calls == 4
+
+
+def test_following_the_switches_rounds_only_where_cuda_would_use_tf32():
+    from utils import accelerator
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.randn(16, 32, generator=g), torch.randn(32, 8, generator=g)
+    x, w = torch.randn(1, 3, 6, 6, generator=g), torch.randn(4, 3, 3, 3, generator=g)
+    saved = accelerator.tf32()
+    try:
+        for matmul, conv in ((False, False), (True, False), (False, True)):
+            accelerator.set_tf32(matmul, conv)
+            with TF32Emulation(follow_switches=True) as mode:
+                prod, out = a @ b, F.conv2d(x, w)
+            if matmul:
+                assert (prod.double() - hand(a) @ hand(b)).abs().max() < 1e-5
+            assert torch.equal(prod, a @ b) != matmul  # rounded exactly when the matmul switch is on
+            assert torch.equal(out, F.conv2d(x, w)) != conv
+            assert mode.calls == int(matmul) + int(conv)
+    finally:
+        accelerator.set_tf32(*saved)

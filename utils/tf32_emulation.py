@@ -12,6 +12,9 @@ kernels (the attention-probability x value product inside the fused kernel is no
 in fp32, as in the GEMM epilogue. Tensors of other dtypes pass through unchanged. ``TF32Emulation(grouped=False)``
 leaves grouped convolutions (depthwise ones included) in fp32: a GPU may run those in kernels that are not GEMMs
 and do not use TF32, so the two bracket what TF32 does to a network that has them.
+``TF32Emulation(follow_switches=True)`` rounds only where CUDA would use TF32 at that moment: matrix products while
+``torch.backends.cuda.matmul.allow_tf32`` is set, convolutions while ``torch.backends.cudnn.allow_tf32`` is (the
+switches ``-O 1`` and ``--fisher_precision`` set, on any device).
 """
 from __future__ import annotations
 
@@ -48,6 +51,7 @@ _OPERANDS: dict[Any, tuple[int, ...]] = {
     aten.convolution_backward.default: (0, 1, 2),  # grad_output, input, weight
 }
 _GROUPS = {aten.convolution.default: 8, aten.convolution_backward.default: 9}  # position of ``groups``
+_CONVOLUTIONS = tuple(_GROUPS)
 for _name in ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_attention_math"):
     if hasattr(aten, _name):
         _OPERANDS[getattr(aten, _name).default] = (0, 1, 2)
@@ -57,9 +61,9 @@ class TF32Emulation(TorchDispatchMode):
     """While active, every covered matrix product and convolution runs on TF32-rounded fp32 operands
     (``grouped=False``: convolutions with ``groups > 1`` excepted)."""
 
-    def __init__(self, grouped: bool = True) -> None:
+    def __init__(self, grouped: bool = True, follow_switches: bool = False) -> None:
         super().__init__()
-        self.grouped = grouped
+        self.grouped, self.follow_switches = grouped, follow_switches
         self.calls = 0  # products and convolutions rounded so far
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -67,11 +71,19 @@ class TF32Emulation(TorchDispatchMode):
         positions = _OPERANDS.get(func)
         if positions is not None and not self.grouped and func in _GROUPS and int(args[_GROUPS[func]]) > 1:
             positions = None
+        if positions is not None and self.follow_switches and not _switched_on(func):
+            positions = None
         if positions is not None:
             args = tuple(round_to_tf32(a) if i in positions and isinstance(a, torch.Tensor) else a
                          for i, a in enumerate(args))
             self.calls += 1
         return func(*args, **kwargs)
+
+
+def _switched_on(func: Any) -> bool:
+    if func in _CONVOLUTIONS:
+        return bool(torch.backends.cudnn.allow_tf32)
+    return bool(torch.backends.cuda.matmul.allow_tf32)
 
 
 def emulated(x: Any) -> Any:

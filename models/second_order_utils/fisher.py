@@ -27,24 +27,31 @@ from models.second_order_utils.fisher_ops import ReusedBackward
 from models.second_order_utils.fisher_vit import ClsOnlyLastBlock
 from models.second_order_utils.modules import AdaptedLayer
 from utils import accelerator
+from utils.split_precision import Bf16x3
 
 CHUNK_ELEMENTS = 1 << 24  # per-sample gradient chunk (B_chunk * d_out * d_in floats)
 
 
-FISHER_PRECISIONS = ("fp32", "tf32", "bf16")
+FISHER_PRECISIONS = ("fp32", "tf32", "bf16", "bf16x3")
 
 
 @contextmanager
 def fisher_precision(precision: str, device: torch.device) -> Iterator[None]:
     """The GEMM precision of the Fisher pass: fp32 (TF32 off even under -O 1), tf32 (TF32 on; equal to fp32 on a
-    CPU) or bf16 (autocast of the forward, so the backward's GEMMs run in bf16). Squares are always summed in fp32."""
+    CPU), bf16 (autocast of the forward, so the backward's GEMMs run in bf16) or bf16x3 (every matrix product as
+    three bf16 products with fp32 sums, ``utils/split_precision.py``; TF32 off for the rest). Squares are always
+    summed in fp32."""
     if precision not in FISHER_PRECISIONS:
         raise ValueError(f"unknown Fisher precision {precision!r}; choose from {', '.join(FISHER_PRECISIONS)}")
     saved = accelerator.tf32()
-    accelerator.set_tf32(precision != "fp32", precision != "fp32")
+    reduced = precision in ("tf32", "bf16")
+    accelerator.set_tf32(reduced, reduced)
     try:
         if precision == "bf16":
             with torch.autocast(device_type=accelerator.autocast_type(device), dtype=torch.bfloat16):
+                yield
+        elif precision == "bf16x3":
+            with torch.autocast(device_type=device.type, enabled=False), Bf16x3():
                 yield
         else:
             with torch.autocast(device_type=device.type, enabled=False):  # never under the training autocast

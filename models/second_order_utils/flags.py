@@ -89,7 +89,7 @@ class SecondOrderSettings:
         changes_results=False)
     fisher_precision: str = setting("fp32", str, "GEMM precision of the Fisher pass (squares always summed in fp32); "
                                                  "docs/speed.md has the measured error and accuracy effect",
-                                    choices=["fp32", "tf32", "bf16"])
+                                    choices=["fp32", "tf32", "bf16", "bf16x3"])
     init_head_from_pretuned: bool = setting(False, parse_bool, "start each task's head from the pre-tuned head "
                                                                "instead of its random init")
     use_ca: bool = setting(False, parse_bool, "end-of-task classifier alignment (the reference's older --use_ca): "
