@@ -353,7 +353,9 @@ def parse_args(argv: Optional[list[str]] = None, checkpoint_args: Optional[dict]
         args.minibatch_size = args.batch_size
     check_flags(args)
     check_backbone_args(args)
-    return resolve_code_optimization(args)
+    resolve_code_optimization(args, model_cls.DEFAULT_LEVELS)
+    model_cls.resolve_args(args)
+    return args
 
 
 @functools.lru_cache(maxsize=None)

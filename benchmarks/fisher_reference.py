@@ -87,10 +87,9 @@ def project_gpu(flops: float, kernels: float, squared: float, precision: str, sq
     """Seconds on ``gpu``: matmul FLOPs at ``phases.UTILISATION`` of the precision's peak, plus the square-and-sum
     pass (``square_bytes`` per squared element) at ``phases.BANDWIDTH_UTILISATION`` of the bandwidth, plus
     ``launch_s`` per kernel (nothing overlapped: an upper bound for both sides)."""
-    from benchmarks.phases import BANDWIDTH_UTILISATION, GPUS, UTILISATION
-    peak = GPUS[gpu]
-    return (flops / (UTILISATION * peak[precision]) + squared * square_bytes / (BANDWIDTH_UTILISATION *
-            peak["bytes_per_s"]) + kernels * launch_s)
+    from benchmarks.phases import BANDWIDTH_UTILISATION, GPUS, rate
+    return (flops / rate(gpu, precision) + squared * square_bytes / (BANDWIDTH_UTILISATION *
+            GPUS[gpu]["bytes_per_s"]) + kernels * launch_s)
 
 
 def project_vit_b(images: int, classes: int, kernels: dict[str, float], depth: int, ours_precision: str
@@ -100,7 +99,7 @@ def project_vit_b(images: int, classes: int, kernels: dict[str, float], depth: i
     its fused attention backward recomputing q k^T; ours: ``classes - 1`` passes of ``fisher_direction`` and, as
     an upper bound, the full forward), the per-sample products squared (every adapted layer; ours: not the last
     block's proj, fc1 and fc2), and this run's kernel counts scaled from ``depth`` to 12 blocks."""
-    from benchmarks.phases import SQUARE_SUM_BYTES, vit_flops
+    from benchmarks.phases import vit_flops
     d, blocks = 768, 12
     v = vit_flops(d, blocks, 197, 196)
     embed_grad = 2 * 196 * (3 * 16 * 16) * d
@@ -110,7 +109,16 @@ def project_vit_b(images: int, classes: int, kernels: dict[str, float], depth: i
                "ours": images * (classes - 1) * ((blocks - 1) * 12 + 3) * d ** 2}
     scale = blocks / depth
     return {"reference": project_gpu(ref, kernels["reference"] * scale, squared["reference"], "fp32", 16),
-            "ours": project_gpu(ours, kernels["ours"] * scale, squared["ours"], ours_precision, SQUARE_SUM_BYTES)}
+            "ours": project_gpu(ours, kernels["ours"] * scale, squared["ours"], ours_precision, ours_square_bytes())}
+
+
+def ours_square_bytes() -> int:
+    """Bytes per squared per-sample element of this project's square-and-sum on CUDA: none with the fused kernel
+    (the products stay on chip; its operand reads are a GEMM's, not counted for any GEMM), else the one-read
+    ``norm`` form's (the GEMM's write and one read)."""
+    from benchmarks.phases import SQUARE_SUM_BYTES
+    from models.second_order_utils.fisher import cuda_square_sum_form
+    return 0 if cuda_square_sum_form() == "fused" else SQUARE_SUM_BYTES
 
 
 def timed(fn: Any) -> tuple[float, float, Any]:
@@ -278,12 +286,11 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"{flops[name][1]:6.0f} kernels ({gpu_flops[name][1]:.0f} as on CUDA)")
     print(f"reference / ours: {ratio:.2f}x CPU time best/best (pairs {' '.join(f'{r:.2f}' for r in pairs)}; "
           f"wall best/best {wall_ratio:.2f}x)   (max rel. err of the Fisher {err:.1e})")
-    from models.second_order_utils.flags import SecondOrderSettings
-    ours_precision = SecondOrderSettings().fisher_precision
-    from benchmarks.phases import SQUARE_SUM_BYTES
-    # the reference: bmm write, pow read + write, sum read (16 bytes); ours: the GPU form of fisher.square_sum
+    from models.second_order_utils.flags import default_fisher_precision
+    ours_precision = default_fisher_precision("cuda")
+    # the reference: bmm write, pow read + write, sum read (16 bytes); ours: the CUDA form of fisher.square_sum
     projected = {"reference": project_gpu(*gpu_flops["reference"], "fp32", 16),
-                 "ours": project_gpu(*gpu_flops["ours"], ours_precision, SQUARE_SUM_BYTES)}
+                 "ours": project_gpu(*gpu_flops["ours"], ours_precision, ours_square_bytes())}
     print(f"projected on an H100 (reference fp32, ours {ours_precision} = the CUDA default): reference "
           f"{projected['reference'] * 1e3:.2f} ms, ours {projected['ours'] * 1e3:.2f} ms, "
           f"ratio {projected['reference'] / projected['ours']:.2f}x")

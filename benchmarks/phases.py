@@ -201,6 +201,12 @@ BANDWIDTH_UTILISATION = 0.70  # of the memory bandwidth, for the Fisher's memory
 # bytes per per-sample product element of the square-and-sum pass on a GPU, "norm" form (fisher.square_sum_form):
 # the GEMM's write and one read ("inplace", the CPU's form, moves 16: write, square read+write, sum read)
 SQUARE_SUM_BYTES = 8
+# the fused kernel (fisher_fused.py) writes no product: it reads each sample's output gradients and inputs, fp32,
+# once from memory (their re-reads by the kernel's other output tiles counted as cache hits: 2.4 MB a sample at
+# ViT-B/16's qkv, against 50 MB of L2 on an H100)
+FUSED_BYTES_PER_VALUE = 4
+# GEMMs per FLOP counted: bf16x3 runs three bf16 products for each (utils/split_precision.py)
+PRODUCTS = {"fp32": ("fp32", 1), "tf32": ("tf32", 1), "bf16": ("bf16", 1), "bf16x3": ("bf16", 3)}
 # the published line: --dataset seq-cifar100-224 --model_config best (models/config/ita.yaml)
 PUBLISHED = {"tasks": 10, "classes_per_task": 10, "train_per_task": 5000, "test_per_task": 1000, "epochs": 20,
              "dim": 768, "depth": 12, "tokens": 197, "patches": 196, "lora_r": 16, "gmm_components": 5,
@@ -228,8 +234,19 @@ def vit_flops(dim: int, depth: int, tokens: int, patches: int) -> dict[str, floa
             "fisher_class": (linear - first_qkv) + linear + 2 * attention, "fisher_direction": dense + last}
 
 
-def estimate(gpu: str, fisher_precision: str, train_precision: str, p: Optional[dict] = None) -> dict[str, Any]:
-    """FLOPs, loader bytes and seconds at ``UTILISATION`` of each phase of the published line on ``gpu``."""
+def rate(gpu: str, precision: str) -> float:
+    """FLOP/s at ``UTILISATION`` counted in fp32-equivalent FLOPs (bf16x3: a third of the bf16 rate)."""
+    unit, products = PRODUCTS[precision]
+    return UTILISATION * GPUS[gpu][unit] / products
+
+
+def estimate(gpu: str, fisher_precision: str, train_precision: str, p: Optional[dict] = None,
+             square_sum: str = "norm") -> dict[str, Any]:
+    """FLOPs, loader bytes and seconds at ``UTILISATION`` of each phase of the published line on ``gpu``, with the
+    Fisher's per-sample squares summed by ``square_sum`` ("norm": products written and read once; "fused": the
+    products never leave the chip, the kernel reads its operands)."""
+    if square_sum not in ("norm", "fused"):
+        raise ValueError(f"unknown square-sum form {square_sum!r}; choose norm or fused")
     p = {**PUBLISHED, **(p or {})}
     peak = GPUS[gpu]
     v = vit_flops(p["dim"], p["depth"], p["tokens"], p["patches"])
@@ -244,7 +261,11 @@ def estimate(gpu: str, fisher_precision: str, train_precision: str, p: Optional[
         seen, new = (t + 1) * p["classes_per_task"], p["classes_per_task"]
         # network_fisher's exact estimator: C - 1 backward passes for C seen classes (fisher_exact.py)
         flops["fisher"] += n * (v["forward"] + (seen - 1) * v["fisher_direction"])
-        square_bytes += n * (seen - 1) * adapted * SQUARE_SUM_BYTES
+        if square_sum == "fused":  # per pass and layer: the output gradients (T, O) and inputs (T, I)
+            operands = p["depth"] * p["tokens"] * 16 * d  # O + I: qkv 4d, proj 2d, fc1 5d, fc2 5d
+            square_bytes += n * (seen - 1) * operands * FUSED_BYTES_PER_VALUE
+        else:
+            square_bytes += n * (seen - 1) * adapted * SQUARE_SUM_BYTES
         per_class = n / new
         flops["gmm"] += new * (p["kmeans_inits"] * p["kmeans_iters"] * 2 * per_class * k * d
                                + p["em_iters"] * 10 * per_class * k * d)
@@ -255,10 +276,10 @@ def estimate(gpu: str, fisher_precision: str, train_precision: str, p: Optional[
         images += n * (2 + p["epochs"]) + (t + 1) * p["test_per_task"]  # features, Fisher, epochs; evaluation
     precision = {"fisher": fisher_precision, "pretuning": train_precision, "gmm": "fp32",
                  "training": train_precision, "evaluation": train_precision}
-    seconds = {ph: f / (UTILISATION * peak[precision[ph]]) for ph, f in flops.items()}
+    seconds = {ph: f / rate(gpu, precision[ph]) for ph, f in flops.items()}
     seconds["fisher"] += square_bytes / (BANDWIDTH_UTILISATION * peak["bytes_per_s"])  # not overlapped: an upper bound
     return {"gpu": gpu, "utilisation": UTILISATION, "precision": precision, "flops": flops, "seconds": seconds,
-            "fisher_square_sum_bytes": square_bytes,
+            "fisher_square_sum_bytes": square_bytes, "square_sum": square_sum,
             "total_seconds": sum(seconds.values()), "loader_bytes": images * p["image_bytes"],
             "loader_images": images, "settings": p}
 
@@ -272,34 +293,43 @@ def print_estimate(e: dict[str, Any], label: str) -> None:
     print(f"{'total':11s} {'':9s} {sum(e['flops'].values()) / 1e15:9.2f} {e['total_seconds']:9.0f}   "
           f"= {e['total_seconds'] / 60:.0f} min; loader {e['loader_images'] / 1e6:.2f} M images, "
           f"{e['loader_bytes'] / 1e9:.1f} GB (32x32 uint8, device augmentation)")
-    print(f"the Fisher's seconds include its square-and-sum pass: {e['fisher_square_sum_bytes'] / 1e15:.1f} PB at "
-          f"{BANDWIDTH_UTILISATION:.0%} of {GPUS[e['gpu']]['bytes_per_s'] / 1e12:.2f} TB/s, added to the GEMM time")
+    print(f"the Fisher's seconds include its square-and-sum pass ({e['square_sum']}): "
+          f"{e['fisher_square_sum_bytes'] / 1e15:.2f} PB at {BANDWIDTH_UTILISATION:.0%} of "
+          f"{GPUS[e['gpu']]['bytes_per_s'] / 1e12:.2f} TB/s, added to the GEMM time; PFLOP in fp32-equivalent FLOPs "
+          f"(bf16x3: three bf16 products each)")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     import argparse
     parser = argparse.ArgumentParser(description="run-time model of the published ITA line (FLOPs per phase)")
     parser.add_argument("--estimate", choices=sorted(GPUS), required=True)
-    parser.add_argument("--fisher_precision", choices=["fp32", "tf32", "bf16"], default=None,
+    parser.add_argument("--fisher_precision", choices=list(PRODUCTS), default=None,
                         help="default: the CUDA default of --fisher_precision")
+    parser.add_argument("--square_sum", choices=["norm", "fused"], default=None,
+                        help="the Fisher's square-and-sum: default what a CUDA run uses")
     parser.add_argument("--train_precision", choices=["fp32", "tf32", "bf16"], default=None,
                         help="default: what the CUDA default -O level runs the training forward in")
     opts = parser.parse_args(argv)
-    fisher, train = cuda_defaults()
-    print_estimate(estimate(opts.estimate, "fp32", "fp32"), "strict fp32 (-O 0 --fisher_precision fp32)")
-    chosen = opts.fisher_precision or fisher, opts.train_precision or train
-    label = "default on CUDA" if chosen == (fisher, train) else "as asked"
-    print_estimate(estimate(opts.estimate, *chosen), f"{label} (Fisher {chosen[0]}, training {chosen[1]})")
+    fisher, train, form = cuda_defaults()
+    print_estimate(estimate(opts.estimate, "fp32", "fp32"), "strict fp32 (-O 0 --fisher_precision fp32, "
+                                                             "square-and-sum unfused)")
+    chosen = opts.fisher_precision or fisher, opts.train_precision or train, opts.square_sum or form
+    label = "default on CUDA" if chosen == (fisher, train, form) else "as asked"
+    print_estimate(estimate(opts.estimate, chosen[0], chosen[1], square_sum=chosen[2]),
+                   f"{label} (Fisher {chosen[0]}, training {chosen[1]}, square-and-sum {chosen[2]})")
     return 0
 
 
-def cuda_defaults() -> tuple[str, str]:
-    """The Fisher and training-forward precisions a CUDA run of the published line gets without flags."""
-    from models.second_order_utils.flags import SecondOrderSettings
+def cuda_defaults() -> tuple[str, str, str]:
+    """The Fisher and training-forward precisions and the square-and-sum form a CUDA run of the published line
+    gets without flags."""
+    from models.second_order_utils.fisher import cuda_square_sum_form
+    from models.second_order import SecondOrder
+    from models.second_order_utils.flags import default_fisher_precision
     from utils.optimization import default_level
-    level = default_level("cuda")
+    level = default_level("cuda", SecondOrder.DEFAULT_LEVELS)
     train = "bf16" if level >= 2 else "tf32" if level >= 1 else "fp32"
-    return SecondOrderSettings().fisher_precision, train
+    return default_fisher_precision("cuda"), train, cuda_square_sum_form()
 
 
 if __name__ == "__main__":

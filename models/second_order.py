@@ -20,7 +20,7 @@ import torch
 from models.second_order_utils import penalties as pen
 from models.second_order_utils import stepping
 from models.second_order_utils.composition import TRAIN, Composition
-from models.second_order_utils.flags import SecondOrderSettings, add_second_order_args
+from models.second_order_utils.flags import SecondOrderSettings, add_second_order_args, resolve_fisher_precision
 from models.second_order_utils.heads import IncrementalHead
 from models.second_order_utils.modules import ModulePool, frozen_batchnorms, inject_adapters, set_eval
 from models.second_order_utils.pretuning import DiagonalGMM
@@ -28,7 +28,7 @@ from models.second_order_utils.task_stats import TaskStatistics
 from models.utils.continual_model import ContinualModel
 from utils import seeding
 from utils.errors import UserError
-from utils.optimization import COMPILE_LEVEL, compiled
+from utils.optimization import COMPILE_LEVEL, compiled, run_device_type
 from utils.modes import eval_mode
 
 
@@ -40,13 +40,21 @@ class SecondOrder(ContinualModel):
     DEFAULTS = {"optimizer": "adamw", "pretrain_type": "in21k"}  # the paper's ViT-B/16 ImageNet-21k weights
     SETTINGS = SecondOrderSettings
     settings: SecondOrderSettings
+    # TF32 training and evaluation matmuls on CUDA (with the bf16x3 Fisher of DEFAULT_FISHER_PRECISIONS): the rule
+    # fixed before measuring and its numbers in docs/speed.md
+    DEFAULT_LEVELS = {"cuda": 1}
     FIXED_USE_IEL: Optional[bool] = None  # set by the ``ita``/``iel`` names
 
     @staticmethod
     def get_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         return add_second_order_args(parser)
 
+    @classmethod
+    def resolve_args(cls, args: argparse.Namespace) -> None:
+        resolve_fisher_precision(args, run_device_type(args))
+
     def __init__(self, backbone, loss, args, transform, dataset=None):
+        self.resolve_args(args)  # arguments not built by app.config.parse_args
         super().__init__(backbone, loss, args, transform, dataset)
         s = self.settings
         if self.FIXED_USE_IEL is not None and bool(s.use_iel) != self.FIXED_USE_IEL:

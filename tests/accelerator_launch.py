@@ -37,6 +37,19 @@ def prepare(tmp: str, cifar100_npz: str) -> dict[str, str]:
                 TORCH_HOME=os.path.join(tmp, "torch"), CL_TEST_VIT_B16_ARCH=ARCH, OMP_NUM_THREADS="1")
 
 
+def take_cuda_defaults(device_type: str) -> None:
+    """The test accelerator stands in for CUDA: runs that give no -O level or Fisher precision get CUDA's."""
+    from models import MODELS
+    from models.second_order_utils.flags import DEFAULT_FISHER_PRECISIONS, default_fisher_precision
+    from utils.optimization import DEFAULT_LEVELS, default_level
+    DEFAULT_LEVELS[device_type] = default_level("cuda")
+    for name in MODELS.names():
+        levels = MODELS.get(name).DEFAULT_LEVELS
+        if "cuda" in levels:
+            levels[device_type] = levels["cuda"]
+    DEFAULT_FISHER_PRECISIONS[device_type] = default_fisher_precision("cuda")
+
+
 def run_one(argv: list[str], budget: int | None, shared_rng: bool = False) -> dict[str, Any]:
     """One command line on the test accelerator; its exit code, the audit and the traffic counts."""
     import app.runner as runner
@@ -44,6 +57,7 @@ def run_one(argv: list[str], budget: int | None, shared_rng: bool = False) -> di
     from utils.device_audit import misplaced_tensors
 
     device = backend.register()
+    take_cuda_defaults(backend.NAME)
     if budget:
         backend.set_memory_budget(budget)
     backend.share_cpu_rng(shared_rng)

@@ -11,8 +11,9 @@ the Fisher's micro-batch structure is the published one), 2 tasks of 1 epoch.
 Cases, grouped so that each flag runs once (7 accelerator runs in one process, the CPU run in another beside it):
 ITA and IEL x LoRA, (IA)^3 and full; ``--use_ca 1``, ``--fisher_class_batch``, ``--virtual_bs_n 2``,
 ``--fisher_sampled_labels``, ``--precision bf16``, ``-O 1``/``-O 2`` (``--code_optimization``); the ITA LoRA line
-stopped after task 1 and resumed from the checkpoint the accelerator wrote, whose accuracies and final weights
-equal the same line's run on the CPU with the same device augmentation (the same kernels on the same values).
+with CUDA's defaults (no -O, no ``--fisher_precision``: the test accelerator takes CUDA's), stopped after task 1
+and resumed from the checkpoint the accelerator wrote, whose accuracies and final weights equal the same line's run
+on the CPU, given those defaults as flags, with the same device augmentation (the same kernels on the same values).
 """
 from __future__ import annotations
 
@@ -25,7 +26,10 @@ import sys
 import pytest
 import torch
 
+from models.second_order import SecondOrder
+from models.second_order_utils.flags import default_fisher_precision
 from tests.accelerator_launch import prepare
+from utils.optimization import default_level
 from tests.conftest import SHARED_DATA, shared_missing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,13 +39,16 @@ COMMON = ["--seed", "0", "--n_epochs", "1", "--stop_after", "2", "--non_verbose"
           "--plots", "0", "--gpu_augmentation", "auto", "--stats_batch_size", "auto"]
 # name -> (line, extra flags): every flag of the brief once, every (method, module type) pair once
 CASES = {
-    "ita_lora": (ITA, ["--code_optimization", "1", "--use_ca", "1"]),
+    "ita_lora": (ITA, ["--use_ca", "1"]),  # no -O, no --fisher_precision: CUDA's defaults
     "ita_ia3": (ITA, ["--tuning_style", "ia3", "--precision", "bf16", "--code_optimization", "2", "--fisher_class_batch", "4"]),
     "ita_full": (ITA, ["--tuning_style", "full", "--virtual_bs_n", "2", "--fisher_sampled_labels", "2"]),
     "iel_lora": (IEL, ["--code_optimization", "2", "--fisher_sampled_labels", "1"]),
     "iel_ia3": (IEL, ["--tuning_style", "ia3", "--use_ca", "1", "--fisher_class_batch", "3"]),
     "iel_full": (IEL, ["--tuning_style", "full", "--code_optimization", "1", "--virtual_bs_n", "2"]),
 }
+# the test accelerator takes CUDA's defaults (tests/accelerator_launch.py); the CPU twin is given them as flags
+CUDA_DEFAULTS = ["--code_optimization", str(default_level("cuda", SecondOrder.DEFAULT_LEVELS)), "--fisher_precision",
+                 default_fisher_precision("cuda")]
 BUDGET = 2 * 2 ** 30  # what the accelerator reports as its memory (sizes --stats_batch_size auto)
 
 
@@ -87,7 +94,7 @@ def runs(tmp_path_factory):
             {"name": "ita_lora_resumed", "argv": argv_of(tmp, "ita_lora_resumed", line, [
                 *extra, "--checkpoint_path", ck, "--resume"]), "budget": BUDGET, "shared_rng": True}]
     cpu = [{"name": "ita_lora_cpu", "argv": argv_of(tmp, "ita_lora_cpu", line, [
-        *extra, "--checkpoint_path", str(tmp / "ck_cpu"), "--gpu_augmentation", "1"], device="cpu")}]
+        *extra, *CUDA_DEFAULTS, "--checkpoint_path", str(tmp / "ck_cpu"), "--gpu_augmentation", "1"], device="cpu")}]
     procs = {"acc": launch(tmp, "acc", acc, env), "cpu": launch(tmp, "cpu", cpu, env)}
     for name, proc in procs.items():
         _, err = proc.communicate(timeout=1700)
@@ -144,6 +151,9 @@ def test_accelerator_run_equals_the_cpu_run(runs):
     """Same kernels, same values: the accelerator run (stopped after task 1, resumed from its own checkpoint) has
     the CPU run's accuracies and final weights (fp32)."""
     acc, cpu = runs["ita_lora_resumed"]["results"], runs["ita_lora_cpu"]["results"]
+    for name in ("ita_lora_task1", "ita_lora_resumed", "ita_lora_cpu"):  # the defaults CUDA runs, resolved
+        args = runs[name]["results"]["args"]
+        assert [args["code_optimization"], args["fisher_precision"]] == [int(CUDA_DEFAULTS[1]), CUDA_DEFAULTS[3]]
     assert accuracies(runs["ita_lora_task1"]["results"]) == pytest.approx(
         [row[0] for row in cpu["accuracy_matrix_class_il"][:1]] + [cpu["accuracy_matrix_task_il"][0][0]], abs=1e-9)
     assert accuracies(acc) == pytest.approx(accuracies(cpu), abs=1e-9)

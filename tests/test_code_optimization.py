@@ -129,3 +129,23 @@ def test_unset_level_is_the_device_types_default(monkeypatch):
     # an explicit flag wins: --precision fp32 alone is -O 0 on any device, -O 1 stays 1
     assert resolve(argparse.Namespace(code_optimization=None, precision="fp32", device="cuda")).code_optimization == 0
     assert resolve(argparse.Namespace(code_optimization=1, precision=None, device="cuda")).code_optimization == 1
+
+
+def test_a_methods_own_default_level_wins_on_its_device_type(tmp_path):
+    import argparse
+
+    from app.config import parse_args
+    from models.second_order import SecondOrder
+    from tests.test_second_order_model import argv_for
+    from utils import optimization
+    resolve = optimization.resolve_code_optimization
+    ns = argparse.Namespace(code_optimization=None, precision=None, device="cuda:0")
+    assert resolve(ns, {"cuda": 1}).code_optimization == 1 and ns.precision == "fp32"
+    ns = argparse.Namespace(code_optimization=None, precision=None, device="cpu")
+    assert resolve(ns, {"cuda": 1}).code_optimization == 0  # another device type: the general default
+    ns = argparse.Namespace(code_optimization=0, precision=None, device="cuda")
+    assert resolve(ns, {"cuda": 1}).code_optimization == 0  # an explicit -O wins
+    assert SecondOrder.DEFAULT_LEVELS == {"cuda": 1}  # the measured rule (docs/speed.md)
+    assert optimization.default_level("cuda") == 0  # other methods: unmeasured, unchanged
+    args = parse_args(argv_for(tmp_path))  # through the parser: the CPU's level, resolved
+    assert args.code_optimization == 0 and args.fisher_precision == "fp32"

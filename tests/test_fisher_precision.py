@@ -12,9 +12,10 @@ from models.second_order_utils.modules import ModulePool, inject_adapters
 from tests.test_second_order_math import randomize, tiny_cnn, tiny_vit
 from tests.test_second_order_model import argv_for
 from app.config import parse_args
+from models.second_order_utils.flags import DEFAULT_FISHER_PRECISIONS, resolve_fisher_precision
 
 
-def fisher_at(make, precision):
+def fisher_at(make, precision, class_batch=1):
     net = make()
     layers = inject_adapters(net.body, "lora", rank=2)
     pool = ModulePool(layers)
@@ -24,7 +25,7 @@ def fisher_at(make, precision):
         p.requires_grad_(False)
     torch.manual_seed(1)
     x = torch.randn(6, 3, 8, 8)
-    sums, _ = network_fisher(net, layers, [x[:4], x[4:]], precision=precision)
+    sums, _ = network_fisher(net, layers, [x[:4], x[4:]], precision=precision, class_batch=class_batch)
     return sums
 
 
@@ -44,8 +45,9 @@ def test_fisher_precisions_against_fp32(make):
 
 
 @pytest.mark.parametrize("make", [tiny_vit, tiny_cnn])
-def test_bf16x3_fisher_is_fp32_to_about_1e_5(make):
-    ref, split = fisher_at(make, "fp32"), fisher_at(make, "bf16x3")
+@pytest.mark.parametrize("class_batch", [1, 3])  # one backward per class (a CPU), vmapped classes (CUDA's auto)
+def test_bf16x3_fisher_is_fp32_to_about_1e_5(make, class_batch):
+    ref, split = fisher_at(make, "fp32"), fisher_at(make, "bf16x3", class_batch)
     for name, value in ref.items():
         assert split[name].dtype == torch.float32
         assert 0 < rel_err(split[name], value) <= 1e-4, name  # > 0: the split ran; bf16 alone is ~1e-2 here
@@ -79,7 +81,16 @@ def test_auto_batch_size_fits_half_the_free_memory():
 
 
 def test_flags(tmp_path):
+    import argparse
     args = parse_args(argv_for(tmp_path))
-    assert args.fisher_precision == "fp32" and args.stats_batch_size is None
+    assert args.fisher_precision == "fp32" and args.stats_batch_size is None  # auto, resolved for the CPU
+    for device_type, default in [*DEFAULT_FISHER_PRECISIONS.items(), ("cpu", "fp32"), ("mps", "fp32")]:
+        ns = argparse.Namespace(fisher_precision="auto")
+        resolve_fisher_precision(ns, device_type)
+        assert ns.fisher_precision == default
+    assert DEFAULT_FISHER_PRECISIONS == {"cuda": "bf16x3"}  # the measured rule (docs/speed.md)
+    ns = argparse.Namespace(fisher_precision="tf32")
+    resolve_fisher_precision(ns, "cuda")
+    assert ns.fisher_precision == "tf32"  # a given value stays
     args = parse_args(argv_for(tmp_path, "--fisher_precision", "bf16", "--stats_batch_size", "32"))
     assert args.fisher_precision == "bf16" and args.stats_batch_size == 32

@@ -92,3 +92,62 @@ def test_split_on_the_test_accelerator():
     res = subprocess.run([sys.executable, "-c", ACCELERATOR], cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "PYTHONPATH": ROOT})
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+
+
+TRITON = r'''
+import os
+os.environ["TRITON_INTERPRET"] = "1"  # Triton's CPU interpreter: the GPU kernel's code on CPU tensors
+import torch
+from utils.split_precision import Bf16x3
+from utils.split_precision_triton import bf16x3_mm_triton
+
+
+def truncated(x):  # the interpreter casts fp32 to bf16 by truncation (a GPU rounds to nearest even)
+    return (x.view(torch.int32) & -65536).view(torch.float32)
+
+
+def by_hand(a, b):
+    ah, bh = truncated(a), truncated(b)
+    al, bl = truncated(a - ah), truncated(b - bh)
+    ah, al, bh, bl = (t.double() for t in (ah, al, bh, bl))
+    return ah @ bh + ah @ bl + al @ bh
+
+
+torch.manual_seed(0)
+cases = [(torch.randn(37, 70), torch.randn(70, 19)),  # no dimension a multiple of the blocks
+         (torch.randn(3, 13, 97), torch.randn(3, 97, 40)),  # batched
+         (torch.randn(70, 130).t(), torch.randn(65, 70).t()),  # transposed strides, 128-row tiles
+         (torch.randn(20, 33), torch.randn(33, 140)),  # 128-column tiles, two of them
+         (torch.randn(5, 0), torch.randn(0, 4))]  # empty inner dimension
+for a, b in cases:
+    out = bf16x3_mm_triton(a, b)
+    exact, hand = a.double() @ b.double(), by_hand(a, b)
+    assert out.dtype == torch.float32 and out.shape == exact.shape
+    if a.shape[-1] == 0:
+        assert torch.equal(out, torch.zeros_like(out))
+        continue
+    assert float((out.double() - hand).norm() / hand.norm()) <= 1e-6, "the kernel computes the three-term sum"
+    assert float((out.double() - exact).norm() / exact.norm()) <= 1e-4
+    assert not torch.equal(out, a @ b)
+from utils import accelerator
+accelerator.triton_available = lambda device: True  # as on CUDA: "auto" picks the kernel
+x, w = torch.randn(6, 9, 24), torch.randn(16, 24)
+with Bf16x3() as mode:
+    y = torch.nn.functional.linear(x, w)
+assert mode.calls == 1 and float((y.double() - x.double() @ w.double().t()).norm() / y.norm()) <= 1e-4
+print("ok")
+'''
+
+
+def test_triton_kernel_in_the_interpreter():
+    res = subprocess.run([sys.executable, "-c", TRITON], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": ROOT})
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+
+
+def test_auto_kernel_is_torch_off_triton_devices():
+    with Bf16x3() as mode:
+        out = torch.randn(4, 8) @ torch.randn(8, 3)
+    assert mode.kernel == "auto" and mode.calls == 1 and out.dtype == torch.float32
+    with pytest.raises(ValueError, match="unknown bf16x3 kernel"):
+        Bf16x3(kernel="cuda")

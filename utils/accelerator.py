@@ -294,3 +294,17 @@ def tf32() -> tuple[bool, bool]:
 def set_tf32(matmul: bool, conv: bool) -> None:
     torch.backends.cuda.matmul.allow_tf32 = bool(matmul)
     torch.backends.cudnn.allow_tf32 = bool(conv)
+
+
+TRITON_TYPES = ("cuda",)  # device types whose tensors this project's Triton kernels run on
+
+
+def triton_available(device: DeviceLike) -> bool:
+    """Whether this project's Triton kernels run on ``device`` (a CUDA device with ``triton`` installed)."""
+    if as_device(device).type not in TRITON_TYPES:
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True

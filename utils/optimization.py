@@ -13,7 +13,8 @@
 ``--precision`` is kept as the older spelling: ``--precision bf16`` alone means ``-O 2``; given together, the two
 must agree (``-O 2 --precision fp32`` is a one-line error). After :func:`resolve_code_optimization` both
 attributes are set and consistent, so checkpoints and reports store the resolved pair. With neither flag the level
-is the device type's default (``DEFAULT_LEVELS``: 0 everywhere, CUDA included; docs/speed.md has the measurement).
+is the device type's default: the method's own (``ContinualModel.DEFAULT_LEVELS``: second_order runs -O 1 on CUDA,
+docs/speed.md has the rule and the measurement), else ``DEFAULT_LEVELS`` here (0 everywhere, CUDA included).
 """
 from __future__ import annotations
 
@@ -35,9 +36,10 @@ COMPILE_LEVEL = 3
 COMPILE_BACKEND_ENV = "CL_COMPILE_BACKEND"
 
 
-def default_level(device_type: str) -> int:
-    """The -O level of a run that gives neither -O nor --precision on this device type."""
-    return DEFAULT_LEVELS.get(device_type, 0)
+def default_level(device_type: str, method_levels: Optional[dict[str, int]] = None) -> int:
+    """The -O level of a run that gives neither -O nor --precision on this device type (``method_levels``: the
+    method's own per-device defaults, which take precedence)."""
+    return {**DEFAULT_LEVELS, **(method_levels or {})}.get(device_type, 0)
 
 
 def run_device_type(args: argparse.Namespace) -> str:
@@ -48,14 +50,15 @@ def run_device_type(args: argparse.Namespace) -> str:
     return accelerator.default_device().type
 
 
-def resolve_code_optimization(args: argparse.Namespace) -> argparse.Namespace:
+def resolve_code_optimization(args: argparse.Namespace, method_levels: Optional[dict[str, int]] = None
+                              ) -> argparse.Namespace:
     """Fill ``args.code_optimization`` and ``args.precision`` from whichever was given (in place); with neither,
-    the device type's default level."""
+    the device type's default level (the method's, ``method_levels``, first)."""
     level: Optional[int] = getattr(args, "code_optimization", None)
     precision: Optional[str] = getattr(args, "precision", None)
     if level is None:
         level = (BF16_LEVEL if precision == "bf16" else 0 if precision == "fp32"
-                 else default_level(run_device_type(args)))
+                 else default_level(run_device_type(args), method_levels))
     implied = "bf16" if level >= BF16_LEVEL else "fp32"
     if precision is not None and precision != implied:
         raise UserError(f"--code_optimization {level} runs in {implied} but --precision {precision} was given; "

@@ -14,7 +14,9 @@ fp32 sums, in another order.
 
 :class:`Bf16x3` is a ``TorchDispatchMode``: everything run under it, forward and backward, gets its ``mm``,
 ``bmm``, ``addmm`` and ``baddbmm`` on fp32 operands computed this way (bias and accumulator terms added in fp32).
-Convolutions and fused attention kernels run as they are (no bf16-in, fp32-out kernel exists for them).
+Convolutions and fused attention kernels run as they are (no bf16-in, fp32-out kernel exists for them). Where
+Triton kernels run (``accelerator.triton_available``: CUDA), the products are one kernel that splits its fp32
+tiles in registers (``split_precision_triton.py``), which saves the split's memory passes.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from utils import accelerator
 
 aten = torch.ops.aten
 _FILLED: list[torch.library.Library] = []  # keeps the registrations alive
@@ -69,23 +73,36 @@ def _scaled(product: torch.Tensor, acc: torch.Tensor, beta: Any, alpha: Any) -> 
     return out + (acc if beta == 1 else acc * beta)
 
 
-class Bf16x3(TorchDispatchMode):
-    """While active, ``mm``/``bmm``/``addmm``/``baddbmm`` on fp32 operands are computed by :func:`bf16x3_mm`."""
+KERNELS = ("auto", "triton", "torch")
 
-    def __init__(self) -> None:
+
+class Bf16x3(TorchDispatchMode):
+    """While active, ``mm``/``bmm``/``addmm``/``baddbmm`` on fp32 operands are computed as bf16x3 products:
+    ``kernel`` "torch" (:func:`bf16x3_mm`), "triton" (the fused kernel; on a CPU only in Triton's interpreter) or
+    "auto" (Triton where :func:`accelerator.triton_available`, else torch)."""
+
+    def __init__(self, kernel: str = "auto") -> None:
         super().__init__()
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown bf16x3 kernel {kernel!r}; choose from {', '.join(KERNELS)}")
         ensure_fp32_out_gemm()
+        self.kernel = kernel
         self.calls = 0  # products computed split so far
+
+    def product(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.kernel == "triton" or (self.kernel == "auto" and accelerator.triton_available(a.device)):
+            from utils.split_precision_triton import bf16x3_mm_triton
+            return bf16x3_mm_triton(a, b)
+        return bf16x3_mm(a, b)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in (aten.mm.default, aten.bmm.default) and not kwargs and _fp32(args[0], args[1]):
-            self.calls += 1
-            return bf16x3_mm(args[0], args[1])
+            return self.product(args[0], args[1])
         if func in (aten.addmm.default, aten.baddbmm.default) and _fp32(args[1], args[2]):
-            self.calls += 1
             acc, a, b = args[:3]
-            return _scaled(bf16x3_mm(a, b), acc, kwargs.get("beta", 1), kwargs.get("alpha", 1))
+            return _scaled(self.product(a, b), acc, kwargs.get("beta", 1), kwargs.get("alpha", 1))
         return func(*args, **kwargs)
 
 

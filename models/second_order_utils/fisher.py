@@ -25,14 +25,12 @@ import torch.nn.functional as F
 from models.second_order_utils.fisher_exact import exact_scores
 from models.second_order_utils.fisher_ops import ReusedBackward
 from models.second_order_utils.fisher_vit import ClsOnlyLastBlock
+from models.second_order_utils.flags import FISHER_PRECISIONS
 from models.second_order_utils.modules import AdaptedLayer
 from utils import accelerator
 from utils.split_precision import Bf16x3
 
 CHUNK_ELEMENTS = 1 << 24  # per-sample gradient chunk (B_chunk * d_out * d_in floats)
-
-
-FISHER_PRECISIONS = ("fp32", "tf32", "bf16", "bf16x3")
 
 
 @contextmanager

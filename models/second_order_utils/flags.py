@@ -10,6 +10,23 @@ from utils.args import nonneg_float, nonneg_int, none_or, parse_bool, positive_f
 from utils.settings import add_settings_flags, setting
 
 
+AUTO = "auto"
+FISHER_PRECISIONS = ("fp32", "tf32", "bf16", "bf16x3")
+# --fisher_precision auto, per device type (docs/speed.md: the rule fixed before measuring, and its numbers); fp32
+# elsewhere (on a CPU bf16x3 costs three fp32 GEMMs)
+DEFAULT_FISHER_PRECISIONS = {"cuda": "bf16x3"}
+
+
+def default_fisher_precision(device_type: str) -> str:
+    return DEFAULT_FISHER_PRECISIONS.get(device_type, "fp32")
+
+
+def resolve_fisher_precision(args: argparse.Namespace, device_type: str) -> None:
+    """``args.fisher_precision`` auto replaced by the device type's default (in place; stored resolved)."""
+    if getattr(args, "fisher_precision", None) in (None, AUTO):
+        args.fisher_precision = default_fisher_precision(device_type)
+
+
 def all_or_int(value: str) -> Optional[int]:
     """``all`` -> None (every seen class), else a positive int."""
     if str(value).strip().lower() == "all":
@@ -87,9 +104,10 @@ class SecondOrderSettings:
                            "one; equal up to fp32 rounding). auto (None): 1 on a CPU (faster there), on an "
                            "accelerator enough classes for 512 (image, class) pairs per backward",
         changes_results=False)
-    fisher_precision: str = setting("fp32", str, "GEMM precision of the Fisher pass (squares always summed in fp32); "
-                                                 "docs/speed.md has the measured error and accuracy effect",
-                                    choices=["fp32", "tf32", "bf16", "bf16x3"])
+    fisher_precision: str = setting(AUTO, str, "GEMM precision of the Fisher pass (squares always summed in fp32). "
+                                               "auto: the device type's default (bf16x3 on CUDA, fp32 elsewhere: "
+                                               "DEFAULT_FISHER_PRECISIONS); docs/speed.md has the measured error "
+                                               "and accuracy effect", choices=[AUTO, *FISHER_PRECISIONS])
     init_head_from_pretuned: bool = setting(False, parse_bool, "start each task's head from the pre-tuned head "
                                                                "instead of its random init")
     use_ca: bool = setting(False, parse_bool, "end-of-task classifier alignment (the reference's older --use_ca): "

@@ -47,6 +47,8 @@ class ContinualModel(MammothModelAPI, nn.Module):
     # True: observe reads the not-augmented view (otherwise the loaders never build it). Undeclared (a model file
     # written for Mammoth): decided from observe's code (mammoth_compat.model.uses_not_aug)
     USES_NOT_AUG = False
+    # -O level per device type when neither -O nor --precision is given, over utils.optimization.DEFAULT_LEVELS
+    DEFAULT_LEVELS: dict[str, int] = {}
     LOG_EVERY = 25  # the loop reads (host-syncs) the loss of every LOG_EVERY-th step of an epoch, and the last
 
     def __init__(self, backbone: ContinualBackbone, loss: Callable, args: argparse.Namespace,
@@ -72,6 +74,11 @@ class ContinualModel(MammothModelAPI, nn.Module):
         self.pretrained_index = PretrainedIndex(backbone)  # hashes of the initial weights (lean checkpoints)
 
     # ----- hooks to override ----------------------------------------------------------------------
+    @classmethod
+    def resolve_args(cls, args: argparse.Namespace) -> None:
+        """Replace the method's automatic flag values (e.g. per-device defaults) by the values the run will use, in
+        place, when the arguments are parsed (so checkpoints, run folders and reports hold the resolved ones)."""
+
     @classmethod
     def get_parser(cls, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         """Add the method's own flags: one per field of ``SETTINGS`` (none without it)."""
