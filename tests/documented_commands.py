@@ -185,8 +185,11 @@ RULES: list[Rule] = [
     Rule(r"-m benchmarks\.gpu_check --full --out", "exit2", "needs CUDA (its CPU size is tests/test_gpu_check.py)"),
     Rule(r"-m benchmarks\.fisher_reference\b", "listed", "the Fisher beside the reference implementation (minutes on "
                                                        "a CPU); tests/test_fisher_reference_benchmark.py runs it small"),
-    Rule(r"^python -m benchmarks\.phases --estimate h(100|200)( --fisher_precision \w+)?( --train_precision \w+)?$",
-         "run", "prints the run-time model (seconds)"),
+    Rule(r"^python -m benchmarks\.phases --estimate h(100|200)( --fisher_precision \w+)?( --train_precision \w+)?"
+         r"( --square_sum \w+)?$", "run", "prints the run-time model (seconds)"),
+    Rule(r"^python -m benchmarks\.split_gemm --quick$", "run", "bf16x3 beside fp32 at a quarter of the shapes "
+                                                               "(seconds on a CPU)"),
+    Rule(r"^python -m benchmarks\.split_gemm --device cuda", "exit2", "needs CUDA"),
     Rule(r"^python -m benchmarks\.compile_step$", "listed", "compiles ViT-B/16 with inductor on a CPU (up to 8 minutes) "
          "and times 2 tasks' steps (about 5 minutes more); the quick variant below runs the same script"),
     Rule(r"^python -m benchmarks\.compile_step --backbone vit_tiny ", "run", "the tiny ViT with aot_eager (seconds)"),

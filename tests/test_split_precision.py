@@ -151,3 +151,19 @@ def test_auto_kernel_is_torch_off_triton_devices():
     assert mode.kernel == "auto" and mode.calls == 1 and out.dtype == torch.float32
     with pytest.raises(ValueError, match="unknown bf16x3 kernel"):
         Bf16x3(kernel="cuda")
+
+
+def test_split_gemm_benchmark_reports_errors_beside_fp32(tmp_path):
+    import json
+
+    from benchmarks import split_gemm
+    out = tmp_path / "split.json"
+    assert split_gemm.main(["--quick", "--repeats", "1", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["device"] == "cpu" and sorted(res["results"]) == sorted(split_gemm.SHAPES)
+    for r in res["results"].values():
+        forms = r["forms"]
+        assert sorted(forms) == ["bf16x3_torch", "fp32"]  # no TF32 or Triton on a CPU
+        assert forms["fp32"]["rel_err"] < 1e-6 and forms["fp32"]["speedup_vs_fp32"] == 1.0
+        assert forms["fp32"]["rel_err"] < forms["bf16x3_torch"]["rel_err"] < 2e-5
+        assert all(f["seconds"] > 0 and f["tflops"] > 0 for f in forms.values())
