@@ -167,3 +167,27 @@ def test_split_gemm_benchmark_reports_errors_beside_fp32(tmp_path):
         assert forms["fp32"]["rel_err"] < 1e-6 and forms["fp32"]["speedup_vs_fp32"] == 1.0
         assert forms["fp32"]["rel_err"] < forms["bf16x3_torch"]["rel_err"] < 2e-5
         assert all(f["seconds"] > 0 and f["tflops"] > 0 for f in forms.values())
+
+
+def compiled_ptx(arch: int, bm: int = 128, bn: int = 128) -> str:
+    """PTX of the bf16x3 kernel as a GPU of compute capability ``arch`` runs it (no GPU needed to compile)."""
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile as triton_compile
+
+    from utils import split_precision_triton as spt
+    kernel = spt._bf16x3_kernel
+    signature = {name: "*fp32" for name in ("a_ptr", "b_ptr", "c_ptr")}
+    signature.update({name: "i32" for name in kernel.arg_names[3:15]})
+    consts = dict(BM=bm, BN=bn, BK=spt.BLOCK_K, DOT_DTYPE=tl.bfloat16, INPUT_PRECISION=None)
+    signature.update({name: "constexpr" for name in consts})
+    source = ASTSource(kernel, signature, constexprs={(kernel.arg_names.index(k),): v for k, v in consts.items()})
+    return triton_compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": 8}).asm["ptx"]
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+def test_triton_kernel_compiles_to_bf16_tensor_core_products(arch):
+    ptx = compiled_ptx(arch)
+    mma = "wgmma" if arch == 90 else "mma.sync"
+    assert mma in ptx and "bf16" in ptx and "tf32" not in ptx  # bf16 tensor-core products, no TF32
+    assert "cvt.rn.bf16" in ptx  # the split rounds to nearest even, as torch's cast
