@@ -20,6 +20,7 @@ for bf16; pinned memory only where the accelerator is torch's current one; fused
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any, Callable, Optional, Union
 
@@ -294,3 +295,21 @@ def tf32() -> tuple[bool, bool]:
 def set_tf32(matmul: bool, conv: bool) -> None:
     torch.backends.cuda.matmul.allow_tf32 = bool(matmul)
     torch.backends.cudnn.allow_tf32 = bool(conv)
+
+
+FUSED_KERNEL_TYPES = ("cuda",)  # where the project's Triton kernels (models/second_order_utils/fisher_fused.py) run
+
+
+def fused_kernels_available(device: DeviceLike) -> bool:
+    """Whether the project's Triton kernels can run on ``device``: a device of :data:`FUSED_KERNEL_TYPES`, with
+    triton importable."""
+    return as_device(device).type in FUSED_KERNEL_TYPES and _triton_imports()
+
+
+@functools.lru_cache(maxsize=1)
+def _triton_imports() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
