@@ -192,3 +192,51 @@ def test_the_kernel_compiles_for_nvidia_gpus_with_the_intended_products(arch):
     for p in ("bf16", "bf16x3"):
         assert "bf16" in ptx[p] and "tf32" not in ptx[p] and mma in ptx[p], p
     assert ptx["bf16x3"].count(mma) > ptx["bf16"].count(mma)
+
+
+def test_square_sum_benchmark_skips_the_fused_kernel_on_a_cpu(capsys):
+    from benchmarks import square_sum
+    assert square_sum.main(["--shapes", "3,20,18", "--tokens", "7", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "GEMM + square-sum at T = 7" in out and f"fused: {square_sum.FUSED_SKIPPED}" in out
+    row = square_sum.measure((3, 20, 18), torch.device("cpu"), 1, 7)["with_product"]
+    assert set(row["seconds"]) == {"inplace", "norm", "einsum"} and row["chosen"] == "inplace"
+    assert max(row["max_rel_err"].values()) < 1e-5
+
+
+def interpreted_benchmarks(monkeypatch):
+    """benchmarks.square_sum as where Triton runs: the fused kernel in the CPU interpreter, chosen by the Fisher."""
+    from benchmarks import square_sum
+    monkeypatch.setattr(fisher_fused, "INTERPRET", True)
+    monkeypatch.setattr(square_sum, "fused_kernels_available", lambda device: True)
+    monkeypatch.setattr(square_sum, "fused_sq_grads", lambda g, x, precision: fused_sq_grads(
+        g, x, precision, blocks=SMALL, interpret=True))
+    return square_sum
+
+
+def test_square_sum_benchmark_times_the_fused_kernel_beside_the_gemm_and_square_sum(monkeypatch):
+    square_sum = interpreted_benchmarks(monkeypatch)
+    row = square_sum.measure_pass((3, 20, 18), 7, torch.device("cpu"), 1)
+    assert set(row["seconds"]) == {"inplace", "norm", "einsum", "fused"} and row["fused"] == "fp32"
+    assert row["chosen"] == "fused" and row["chosen_is_fastest"] == (row["fastest"] == "fused")
+    assert max(row["max_rel_err"].values()) < 1e-5
+    by_precision = square_sum.fused_precisions((3, 20, 18), 7, torch.device("cpu"), 2)
+    assert set(by_precision) == {"fp32", "tf32x3", "bf16x3"}
+    assert by_precision["fp32"]["max_rel_err"] < 1e-6 < by_precision["bf16x3"]["max_rel_err"] < 1e-4
+    for v in by_precision.values():
+        assert v["tflop_per_s"] == pytest.approx(2 * 3 * 7 * 20 * 18 / v["seconds"] / 1e12)
+
+
+def test_gpu_check_reports_the_fused_kernel_where_it_runs(monkeypatch):
+    from benchmarks import gpu_check
+    interpreted_benchmarks(monkeypatch)
+    monkeypatch.setitem(gpu_check.SQUARE_SUM_SHAPES, "cpu", [(2, 20, 18)])
+    monkeypatch.setattr(accelerator, "fused_kernels_available", lambda device: True)
+    sq = gpu_check.square_sum_check("cpu")
+    assert sq["chosen"] == "fused" and len(sq["fastest"]) == 1
+    assert set(sq["rows"][0]["with_product"]["seconds"]) == {"inplace", "norm", "einsum", "fused"}
+    fused = sq["fused"]["2,20,18"]
+    assert fused["bf16x3"]["max_rel_err"] < 1e-4 and fused["tf32x3"]["max_rel_err"] < 1e-5
+    lines = gpu_check.square_sum_lines(sq)
+    assert lines[0].endswith("(chosen fused)") and lines[-1].startswith("  fused 2,20,18: fp32 ")
+    assert "bf16x3" in lines[-1] and "TFLOP/s (rel. err" in lines[-1]
