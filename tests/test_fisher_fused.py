@@ -1,6 +1,8 @@
 """The fused per-sample square-and-sum kernel (fisher_fused.py) in Triton's CPU interpreter, against float64 brute
 force, the materialised forms of fisher.py and the brute-force Fisher of a tiny ViT; and its compilation for
 NVIDIA GPUs (no GPU needed to compile)."""
+import contextlib
+
 import pytest
 import torch
 import triton.language as tl
@@ -103,6 +105,8 @@ def test_empty_inputs_and_bad_arguments():
         fused_sq_grads(g, x, "bf8", interpret=True)
     with pytest.raises(ValueError, match="equal B and T"):
         fused_sq_grads(g, x[:, :2], interpret=True)
+    with pytest.raises(ValueError, match="different devices"):
+        fused_sq_grads(g, x.to("meta"), interpret=True)
 
 
 def test_sample_splits_fill_the_grid_only_when_the_tiles_are_few():
@@ -116,6 +120,7 @@ def test_sample_splits_fill_the_grid_only_when_the_tiles_are_few():
 def test_the_fused_form_is_chosen_where_triton_runs_and_forced_for_the_interpreter(monkeypatch):
     assert not accelerator.fused_kernels_available("cpu")
     assert accelerator.fused_kernels_available("cuda")  # a CUDA device, and triton imports here
+    assert isinstance(accelerator.on_device("cpu"), contextlib.nullcontext)  # the CPU: nothing to switch
     assert fisher.square_sum_form(torch.device("cpu")) == "inplace"  # the CPU default is unchanged
     monkeypatch.setattr(fisher_fused, "INTERPRET", True)
     assert fisher.square_sum_form(torch.device("cpu")) == "fused"

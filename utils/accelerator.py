@@ -20,6 +20,7 @@ for bf16; pinned memory only where the accelerator is torch's current one; fused
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 from typing import Any, Callable, Optional, Union
@@ -304,6 +305,15 @@ def fused_kernels_available(device: DeviceLike) -> bool:
     """Whether the project's Triton kernels can run on ``device``: a device of :data:`FUSED_KERNEL_TYPES`, with
     triton importable."""
     return as_device(device).type in FUSED_KERNEL_TYPES and _triton_imports()
+
+
+def on_device(device: DeviceLike) -> contextlib.AbstractContextManager:
+    """Context in which ``device`` is its backend's current device, for kernels launched on the current device
+    (Triton's); nothing changes for the CPU or a device without an index."""
+    device = as_device(device)
+    if is_accelerator(device) and device.index is not None:
+        return torch.accelerator.device_index(device.index)
+    return contextlib.nullcontext()
 
 
 @functools.lru_cache(maxsize=1)

@@ -27,6 +27,8 @@ from typing import Any, Optional
 
 import torch
 
+from utils import accelerator
+
 try:
     import triton
     import triton.language as tl
@@ -36,7 +38,7 @@ except ImportError:  # pragma: no cover - the kernel is then unavailable (fused_
 
 PRECISIONS = ("fp32", "tf32", "tf32x3", "bf16", "bf16x3")
 DOT_PRECISION = {"fp32": "ieee", "tf32": "tf32", "tf32x3": "tf32x3", "bf16": "ieee", "bf16x3": "ieee"}
-BLOCKS = (64, 64, 32)  # BLOCK_O, BLOCK_I, BLOCK_T on a device
+BLOCKS = (64, 64, 32)  # BLOCK_O, BLOCK_I, BLOCK_T on a device (not tuned: no GPU timing yet)
 TARGET_PROGRAMS = 264  # split the samples until about this many programs run (2 per SM of an H100/H200)
 
 
@@ -114,6 +116,8 @@ def fused_sq_grads(g: torch.Tensor, x: torch.Tensor, precision: str = "fp32", sp
     if g.dim() != 3 or x.dim() != 3 or g.shape[:2] != x.shape[:2]:
         raise ValueError(f"expected g (B, T, O) and x (B, T, I) with equal B and T, got {tuple(g.shape)} and "
                          f"{tuple(x.shape)}")
+    if g.device != x.device:
+        raise ValueError(f"g and x on different devices ({g.device}, {x.device})")
     n_b, n_t, n_o = g.shape
     n_i = x.shape[2]
     if n_b == 0 or n_t == 0 or n_o == 0 or n_i == 0:
@@ -126,10 +130,11 @@ def fused_sq_grads(g: torch.Tensor, x: torch.Tensor, precision: str = "fp32", sp
     out = torch.empty(n_split, n_o, n_i, dtype=torch.float32, device=g.device)
     operands = precision if precision.startswith("bf16") else "fp32"
     dot_dtype = tl.bfloat16 if operands != "fp32" and not interpret else tl.float32
-    kernel[(tiles_o, tiles_i, n_split)](
-        g, x, out, n_b, n_t, n_o, n_i, per_split, *g.stride(), *x.stride(), out.stride(0), out.stride(1),
-        BLOCK_O=block_o, BLOCK_I=block_i, BLOCK_T=block_t, DOT_PRECISION=DOT_PRECISION[precision],
-        OPERANDS=operands, DOT_DTYPE=dot_dtype)
+    with accelerator.on_device(g.device):  # Triton launches on the current device
+        kernel[(tiles_o, tiles_i, n_split)](
+            g, x, out, n_b, n_t, n_o, n_i, per_split, *g.stride(), *x.stride(), out.stride(0), out.stride(1),
+            BLOCK_O=block_o, BLOCK_I=block_i, BLOCK_T=block_t, DOT_PRECISION=DOT_PRECISION[precision],
+            OPERANDS=operands, DOT_DTYPE=dot_dtype)
     return out[0] if n_split == 1 else out.sum(0)
 
 
