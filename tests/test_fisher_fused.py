@@ -245,3 +245,19 @@ def test_gpu_check_reports_the_fused_kernel_where_it_runs(monkeypatch):
     lines = gpu_check.square_sum_lines(sq)
     assert lines[0].endswith("(chosen fused)") and lines[-1].startswith("  fused 2,20,18: fp32 ")
     assert "bf16x3" in lines[-1] and "TFLOP/s (rel. err" in lines[-1]
+
+
+def test_vit_fisher_precisions_reach_the_fused_kernel(monkeypatch):
+    net = vit()
+    layers = inject_adapters(net, "lora", 2)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    ref, _ = network_fisher(net, layers, [x])
+    monkeypatch.setattr(fisher_fused, "INTERPRET", True)
+    calls = spy(monkeypatch)
+    for precision, tolerance in (("tf32", 1e-5), ("bf16", 3e-2)):
+        del calls[:]
+        sums, _ = network_fisher(net, layers, [x], precision=precision)
+        assert calls and {c[2] for c in calls} == {precision}
+        errors = [float((sums[k] - ref[k]).norm() / ref[k].norm()) for k in ref]
+        assert max(errors) <= tolerance, (precision, errors)
+        assert precision == "tf32" or min(errors) > 0  # bf16 really rounds
