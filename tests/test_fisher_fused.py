@@ -2,9 +2,13 @@
 force, the materialised forms of fisher.py and the brute-force Fisher of a tiny ViT; and its compilation for
 NVIDIA GPUs (no GPU needed to compile)."""
 import contextlib
+import os
+import re
+import subprocess
 
 import pytest
 import torch
+import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, compile as triton_compile
@@ -175,20 +179,32 @@ def test_vit_fisher_through_the_fused_kernel_equals_the_brute_force(monkeypatch,
 
 
 def compiled_ptx(precision: str, arch: int) -> str:
-    """PTX of the kernel for an NVIDIA GPU of compute capability ``arch`` (no GPU needed)."""
+    """PTX of the kernel as launched (blocks and options) for an NVIDIA GPU of compute capability ``arch``."""
     kernel = fisher_fused._kernel(False)
     signature = {name: "*fp32" for name in ("g_ptr", "x_ptr", "out_ptr")}
     signature.update({name: "i32" for name in kernel.arg_names[3:16]})
     operands = precision if precision.startswith("bf16") else "fp32"
-    consts = dict(BLOCK_O=64, BLOCK_I=64, BLOCK_T=32, DOT_PRECISION=fisher_fused.DOT_PRECISION[precision],
+    block_o, block_i, block_t = fisher_fused.BLOCKS
+    consts = dict(BLOCK_O=block_o, BLOCK_I=block_i, BLOCK_T=block_t, DOT_PRECISION=fisher_fused.DOT_PRECISION[precision],
                   OPERANDS=operands, DOT_DTYPE=tl.bfloat16 if operands != "fp32" else tl.float32)
     signature.update({name: "constexpr" for name in consts})
     source = ASTSource(kernel, signature, constexprs={(kernel.arg_names.index(k),): v for k, v in consts.items()})
-    return triton_compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": 4}).asm["ptx"]
+    return triton_compile(source, target=GPUTarget("cuda", arch, 32), options=dict(fisher_fused.LAUNCH)).asm["ptx"]
+
+
+def ptxas_report(ptx: str, tmp_path) -> str:
+    """ptxas -v of ``ptx`` for its own target (registers, spills)."""
+    target = re.search(r"^\.target (\w+)", ptx, re.M).group(1)
+    path = tmp_path / f"kernel_{target}.ptx"
+    path.write_text(ptx)
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    done = subprocess.run([ptxas, f"-arch={target}", "-v", str(path), "-o", os.devnull], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stderr
 
 
 @pytest.mark.parametrize("arch", [80, 90])
-def test_the_kernel_compiles_for_nvidia_gpus_with_the_intended_products(arch):
+def test_the_kernel_compiles_for_nvidia_gpus_with_the_intended_products_and_no_spills(arch, tmp_path):
     mma = "wgmma" if arch == 90 else "mma.sync"
     ptx = {p: compiled_ptx(p, arch) for p in fisher_fused.PRECISIONS}
     assert mma not in ptx["fp32"]  # IEEE fp32: FMA, no tensor cores
@@ -197,7 +213,9 @@ def test_the_kernel_compiles_for_nvidia_gpus_with_the_intended_products(arch):
     for p in ("bf16", "bf16x3"):
         assert "bf16" in ptx[p] and "tf32" not in ptx[p] and mma in ptx[p], p
     assert ptx["bf16x3"].count(mma) > ptx["bf16"].count(mma)
-
+    for p, code in ptx.items():
+        report = ptxas_report(code, tmp_path)
+        assert "Used" in report and "0 bytes spill stores, 0 bytes spill loads" in report, (p, report)
 
 def test_square_sum_benchmark_skips_the_fused_kernel_on_a_cpu(capsys):
     from benchmarks import square_sum

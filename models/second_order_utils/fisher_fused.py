@@ -38,7 +38,10 @@ except ImportError:  # pragma: no cover - the kernel is then unavailable (fused_
 
 PRECISIONS = ("fp32", "tf32", "tf32x3", "bf16", "bf16x3")
 DOT_PRECISION = {"fp32": "ieee", "tf32": "tf32", "tf32x3": "tf32x3", "bf16": "ieee", "bf16x3": "ieee"}
-BLOCKS = (64, 64, 32)  # BLOCK_O, BLOCK_I, BLOCK_T on a device (not tuned: no GPU timing yet)
+# BLOCK_O, BLOCK_I, BLOCK_T and launch options on a device: not timed (no GPU yet); chosen so that ptxas (sm_90)
+# reports no register spills at any precision (4 warps or 32-token steps spill)
+BLOCKS = (64, 64, 16)
+LAUNCH = {"num_warps": 8, "num_stages": 3}
 TARGET_PROGRAMS = 264  # split the samples until about this many programs run (2 per SM of an H100/H200)
 
 
@@ -134,7 +137,7 @@ def fused_sq_grads(g: torch.Tensor, x: torch.Tensor, precision: str = "fp32", sp
         kernel[(tiles_o, tiles_i, n_split)](
             g, x, out, n_b, n_t, n_o, n_i, per_split, *g.stride(), *x.stride(), out.stride(0), out.stride(1),
             BLOCK_O=block_o, BLOCK_I=block_i, BLOCK_T=block_t, DOT_PRECISION=DOT_PRECISION[precision],
-            OPERANDS=operands, DOT_DTYPE=dot_dtype)
+            OPERANDS=operands, DOT_DTYPE=dot_dtype, **({} if interpret else LAUNCH))
     return out[0] if n_split == 1 else out.sum(0)
 
 
