@@ -116,8 +116,7 @@ def ours_square_bytes() -> int:
     """Bytes per squared per-sample element of this project's square-and-sum on CUDA: none with the fused kernel
     (the products stay on chip; its operand reads are a GEMM's, not counted for any GEMM), else the one-read
     ``norm`` form's (the GEMM's write and one read)."""
-    from benchmarks.phases import SQUARE_SUM_BYTES
-    from models.second_order_utils.fisher import cuda_square_sum_form
+    from benchmarks.phases import SQUARE_SUM_BYTES, cuda_square_sum_form
     return 0 if cuda_square_sum_form() == "fused" else SQUARE_SUM_BYTES
 
 

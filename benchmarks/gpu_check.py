@@ -27,7 +27,9 @@ micro-batch structure and all seen classes), ``-O 2``, stopped after task 2 and 
 last task, under ``torchrun`` with 2 processes when 2 GPUs exist; flags the script does not know are passed to both
 halves. Its JSON adds per-phase seconds of both halves, the peak memory, the Fisher's achieved FLOP/s (the FLOPs of
 ``benchmarks.phases.vit_flops`` over the images and seen classes of every task, divided by the Fisher's seconds)
-and the square-and-sum forms timed on the device (``benchmarks.square_sum``) with the fastest one. About 5 minutes
+and the Fisher's per-sample pass timed on the device (``benchmarks.square_sum``: the square-and-sum forms, then the
+GEMM + each form beside the fused Triton kernel, the fastest and whether the Fisher uses it; the fused kernel's error
+against float64 and TFLOP/s at fp32, tf32x3 and bf16x3). About 5 minutes
 on one H200 (ViT-B/16, 1,117 training images, 20 epochs; estimated from FLOPs, not run); ``--full --device cpu``
 runs 3 tasks of 1 epoch with the small ViT (the test suite).
 
@@ -201,17 +203,45 @@ def fisher_flops(data: str, tasks: int, classes_per_task: int, dims: dict[str, i
     return total
 
 
+SQUARE_SUM_SHAPES = {"cuda": [(16, 2304, 768), (16, 3072, 768)], "cpu": [(8, 288, 96), (8, 384, 96)]}  # B, O, I
+
+
 def square_sum_check(device: str) -> dict[str, Any]:
-    """The square-and-sum forms timed on ``device`` at the per-sample product shapes of the run's ViT."""
-    from benchmarks.square_sum import measure
+    """The Fisher's per-sample pass timed on ``device`` at the per-sample product shapes of the run's ViT: the
+    square-and-sum forms alone, then the whole pass (fp32 GEMM + each form, and the fused Triton kernel where it
+    runs) with the fastest and whether it is the form the Fisher uses; where the fused kernel runs, its error against
+    float64 and its TFLOP/s at fp32, tf32x3 and bf16x3."""
+    from benchmarks.square_sum import fused_precisions, measure
     import torch
 
     from models.second_order_utils.fisher import square_sum_form
-    shapes = [(16, 2304, 768), (16, 3072, 768)] if device != "cpu" else [(8, 288, 96), (8, 384, 96)]
-    rows = [measure(shape, torch.device(device), 5) for shape in shapes]
-    fastest = [r["fastest"] for r in rows]
-    chosen = square_sum_form(torch.device(device))
-    return {"rows": rows, "chosen": chosen, "fastest": fastest, "chosen_is_fastest": all(f == chosen for f in fastest)}
+    from utils.accelerator import fused_kernels_available
+    shapes = SQUARE_SUM_SHAPES["cpu" if device == "cpu" else "cuda"]
+    tokens = DIMS["cpu" if device == "cpu" else "cuda"]["tokens"]
+    dev = torch.device(device)
+    rows = [measure(shape, dev, 5, tokens) for shape in shapes]
+    fastest = [r["with_product"]["fastest"] for r in rows]
+    chosen = square_sum_form(dev)
+    fused: Any = rows[0]["with_product"]["fused"]
+    if fused_kernels_available(dev):
+        fused = {",".join(map(str, shape)): fused_precisions(shape, tokens, dev, 5) for shape in shapes}
+    return {"rows": rows, "chosen": chosen, "fastest": fastest, "chosen_is_fastest": all(f == chosen for f in fastest),
+            "fused": fused}
+
+
+def square_sum_lines(sq: dict[str, Any]) -> list[str]:
+    """:func:`square_sum_check`'s result, printable."""
+    lines = [f"per-sample pass (GEMM + square-sum forms, fused kernel) fastest: {sq['fastest']} (chosen "
+             f"{sq['chosen']})"]
+    for r in sq["rows"]:
+        lines.append(f"  {','.join(map(str, r['shape']))}: " + ", ".join(
+            f"{k} {v * 1e3:.2f} ms" for k, v in r["with_product"]["seconds"].items()))
+    if not isinstance(sq["fused"], dict):
+        return lines + [f"  fused kernel {sq['fused']}"]
+    for shape, by_precision in sq["fused"].items():
+        lines.append(f"  fused {shape}: " + ", ".join(f"{p} {v['tflop_per_s']:.2f} TFLOP/s (rel. err "
+                                                      f"{v['max_rel_err']:.1e})" for p, v in by_precision.items()))
+    return lines
 
 
 def launch(run_args: list[str], procs: int, out: str, env: dict[str, str]) -> tuple[dict[str, Any], Any]:
@@ -315,8 +345,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             report["full"] = full_check(opts, extra, tmp, env, gpus)
             full = report["full"]
             print(f"Fisher {full['fisher_flops'] / 1e12:.1f} TFLOP at "
-                  f"{(full['fisher_flop_per_s'] or 0) / 1e12:.2f} TFLOP/s; square-sum forms fastest: "
-                  f"{full['square_sum']['fastest']} (chosen {full['square_sum']['chosen']})", flush=True)
+                  f"{(full['fisher_flop_per_s'] or 0) / 1e12:.2f} TFLOP/s", flush=True)
+            print("\n".join(square_sum_lines(full["square_sum"])), flush=True)
         for i, (line, precision, procs) in enumerate([] if opts.full else plan(opts.device, gpus)):
             run_args = [*LINES[line], "--debug_mode", "1", "--vbs_tail", "flush", "--precision", precision,
                         "--seed", "0", "--non_verbose", "--base_path", os.path.join(tmp, "data"),

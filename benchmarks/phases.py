@@ -332,5 +332,13 @@ def cuda_defaults() -> tuple[str, str, str]:
     return default_fisher_precision("cuda"), train, cuda_square_sum_form()
 
 
+def cuda_square_sum_form() -> str:
+    """The Fisher's square-and-sum form on a CUDA device (``fused`` where triton is installed), as the model counts
+    it: ``norm`` for every form that writes the products."""
+    import torch
+    from models.second_order_utils.fisher import square_sum_form
+    return "fused" if square_sum_form(torch.device("cuda")) == "fused" else "norm"
+
+
 if __name__ == "__main__":
     sys.exit(main())

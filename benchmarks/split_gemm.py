@@ -73,7 +73,7 @@ def forms(device: torch.device) -> dict[str, Callable[[torch.Tensor, torch.Tenso
     if accelerator.tf32_available() and accelerator.is_accelerator(device):
         found["tf32"] = tf32
     found["bf16x3_torch"] = bf16x3_mm
-    if accelerator.triton_available(device):
+    if accelerator.fused_kernels_available(device):
         from utils.split_precision_triton import bf16x3_mm_triton
         found["bf16x3_triton"] = bf16x3_mm_triton
     return found

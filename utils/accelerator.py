@@ -20,6 +20,8 @@ for bf16; pinned memory only where the accelerator is torch's current one; fused
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import warnings
 from typing import Any, Callable, Optional, Union
 
@@ -296,13 +298,26 @@ def set_tf32(matmul: bool, conv: bool) -> None:
     torch.backends.cudnn.allow_tf32 = bool(conv)
 
 
-TRITON_TYPES = ("cuda",)  # device types whose tensors this project's Triton kernels run on
+FUSED_KERNEL_TYPES = ("cuda",)  # where the project's Triton kernels (fisher_fused.py, split_precision_triton.py) run
 
 
-def triton_available(device: DeviceLike) -> bool:
-    """Whether this project's Triton kernels run on ``device`` (a CUDA device with ``triton`` installed)."""
-    if as_device(device).type not in TRITON_TYPES:
-        return False
+def fused_kernels_available(device: DeviceLike) -> bool:
+    """Whether the project's Triton kernels can run on ``device``: a device of :data:`FUSED_KERNEL_TYPES`, with
+    triton importable."""
+    return as_device(device).type in FUSED_KERNEL_TYPES and _triton_imports()
+
+
+def on_device(device: DeviceLike) -> contextlib.AbstractContextManager:
+    """Context in which ``device`` is its backend's current device, for kernels launched on the current device
+    (Triton's); nothing changes for the CPU or a device without an index."""
+    device = as_device(device)
+    if is_accelerator(device) and device.index is not None:
+        return torch.accelerator.device_index(device.index)
+    return contextlib.nullcontext()
+
+
+@functools.lru_cache(maxsize=1)
+def _triton_imports() -> bool:
     try:
         import triton  # noqa: F401
     except ImportError:

@@ -15,7 +15,7 @@ fp32 sums, in another order.
 :class:`Bf16x3` is a ``TorchDispatchMode``: everything run under it, forward and backward, gets its ``mm``,
 ``bmm``, ``addmm`` and ``baddbmm`` on fp32 operands computed this way (bias and accumulator terms added in fp32).
 Convolutions and fused attention kernels run as they are (no bf16-in, fp32-out kernel exists for them). Where
-Triton kernels run (``accelerator.triton_available``: CUDA), the products are one kernel that splits its fp32
+Triton kernels run (``accelerator.fused_kernels_available``: CUDA), the products are one kernel that splits its fp32
 tiles in registers (``split_precision_triton.py``), which saves the split's memory passes.
 """
 from __future__ import annotations
@@ -79,7 +79,7 @@ KERNELS = ("auto", "triton", "torch")
 class Bf16x3(TorchDispatchMode):
     """While active, ``mm``/``bmm``/``addmm``/``baddbmm`` on fp32 operands are computed as bf16x3 products:
     ``kernel`` "torch" (:func:`bf16x3_mm`), "triton" (the fused kernel; on a CPU only in Triton's interpreter) or
-    "auto" (Triton where :func:`accelerator.triton_available`, else torch)."""
+    "auto" (Triton where :func:`accelerator.fused_kernels_available`, else torch)."""
 
     def __init__(self, kernel: str = "auto") -> None:
         super().__init__()
@@ -91,7 +91,7 @@ class Bf16x3(TorchDispatchMode):
 
     def product(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        if self.kernel == "triton" or (self.kernel == "auto" and accelerator.triton_available(a.device)):
+        if self.kernel == "triton" or (self.kernel == "auto" and accelerator.fused_kernels_available(a.device)):
             from utils.split_precision_triton import bf16x3_mm_triton
             return bf16x3_mm_triton(a, b)
         return bf16x3_mm(a, b)

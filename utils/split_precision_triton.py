@@ -3,12 +3,14 @@
 :func:`utils.split_precision.bf16x3_mm` splits its operands with torch ops and multiplies ``[hi, hi, lo] @ [hi; lo;
 hi]``; on a GPU the split alone then moves about 34 bytes per operand element (casts, a subtraction, the
 concatenation), as much time as the GEMM itself at ViT-B/16's widths. This kernel loads fp32 tiles, splits them
-where they are (``hi = bf16(x)``, ``lo = bf16(x - hi)``, round to nearest even as torch's cast) and accumulates
+where they are (``hi = bf16(x)``, ``lo = bf16(x - hi)``, rounded to nearest even on the bits as torch's cast rounds)
+and accumulates
 ``hi_a hi_b + hi_a lo_b + lo_a hi_b`` in fp32 tensor-core products, so it reads what an fp32 GEMM reads.
 
-Triton's interpreter (``TRITON_INTERPRET=1``, the CPU) multiplies bf16 operands wrongly (their raw bits), so there
-the dot operands are fp32 tensors holding the same bf16 values (``DOT_DTYPE``): the products and fp32 sums are
-the same; the kernel is otherwise the one a GPU runs (tests/test_split_precision.py).
+Triton's interpreter (``TRITON_INTERPRET=1``, the CPU) multiplies bf16 operands wrongly (their raw bits) and its
+fp32 -> bf16 casts truncate, so the roundings are done on the bits and, there, the dot operands are fp32 tensors
+holding the same bf16 values (``DOT_DTYPE``): the products and fp32 sums are the same; the kernel is otherwise the
+one a GPU runs (tests/test_split_precision.py).
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from utils import accelerator
+
 BLOCK_K = 32
 
 
@@ -25,6 +29,14 @@ def blocks(m: int, n: int) -> tuple[int, int, int]:
     """(rows, columns, warps) of an output tile: 128-wide where the output is, 64 otherwise (not tuned on a GPU)."""
     bm, bn = (128 if m >= 128 else 64), (128 if n >= 128 else 64)
     return bm, bn, 8 if bm * bn >= 128 * 128 else 4
+
+
+@triton.jit
+def _bf16_nearest(v):
+    """fp32 ``v`` rounded to the nearest bf16 value, ties to even, computed on the bits (the interpreter's casts
+    truncate; a GPU's round like this), returned as fp32. Finite values only."""
+    bits = v.to(tl.int32, bitcast=True)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) & -65536).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -45,11 +57,11 @@ def _bf16x3_kernel(a_ptr, b_ptr, c_ptr, M, N, K,
                     mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
         b = tl.load(b_base + kk[:, None] * s_bk + rn[None, :] * s_bn,
                     mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
-        a_hi = a.to(tl.bfloat16)
-        a_lo = (a - a_hi.to(tl.float32)).to(tl.bfloat16)
-        b_hi = b.to(tl.bfloat16)
-        b_lo = (b - b_hi.to(tl.float32)).to(tl.bfloat16)
-        a_hi, a_lo = a_hi.to(DOT_DTYPE), a_lo.to(DOT_DTYPE)
+        a_hi = _bf16_nearest(a)
+        a_lo = _bf16_nearest(a - a_hi)
+        b_hi = _bf16_nearest(b)
+        b_lo = _bf16_nearest(b - b_hi)
+        a_hi, a_lo = a_hi.to(DOT_DTYPE), a_lo.to(DOT_DTYPE)  # exact: the values are bf16 values
         b_hi, b_lo = b_hi.to(DOT_DTYPE), b_lo.to(DOT_DTYPE)
         acc = tl.dot(a_hi, b_hi, acc, input_precision=INPUT_PRECISION)
         acc = tl.dot(a_hi, b_lo, acc, input_precision=INPUT_PRECISION)
@@ -77,7 +89,9 @@ def bf16x3_mm_triton(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             bm, bn, warps = blocks(m, n)
             grid = (triton.cdiv(m, bm), triton.cdiv(n, bn), n_batch)
             dot_dtype = tl.float32 if interpreted() else tl.bfloat16
-            _bf16x3_kernel[grid](a3, b3, out, m, n, k, *a3.stride(), *b3.stride(), *out.stride(),
-                                 BM=bm, BN=bn, BK=BLOCK_K, DOT_DTYPE=dot_dtype,
-                                 INPUT_PRECISION="ieee" if interpreted() else None, num_warps=warps, num_stages=3)
+            with accelerator.on_device(a.device):  # Triton launches on the current device
+                _bf16x3_kernel[grid](a3, b3, out, m, n, k, *a3.stride(), *b3.stride(), *out.stride(),
+                                     BM=bm, BN=bn, BK=BLOCK_K, DOT_DTYPE=dot_dtype,
+                                     INPUT_PRECISION="ieee" if interpreted() else None, num_warps=warps,
+                                     num_stages=3)
     return out if batched else out[0]

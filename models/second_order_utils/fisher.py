@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Iterator, Optional
 import torch
 import torch.nn.functional as F
 
+from models.second_order_utils import fisher_fused
 from models.second_order_utils.fisher_exact import exact_scores
 from models.second_order_utils.fisher_ops import ReusedBackward
 from models.second_order_utils.fisher_vit import ClsOnlyLastBlock
@@ -58,15 +59,19 @@ def fisher_precision(precision: str, device: torch.device) -> Iterator[None]:
         accelerator.set_tf32(*saved)
 
 
-SQUARE_SUM_FORMS = ("inplace", "norm", "einsum")
+SQUARE_SUM_FORMS = ("inplace", "norm", "einsum", "fused")
 # per device type; chosen by benchmarks/square_sum.py on the CPU; on accelerators the one-read "norm" form by its
-# bytes (8 per element with the product's write, against 16), re-checked by benchmarks/gpu_check.py --full
+# bytes (8 per element with the product's write, against 16), re-checked by benchmarks/gpu_check.py --full; "fused"
+# (fisher_fused.py: product and square-sum in one Triton kernel, no products in memory) wherever that kernel runs
 SQUARE_SUM_FORM = {"cpu": "inplace"}
 ACCELERATOR_SQUARE_SUM_FORM = "norm"
 
 
 def square_sum_form(device: torch.device) -> str:
-    """The square-and-sum form used on ``device``."""
+    """The square-and-sum form used on ``device``: ``fused`` where the Triton kernel runs (or is forced into its CPU
+    interpreter, ``fisher_fused.INTERPRET``), else the form of the materialised products."""
+    if fisher_fused.INTERPRET or accelerator.fused_kernels_available(device):
+        return "fused"
     return SQUARE_SUM_FORM.get(device.type, ACCELERATOR_SQUARE_SUM_FORM)
 
 
@@ -77,7 +82,8 @@ def square_sum(per_sample: torch.Tensor, form: Optional[str] = None) -> torch.Te
     ``boi,boi->oi`` (a bmm of O*I (1 x B)(B x 1) products). bf16: a norm accumulating in fp32 (no upcast copy)."""
     if per_sample.dtype != torch.float32:
         return torch.linalg.vector_norm(per_sample, dim=0, dtype=torch.float32).square()
-    form = form or square_sum_form(per_sample.device)
+    form = form if form not in (None, "fused") else SQUARE_SUM_FORM.get(per_sample.device.type,
+                                                                         ACCELERATOR_SQUARE_SUM_FORM)
     if form == "einsum":
         return torch.einsum("boi,boi->oi", per_sample, per_sample)
     if form == "norm":
@@ -86,9 +92,11 @@ def square_sum(per_sample: torch.Tensor, form: Optional[str] = None) -> torch.Te
 
 
 def per_sample_sq_grads(inputs: torch.Tensor, grad_out: torch.Tensor, is_conv: bool,
-                        stride: tuple[int, int] = (1, 1), dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                        stride: tuple[int, int] = (1, 1), dtype: torch.dtype = torch.float32,
+                        precision: Optional[str] = None) -> torch.Tensor:
     """sum_b (dL_b/dW)^2 for a linear map W applied to ``inputs`` (per sample b); the per-sample products in
-    ``dtype`` (fp32 or bf16), their squares summed in fp32."""
+    ``dtype`` (fp32 or bf16), their squares summed in fp32. Token inputs under the ``fused`` form: one Triton kernel
+    at the kernel precision of the Fisher ``precision`` (``fisher_fused.kernel_precision``)."""
     if is_conv:
         x = inputs[:, :, ::stride[0], ::stride[1]].flatten(2)  # (B, I, P)
         g = grad_out.flatten(2)  # (B, O, P)
@@ -101,6 +109,9 @@ def per_sample_sq_grads(inputs: torch.Tensor, grad_out: torch.Tensor, is_conv: b
     positions = x.shape[2] if is_conv else x.shape[1]
     if positions <= PAIRWISE_MAX_POSITIONS:
         return pairwise_sq_grads(g.float(), x.float(), is_conv)
+    if not is_conv and square_sum_form(x.device) == "fused":
+        return fisher_fused.fused_sq_grads(g, x, fisher_fused.kernel_precision(precision, dtype),
+                                           interpret=fisher_fused.INTERPRET)
     step = max(1, CHUNK_ELEMENTS // max(1, n_out * n_in))
     total = torch.zeros(n_out, n_in, dtype=torch.float32, device=x.device)
     for i in range(0, x.shape[0], step):
@@ -122,7 +133,8 @@ def pairwise_sq_grads(g: torch.Tensor, x: torch.Tensor, is_conv: bool) -> torch.
 
 
 def class_batched_sq_grads(inputs: torch.Tensor, grad_out: torch.Tensor, is_conv: bool,
-                           stride: tuple[int, int] = (1, 1), dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                           stride: tuple[int, int] = (1, 1), dtype: torch.dtype = torch.float32,
+                           precision: Optional[str] = None) -> torch.Tensor:
     """sum_k sum_b (dL_kb/dW)^2 for ``grad_out`` holding k classes' output gradients (k, *output shape): the
     classes are folded into the output dimension, so a group of them is one batched product per sample."""
     k = grad_out.shape[0]
@@ -137,7 +149,7 @@ def class_batched_sq_grads(inputs: torch.Tensor, grad_out: torch.Tensor, is_conv
             folded = g.transpose(0, 1).reshape(g.shape[1], kk * n_out, *g.shape[3:])
         else:  # (kk, B, ..., O) -> (B, ..., kk*O)
             folded = g.movedim(0, -2).reshape(*g.shape[1:-1], kk * n_out)
-        part = per_sample_sq_grads(inputs, folded, is_conv, stride, dtype).view(kk, n_out, n_in).sum(0)
+        part = per_sample_sq_grads(inputs, folded, is_conv, stride, dtype, precision).view(kk, n_out, n_in).sum(0)
         total = part if total is None else total + part
     assert total is not None
     return total
@@ -153,8 +165,9 @@ class FisherHooks:
     (``self.stops``), so not even its input gradient is formed.
     """
 
-    def __init__(self, layers: dict[str, AdaptedLayer], dtype: torch.dtype = torch.float32, batched: bool = False):
-        self.layers, self.dtype, self.batched = layers, dtype, batched
+    def __init__(self, layers: dict[str, AdaptedLayer], dtype: torch.dtype = torch.float32, batched: bool = False,
+                 precision: Optional[str] = None):
+        self.layers, self.dtype, self.batched, self.precision = layers, dtype, batched, precision
         self.sums = {n: torch.zeros(l.d_out, l.d_in, device=l.base.weight.device) for n, l in layers.items()}
         self.leaves: list[torch.Tensor] = []
         self.stops: list[torch.Tensor] = []  # outputs of the layers fed by a leaf: where class backwards stop
@@ -203,7 +216,8 @@ class FisherHooks:
             for (name, layer, x, _), g in zip(self.captured, grads):
                 if g is not None:
                     stride = layer.base.stride if layer.is_conv else (1, 1)
-                    self.sums[name] += class_batched_sq_grads(x, g.detach(), layer.is_conv, stride, self.dtype)
+                    self.sums[name] += class_batched_sq_grads(x, g.detach(), layer.is_conv, stride, self.dtype,
+                                                              self.precision)
             start += k
         return chunk
 
@@ -239,7 +253,8 @@ class FisherHooks:
 
             def grad_hook(grad: torch.Tensor) -> None:
                 stride = layer.base.stride if layer.is_conv else (1, 1)
-                self.sums[name] += per_sample_sq_grads(x, grad.detach(), layer.is_conv, stride, self.dtype)
+                self.sums[name] += per_sample_sq_grads(x, grad.detach(), layer.is_conv, stride, self.dtype,
+                                                        self.precision)
             output.register_hook(grad_hook)
         return forward_hook
 
@@ -314,7 +329,7 @@ def network_fisher(forward: Callable[[torch.Tensor], torch.Tensor], layers: dict
         batches = regroup(batches, mc_group)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     fitted = None  # the class chunk that fitted after a CUDA out-of-memory error
-    with FisherHooks(layers, dtype) as hooks:
+    with FisherHooks(layers, dtype, precision=precision) as hooks:
         for x in batches:
             hooks.clear()
             chunk = class_batch if class_batch is not None else auto_class_batch(x.device, x.shape[0])
