@@ -23,13 +23,15 @@ holds per-phase seconds (features, GMMs, pre-tuning, Fisher, training, evaluatio
 accuracies of every run. Exit code 0 when every check passes, 1 otherwise.
 
 ``--full`` runs instead the ITA line unchanged but for the data size: not in debug mode (every image, the Fisher's
-micro-batch structure and all seen classes), ``-O 2``, stopped after task 2 and resumed from its checkpoint to the
+micro-batch structure and all seen classes), with the device's defaults (on CUDA ``-O 1`` and the bf16x3 Fisher),
+stopped after task 2 and resumed from its checkpoint to the
 last task, under ``torchrun`` with 2 processes when 2 GPUs exist; flags the script does not know are passed to both
 halves. Its JSON adds per-phase seconds of both halves, the peak memory, the Fisher's achieved FLOP/s (the FLOPs of
 ``benchmarks.phases.vit_flops`` over the images and seen classes of every task, divided by the Fisher's seconds)
 and the Fisher's per-sample pass timed on the device (``benchmarks.square_sum``: the square-and-sum forms, then the
 GEMM + each form beside the fused Triton kernel, the fastest and whether the Fisher uses it; the fused kernel's error
-against float64 and TFLOP/s at fp32, tf32x3 and bf16x3). About 5 minutes
+against float64 and TFLOP/s at fp32, tf32x3 and bf16x3) and the bf16x3 GEMMs beside fp32 and TF32
+(``benchmarks.split_gemm``: seconds, error against float64, speed-up). About 5 minutes
 on one H200 (ViT-B/16, 1,117 training images, 20 epochs; estimated from FLOPs, not run); ``--full --device cpu``
 runs 3 tasks of 1 epoch with the small ViT (the test suite).
 
@@ -260,10 +262,11 @@ def launch(run_args: list[str], procs: int, out: str, env: dict[str, str]) -> tu
 
 
 def full_check(opts: argparse.Namespace, extra: list[str], tmp: str, env: dict[str, str], gpus: int) -> dict[str, Any]:
-    """--full: the ITA line at -O 2, stopped after task FULL_STOP and resumed to the end; figures of both halves."""
+    """--full: the ITA line with the device's defaults, stopped after task FULL_STOP and resumed to the end; figures
+    of both halves."""
     procs = 2 if gpus >= 2 else 1
     ckpt = os.path.join(tmp, "ckpt")
-    base = [*LINES["ita"], "-O", "2", "--seed", "0", "--non_verbose", "--base_path", os.path.join(tmp, "data"),
+    base = [*LINES["ita"], "--seed", "0", "--non_verbose", "--base_path", os.path.join(tmp, "data"),
             "--device", opts.device, "--num_workers", "2" if opts.device != "cpu" else "0", "--savecheck", "task",
             "--checkpoint_path", ckpt, "--ckpt_name", "full"]
     if opts.device == "cpu":
@@ -294,7 +297,23 @@ def full_check(opts: argparse.Namespace, extra: list[str], tmp: str, env: dict[s
     return {"runs": entries, "ok": all(e["ok"] for e in entries) and tasks > FULL_STOP, "tasks_done": tasks,
             "resumed_after_task": FULL_STOP, "seconds": dict(seconds), "peak_memory_mib": max(peaks) if peaks else None,
             "fisher_flops": flops, "fisher_flop_per_s": flops / seconds["fisher"] if seconds.get("fisher") else None,
-            "final_class_il": entries[-1].get("final_class_il"), "square_sum": square_sum_check(opts.device)}
+            "final_class_il": entries[-1].get("final_class_il"), "square_sum": square_sum_check(opts.device),
+            "split_gemm": split_gemm_check(opts.device)}
+
+
+def split_gemm_check(device: str) -> dict[str, Any]:
+    """``benchmarks.split_gemm`` on the device (a quarter of the shapes on a CPU)."""
+    import torch
+
+    from benchmarks.split_gemm import measure
+    return measure(torch.device(device), scale=4 if device == "cpu" else 1, repeats=3 if device == "cpu" else 10)
+
+
+def split_gemm_lines(res: dict[str, Any]) -> list[str]:
+    """:func:`split_gemm_check`'s result, printable."""
+    return [f"{name} {form}: {row['seconds'] * 1e3:.2f} ms, rel. err {row['rel_err']:.1e}, "
+            f"{row['tflops']:.1f} TFLOP/s, x{row['speedup_vs_fp32']:.2f} vs fp32"
+            for name, r in res.items() for form, row in r["forms"].items()]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -347,6 +366,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"Fisher {full['fisher_flops'] / 1e12:.1f} TFLOP at "
                   f"{(full['fisher_flop_per_s'] or 0) / 1e12:.2f} TFLOP/s", flush=True)
             print("\n".join(square_sum_lines(full["square_sum"])), flush=True)
+            print("\n".join(split_gemm_lines(full["split_gemm"])), flush=True)
         for i, (line, precision, procs) in enumerate([] if opts.full else plan(opts.device, gpus)):
             run_args = [*LINES[line], "--debug_mode", "1", "--vbs_tail", "flush", "--precision", precision,
                         "--seed", "0", "--non_verbose", "--base_path", os.path.join(tmp, "data"),

@@ -203,7 +203,8 @@ BANDWIDTH_UTILISATION = 0.70  # of the memory bandwidth, for the Fisher's memory
 SQUARE_SUM_BYTES = 8
 # the fused kernel (fisher_fused.py) writes no product: it reads each sample's output gradients and inputs, fp32,
 # once from memory (their re-reads by the kernel's other output tiles counted as cache hits: 2.4 MB a sample at
-# ViT-B/16's qkv, against 50 MB of L2 on an H100)
+# ViT-B/16's qkv, against 50 MB of L2 on an H100). Like every GEMM's operand reads these overlap its products, so
+# the time leaves them out; ``fisher_operand_bytes`` reports them and ``serial_total_seconds`` adds them
 FUSED_BYTES_PER_VALUE = 4
 # GEMMs per FLOP counted: bf16x3 runs three bf16 products for each (utils/split_precision.py)
 PRODUCTS = {"fp32": ("fp32", 1), "tf32": ("tf32", 1), "bf16": ("bf16", 1), "bf16x3": ("bf16", 3)}
@@ -255,7 +256,7 @@ def estimate(gpu: str, fisher_precision: str, train_precision: str, p: Optional[
     train_image = v["forward"] + lora + (v["linear"] + 2 * v["attention"]) + 2 * lora  # fwd, input grads, LoRA grads
     flops = {ph: 0.0 for ph in ("fisher", "pretuning", "gmm", "training", "evaluation")}
     adapted = p["depth"] * 12 * d ** 2  # dense weight elements of the adapted layers (qkv, proj, fc1, fc2)
-    square_bytes = 0.0
+    square_bytes = operand_bytes = 0.0
     images = 0
     for t in range(p["tasks"]):
         seen, new = (t + 1) * p["classes_per_task"], p["classes_per_task"]
@@ -263,7 +264,7 @@ def estimate(gpu: str, fisher_precision: str, train_precision: str, p: Optional[
         flops["fisher"] += n * (v["forward"] + (seen - 1) * v["fisher_direction"])
         if square_sum == "fused":  # per pass and layer: the output gradients (T, O) and inputs (T, I)
             operands = p["depth"] * p["tokens"] * 16 * d  # O + I: qkv 4d, proj 2d, fc1 5d, fc2 5d
-            square_bytes += n * (seen - 1) * operands * FUSED_BYTES_PER_VALUE
+            operand_bytes += n * (seen - 1) * operands * FUSED_BYTES_PER_VALUE
         else:
             square_bytes += n * (seen - 1) * adapted * SQUARE_SUM_BYTES
         per_class = n / new
@@ -277,9 +278,11 @@ def estimate(gpu: str, fisher_precision: str, train_precision: str, p: Optional[
     precision = {"fisher": fisher_precision, "pretuning": train_precision, "gmm": "fp32",
                  "training": train_precision, "evaluation": train_precision}
     seconds = {ph: f / rate(gpu, precision[ph]) for ph, f in flops.items()}
-    seconds["fisher"] += square_bytes / (BANDWIDTH_UTILISATION * peak["bytes_per_s"])  # not overlapped: an upper bound
+    bandwidth = BANDWIDTH_UTILISATION * peak["bytes_per_s"]
+    seconds["fisher"] += square_bytes / bandwidth  # a memory-bound pass of its own, not overlapped: an upper bound
     return {"gpu": gpu, "utilisation": UTILISATION, "precision": precision, "flops": flops, "seconds": seconds,
-            "fisher_square_sum_bytes": square_bytes, "square_sum": square_sum,
+            "fisher_square_sum_bytes": square_bytes, "square_sum": square_sum, "fisher_operand_bytes": operand_bytes,
+            "serial_total_seconds": sum(seconds.values()) + operand_bytes / bandwidth,
             "total_seconds": sum(seconds.values()), "loader_bytes": images * p["image_bytes"],
             "loader_images": images, "settings": p}
 
@@ -293,10 +296,15 @@ def print_estimate(e: dict[str, Any], label: str) -> None:
     print(f"{'total':11s} {'':9s} {sum(e['flops'].values()) / 1e15:9.2f} {e['total_seconds']:9.0f}   "
           f"= {e['total_seconds'] / 60:.0f} min; loader {e['loader_images'] / 1e6:.2f} M images, "
           f"{e['loader_bytes'] / 1e9:.1f} GB (32x32 uint8, device augmentation)")
-    print(f"the Fisher's seconds include its square-and-sum pass ({e['square_sum']}): "
-          f"{e['fisher_square_sum_bytes'] / 1e15:.2f} PB at {BANDWIDTH_UTILISATION:.0%} of "
-          f"{GPUS[e['gpu']]['bytes_per_s'] / 1e12:.2f} TB/s, added to the GEMM time; PFLOP in fp32-equivalent FLOPs "
-          f"(bf16x3: three bf16 products each)")
+    bandwidth = f"{BANDWIDTH_UTILISATION:.0%} of {GPUS[e['gpu']]['bytes_per_s'] / 1e12:.2f} TB/s"
+    if e["square_sum"] == "fused":
+        print(f"the Fisher's square-and-sum is fused into its per-sample products (no products in memory); its "
+              f"{e['fisher_operand_bytes'] / 1e15:.2f} PB of operand reads overlap them as every GEMM's do (added "
+              f"serially at {bandwidth}: {e['serial_total_seconds']:.0f} s = {e['serial_total_seconds'] / 60:.0f} min)")
+    else:
+        print(f"the Fisher's seconds include its square-and-sum pass ({e['square_sum']}): "
+              f"{e['fisher_square_sum_bytes'] / 1e15:.2f} PB at {bandwidth}, added to the GEMM time")
+    print("PFLOP in fp32-equivalent FLOPs (bf16x3: three bf16 products each, at a third of the bf16 rate)")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -323,7 +331,6 @@ def main(argv: Optional[list[str]] = None) -> int:
 def cuda_defaults() -> tuple[str, str, str]:
     """The Fisher and training-forward precisions and the square-and-sum form a CUDA run of the published line
     gets without flags."""
-    from models.second_order_utils.fisher import cuda_square_sum_form
     from models.second_order import SecondOrder
     from models.second_order_utils.flags import default_fisher_precision
     from utils.optimization import default_level

@@ -61,7 +61,9 @@ def test_full_mode_resumes_after_task_2_and_reports_fisher_flops(tmp_path):
     assert first["tasks_done"] == gpu_check.FULL_STOP and second["tasks_done"] == full["tasks_done"] == 3
     for half in (first, second):
         argv = half["argv"]
-        assert argv[argv.index("-O") + 1] == "2" and "--debug_mode" not in argv and "--model_config" in argv
+        # the line as users run it: the device's defaults (no -O, no --fisher_precision), every image
+        assert "-O" not in argv and "--fisher_precision" not in argv
+        assert "--debug_mode" not in argv and "--model_config" in argv
         assert argv[argv.index("--num_epochs_align_pretuning") + 1] == "1"
         assert not half["misplaced_tensors"] and half["finite"]
     assert "--loadcheck" in second["argv"] and "--loadcheck" not in first["argv"]
@@ -73,3 +75,8 @@ def test_full_mode_resumes_after_task_2_and_reports_fisher_flops(tmp_path):
     sq = full["square_sum"]
     assert sq["chosen"] in ("inplace", "norm", "einsum") and len(sq["fastest"]) == len(sq["rows"]) == 2
     assert all(max(r["max_rel_err"].values()) < 1e-5 for r in sq["rows"])
+    split = full["split_gemm"]  # the bf16x3 products beside fp32 (no TF32, no Triton on a CPU)
+    for r in split.values():
+        assert sorted(r["forms"]) == ["bf16x3_torch", "fp32"]
+        assert r["forms"]["fp32"]["rel_err"] < r["forms"]["bf16x3_torch"]["rel_err"] < 2e-5
+    assert gpu_check.split_gemm_lines(split)[0].startswith("input_grad_qkv fp32: ")
