@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from typing import Any, Callable, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from benchmarks.speed import timed  # noqa: E402
 from utils import accelerator  # noqa: E402
 from utils.io import write_json  # noqa: E402
 from utils.split_precision import bf16x3_mm  # noqa: E402
@@ -41,37 +40,22 @@ def operands(shape: tuple, scale: int, device: torch.device) -> tuple[torch.Tens
     return a, b
 
 
-def timed(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int) -> tuple[float, torch.Tensor]:
-    out = fn()  # warm-up (and the Triton compilation)
-    times = []
-    for _ in range(repeats):
-        accelerator.synchronize(device)
-        start = time.perf_counter()
-        out = fn()
-        accelerator.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+def plain(tf32: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """torch's product with TF32 on or off for matrix products (restored after)."""
+    def product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        saved = accelerator.tf32()
+        accelerator.set_tf32(tf32, saved[1])
+        try:
+            return a @ b
+        finally:
+            accelerator.set_tf32(*saved)
+    return product
 
 
 def forms(device: torch.device) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
-    def fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        saved = accelerator.tf32()
-        accelerator.set_tf32(False, saved[1])
-        try:
-            return a @ b
-        finally:
-            accelerator.set_tf32(*saved)
-
-    def tf32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        saved = accelerator.tf32()
-        accelerator.set_tf32(True, saved[1])
-        try:
-            return a @ b
-        finally:
-            accelerator.set_tf32(*saved)
-    found: dict[str, Callable] = {"fp32": fp32}
+    found: dict[str, Callable] = {"fp32": plain(False)}
     if accelerator.tf32_available() and accelerator.is_accelerator(device):
-        found["tf32"] = tf32
+        found["tf32"] = plain(True)
     found["bf16x3_torch"] = bf16x3_mm
     if accelerator.fused_kernels_available(device):
         from utils.split_precision_triton import bf16x3_mm_triton
@@ -88,6 +72,7 @@ def measure(device: torch.device, scale: int = 1, repeats: int = 5) -> dict[str,
         flops = 2 * a.shape[-2] * a.shape[-1] * b.shape[-1] * (a.shape[0] if a.dim() == 3 else 1)
         rows: dict[str, Any] = {}
         for form, fn in forms(device).items():
+            fn(a, b)  # warm-up (and the Triton compilation)
             seconds, result = timed(lambda: fn(a, b), device, repeats)
             err = float((result.double() - exact).norm() / exact.norm())
             rows[form] = {"seconds": seconds, "rel_err": err, "tflops": flops / seconds / 1e12}
