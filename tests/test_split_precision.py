@@ -186,3 +186,42 @@ def test_triton_kernel_compiles_to_bf16_tensor_core_products(arch):
     ptx = compiled_ptx(arch)
     mma = "wgmma" if arch == 90 else "mma.sync"
     assert mma in ptx and "bf16" in ptx and "tf32" not in ptx  # bf16 tensor-core products, no TF32
+
+
+CUDA_PATH = r'''
+import os
+os.environ["TRITON_INTERPRET"] = "1"
+import torch
+from models.second_order_utils import fisher_fused
+from models.second_order_utils.fisher import network_fisher
+from models.second_order_utils.modules import inject_adapters
+from tests.test_fisher_exact import rel_err, vit
+from tests.test_second_order_math import brute_force_fisher
+from utils import accelerator
+
+net = vit()
+layers = inject_adapters(net, "lora", 2)
+x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+ref = brute_force_fisher(net, layers, x)
+# as on CUDA with triton: the bf16x3 products in the split kernel, the squares in the fused kernel
+accelerator.fused_kernels_available = lambda device: True
+fisher_fused.INTERPRET = True
+from utils import split_precision_triton
+products, fused = [], []
+real_split, real_fused = split_precision_triton.bf16x3_mm_triton, fisher_fused.fused_sq_grads
+split_precision_triton.bf16x3_mm_triton = lambda a, b: products.append(a.shape) or real_split(a, b)
+fisher_fused.fused_sq_grads = lambda g, x, precision, **k: fused.append(precision) or real_fused(g, x, precision, **k)
+for class_batch in (1, 3):
+    sums, n = network_fisher(net, layers, [x[:2], x[2:]], precision="bf16x3", class_batch=class_batch)
+    assert n == 3 and rel_err(sums, ref) <= 1e-4, rel_err(sums, ref)
+assert products and fused and set(fused) == {"bf16x3"}
+print("ok", len(products), len(fused))
+'''
+
+
+def test_cuda_default_fisher_path_in_the_interpreter():
+    """The Fisher as a CUDA run computes it by default (bf16x3 products in the split kernel, squares summed in the
+    fused kernel), both kernels in Triton's CPU interpreter, against the brute-force per-sample Fisher."""
+    res = subprocess.run([sys.executable, "-c", CUDA_PATH], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": ROOT})
+    assert res.returncode == 0 and res.stdout.startswith("ok"), res.stderr[-3000:]
