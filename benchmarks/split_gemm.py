@@ -104,4 +104,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils.errors import UserError, one_line
+    try:
+        sys.exit(main())
+    except UserError as exc:  # bad input or a device this machine lacks: one line, its exit code
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        sys.exit(exc.exit_code)
