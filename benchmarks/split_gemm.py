@@ -104,9 +104,5 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    from utils.errors import UserError, one_line
-    try:
-        sys.exit(main())
-    except UserError as exc:  # bad input or a device this machine lacks: one line, its exit code
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+    from benchmarks.compare import exit_code  # bad input or a device this machine lacks: one line, exit code 2
+    sys.exit(exit_code(main))
