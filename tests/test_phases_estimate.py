@@ -59,3 +59,30 @@ def test_estimate_adds_up_and_follows_the_precision_peaks():
     # the Fisher grows with the seen classes: 9 + 19 + ... + 99 backward passes per image (C - 1 for C classes)
     v = phases.vit_flops(768, 12, 197, 196)
     assert fp32["flops"]["fisher"] == pytest.approx(p["train_per_task"] * (10 * v["forward"] + 540 * v["fisher_direction"]))
+
+
+def test_bf16x3_counts_three_bf16_products_and_the_fused_form_no_product_bytes():
+    peak = phases.GPUS["h100"]
+    norm = phases.estimate("h100", "bf16x3", "tf32", square_sum="norm")
+    fused = phases.estimate("h100", "bf16x3", "tf32", square_sum="fused")
+    gemm = norm["flops"]["fisher"] / (phases.UTILISATION * peak["bf16"] / 3)
+    bandwidth = phases.BANDWIDTH_UTILISATION * peak["bytes_per_s"]
+    assert norm["seconds"]["fisher"] == pytest.approx(gemm + norm["fisher_square_sum_bytes"] / bandwidth)
+    assert fused["fisher_square_sum_bytes"] == 0 and fused["seconds"]["fisher"] == pytest.approx(gemm)
+    # the fused kernel's operand reads: every pass reads each layer's (T, O) gradients and (T, I) inputs once
+    p = phases.PUBLISHED
+    passes = p["train_per_task"] * sum(10 * t - 1 for t in range(1, p["tasks"] + 1))
+    assert fused["fisher_operand_bytes"] == pytest.approx(passes * p["depth"] * p["tokens"] * 16 * p["dim"] * 4)
+    assert fused["serial_total_seconds"] == pytest.approx(fused["total_seconds"]
+                                                          + fused["fisher_operand_bytes"] / bandwidth)
+    assert fused["fisher_operand_bytes"] < norm["fisher_square_sum_bytes"] / 5
+    with pytest.raises(ValueError, match="square-sum form"):
+        phases.estimate("h100", "fp32", "fp32", square_sum="inplace")
+
+
+def test_estimate_cli_prints_the_cuda_defaults(capsys):
+    assert phases.main(["--estimate", "h100"]) == 0
+    out = capsys.readouterr().out
+    assert "default on CUDA (Fisher bf16x3, training tf32, square-and-sum fused)" in out
+    total = phases.estimate("h100", "bf16x3", "tf32", square_sum="fused")["total_seconds"]
+    assert f"{total:9.0f}   = {total / 60:.0f} min" in out and round(total / 60) == 29
