@@ -22,8 +22,9 @@ The Fisher criterion (docs/speed.md, as amended): in every fp32 run, at each tas
 pass and on the same network at theta0, pre-tuned head and images (:class:`PairedFisher`), the Fisher pass runs again
 in fp32 and in the precision of each requested variant that changes the Fisher (tf32, bf16, bf16x3; x3tf32 pairs
 with bf16x3), for the exact estimator (every seen class) and the demo's top-1 one; the error is
-``||F_t^p - F_t^fp32|| / ||F_t^fp32||`` over all adapted layers. Also reported, not ruled on: the first measure, the difference of the two runs' saved Fisher sums (F_t from
-consecutive checkpoints), which includes the runs' divergence.
+``||F_t^p - F_t^fp32|| / ||F_t^fp32||`` over all adapted layers. Also reported, not ruled on: the first measure,
+the difference of the two runs' saved Fisher sums (F_t from consecutive checkpoints), which includes the runs'
+divergence.
 
 Per variant and dataset it prints the largest paired error, the final class-IL per seed and the mean paired change
 against fp32, and the verdict: a variant passes when on every dataset the mean paired class-IL change is no worse than
