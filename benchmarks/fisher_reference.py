@@ -8,11 +8,13 @@ The reference is the authors' code in the Mammoth snapshot (``models/lora_protot
 products ``(g^T x)^2`` summed over the batch), run on its own ViT (``backbone/vit.py`` with ``use_lora=True``) at
 its published batch (``--ref_batch``, 8 = the published micro-batch). This project's pass is
 ``models.second_order_utils.fisher.network_fisher`` on a timm ViT with the adapters injected, at its CPU
-statistics batch (``--our_batch``). Both load the same random ViT weights (timm layout) and the same images, each
-side runs in its own Python process with one thread, and the two alternate ``--repeats`` times; the script
-checks that the Fisher of every adapted weight agrees (relative error) and prints the seconds of each side, the
-ratio (reference / ours, best of the repeats) and the FLOPs of each side (``torch.utils.flop_counter``, counted in
-the same processes on one batch, scaled to the images).
+statistics batch (``--our_batch``), and again as ``ours_blas``: the same pass with torch's own fp32 products instead
+of the oneDNN ones it routes them to on a CPU (``utils/onednn_products.py``), which separates what the backend gives
+from what the pass does less of. All load the same random ViT weights (timm layout) and the same images, each side
+runs in its own Python process with one thread, and the three alternate ``--repeats`` times; the script checks that
+the Fisher of every adapted weight agrees (relative error) and prints the seconds of each side, the ratio
+(reference / ours, best of the repeats) and the FLOPs of each side (``torch.utils.flop_counter``, counted in the
+same processes on one batch, scaled to the images).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ import torch  # noqa: E402
 
 DEFAULT_MAMMOTH = os.path.join(ROOT, "..", "shared", "mammoth", "mammoth-e75a491.tar.gz")
 TARGETS = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+SIDES = ("reference", "ours", "ours_blas")  # ours_blas: this project's pass with torch's own fp32 products
 
 
 def make_inputs(folder: str, opts: argparse.Namespace) -> None:
@@ -131,6 +134,10 @@ def timed(fn: Any) -> tuple[float, float, Any]:
 def run_ours(folder: str, opts: argparse.Namespace) -> dict[str, Any]:
     from timm.models.vision_transformer import VisionTransformer
 
+    from utils import onednn_products
+    if opts.side == "ours_blas":  # the same pass with torch's own fp32 products (no oneDNN routing)
+        onednn_products.available = lambda: False
+
     from models.second_order_utils import fisher
     from models.second_order_utils.fisher import network_fisher
     from models.second_order_utils.modules import inject_adapters
@@ -148,14 +155,17 @@ def run_ours(folder: str, opts: argparse.Namespace) -> dict[str, Any]:
     if opts.count_flops:
         scale = len(images) / min(len(images), opts.our_batch)
         counts = [c * scale for c in count_flops(lambda: once(images[:opts.our_batch]))]
-        # as on CUDA: the class backward passes vmapped in chunks (fisher.auto_class_batch), the "norm" square-sum
-        saved = dict(fisher.SQUARE_SUM_FORM)
+        # as on CUDA: the class backward passes vmapped in chunks (fisher.auto_class_batch), the "norm" square-sum,
+        # the whole batch in one forward (no fisher.cpu_chunks)
+        saved, saved_rows = dict(fisher.SQUARE_SUM_FORM), fisher.CPU_FISHER_ROWS
         fisher.SQUARE_SUM_FORM["cpu"] = fisher.ACCELERATOR_SQUARE_SUM_FORM
+        fisher.CPU_FISHER_ROWS = opts.our_batch
         try:
             chunk = max(1, fisher.CLASS_BATCH_ROWS // min(len(images), opts.our_batch))  # auto on an accelerator
             gpu_counts = [c * scale for c in count_flops(lambda: once(images[:opts.our_batch], chunk))]
         finally:
             fisher.SQUARE_SUM_FORM.update(saved)
+            fisher.CPU_FISHER_ROWS = saved_rows
     fisher = {f"{short}_{name.split('.')[1]}": v for name, v in sums.items()
               for short, long in TARGETS.items() if name.endswith(long)}
     return {"seconds": seconds, "cpu_seconds": cpu_seconds, "counts": counts, "gpu_counts": gpu_counts,
@@ -238,7 +248,7 @@ def parse(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
-    parser.add_argument("--side", choices=["ours", "reference"], default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=SIDES, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--count_flops", action="store_true", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
@@ -250,7 +260,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     opts, passed = parse(argv)
     torch.set_num_threads(1)
     if opts.side:  # a child process
-        result = (run_ours if opts.side == "ours" else run_reference)(opts.workdir, opts)
+        result = (run_reference if opts.side == "reference" else run_ours)(opts.workdir, opts)
         torch.save(result, os.path.join(opts.workdir, f"{opts.side}.pt"))
         return 0
     opts.mammoth = os.path.abspath(extract(opts.mammoth))
@@ -258,33 +268,38 @@ def main(argv: Optional[list[str]] = None) -> int:
                (i == 0 or passed[i - 1] not in ("--mammoth", "--out"))]
     with tempfile.TemporaryDirectory(prefix="fisher_reference_") as folder:
         make_inputs(folder, opts)
-        times: dict[str, list[float]] = {"ours": [], "reference": []}
-        cpu: dict[str, list[float]] = {"ours": [], "reference": []}
+        times: dict[str, list[float]] = {name: [] for name in SIDES}
+        cpu: dict[str, list[float]] = {name: [] for name in SIDES}
         results: dict[str, dict[str, Any]] = {}
         flops: dict[str, list[float]] = {}  # side -> [matmul FLOPs, kernels, squared elements], as timed
         gpu_flops: dict[str, list[float]] = {}  # the same, configured as on CUDA
         for i in range(opts.repeats):  # alternating, so both sides see the same machine load
-            for name in ("reference", "ours"):
-                results[name] = side(name, folder, opts, forward if i else [*forward, "--count_flops"])
+            for name in SIDES:
+                count = not i and name != "ours_blas"  # the BLAS side runs the same operations as ours
+                results[name] = side(name, folder, opts, [*forward, "--count_flops"] if count else forward)
                 times[name].append(results[name]["seconds"])
                 cpu[name].append(results[name]["cpu_seconds"])
                 flops.setdefault(name, results[name]["counts"])
                 gpu_flops.setdefault(name, results[name]["gpu_counts"])
     err = compare(results["ours"]["fisher"], results["reference"]["fisher"])
+    blas_err = compare(results["ours_blas"]["fisher"], results["ours"]["fisher"])
     best = {k: min(v) for k, v in cpu.items()}
-    ratio = best["reference"] / best["ours"]
+    ratio, blas_ratio = best["reference"] / best["ours"], best["reference"] / best["ours_blas"]
     pairs = [r / o for r, o in zip(cpu["reference"], cpu["ours"])]
     wall_ratio = min(times["reference"]) / min(times["ours"])
     tokens = (opts.img_size // 16) ** 2 + 1
     print(f"ViT width {opts.embed_dim}, {opts.depth} blocks, {tokens} tokens, {opts.classes} classes, "
           f"{opts.images} images; reference batch {opts.ref_batch}, ours {opts.our_batch}; one thread each; "
           f"load average {os.getloadavg()[0]:.1f}")
-    for name in ("reference", "ours"):
+    for name in SIDES:
+        counted = (f"  {flops[name][0] / 1e9:7.1f} GFLOP {flops[name][1]:6.0f} kernels "
+                   f"({gpu_flops[name][1]:.0f} as on CUDA)") if flops.get(name) else "  (ours with torch's BLAS)"
         print(f"{name:9s} CPU {' '.join(f'{t:7.2f}' for t in cpu[name])} s  best {best[name]:7.2f} s  "
-              f"(wall {' '.join(f'{t:.2f}' for t in times[name])})  {flops[name][0] / 1e9:7.1f} GFLOP "
-              f"{flops[name][1]:6.0f} kernels ({gpu_flops[name][1]:.0f} as on CUDA)")
+              f"(wall {' '.join(f'{t:.2f}' for t in times[name])}){counted}")
     print(f"reference / ours: {ratio:.2f}x CPU time best/best (pairs {' '.join(f'{r:.2f}' for r in pairs)}; "
           f"wall best/best {wall_ratio:.2f}x)   (max rel. err of the Fisher {err:.1e})")
+    print(f"reference / ours_blas: {blas_ratio:.2f}x; ours_blas / ours: {best['ours_blas'] / best['ours']:.2f}x (the "
+          f"fp32 products through oneDNN; Fisher equal within {blas_err:.1e})")
     from models.second_order_utils.flags import default_fisher_precision
     ours_precision = default_fisher_precision("cuda")
     # the reference: bmm write, pow read + write, sum read (16 bytes); ours: the CUDA form of fisher.square_sum
@@ -293,7 +308,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"projected on an H100 (reference fp32, ours {ours_precision} = the CUDA default): reference "
           f"{projected['reference'] * 1e3:.2f} ms, ours {projected['ours'] * 1e3:.2f} ms, "
           f"ratio {projected['reference'] / projected['ours']:.2f}x")
-    vit_b = project_vit_b(opts.images, opts.classes, {k: v[1] for k, v in gpu_flops.items()}, opts.depth,
+    vit_b = project_vit_b(opts.images, opts.classes, {k: v[1] for k, v in gpu_flops.items() if v}, opts.depth,
                           ours_precision)
     print(f"projected at ViT-B/16 size (768 wide, 12 blocks; FLOPs counted from the shapes): reference "
           f"{vit_b['reference'] * 1e3:.1f} ms, ours {vit_b['ours'] * 1e3:.1f} ms, "
@@ -303,10 +318,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         write_json(opts.out, {
             "settings": {k: v for k, v in vars(opts).items() if k not in ("side", "workdir")}, "tokens": tokens,
             "seconds": times, "cpu_seconds": cpu, "best_seconds": best, "ratio": ratio, "pair_ratios": pairs,
-            "wall_ratio": wall_ratio, "load_average": list(os.getloadavg()), "flops_kernels_squared": flops,
+            "wall_ratio": wall_ratio, "ratio_blas": blas_ratio, "load_average": list(os.getloadavg()), "flops_kernels_squared": flops,
             "gpu_flops_kernels_squared": gpu_flops, "max_rel_err": err, "projected_h100_seconds": projected,
             "projected_h100_seconds_vit_b": vit_b, "ours_gpu_precision": ours_precision})
-    return 0 if err < 1e-4 else 1
+    return 0 if max(err, blas_err) < 1e-4 else 1
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ fastest form printed; the default shapes are the per-sample products of ViT-B/16
 qkv at 64 images.
 
 Then the whole per-sample pass on the same g (B, T, O) and x (B, T, I) with T = ``--tokens``: the fp32 GEMM
-``bto,bti->boi`` plus each form, beside the ``fused`` form (``fisher_fused.fused_sq_grads``: product and square-sum in
-one Triton kernel, fp32 as the fp32 Fisher runs it) where Triton runs it (``accelerator.fused_kernels_available``;
-elsewhere the output says it is skipped); the fastest of these, and whether it is the form the Fisher uses on the
-device (``fisher.square_sum_form``).
+``bto,bti->boi`` (torch's own) plus each form, beside the one-pass forms: ``fused`` (``fisher_fused.fused_sq_grads``:
+product and square-sum in one Triton kernel, fp32 as the fp32 Fisher runs it) where Triton runs it
+(``accelerator.fused_kernels_available``; elsewhere the output says it is skipped) and ``onednn``
+(``utils.onednn_products.square_sums``: per sample one oneDNN product squared into the sum) on a CPU with oneDNN;
+the fastest of these, and whether it is the form the Fisher uses on the device (``fisher.square_sum_form``).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import torch  # noqa: E402
 
 from models.second_order_utils.fisher import fisher_precision, square_sum, square_sum_form  # noqa: E402
 from models.second_order_utils.fisher_fused import fused_sq_grads  # noqa: E402
+from utils import onednn_products  # noqa: E402
 from utils.accelerator import fused_kernels_available, synchronize  # noqa: E402
 from utils.io import write_json  # noqa: E402
 
@@ -43,6 +45,7 @@ FORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "pow_sum": lambda p: p.pow(2).sum(0),
 }
 PASS_FORMS = ("inplace", "norm", "einsum")  # the Fisher's forms of the materialised products
+ONE_PASS_FORMS = ("fused", "onednn")  # products and square-sum in one pass: Triton (CUDA), oneDNN (CPU)
 FUSED_SKIPPED = "skipped: Triton runs the fused kernel on CUDA devices only"
 
 
@@ -91,9 +94,12 @@ def measure_pass(shape: tuple[int, int, int], tokens: int, device: torch.device,
     fused = "fp32" if fused_kernels_available(device) else FUSED_SKIPPED
     if fused == "fp32":
         forms["fused"] = lambda: fused_sq_grads(g, x, "fp32")
+    if device.type == "cpu" and onednn_products.available():
+        forms["onednn"] = lambda: onednn_products.square_sums(g, x)
     times: dict[str, list[float]] = {f: [] for f in forms}
     err: dict[str, float] = {}
-    with fisher_precision("fp32", device):  # as the fp32 Fisher: TF32 off
+    # as the fp32 Fisher (TF32 off); the materialised forms' GEMM is torch's own (no oneDNN routing)
+    with torch.backends.mkldnn.flags(enabled=False), fisher_precision("fp32", device):
         for _ in range(repeats):
             for name, fn in forms.items():
                 seconds, out = timed(fn, device)
@@ -142,11 +148,12 @@ def main(argv: Optional[list[str]] = None) -> int:
               + f"   {s['einsum'] / s['inplace']:14.2f}  {r['fastest']}")
     if opts.tokens:
         print(f"\nGEMM + square-sum at T = {opts.tokens} (fp32), and the fused kernel:")
-        print(f"{'B,O,I':>16s} " + " ".join(f"{f:>11s}" for f in (*PASS_FORMS, "fused")) + "  fastest  chosen")
+        print(f"{'B,O,I':>16s} " + " ".join(f"{f:>11s}" for f in (*PASS_FORMS, *ONE_PASS_FORMS))
+              + "  fastest  chosen")
         for r in rows:
             w = r["with_product"]
             cells = [f"{w['seconds'][f] * 1e3:9.2f}ms" if f in w["seconds"] else f"{'skipped':>11s}"
-                     for f in (*PASS_FORMS, "fused")]
+                     for f in (*PASS_FORMS, *ONE_PASS_FORMS)]
             print(f"{','.join(map(str, r['shape'])):>16s} " + " ".join(cells)
                   + f"  {w['fastest']:>7s}  {w['chosen']}{'' if w['chosen_is_fastest'] else ' (not the fastest)'}")
         if rows[0]["with_product"]["fused"] != "fp32":

@@ -30,6 +30,9 @@ def test_reference_and_ours_agree_on_a_tiny_vit(tmp_path):
     assert res["flops_kernels_squared"]["ours"][0] < res["flops_kernels_squared"]["reference"][0]
     assert res["ratio"] == pytest.approx(res["best_seconds"]["reference"] / res["best_seconds"]["ours"])
     assert res["best_seconds"]["ours"] == min(res["cpu_seconds"]["ours"])
+    # the same pass with torch's BLAS: timed, not counted (the same operations)
+    assert res["cpu_seconds"]["ours_blas"][0] > 0 and res["flops_kernels_squared"]["ours_blas"] is None
+    assert res["ratio_blas"] == pytest.approx(res["best_seconds"]["reference"] / res["best_seconds"]["ours_blas"])
     assert set(res["projected_h100_seconds"]) == {"reference", "ours"}
     vit_b = res["projected_h100_seconds_vit_b"]
     # FLOP-bound at ViT-B/16, 1.19x fewer FLOPs; ours on CUDA in bf16x3 (three bf16 products: a fifth of fp32's time

@@ -28,7 +28,7 @@ from models.second_order_utils.fisher_ops import ReusedBackward
 from models.second_order_utils.fisher_vit import ClsOnlyLastBlock
 from models.second_order_utils.flags import FISHER_PRECISIONS
 from models.second_order_utils.modules import AdaptedLayer
-from utils import accelerator
+from utils import accelerator, onednn_products
 from utils.split_precision import Bf16x3
 
 CHUNK_ELEMENTS = 1 << 24  # per-sample gradient chunk (B_chunk * d_out * d_in floats)
@@ -39,7 +39,8 @@ def fisher_precision(precision: str, device: torch.device) -> Iterator[None]:
     """The GEMM precision of the Fisher pass: fp32 (TF32 off even under -O 1), tf32 (TF32 on; equal to fp32 on a
     CPU), bf16 (autocast of the forward, so the backward's GEMMs run in bf16) or bf16x3 (every matrix product as
     three bf16 products with fp32 sums, ``utils/split_precision.py``; TF32 off for the rest). Squares are always
-    summed in fp32."""
+    summed in fp32. fp32 and tf32 products on a CPU run through oneDNN where it is available
+    (``utils/onednn_products.py``: the same fp32 arithmetic, faster than the BLAS on some CPUs)."""
     if precision not in FISHER_PRECISIONS:
         raise ValueError(f"unknown Fisher precision {precision!r}; choose from {', '.join(FISHER_PRECISIONS)}")
     saved = accelerator.tf32()
@@ -53,25 +54,31 @@ def fisher_precision(precision: str, device: torch.device) -> Iterator[None]:
             with torch.autocast(device_type=device.type, enabled=False), Bf16x3():
                 yield
         else:
-            with torch.autocast(device_type=device.type, enabled=False):  # never under the training autocast
-                yield
+            products = onednn_products.products_on(device)
+            with torch.autocast(device_type=device.type, enabled=False), \
+                    (products if products is not None else contextlib.nullcontext()):
+                yield  # never under the training autocast
     finally:
         accelerator.set_tf32(*saved)
 
 
-SQUARE_SUM_FORMS = ("inplace", "norm", "einsum", "fused")
+SQUARE_SUM_FORMS = ("inplace", "norm", "einsum", "fused", "onednn")
 # per device type; chosen by benchmarks/square_sum.py on the CPU; on accelerators the one-read "norm" form by its
 # bytes (8 per element with the product's write, against 16), re-checked by benchmarks/gpu_check.py --full; "fused"
-# (fisher_fused.py: product and square-sum in one Triton kernel, no products in memory) wherever that kernel runs
+# (fisher_fused.py: product and square-sum in one Triton kernel, no products in memory) wherever that kernel runs;
+# "onednn" (onednn_products.square_sums: per sample one oneDNN product squared into the sum) on a CPU with oneDNN
 SQUARE_SUM_FORM = {"cpu": "inplace"}
 ACCELERATOR_SQUARE_SUM_FORM = "norm"
 
 
 def square_sum_form(device: torch.device) -> str:
     """The square-and-sum form used on ``device``: ``fused`` where the Triton kernel runs (or is forced into its CPU
-    interpreter, ``fisher_fused.INTERPRET``), else the form of the materialised products."""
+    interpreter, ``fisher_fused.INTERPRET``), ``onednn`` for the fp32 Fisher on a CPU where oneDNN is available,
+    else the form of the materialised products."""
     if fisher_fused.INTERPRET or accelerator.fused_kernels_available(device):
         return "fused"
+    if device.type == "cpu" and onednn_products.available():
+        return "onednn"
     return SQUARE_SUM_FORM.get(device.type, ACCELERATOR_SQUARE_SUM_FORM)
 
 
@@ -82,7 +89,7 @@ def square_sum(per_sample: torch.Tensor, form: Optional[str] = None) -> torch.Te
     ``boi,boi->oi`` (a bmm of O*I (1 x B)(B x 1) products). bf16: a norm accumulating in fp32 (no upcast copy)."""
     if per_sample.dtype != torch.float32:
         return torch.linalg.vector_norm(per_sample, dim=0, dtype=torch.float32).square()
-    form = form if form not in (None, "fused") else SQUARE_SUM_FORM.get(per_sample.device.type,
+    form = form if form not in (None, "fused", "onednn") else SQUARE_SUM_FORM.get(per_sample.device.type,
                                                                          ACCELERATOR_SQUARE_SUM_FORM)
     if form == "einsum":
         return torch.einsum("boi,boi->oi", per_sample, per_sample)
@@ -109,9 +116,12 @@ def per_sample_sq_grads(inputs: torch.Tensor, grad_out: torch.Tensor, is_conv: b
     positions = x.shape[2] if is_conv else x.shape[1]
     if positions <= PAIRWISE_MAX_POSITIONS:
         return pairwise_sq_grads(g.float(), x.float(), is_conv)
-    if not is_conv and square_sum_form(x.device) == "fused":
+    form = square_sum_form(x.device)
+    if not is_conv and form == "fused":
         return fisher_fused.fused_sq_grads(g, x, fisher_fused.kernel_precision(precision, dtype),
                                            interpret=fisher_fused.INTERPRET)
+    if not is_conv and form == "onednn" and dtype == torch.float32 and onednn_products.active():
+        return onednn_products.square_sums(g.float(), x.float())  # the fp32 pass's products routed to oneDNN
     step = max(1, CHUNK_ELEMENTS // max(1, n_out * n_in))
     total = torch.zeros(n_out, n_in, dtype=torch.float32, device=x.device)
     for i in range(0, x.shape[0], step):
@@ -289,6 +299,17 @@ def regroup(batches: Iterable[torch.Tensor], group: int) -> Iterator[torch.Tenso
         yield carry
 
 
+CPU_FISHER_ROWS = 16  # images per forward of the exact Fisher on a CPU: its class backwards stay in cache
+
+
+def cpu_chunks(batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """CPU batches cut into ``CPU_FISHER_ROWS`` images (the exact Fisher is a sum over images, so only the order
+    of the fp32 sums changes): at ViT-B/16's token count a batch of 64 takes 1.4x the time of four of 16 on the
+    CPU (docs/speed.md). Accelerator batches pass whole."""
+    for x in batches:
+        yield from (x.split(CPU_FISHER_ROWS) if x.device.type == "cpu" else (x,))
+
+
 def class_scores(logp: torch.Tensor, probs: torch.Tensor, mc_classes: Optional[int],
                  group: Optional[int]) -> list[torch.Tensor]:
     """The scores to backpropagate. All classes (``mc_classes=None``): the C - 1 scores of
@@ -327,6 +348,8 @@ def network_fisher(forward: Callable[[torch.Tensor], torch.Tensor], layers: dict
     n = 0
     if mc_classes is not None and mc_group and not sampled_labels:
         batches = regroup(batches, mc_group)
+    elif mc_classes is None and not sampled_labels:
+        batches = cpu_chunks(batches)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     fitted = None  # the class chunk that fitted after a CUDA out-of-memory error
     with FisherHooks(layers, dtype, precision=precision) as hooks:

@@ -1,0 +1,118 @@
+"""fp32 matrix products on the CPU through oneDNN's kernels instead of torch's BLAS.
+
+torch computes CPU ``mm``/``addmm``/``bmm`` on fp32 tensors with its BLAS (MKL in the PyPI wheels). On CPUs where
+that library takes a narrow code path (MKL on AMD EPYC runs its AVX2 kernels, whatever the CPU offers) the same
+fp32 products run 1.5-3x faster through oneDNN's AVX-512 kernels, which torch ships and exposes as
+``torch.ops.mkldnn._linear_pointwise`` (``python -m benchmarks.cpu_products`` measures both side by side on the
+Fisher pass's shapes). The arithmetic is the same: fp32 operands, fp32 accumulation, no reduced-precision math mode
+(nothing is routed when ``torch.backends.mkldnn.matmul.fp32_precision`` asks for bf16 or TF32); the results differ
+from the BLAS's by the order of the sums only.
+
+* :class:`OneDnnProducts`: a ``TorchDispatchMode``; everything run under it, forward and backward, gets its fp32 CPU
+  ``mm``, ``addmm`` and ``bmm`` (a loop over the batch) of at least ``MIN_FLOPS`` per product computed by oneDNN.
+* :func:`square_sums`: sum_b (g_b^T x_b)^2, the Fisher's per-sample products of a token layer, one oneDNN product
+  per sample squared into the sum while it is in cache (no (B, O, I) tensor).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+aten = torch.ops.aten
+MIN_FLOPS = 1 << 22  # smaller products stay with the BLAS (a oneDNN call costs more to set up)
+
+
+@functools.lru_cache(maxsize=None)
+def _op_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def available() -> bool:
+    """Whether fp32 products can be routed to oneDNN now: torch built with it, enabled, and its fp32 matmuls in
+    full precision (``torch.backends.mkldnn.matmul.fp32_precision`` "none" or "ieee")."""
+    if not (_op_available() and torch.backends.mkldnn.enabled):
+        return False
+    matmul = getattr(torch.backends.mkldnn, "matmul", None)
+    return getattr(matmul, "fp32_precision", "none") in ("none", "ieee")
+
+
+def linear(a: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """a @ w^T (+ bias) for fp32 CPU a (M, K), w (N, K): one oneDNN product (a is made contiguous; w may be a
+    transposed view)."""
+    return torch.ops.mkldnn._linear_pointwise(a, w, bias, "none", [], "")
+
+
+def product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b for fp32 CPU a (M, K), b (K, N), possibly as a transposed view of b^T a^T: oneDNN copies the left
+    operand when it is not contiguous, so the orientation that copies less is taken (none where one fits)."""
+    if a.is_contiguous() or (not b.t().is_contiguous() and a.shape[0] <= b.shape[1]):
+        return linear(a, b.t())
+    return linear(b.t(), a).t()
+
+
+def _routable(*tensors: torch.Tensor) -> bool:
+    return all(type(t) in (torch.Tensor, torch.nn.Parameter) and t.dtype == torch.float32 and t.device.type == "cpu"
+               and t.layout == torch.strided for t in tensors)
+
+
+class OneDnnProducts(TorchDispatchMode):
+    """While active, fp32 CPU ``mm``, ``addmm`` (alpha = beta = 1) and ``bmm`` of at least ``MIN_FLOPS`` per
+    product run as oneDNN products; ``self.routed`` counts them. Anything else runs as it is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.routed = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
+        kwargs = kwargs or {}
+        if func is aten.mm.default and _routable(*args):
+            a, b = args
+            if 2 * a.shape[0] * a.shape[1] * b.shape[1] >= MIN_FLOPS:
+                self.routed += 1
+                return linear(a, b.t())
+        elif func is aten.addmm.default and len(args) == 3 and not kwargs and _routable(*args):
+            bias, a, b = args
+            if 2 * a.shape[0] * a.shape[1] * b.shape[1] >= MIN_FLOPS:
+                self.routed += 1
+                if bias.dim() == 1 and bias.shape[0] == b.shape[1]:
+                    return linear(a, b.t(), bias)
+                return linear(a, b.t()).add_(bias)
+        elif func is aten.bmm.default and _routable(*args):
+            a, b = args
+            if a.shape[0] and 2 * a.shape[1] * a.shape[2] * b.shape[2] >= MIN_FLOPS:
+                self.routed += 1
+                return torch.stack([product(ai, bi) for ai, bi in zip(a.unbind(0), b.unbind(0))])
+        return func(*args, **kwargs)
+
+
+def square_sums(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """sum_b (g_b^T x_b)^2 (O, I) in fp32 for fp32 CPU g (B, T, O), x (B, T, I): per sample one oneDNN product,
+    the larger of O and I as its output's rows of ``w`` (the faster orientation), squared into the sum."""
+    swap = x.shape[-1] < g.shape[-1]
+    a, w = (x, g) if swap else (g, x)  # product a_b^T w_b: (rows of a) x (rows of w)
+    a_t = a.transpose(1, 2).contiguous()  # (B, ., T): the product's left operand, contiguous
+    total = torch.zeros(a.shape[-1], w.shape[-1], dtype=torch.float32)
+    for ab, wb in zip(a_t.unbind(0), w.unbind(0)):
+        product = linear(ab, wb.t())
+        total.addcmul_(product, product)
+    return total.t() if swap else total
+
+
+def active() -> bool:
+    """Whether the innermost Python dispatch modes now are :class:`OneDnnProducts` alone (another mode, e.g. a
+    FLOP counter or an emulated precision, must see the products as torch's own ops)."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+    stack = _get_current_dispatch_mode_stack()
+    return bool(stack) and all(isinstance(mode, OneDnnProducts) for mode in stack)
+
+
+def products_on(device: torch.device) -> Optional[OneDnnProducts]:
+    """A :class:`OneDnnProducts` mode to enter for fp32 products on ``device``: for a CPU device where
+    :func:`available`, and no other Python dispatch mode is active; else None."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+    if device.type != "cpu" or not available() or _get_current_dispatch_mode_stack():
+        return None
+    return OneDnnProducts()
