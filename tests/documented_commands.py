@@ -190,6 +190,10 @@ RULES: list[Rule] = [
     Rule(r"^python -m benchmarks\.split_gemm --quick$", "run", "bf16x3 beside fp32 at a quarter of the shapes "
                                                                "(seconds on a CPU)"),
     Rule(r"^python -m benchmarks\.split_gemm --device cuda", "exit2", "needs CUDA"),
+    Rule(r"^python -m benchmarks\.cpu_products --quick$", "run", "torch's products beside oneDNN's at width 192 "
+                                                                 "(seconds on a CPU)"),
+    Rule(r"^python -m benchmarks\.cpu_products$", "listed", "the same at ViT-B/16's width too (a minute on a CPU); "
+                                                            "the --quick variant runs"),
     Rule(r"^python -m benchmarks\.compile_step$", "listed", "compiles ViT-B/16 with inductor on a CPU (up to 8 minutes) "
          "and times 2 tasks' steps (about 5 minutes more); the quick variant below runs the same script"),
     Rule(r"^python -m benchmarks\.compile_step --backbone vit_tiny ", "run", "the tiny ViT with aot_eager (seconds)"),

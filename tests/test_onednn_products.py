@@ -122,3 +122,43 @@ def test_fisher_pass_routes_and_equals_the_blas_pass(monkeypatch: pytest.MonkeyP
     assert n == 3 and set(routed) == set(blas)
     for name in blas:
         assert rel(routed[name], blas[name]) < 1e-5
+
+
+def test_cpu_products_benchmark_reports_both_sides(tmp_path) -> None:
+    import json
+
+    from benchmarks import cpu_products
+    out = tmp_path / "products.json"
+    assert cpu_products.main(["--quick", "--repeats", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["product"] for r in rows] == ["qkv forward", "qkv input gradient", "attention p^T dO",
+                                            "qkv per-sample squares"]
+    for r in rows:
+        assert r["width"] == 192 and max(r["rel_err"].values()) < 1e-5
+        assert r["speedup"] == pytest.approx(r["seconds"]["torch"] / r["seconds"]["onednn"])
+
+
+@pytest.mark.parametrize("queries", [1, 20])
+def test_attention_backward_under_the_mode_equals_float64_autograd(queries: int) -> None:
+    from models.second_order_utils.fisher_ops import ONEDNN_MIN_QUERIES, attention_kept_probs
+    torch.manual_seed(4)
+    qkv = big(2, 20, 3, 3, 16).permute(2, 0, 3, 1, 4)  # (3, B, H, T, d) strided as a ViT's qkv split
+    q, k, v = (t.clone().requires_grad_(True) for t in (qkv[0][:, :, :queries], qkv[1], qkv[2]))
+    grad = big(2, queries, 3, 16).transpose(1, 2)  # the output's gradient, strided as after the head merge
+    ref = torch.autograd.grad(torch.softmax(q.double() @ k.double().transpose(-2, -1) * 0.25, -1) @ v.double(),
+                              [q, k, v], grad.double())
+    calls = []
+    attention_grads = onednn_products.attention_grads
+
+    def spy(*args):
+        calls.append(args[0].shape)
+        return attention_grads(*args)
+    onednn_products.attention_grads = spy
+    try:
+        with OneDnnProducts():
+            got = torch.autograd.grad(attention_kept_probs(q, k, v, scale=0.25), [q, k, v], grad)
+    finally:
+        onednn_products.attention_grads = attention_grads
+    assert len(calls) == (queries >= ONEDNN_MIN_QUERIES)  # per (image, head) loops only for many queries
+    for g, r in zip(got, ref):
+        assert g.shape == r.shape and rel(g, r) < 1e-6

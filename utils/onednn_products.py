@@ -40,8 +40,11 @@ def available() -> bool:
 
 
 def linear(a: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """a @ w^T (+ bias) for fp32 CPU a (M, K), w (N, K): one oneDNN product (a is made contiguous; w may be a
-    transposed view)."""
+    """a @ w^T (+ bias) for fp32 CPU a (M, K), w (N, K): one oneDNN product (oneDNN makes a contiguous; w may be
+    contiguous or a transposed contiguous matrix, anything else is copied first: oneDNN's kernel for a padded
+    weight is a thousand times slower)."""
+    if not (w.is_contiguous() or w.t().is_contiguous()):
+        w = w.contiguous()
     return torch.ops.mkldnn._linear_pointwise(a, w, bias, "none", [], "")
 
 
@@ -88,17 +91,46 @@ class OneDnnProducts(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+def outside_modes() -> Any:
+    """A context in which torch's ops skip the active Python dispatch modes (for loops of oneDNN calls made while
+    :class:`OneDnnProducts` is active: each op would otherwise pass through Python)."""
+    from torch.utils._python_dispatch import _disable_current_modes
+    return _disable_current_modes()
+
+
 def square_sums(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """sum_b (g_b^T x_b)^2 (O, I) in fp32 for fp32 CPU g (B, T, O), x (B, T, I): per sample one oneDNN product,
     the larger of O and I as its output's rows of ``w`` (the faster orientation), squared into the sum."""
     swap = x.shape[-1] < g.shape[-1]
     a, w = (x, g) if swap else (g, x)  # product a_b^T w_b: (rows of a) x (rows of w)
-    a_t = a.transpose(1, 2).contiguous()  # (B, ., T): the product's left operand, contiguous
-    total = torch.zeros(a.shape[-1], w.shape[-1], dtype=torch.float32)
-    for ab, wb in zip(a_t.unbind(0), w.unbind(0)):
-        product = linear(ab, wb.t())
-        total.addcmul_(product, product)
+    with outside_modes():
+        a_t = a.transpose(1, 2).contiguous()  # (B, ., T): the product's left operand, contiguous
+        total = a.new_zeros(a.shape[-1], w.shape[-1])
+        for ab, wb in zip(a_t.unbind(0), w.unbind(0)):
+            product = linear(ab, wb.t())
+            total.addcmul_(product, product)
     return total.t() if swap else total
+
+
+def attention_grads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: torch.Tensor, out: torch.Tensor,
+                    grad: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dq, dk, dv of out = softmax(scale q k^T) v = p v for fp32 CPU (B, H, T, d) tensors and the kept
+    probabilities p, given grad = d/d out: per (image, head) four oneDNN products, each oriented so that no
+    (T, T) operand is copied (dV^T = G^T P, dP = G V^T, dS = P (dP - rowsum(G O)), dQ = s dS K, dK^T = s Q^T dS)."""
+    with outside_modes():
+        b, h, tq, d = q.shape
+        g, g_t, q_t = grad.contiguous(), grad.transpose(-2, -1).contiguous(), q.transpose(-2, -1).contiguous()
+        k, v = k.contiguous(), v.contiguous()  # (T, d) per (image, head), as products want them
+        rows = (grad * out).sum(-1, keepdim=True)  # rowsum(dP * P) = rowsum(dO * O)
+        dq, dk_t, dv_t = q.new_empty(b, h, tq, d), q.new_empty(b, h, d, k.shape[-2]), q.new_empty(b, h, d, k.shape[-2])
+        for i in range(b):
+            for j in range(h):
+                pij = p[i, j]
+                dv_t[i, j] = linear(g_t[i, j], pij.t())
+                ds = linear(g[i, j], v[i, j]).sub_(rows[i, j]).mul_(pij)
+                dq[i, j] = linear(ds, k[i, j].t())
+                dk_t[i, j] = linear(q_t[i, j], ds.t())
+        return dq.mul_(scale), dk_t.mul_(scale).transpose(-2, -1), dv_t.transpose(-2, -1)
 
 
 def active() -> bool:

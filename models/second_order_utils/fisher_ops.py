@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from utils import onednn_products
+
 
 class _KnownSlope(torch.autograd.Function):
     """y = f(x) with f'(x) given: the backward is grad * slope."""
@@ -54,6 +56,9 @@ def silu_with_slope(x: torch.Tensor) -> torch.Tensor:
     return _KnownSlope.apply(x, y, slope)
 
 
+ONEDNN_MIN_QUERIES = 16  # fewer query rows (a class-token-only block): the batched products below
+
+
 class _AttentionKeptProbs(torch.autograd.Function):
     """softmax(s q k^T) v, keeping the probabilities for the backward."""
 
@@ -69,6 +74,10 @@ class _AttentionKeptProbs(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor):
         q, k, v, p, out = ctx.saved_tensors
         need_q, need_k, need_v = ctx.needs_input_grad[:3]
+        if q.dim() == 4 and q.shape[-2] >= ONEDNN_MIN_QUERIES and onednn_products.active() \
+                and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in (q, k, v, grad)):
+            dq, dk, dv = onednn_products.attention_grads(q, k, v, p, out, grad, ctx.scale)
+            return dq if need_q else None, dk if need_k else None, dv if need_v else None, None
         dv = p.transpose(-2, -1) @ grad if need_v else None
         dq = dk = None
         if need_q or need_k:
