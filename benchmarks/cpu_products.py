@@ -2,7 +2,7 @@
 
     python -m benchmarks.cpu_products [--quick] [--threads 1] [--repeats 5] [--out FILE.json]
 
-For each product of the Fisher pass on a ViT at 197 tokens and 16 images per forward (``fisher.CPU_FISHER_ROWS``),
+For each product of the Fisher pass on a ViT at 197 tokens and 16 images per forward (``fisher_scores.CPU_FISHER_ROWS``),
 side by side on the same operands (median of ``--repeats``): torch's own product (its BLAS: MKL in the PyPI
 wheels) and the oneDNN one the Fisher pass uses on a CPU (``utils/onednn_products.py``: the dispatch mode for
 ``mm``/``bmm``, ``square_sums`` for the per-sample products with their square-and-sum); seconds, GFLOP/s, the

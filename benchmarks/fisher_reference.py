@@ -138,7 +138,7 @@ def run_ours(folder: str, opts: argparse.Namespace) -> dict[str, Any]:
     if opts.side == "ours_blas":  # the same pass with torch's own fp32 products (no oneDNN routing)
         onednn_products.available = lambda: False
 
-    from models.second_order_utils import fisher
+    from models.second_order_utils import fisher, fisher_scores
     from models.second_order_utils.fisher import network_fisher
     from models.second_order_utils.modules import inject_adapters
     net = VisionTransformer(img_size=opts.img_size, patch_size=16, embed_dim=opts.embed_dim, depth=opts.depth,
@@ -157,15 +157,15 @@ def run_ours(folder: str, opts: argparse.Namespace) -> dict[str, Any]:
         counts = [c * scale for c in count_flops(lambda: once(images[:opts.our_batch]))]
         # as on CUDA: the class backward passes vmapped in chunks (fisher.auto_class_batch), the "norm" square-sum,
         # the whole batch in one forward (no fisher.cpu_chunks)
-        saved, saved_rows = dict(fisher.SQUARE_SUM_FORM), fisher.CPU_FISHER_ROWS
+        saved, saved_rows = dict(fisher.SQUARE_SUM_FORM), fisher_scores.CPU_FISHER_ROWS
         fisher.SQUARE_SUM_FORM["cpu"] = fisher.ACCELERATOR_SQUARE_SUM_FORM
-        fisher.CPU_FISHER_ROWS = opts.our_batch
+        fisher_scores.CPU_FISHER_ROWS = opts.our_batch
         try:
             chunk = max(1, fisher.CLASS_BATCH_ROWS // min(len(images), opts.our_batch))  # auto on an accelerator
             gpu_counts = [c * scale for c in count_flops(lambda: once(images[:opts.our_batch], chunk))]
         finally:
             fisher.SQUARE_SUM_FORM.update(saved)
-            fisher.CPU_FISHER_ROWS = saved_rows
+            fisher_scores.CPU_FISHER_ROWS = saved_rows
     fisher = {f"{short}_{name.split('.')[1]}": v for name, v in sums.items()
               for short, long in TARGETS.items() if name.endswith(long)}
     return {"seconds": seconds, "cpu_seconds": cpu_seconds, "counts": counts, "gpu_counts": gpu_counts,

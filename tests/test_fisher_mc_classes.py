@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.second_order_utils.fisher import network_fisher, select_classes
+from models.second_order_utils.fisher import network_fisher
+from models.second_order_utils.fisher_scores import select_classes
 from models.second_order_utils.modules import inject_adapters
 from tests.test_second_order_math import tiny_vit
 

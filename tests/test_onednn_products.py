@@ -94,13 +94,18 @@ def test_not_routed_under_another_mode_or_reduced_math() -> None:
 
 def test_fisher_pass_routes_and_equals_the_blas_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     timm = pytest.importorskip("timm")
+    from models.second_order_utils import fisher
     from models.second_order_utils.fisher import network_fisher
     from models.second_order_utils.modules import inject_adapters
     torch.manual_seed(3)
-    net = timm.models.vision_transformer.VisionTransformer(img_size=64, patch_size=8, embed_dim=96, depth=2,
+    net = timm.models.vision_transformer.VisionTransformer(img_size=64, patch_size=8, embed_dim=160, depth=2,
                                                            num_heads=2, num_classes=5)
     net.eval().requires_grad_(False)
     layers = inject_adapters(net, "lora", 4)
+    assert fisher.routes_products(layers)  # qkv: 160 x 480 weights
+    tiny = timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1,
+                                                            num_heads=2, num_classes=5)
+    assert not fisher.routes_products(inject_adapters(tiny, "lora", 2))  # Python per op would cost more
     images = torch.randn(3, 3, 64, 64)
     calls = {"square_sums": 0, "linear": 0}
     square_sums, linear = onednn_products.square_sums, onednn_products.linear

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from models.second_order_utils import fisher_fused
-from models.second_order_utils.fisher_exact import exact_scores
 from models.second_order_utils.fisher_ops import ReusedBackward
+from models.second_order_utils.fisher_scores import class_scores, cpu_chunks, regroup
 from models.second_order_utils.fisher_vit import ClsOnlyLastBlock
 from models.second_order_utils.flags import FISHER_PRECISIONS
 from models.second_order_utils.modules import AdaptedLayer
@@ -35,11 +35,11 @@ CHUNK_ELEMENTS = 1 << 24  # per-sample gradient chunk (B_chunk * d_out * d_in fl
 
 
 @contextmanager
-def fisher_precision(precision: str, device: torch.device) -> Iterator[None]:
+def fisher_precision(precision: str, device: torch.device, onednn: bool = False) -> Iterator[None]:
     """The GEMM precision of the Fisher pass: fp32 (TF32 off even under -O 1), tf32 (TF32 on; equal to fp32 on a
     CPU), bf16 (autocast of the forward, so the backward's GEMMs run in bf16) or bf16x3 (every matrix product as
     three bf16 products with fp32 sums, ``utils/split_precision.py``; TF32 off for the rest). Squares are always
-    summed in fp32. fp32 and tf32 products on a CPU run through oneDNN where it is available
+    summed in fp32. With ``onednn``, fp32 and tf32 products on a CPU run through oneDNN where it is available
     (``utils/onednn_products.py``: the same fp32 arithmetic, faster than the BLAS on some CPUs)."""
     if precision not in FISHER_PRECISIONS:
         raise ValueError(f"unknown Fisher precision {precision!r}; choose from {', '.join(FISHER_PRECISIONS)}")
@@ -54,7 +54,7 @@ def fisher_precision(precision: str, device: torch.device) -> Iterator[None]:
             with torch.autocast(device_type=device.type, enabled=False), Bf16x3():
                 yield
         else:
-            products = onednn_products.products_on(device)
+            products = onednn_products.products_on(device) if onednn else None
             with torch.autocast(device_type=device.type, enabled=False), \
                     (products if products is not None else contextlib.nullcontext()):
                 yield  # never under the training autocast
@@ -269,62 +269,15 @@ class FisherHooks:
         return forward_hook
 
 
-def select_classes(probs: torch.Tensor, mc_classes: Optional[int]) -> list[int]:
-    """All classes, or the paper code's top-k rule for one micro-batch: the k classes that occur most often
-    among the samples' top-k classes; equal counts go to the class that occurs first in the row-major list of
-    top-k indices (sample by sample, most likely first), as ``collections.Counter.most_common`` orders them."""
-    n = probs.shape[1]
-    if mc_classes is None or mc_classes >= n:
-        return list(range(n))
-    top = probs.topk(mc_classes, dim=1).indices.flatten().tolist()
-    counts: dict[int, int] = {}
-    for c in top:  # insertion order = first occurrence
-        counts[c] = counts.get(c, 0) + 1
-    ranked = sorted(counts, key=lambda c: -counts[c])  # stable: ties keep first-occurrence order
-    return ranked[:mc_classes]
+ONEDNN_MIN_WEIGHTS = 1 << 16  # a 256 x 256 layer: below, the dispatch mode's Python cost per op exceeds its gain
 
 
-def regroup(batches: Iterable[torch.Tensor], group: int) -> Iterator[torch.Tensor]:
-    """The same samples in the same order, in batches whose sizes are multiples of ``group`` (the leftover
-    rows wait for the next batch; the last batch takes the rest), so micro-batch ``i`` of the stream is rows
-    ``[i*group, (i+1)*group)`` of the whole pass whatever the incoming batch size."""
-    carry: Optional[torch.Tensor] = None
-    for x in batches:
-        x = x if carry is None else torch.cat([carry, x])
-        whole = (x.shape[0] // group) * group
-        carry = x[whole:] if whole < x.shape[0] else None
-        if whole:
-            yield x[:whole]
-    if carry is not None:
-        yield carry
-
-
-CPU_FISHER_ROWS = 16  # images per forward of the exact Fisher on a CPU: its class backwards stay in cache
-
-
-def cpu_chunks(batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
-    """CPU batches cut into ``CPU_FISHER_ROWS`` images (the exact Fisher is a sum over images, so only the order
-    of the fp32 sums changes): at ViT-B/16's token count a batch of 64 takes 1.4x the time of four of 16 on the
-    CPU (docs/speed.md). Accelerator batches pass whole."""
-    for x in batches:
-        yield from (x.split(CPU_FISHER_ROWS) if x.device.type == "cpu" else (x,))
-
-
-def class_scores(logp: torch.Tensor, probs: torch.Tensor, mc_classes: Optional[int],
-                 group: Optional[int]) -> list[torch.Tensor]:
-    """The scores to backpropagate. All classes (``mc_classes=None``): the C - 1 scores of
-    :func:`fisher_exact.exact_scores` (the same Fisher as one score per class). Top-k: one score per selected
-    class c, sum_b m_bc sqrt(p_bc) log p_bc, where m_bc = 1 when c is among the classes selected for sample b's
-    micro-batch of ``group`` rows."""
-    n = probs.shape[1]
-    if mc_classes is None or mc_classes >= n:
-        return exact_scores(logp, probs)
-    group = group or probs.shape[0]
-    mask = torch.zeros_like(probs)
-    for start in range(0, probs.shape[0], group):
-        mask[start:start + group, select_classes(probs[start:start + group], mc_classes)] = 1.0
-    weights = mask * probs.sqrt()
-    return [(weights[:, c] * logp[:, c]).sum() for c in mask.sum(0).nonzero().flatten().tolist()]
+def routes_products(layers: dict[str, AdaptedLayer]) -> bool:
+    """Whether the Fisher pass sends its fp32 CPU products to oneDNN (``fisher_precision(onednn=True)``): for token
+    layers (a ViT's; convolutions are left to torch, not measured) whose largest weight has ``ONEDNN_MIN_WEIGHTS``
+    elements or more (benchmarks/cpu_products.py; docs/speed.md)."""
+    return bool(layers) and not any(l.is_conv for l in layers.values()) \
+        and max(l.d_in * l.d_out for l in layers.values()) >= ONEDNN_MIN_WEIGHTS
 
 
 def network_fisher(forward: Callable[[torch.Tensor], torch.Tensor], layers: dict[str, AdaptedLayer],
@@ -352,13 +305,14 @@ def network_fisher(forward: Callable[[torch.Tensor], torch.Tensor], layers: dict
         batches = cpu_chunks(batches)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     fitted = None  # the class chunk that fitted after a CUDA out-of-memory error
+    onednn = routes_products(layers)
     with FisherHooks(layers, dtype, precision=precision) as hooks:
         for x in batches:
             hooks.clear()
             chunk = class_batch if class_batch is not None else auto_class_batch(x.device, x.shape[0])
             chunk = chunk if fitted is None else min(chunk, fitted)
             hooks.batched = chunk > 1
-            with fisher_precision(precision, x.device), ClsOnlyLastBlock(), \
+            with fisher_precision(precision, x.device, onednn), ClsOnlyLastBlock(), \
                     (ReusedBackward() if not hooks.batched else contextlib.nullcontext()):
                 logits = forward(x)  # one class backward after another: activation slopes, attention kept
             logp = F.log_softmax(logits.float(), dim=1)
@@ -370,7 +324,7 @@ def network_fisher(forward: Callable[[torch.Tensor], torch.Tensor], layers: dict
                           for j in range(sampled_labels)]
             else:
                 scores = class_scores(logp, probs, mc_classes, mc_group)
-            with fisher_precision(precision, x.device):
+            with fisher_precision(precision, x.device, onednn):
                 if hooks.batched:
                     done = hooks.backward_batched(scores, chunk)
                     fitted = done if done < chunk else fitted
