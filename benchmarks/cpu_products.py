@@ -8,9 +8,9 @@ wheels) and the oneDNN one the Fisher pass uses on a CPU (``utils/onednn_product
 ``mm``/``bmm``, ``square_sums`` for the per-sample products with their square-and-sum); seconds, GFLOP/s, the
 speed-up, and both results' relative error against float64. Widths: ViT-B/16's 768 (12 heads) and the 192 (3 heads)
 of ``benchmarks.fisher_reference``; ``--quick``: width 192 alone. Products: qkv's forward, (16 x 197, D) @ (D, 3D);
-its input gradient, (16 x 197, 3D) @ (3D, D); the attention backward's batched products, (16 H, 197, 197) @
-(16 H, 197, 64); qkv's per-sample products squared and summed over the 16 images (torch: the batched product, then
-the ``inplace`` square-sum).
+its input gradient, (16 x 197, 3D) @ (3D, D); the attention backward's four products over (16, H) (torch: batched
+products; oneDNN: ``attention_grads``, per image and head); qkv's per-sample products squared and summed over the
+16 images (torch: the batched product, then the ``inplace`` square-sum).
 """
 from __future__ import annotations
 
@@ -29,6 +29,15 @@ from utils import onednn_products  # noqa: E402
 from utils.io import write_json  # noqa: E402
 
 IMAGES, TOKENS, HEAD_DIM = 16, 197, 64
+SCALE = HEAD_DIM ** -0.5
+
+
+def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: torch.Tensor, out: torch.Tensor,
+                       dout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dq, dk, dv with torch's batched products, as the Fisher's kept-probabilities attention computes them."""
+    dv = p.transpose(-2, -1) @ dout
+    ds = (dout @ v.transpose(-2, -1) - (dout * out).sum(-1, keepdim=True)) * p
+    return (ds @ k) * SCALE, (ds.transpose(-2, -1) @ q) * SCALE, dv
 
 
 def cases(width: int) -> dict[str, tuple[float, Callable[[], torch.Tensor], Callable[[], torch.Tensor],
@@ -40,7 +49,9 @@ def cases(width: int) -> dict[str, tuple[float, Callable[[], torch.Tensor], Call
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g)
     x, w_qkv, dy = randn(rows, width), randn(width, 3 * width), randn(rows, 3 * width)
-    p, v = randn(IMAGES * heads, TOKENS, TOKENS), randn(IMAGES * heads, TOKENS, HEAD_DIM)
+    q, k, v = (randn(IMAGES, heads, TOKENS, HEAD_DIM) for _ in range(3))
+    p = torch.softmax(q @ k.transpose(-2, -1) * SCALE, -1)
+    out, dout = p @ v, randn(IMAGES, heads, TOKENS, HEAD_DIM)
     gs, xs = dy.view(IMAGES, TOKENS, 3 * width), x.view(IMAGES, TOKENS, width)
 
     def routed(fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
@@ -53,8 +64,11 @@ def cases(width: int) -> dict[str, tuple[float, Callable[[], torch.Tensor], Call
                         lambda: x.double() @ w_qkv.double()),
         "qkv input gradient": (2.0 * rows * 3 * width * width, lambda: dy @ w_qkv.t(), routed(lambda: dy @ w_qkv.t()),
                                lambda: dy.double() @ w_qkv.double().t()),
-        "attention p^T dO": (2.0 * IMAGES * heads * TOKENS ** 2 * HEAD_DIM, lambda: p.transpose(1, 2) @ v,
-                             routed(lambda: p.transpose(1, 2) @ v), lambda: p.double().transpose(1, 2) @ v.double()),
+        "attention backward": (4 * 2.0 * IMAGES * heads * TOKENS ** 2 * HEAD_DIM,
+                               lambda: torch.cat(attention_backward(q, k, v, p, out, dout), -1),
+                               lambda: torch.cat(onednn_products.attention_grads(q, k, v, p, out, dout, SCALE), -1),
+                               lambda: torch.cat(attention_backward(*(t.double() for t in (q, k, v, p, out, dout))),
+                                                 -1)),
         "qkv per-sample squares": (2.0 * rows * 3 * width * width,
                                    lambda: torch.einsum("bto,bti->boi", gs, xs).square_().sum(0),
                                    lambda: onednn_products.square_sums(gs, xs),

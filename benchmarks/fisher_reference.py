@@ -12,7 +12,9 @@ statistics batch (``--our_batch``), and again as ``ours_blas``: the same pass wi
 of the oneDNN ones it routes them to on a CPU (``utils/onednn_products.py``), which separates what the backend gives
 from what the pass does less of. All load the same random ViT weights (timm layout) and the same images, each side
 runs in its own Python process with one thread, and the three alternate ``--repeats`` times; the script checks that
-the Fisher of every adapted weight agrees (relative error) and prints the seconds of each side, the ratio
+the Fisher of every adapted weight agrees (relative error) and prints the seconds of each side (each first runs
+one batch untimed, whose one-time costs, such as oneDNN generating its kernels, a run of thousands of images
+amortises), the ratio
 (reference / ours, best of the repeats) and the FLOPs of each side (``torch.utils.flop_counter``, counted in the
 same processes on one batch, scaled to the images).
 """
@@ -150,6 +152,7 @@ def run_ours(folder: str, opts: argparse.Namespace) -> dict[str, Any]:
 
     def once(x: torch.Tensor, class_batch: int = 1) -> dict[str, torch.Tensor]:
         return network_fisher(net, layers, list(x.split(opts.our_batch)), class_batch=class_batch)[0]
+    once(images[:min(opts.our_batch, fisher_scores.CPU_FISHER_ROWS)])  # untimed: one forward's one-time costs
     seconds, cpu_seconds, sums = timed(lambda: once(images))
     counts = gpu_counts = None
     if opts.count_flops:
@@ -202,6 +205,7 @@ def run_reference(folder: str, opts: argparse.Namespace) -> dict[str, Any]:
 
     def once(x: torch.Tensor) -> dict[str, torch.Tensor]:
         return model._Model__compute_fisher_hooks(params, names, cls_params, cls_names, Loader(x))[0]
+    once(images[:opts.ref_batch])  # untimed, as on our side: one batch's one-time costs
     seconds, cpu_seconds, fisher = timed(lambda: once(images))
     counts = [c * len(images) / min(len(images), opts.ref_batch)
               for c in count_flops(lambda: once(images[:opts.ref_batch]))] if opts.count_flops else None

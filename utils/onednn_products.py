@@ -9,9 +9,12 @@ Fisher pass's shapes). The arithmetic is the same: fp32 operands, fp32 accumulat
 from the BLAS's by the order of the sums only.
 
 * :class:`OneDnnProducts`: a ``TorchDispatchMode``; everything run under it, forward and backward, gets its fp32 CPU
-  ``mm``, ``addmm`` and ``bmm`` (a loop over the batch) of at least ``MIN_FLOPS`` per product computed by oneDNN.
+  ``mm`` and ``addmm`` of at least ``MIN_FLOPS`` computed by oneDNN (``bmm`` stays with torch: a loop of oneDNN
+  products is slower at the attention's shapes, and much slower with more than one thread).
 * :func:`square_sums`: sum_b (g_b^T x_b)^2, the Fisher's per-sample products of a token layer, one oneDNN product
   per sample squared into the sum while it is in cache (no (B, O, I) tensor).
+* :func:`attention_grads`: the attention backward per (image, head), oriented so that no (T, T) matrix is copied
+  (used with one thread: with more, its small products do not share out).
 """
 from __future__ import annotations
 
@@ -48,22 +51,14 @@ def linear(a: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None
     return torch.ops.mkldnn._linear_pointwise(a, w, bias, "none", [], "")
 
 
-def product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b for fp32 CPU a (M, K), b (K, N), possibly as a transposed view of b^T a^T: oneDNN copies the left
-    operand when it is not contiguous, so the orientation that copies less is taken (none where one fits)."""
-    if a.is_contiguous() or (not b.t().is_contiguous() and a.shape[0] <= b.shape[1]):
-        return linear(a, b.t())
-    return linear(b.t(), a).t()
-
-
 def _routable(*tensors: torch.Tensor) -> bool:
     return all(type(t) in (torch.Tensor, torch.nn.Parameter) and t.dtype == torch.float32 and t.device.type == "cpu"
                and t.layout == torch.strided for t in tensors)
 
 
 class OneDnnProducts(TorchDispatchMode):
-    """While active, fp32 CPU ``mm``, ``addmm`` (alpha = beta = 1) and ``bmm`` of at least ``MIN_FLOPS`` per
-    product run as oneDNN products; ``self.routed`` counts them. Anything else runs as it is."""
+    """While active, fp32 CPU ``mm`` and ``addmm`` (alpha = beta = 1) of at least ``MIN_FLOPS`` run as oneDNN
+    products; ``self.routed`` counts them. Anything else runs as it is."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -83,11 +78,6 @@ class OneDnnProducts(TorchDispatchMode):
                 if bias.dim() == 1 and bias.shape[0] == b.shape[1]:
                     return linear(a, b.t(), bias)
                 return linear(a, b.t()).add_(bias)
-        elif func is aten.bmm.default and _routable(*args):
-            a, b = args
-            if a.shape[0] and 2 * a.shape[1] * a.shape[2] * b.shape[2] >= MIN_FLOPS:
-                self.routed += 1
-                return torch.stack([product(ai, bi) for ai, bi in zip(a.unbind(0), b.unbind(0))])
         return func(*args, **kwargs)
 
 

@@ -74,7 +74,8 @@ class _AttentionKeptProbs(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor):
         q, k, v, p, out = ctx.saved_tensors
         need_q, need_k, need_v = ctx.needs_input_grad[:3]
-        if q.dim() == 4 and q.shape[-2] >= ONEDNN_MIN_QUERIES and onednn_products.active() \
+        if q.dim() == 4 and q.shape[-2] >= ONEDNN_MIN_QUERIES and torch.get_num_threads() == 1 \
+                and onednn_products.active() \
                 and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in (q, k, v, grad)):
             dq, dk, dv = onednn_products.attention_grads(q, k, v, p, out, grad, ctx.scale)
             return dq if need_q else None, dk if need_k else None, dv if need_v else None, None
