@@ -2,15 +2,15 @@
 
     python -m benchmarks.cpu_products [--quick] [--threads 1] [--repeats 5] [--out FILE.json]
 
-For each product of the Fisher pass on a ViT at 197 tokens and 16 images per forward (``fisher_scores.CPU_FISHER_ROWS``),
-side by side on the same operands (median of ``--repeats``): torch's own product (its BLAS: MKL in the PyPI
-wheels) and the oneDNN one the Fisher pass uses on a CPU (``utils/onednn_products.py``: the dispatch mode for
-``mm``/``bmm``, ``square_sums`` for the per-sample products with their square-and-sum); seconds, GFLOP/s, the
-speed-up, and both results' relative error against float64. Widths: ViT-B/16's 768 (12 heads) and the 192 (3 heads)
-of ``benchmarks.fisher_reference``; ``--quick``: width 192 alone. Products: qkv's forward, (16 x 197, D) @ (D, 3D);
-its input gradient, (16 x 197, 3D) @ (3D, D); the attention backward's four products over (16, H) (torch: batched
-products; oneDNN: ``attention_grads``, per image and head); qkv's per-sample products squared and summed over the
-16 images (torch: the batched product, then the ``inplace`` square-sum).
+For each product of the Fisher pass on a ViT at 197 tokens and 16 images per forward
+(``fisher_scores.CPU_FISHER_ROWS``), side by side on the same operands (median of ``--repeats``): torch's own product
+(its BLAS: MKL in the PyPI wheels) and the oneDNN one the Fisher pass uses on a CPU (``utils/onednn_products.py``:
+the dispatch mode for ``mm``/``addmm``, ``attention_grads``, ``square_sums`` for the per-sample products with their
+square-and-sum); seconds, GFLOP/s, the speed-up, and both results' relative error against float64. Widths:
+ViT-B/16's 768 (12 heads) and the 192 (3 heads) of ``benchmarks.fisher_reference``; ``--quick``: width 192 alone.
+Products: qkv's forward, (16 x 197, D) @ (D, 3D); its input gradient, (16 x 197, 3D) @ (3D, D); the attention
+backward's four products over (16, H) (torch: batched products; oneDNN: per image and head); qkv's per-sample
+products squared and summed over the 16 images (torch: the batched product, then the ``inplace`` square-sum).
 """
 from __future__ import annotations
 

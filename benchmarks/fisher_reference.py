@@ -322,7 +322,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         write_json(opts.out, {
             "settings": {k: v for k, v in vars(opts).items() if k not in ("side", "workdir")}, "tokens": tokens,
             "seconds": times, "cpu_seconds": cpu, "best_seconds": best, "ratio": ratio, "pair_ratios": pairs,
-            "wall_ratio": wall_ratio, "ratio_blas": blas_ratio, "load_average": list(os.getloadavg()), "flops_kernels_squared": flops,
+            "wall_ratio": wall_ratio, "ratio_blas": blas_ratio, "max_rel_err_blas": blas_err,
+            "load_average": list(os.getloadavg()), "flops_kernels_squared": flops,
             "gpu_flops_kernels_squared": gpu_flops, "max_rel_err": err, "projected_h100_seconds": projected,
             "projected_h100_seconds_vit_b": vit_b, "ours_gpu_precision": ours_precision})
     return 0 if max(err, blas_err) < 1e-4 else 1
