@@ -98,8 +98,8 @@ def measure_pass(shape: tuple[int, int, int], tokens: int, device: torch.device,
         forms["onednn"] = lambda: onednn_products.square_sums(g, x)
     times: dict[str, list[float]] = {f: [] for f in forms}
     err: dict[str, float] = {}
-    # as the fp32 Fisher (TF32 off); the materialised forms' GEMM is torch's own (no oneDNN routing)
-    with torch.backends.mkldnn.flags(enabled=False), fisher_precision("fp32", device):
+    # as the fp32 Fisher (TF32 off); the materialised forms' GEMM is torch's own (no oneDNN routing by default)
+    with fisher_precision("fp32", device):
         for _ in range(repeats):
             for name, fn in forms.items():
                 seconds, out = timed(fn, device)
