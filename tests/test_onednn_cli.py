@@ -35,6 +35,7 @@ if sys.argv[1] == "blas":
 from app import runner
 code = runner.main(sys.argv[2:])
 print(json.dumps({"code": code, **calls}))
+sys.exit(code)
 """
 
 
@@ -44,6 +45,8 @@ def test_published_line_routes_the_fisher_products_on_a_cpu(tmp_path):
     if not os.path.isfile(data):
         shared_missing(data)
     env = dict(prepare(str(tmp_path), data), CL_TEST_VIT_B16_ARCH=ARCH)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):  # one process, whatever ran before
+        env.pop(name, None)
     from benchmarks import gpu_check
     gpu_check.write_hub_weights(os.path.join(tmp_path, "hf"), ARCH)
     out = {}
@@ -55,7 +58,7 @@ def test_published_line_routes_the_fisher_products_on_a_cpu(tmp_path):
                 "--checkpoint_path", str(tmp_path / f"ck_{side}")]
         proc = subprocess.run([sys.executable, "-c", CHILD, side, *argv], cwd=ROOT, env=env, capture_output=True,
                               text=True, timeout=900)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
         report = json.loads(proc.stdout.strip().splitlines()[-1])
         with open(tmp_path / f"{side}.json") as fh:
             out[side] = {**report, "results": json.load(fh)}
