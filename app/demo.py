@@ -8,9 +8,9 @@ The settings below (shared with tests/test_second_order_real.py) are cheaper tha
 epoch, one probe epoch, the top-1 Fisher (``--fisher_mc_classes 1``); the trained heads are re-aligned at each
 task end (``--use_ca 1``); docs/results.md has their validation and timings.
 
-The two runs go side by side (``--jobs``), each a ``main.py`` process with ``--threads`` threads (half the cores
-each), the glibc malloc settings of :data:`MALLOC_ENV` and ``--num_workers 0``; their lines are printed as they
-come, marked with their method, and the table adds each run's CPU seconds.
+The two runs go side by side (``--jobs``), each a ``main.py`` process (which sets its malloc,
+``utils/malloc_policy.py``) with ``--threads`` threads (half the cores each) and ``--num_workers 0``; their lines
+are printed as they come, marked with their method, and the table adds each run's CPU seconds.
 """
 from __future__ import annotations
 
@@ -115,16 +115,9 @@ def run_command(model: str, opts: argparse.Namespace) -> list[str]:
             "--debug_mode", str(opts.debug_mode)]
 
 
-# glibc's malloc (ignored elsewhere): large buffers (a batch's activations, an epoch of GMM noise) from the heap and
-# kept there, not mapped and zeroed anew by the kernel at every operation; 2.4x less CPU for a forward pass of 128
-# images at 96 px, the same numbers (benchmarks/malloc_env.py). Values already in the environment are kept.
-MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 36)}
-
-
 def run_env(threads: int) -> dict[str, str]:
-    """The environment of a run: ``threads`` threads, unbuffered output, :data:`MALLOC_ENV`."""
-    return {**MALLOC_ENV, **os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-            "PYTHONUNBUFFERED": "1"}
+    """The environment of a run: ``threads`` threads, unbuffered output."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
 
 
 class Run:

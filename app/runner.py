@@ -18,7 +18,7 @@ from app.config import ROOT, parse_args
 from app.experiment import (Experiment, build_experiment, check_compatibility,  # noqa: F401 (re-exported)
                             check_every_task_has_data, get_device, set_random_seed)
 from app.remote import resolve_checkpoint
-from utils import accelerator, checkpoints, distributed
+from utils import accelerator, checkpoints, distributed, malloc_policy
 from utils.errors import UserError, one_line
 from utils.io import check_writable, remove_stale_temporaries, write_json
 from utils.evaluate import TASK_IL_SETTINGS
@@ -327,6 +327,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     (SIGINT) and 143 SIGTERM (the run stopped at a safe point; continue it with ``--resume``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    malloc_policy.keep_freed_memory()  # large buffers reused, not zeroed anew by the kernel (utils/malloc_policy.py)
     try:
         with sigterm_stops_at_safe_points():
             run(argv)

@@ -136,7 +136,8 @@ def timed(fn: Any) -> tuple[float, float, Any]:
 def run_ours(folder: str, opts: argparse.Namespace) -> dict[str, Any]:
     from timm.models.vision_transformer import VisionTransformer
 
-    from utils import onednn_products
+    from utils import malloc_policy, onednn_products
+    malloc_policy.keep_freed_memory()  # as main.py does at the start of every run
     if opts.side == "ours_blas":  # the same pass with torch's own fp32 products (no oneDNN routing)
         onednn_products.available = lambda: False
 

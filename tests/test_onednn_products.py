@@ -71,6 +71,9 @@ def test_square_sums_equal_per_sample_reference(o: int, i: int) -> None:
     ref = sum((g[b].double().t() @ x[b].double()) ** 2 for b in range(6))
     out = onednn_products.square_sums(g, x)
     assert out.shape == (o, i) and rel(out, ref) < 1e-6
+    x_t = onednn_products.transposed_tokens(x)  # made once per forward, kept for every class backward
+    assert x_t.shape == (6, i, 37) and x_t.is_contiguous()
+    assert torch.equal(onednn_products.square_sums(g, x, x_t), out)
 
 
 def test_not_routed_under_another_mode_or_reduced_math() -> None:
@@ -107,8 +110,9 @@ def test_fisher_pass_routes_and_equals_the_blas_pass(monkeypatch: pytest.MonkeyP
                                                             num_heads=2, num_classes=5)
     assert not fisher.routes_products(inject_adapters(tiny, "lora", 2))  # Python per op would cost more
     images = torch.randn(3, 3, 64, 64)
-    calls = {"square_sums": 0, "linear": 0}
+    calls = {"square_sums": 0, "linear": 0, "transposed_tokens": 0}
     square_sums, linear = onednn_products.square_sums, onednn_products.linear
+    transposed = onednn_products.transposed_tokens
 
     def counted(name, fn):
         def wrapper(*args):
@@ -117,10 +121,12 @@ def test_fisher_pass_routes_and_equals_the_blas_pass(monkeypatch: pytest.MonkeyP
         return wrapper
     monkeypatch.setattr(onednn_products, "square_sums", counted("square_sums", square_sums))
     monkeypatch.setattr(onednn_products, "linear", counted("linear", linear))
+    monkeypatch.setattr(onednn_products, "transposed_tokens", counted("transposed_tokens", transposed))
     routed, n = network_fisher(net, layers, [images])
     # (5 - 1) class passes x (4 adapted layers of the first block + the last block's qkv: its proj, fc1 and fc2 see
     # the class token alone, one position: the pairwise product)
     assert calls["square_sums"] == 4 * (4 + 1)
+    assert calls["transposed_tokens"] == 4 + 1  # each layer's inputs transposed once for the 4 class passes
     assert calls["linear"] > calls["square_sums"] * 3  # and the forward, input-gradient and attention products
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
     blas, _ = network_fisher(net, layers, [images])

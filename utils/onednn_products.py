@@ -88,28 +88,39 @@ def outside_modes() -> Any:
     return _disable_current_modes()
 
 
-def square_sums(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """sum_b (g_b^T x_b)^2 (O, I) in fp32 for fp32 CPU g (B, T, O), x (B, T, I): per sample one oneDNN product,
-    the larger of O and I as its output's rows of ``w`` (the faster orientation), squared into the sum."""
-    swap = x.shape[-1] < g.shape[-1]
-    a, w = (x, g) if swap else (g, x)  # product a_b^T w_b: (rows of a) x (rows of w)
+def transposed_tokens(x: torch.Tensor) -> torch.Tensor:
+    """x (B, T, I) as a contiguous (B, I, T): the left operands of :func:`square_sums`, made once per forward and
+    kept for every class backward through it."""
     with outside_modes():
-        a_t = a.transpose(1, 2).contiguous()  # (B, ., T): the product's left operand, contiguous
-        total = a.new_zeros(a.shape[-1], w.shape[-1])
-        for ab, wb in zip(a_t.unbind(0), w.unbind(0)):
-            product = linear(ab, wb.t())
+        return x.transpose(1, 2).contiguous()
+
+
+def square_sums(g: torch.Tensor, x: torch.Tensor, x_t: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """sum_b (g_b^T x_b)^2 (O, I) in fp32 for fp32 CPU g (B, T, O), x (B, T, I): per sample one oneDNN product
+    x_b^T g_b, squared into the sum. ``x_t``: :func:`transposed_tokens` of ``x`` if already made (the Fisher's class
+    backwards share one forward's inputs; either orientation of the product runs at the same rate,
+    ``benchmarks/cpu_products.py``)."""
+    with outside_modes():
+        x_t = transposed_tokens(x) if x_t is None else x_t  # (B, I, T): the products' left operands
+        total = g.new_zeros(x.shape[-1], g.shape[-1])
+        for xb, gb in zip(x_t.unbind(0), g.unbind(0)):
+            product = linear(xb, gb.t())
             total.addcmul_(product, product)
-    return total.t() if swap else total
+    return total.t()
 
 
 def attention_grads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: torch.Tensor, out: torch.Tensor,
-                    grad: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    grad: torch.Tensor, scale: float, q_t: Optional[torch.Tensor] = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dq, dk, dv of out = softmax(scale q k^T) v = p v for fp32 CPU (B, H, T, d) tensors and the kept
     probabilities p, given grad = d/d out: per (image, head) four oneDNN products, each oriented so that no
-    (T, T) operand is copied (dV^T = G^T P, dP = G V^T, dS = P (dP - rowsum(G O)), dQ = s dS K, dK^T = s Q^T dS)."""
+    (T, T) operand is copied (dV^T = G^T P, dP = G V^T, dS = P (dP - rowsum(G O)), dQ = s dS K, dK^T = s Q^T dS).
+    ``q_t``: q^T (B, H, d, T) contiguous if already made (the class backwards share one forward's q, k and v: made
+    contiguous once there, they are not copied here)."""
     with outside_modes():
         b, h, tq, d = q.shape
-        g, g_t, q_t = grad.contiguous(), grad.transpose(-2, -1).contiguous(), q.transpose(-2, -1).contiguous()
+        g, g_t = grad.contiguous(), grad.transpose(-2, -1).contiguous()
+        q_t = q.transpose(-2, -1).contiguous() if q_t is None else q_t
         k, v = k.contiguous(), v.contiguous()  # (T, d) per (image, head), as products want them
         rows = (grad * out).sum(-1, keepdim=True)  # rowsum(dP * P) = rowsum(dO * O)
         dq, dk_t, dv_t = q.new_empty(b, h, tq, d), q.new_empty(b, h, d, k.shape[-2]), q.new_empty(b, h, d, k.shape[-2])

@@ -100,10 +100,11 @@ def square_sum(per_sample: torch.Tensor, form: Optional[str] = None) -> torch.Te
 
 def per_sample_sq_grads(inputs: torch.Tensor, grad_out: torch.Tensor, is_conv: bool,
                         stride: tuple[int, int] = (1, 1), dtype: torch.dtype = torch.float32,
-                        precision: Optional[str] = None) -> torch.Tensor:
+                        precision: Optional[str] = None, kept: Optional[dict] = None) -> torch.Tensor:
     """sum_b (dL_b/dW)^2 for a linear map W applied to ``inputs`` (per sample b); the per-sample products in
     ``dtype`` (fp32 or bf16), their squares summed in fp32. Token inputs under the ``fused`` form: one Triton kernel
-    at the kernel precision of the Fisher ``precision`` (``fisher_fused.kernel_precision``)."""
+    at the kernel precision of the Fisher ``precision`` (``fisher_fused.kernel_precision``). ``kept``: a dict per
+    forward of the layer, where the ``onednn`` form keeps its transposed inputs for the next class backward."""
     if is_conv:
         x = inputs[:, :, ::stride[0], ::stride[1]].flatten(2)  # (B, I, P)
         g = grad_out.flatten(2)  # (B, O, P)
@@ -121,7 +122,10 @@ def per_sample_sq_grads(inputs: torch.Tensor, grad_out: torch.Tensor, is_conv: b
         return fisher_fused.fused_sq_grads(g, x, fisher_fused.kernel_precision(precision, dtype),
                                            interpret=fisher_fused.INTERPRET)
     if not is_conv and form == "onednn" and dtype == torch.float32 and onednn_products.active():
-        return onednn_products.square_sums(g.float(), x.float())  # the fp32 pass's products routed to oneDNN
+        kept = {} if kept is None else kept
+        if "x_t" not in kept:
+            kept["x_t"] = onednn_products.transposed_tokens(x.float())
+        return onednn_products.square_sums(g.float(), x.float(), kept["x_t"])  # the fp32 products through oneDNN
     step = max(1, CHUNK_ELEMENTS // max(1, n_out * n_in))
     total = torch.zeros(n_out, n_in, dtype=torch.float32, device=x.device)
     for i in range(0, x.shape[0], step):
@@ -260,11 +264,12 @@ class FisherHooks:
             if self.batched:
                 self.captured.append((name, layer, x, output))
                 return
+            kept: dict = {}  # what the class backwards through this forward share (per_sample_sq_grads)
 
             def grad_hook(grad: torch.Tensor) -> None:
                 stride = layer.base.stride if layer.is_conv else (1, 1)
                 self.sums[name] += per_sample_sq_grads(x, grad.detach(), layer.is_conv, stride, self.dtype,
-                                                        self.precision)
+                                                        self.precision, kept)
             output.register_hook(grad_hook)
         return forward_hook
 

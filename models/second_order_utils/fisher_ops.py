@@ -59,13 +59,26 @@ def silu_with_slope(x: torch.Tensor) -> torch.Tensor:
 ONEDNN_MIN_QUERIES = 16  # fewer query rows (a class-token-only block): the batched products below
 
 
+def _onednn_backward(q: torch.Tensor, *others: torch.Tensor) -> bool:
+    """Whether the attention backward runs as :func:`onednn_products.attention_grads`: fp32 CPU (B, H, T, d) tensors
+    with many queries, one thread, and the Fisher's oneDNN products active."""
+    return q.dim() == 4 and q.shape[-2] >= ONEDNN_MIN_QUERIES and torch.get_num_threads() == 1 \
+        and onednn_products.active() \
+        and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in (q, *others))
+
+
 class _AttentionKeptProbs(torch.autograd.Function):
-    """softmax(s q k^T) v, keeping the probabilities for the backward."""
+    """softmax(s q k^T) v, keeping the probabilities for the backward (and, where the backward runs through oneDNN,
+    q^T, k and v contiguous: made once here instead of once per class backward)."""
 
     @staticmethod
     def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         p = torch.softmax((q @ k.transpose(-2, -1)) * scale, dim=-1)
         out = p @ v
+        ctx.q_t = None
+        if _onednn_backward(q, k, v):
+            with onednn_products.outside_modes():
+                ctx.q_t, k, v = q.transpose(-2, -1).contiguous(), k.contiguous(), v.contiguous()
         ctx.save_for_backward(q, k, v, p, out)
         ctx.scale = scale
         return out
@@ -74,10 +87,8 @@ class _AttentionKeptProbs(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor):
         q, k, v, p, out = ctx.saved_tensors
         need_q, need_k, need_v = ctx.needs_input_grad[:3]
-        if q.dim() == 4 and q.shape[-2] >= ONEDNN_MIN_QUERIES and torch.get_num_threads() == 1 \
-                and onednn_products.active() \
-                and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in (q, k, v, grad)):
-            dq, dk, dv = onednn_products.attention_grads(q, k, v, p, out, grad, ctx.scale)
+        if _onednn_backward(q, k, v, grad):
+            dq, dk, dv = onednn_products.attention_grads(q, k, v, p, out, grad, ctx.scale, ctx.q_t)
             return dq if need_q else None, dk if need_k else None, dv if need_v else None, None
         dv = p.transpose(-2, -1) @ grad if need_v else None
         dq = dk = None
