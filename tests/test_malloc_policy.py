@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from utils import malloc_policy
 
@@ -67,3 +68,27 @@ def test_the_entry_point_applies_it(monkeypatch, capsys):
     assert runner.main(["--model", "sgd", "--help"]) == 0
     assert "--dataset" in capsys.readouterr().out
     assert calls == [1]
+
+
+def test_the_fisher_pass_runs_with_the_collector_paused():
+    import gc
+
+    from models.second_order_utils.fisher import network_fisher
+    from models.second_order_utils.modules import inject_adapters
+    net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 4))
+    layers = inject_adapters(net, "lora", 2)
+    seen = []
+
+    def forward(x):
+        seen.append(gc.isenabled())
+        return net(x)
+    assert gc.isenabled()
+    sums, n = network_fisher(forward, layers, [torch.randn(3, 6), torch.randn(2, 6)])
+    assert seen == [False, False] and gc.isenabled() and n == 5 and all(v.abs().sum() > 0 for v in sums.values())
+    gc.disable()
+    try:
+        with malloc_policy.collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # left as it was
+    finally:
+        gc.enable()

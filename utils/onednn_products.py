@@ -119,19 +119,21 @@ def attention_grads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: torch.
     contiguous once there, they are not copied here)."""
     with outside_modes():
         b, h, tq, d = q.shape
+        n, tk = b * h, k.shape[-2]
         g, g_t = grad.contiguous(), grad.transpose(-2, -1).contiguous()
         q_t = q.transpose(-2, -1).contiguous() if q_t is None else q_t
         k, v = k.contiguous(), v.contiguous()  # (T, d) per (image, head), as products want them
         rows = (grad * out).sum(-1, keepdim=True)  # rowsum(dP * P) = rowsum(dO * O)
-        dq, dk_t, dv_t = q.new_empty(b, h, tq, d), q.new_empty(b, h, d, k.shape[-2]), q.new_empty(b, h, d, k.shape[-2])
-        for i in range(b):
-            for j in range(h):
-                pij = p[i, j]
-                dv_t[i, j] = linear(g_t[i, j], pij.t())
-                ds = linear(g[i, j], v[i, j]).sub_(rows[i, j]).mul_(pij)
-                dq[i, j] = linear(ds, k[i, j].t())
-                dk_t[i, j] = linear(q_t[i, j], ds.t())
-        return dq.mul_(scale), dk_t.mul_(scale).transpose(-2, -1), dv_t.transpose(-2, -1)
+        dq, dk_t, dv_t = [], [], []
+        for pi, gi, gti, vi, ki, qti, ri in zip(*(t.reshape(n, *t.shape[2:]).unbind(0)  # per (image, head)
+                                                  for t in (p, g, g_t, v, k, q_t, rows))):
+            dv_t.append(linear(gti, pi.t()))
+            ds = linear(gi, vi).sub_(ri).mul_(pi)
+            dq.append(linear(ds, ki.t()))
+            dk_t.append(linear(qti, ds.t()))
+        return (torch.stack(dq).view(b, h, tq, d).mul_(scale),
+                torch.stack(dk_t).view(b, h, d, tk).mul_(scale).transpose(-2, -1),
+                torch.stack(dv_t).view(b, h, d, tk).transpose(-2, -1))
 
 
 def active() -> bool:

@@ -29,6 +29,7 @@ from models.second_order_utils.fisher_vit import ClsOnlyLastBlock
 from models.second_order_utils.flags import FISHER_PRECISIONS
 from models.second_order_utils.modules import AdaptedLayer
 from utils import accelerator, onednn_products
+from utils.malloc_policy import collector_paused
 from utils.split_precision import Bf16x3
 
 CHUNK_ELEMENTS = 1 << 24  # per-sample gradient chunk (B_chunk * d_out * d_in floats)
@@ -313,30 +314,31 @@ def network_fisher(forward: Callable[[torch.Tensor], torch.Tensor], layers: dict
     onednn = routes_products(layers)
     with FisherHooks(layers, dtype, precision=precision) as hooks:
         for x in batches:
-            hooks.clear()
-            chunk = class_batch if class_batch is not None else auto_class_batch(x.device, x.shape[0])
-            chunk = chunk if fitted is None else min(chunk, fitted)
-            hooks.batched = chunk > 1
-            with fisher_precision(precision, x.device, onednn), ClsOnlyLastBlock(), \
-                    (ReusedBackward() if not hooks.batched else contextlib.nullcontext()):
-                logits = forward(x)  # one class backward after another: activation slopes, attention kept
-            logp = F.log_softmax(logits.float(), dim=1)
-            probs = logp.detach().exp()
-            if sampled_labels:
-                draws = torch.multinomial(probs.cpu(), sampled_labels, replacement=True, generator=generator)
-                draws = draws.to(logp.device)
-                scores = [logp.gather(1, draws[:, j:j + 1]).sum() / sampled_labels ** 0.5
-                          for j in range(sampled_labels)]
-            else:
-                scores = class_scores(logp, probs, mc_classes, mc_group)
-            with fisher_precision(precision, x.device, onednn):
-                if hooks.batched:
-                    done = hooks.backward_batched(scores, chunk)
-                    fitted = done if done < chunk else fitted
+            with collector_paused():  # the batch's thousands of short-lived objects; its loading outside
+                hooks.clear()
+                chunk = class_batch if class_batch is not None else auto_class_batch(x.device, x.shape[0])
+                chunk = chunk if fitted is None else min(chunk, fitted)
+                hooks.batched = chunk > 1
+                with fisher_precision(precision, x.device, onednn), ClsOnlyLastBlock(), \
+                        (ReusedBackward() if not hooks.batched else contextlib.nullcontext()):
+                    logits = forward(x)  # one class backward after another: activation slopes, attention kept
+                logp = F.log_softmax(logits.float(), dim=1)
+                probs = logp.detach().exp()
+                if sampled_labels:
+                    draws = torch.multinomial(probs.cpu(), sampled_labels, replacement=True, generator=generator)
+                    draws = draws.to(logp.device)
+                    scores = [logp.gather(1, draws[:, j:j + 1]).sum() / sampled_labels ** 0.5
+                              for j in range(sampled_labels)]
                 else:
-                    for i, score in enumerate(scores):  # the output hooks accumulate the squares
-                        torch.autograd.grad(score, hooks.stops, retain_graph=i < len(scores) - 1, allow_unused=True)
-            n += x.shape[0]
+                    scores = class_scores(logp, probs, mc_classes, mc_group)
+                with fisher_precision(precision, x.device, onednn):
+                    if hooks.batched:
+                        done = hooks.backward_batched(scores, chunk)
+                        fitted = done if done < chunk else fitted
+                    else:
+                        for i, score in enumerate(scores):  # the output hooks accumulate the squares
+                            torch.autograd.grad(score, hooks.stops, retain_graph=i < len(scores) - 1, allow_unused=True)
+                n += x.shape[0]
     return hooks.sums, n
 
 
