@@ -2,7 +2,7 @@
 
 :func:`extract` reads the files at call time: the lines of fenced shell blocks (backslash continuations joined,
 comments dropped; directory trees, outputs and other non-commands skipped) and inline ``python ...``, ``make ...``,
-``torchrun ...`` spans. Each command takes the first rule of :data:`RULES` whose pattern it matches:
+``torchrun ...`` spans (with leading ``VAR=value`` assignments). Each command takes the first rule of :data:`RULES` whose pattern it matches:
 
 * ``run``: run it (through ``bash``, ``python`` being this interpreter) in a sandbox that mirrors the repository,
   after the rule's cheap rewrite (``--debug_mode 1``, one seed, ...); it must exit 0;
@@ -24,7 +24,7 @@ from typing import Callable, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMAND_WORDS = ("python", "make", "torchrun", "srun", "bash", "export", "sbatch")
-INLINE = re.compile(r"`((?:python|make|torchrun) [^`]*)`")
+INLINE = re.compile(r"`((?:[A-Z_][A-Z0-9_]*=\S+ )*(?:python|make|torchrun) [^`]*)`")  # leading VAR=value too
 FENCE = re.compile(r"^```(\w*)\s*$")
 PLACEHOLDER = re.compile(r"\.\.\.|<[^>]+>|\[[^\]]*\]|\s[A-Z]{1,3}(?=\s|$)|\b(?:TINY_C10|DIR)\b|\$NODE_RANK|"
                          r"my_method|seq-my-data")
@@ -144,7 +144,7 @@ class Rule:
 
 
 RULES: list[Rule] = [
-    Rule(r"^make test\b", "listed", "the test suite itself"),
+    Rule(r"^(?:[A-Z_][A-Z0-9_]*=\S+ )*make test\b", "listed", "the test suite itself"),
     Rule(r"^make demo\b", "listed", "creates a virtual environment and trains for about 3.5 minutes; app.demo's "
                                     "runs are covered by tests/test_second_order_real.py and tests/test_demo.py"),
     Rule(r"^(#!|export MASTER_HOST|srun )", "listed", "a SLURM job script: needs a cluster of GPU nodes"),
